@@ -1,0 +1,78 @@
+package retrypolicy_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"syscall"
+	"time"
+
+	"github.com/courier-dev/courier/pkg/retrypolicy"
+)
+
+func ExampleDo() {
+	p := retrypolicy.Webex
+	p.InitialDelay, p.Jitter = time.Millisecond, retrypolicy.JitterNone // fast and exact, for the example
+
+	calls := 0
+	err := retrypolicy.Do(context.Background(), p, func(context.Context) error {
+		calls++
+		if calls < 3 {
+			return syscall.ECONNRESET // transient: retried
+		}
+		return nil
+	}, retrypolicy.OnRetry(func(attempt int, err error, delay time.Duration) {
+		fmt.Printf("attempt %d failed (%v), retrying in %v\n", attempt, err, delay)
+	}))
+	fmt.Println("err:", err, "calls:", calls)
+	// Output:
+	// attempt 1 failed (connection reset by peer), retrying in 1ms
+	// attempt 2 failed (connection reset by peer), retrying in 2ms
+	// err: <nil> calls: 3
+}
+
+func ExampleClassify() {
+	for _, err := range []error{
+		syscall.ECONNREFUSED,
+		errors.New("HTTP 503 Service Unavailable"),
+		retrypolicy.MarkRetryAfter(errors.New("slow down"), 15*time.Second),
+		errors.New("invalid roomId"),
+	} {
+		d := retrypolicy.Classify(err, nil)
+		fmt.Printf("%-30s %-12s %v\n", err, d.Class, d.RetryAfter)
+	}
+	// Output:
+	// connection refused             transient    0s
+	// HTTP 503 Service Unavailable   transient    0s
+	// slow down                      rate_limited 15s
+	// invalid roomId                 permanent    0s
+}
+
+func ExampleSchedule() {
+	s := retrypolicy.DefaultSchedule
+	n := s.RedeliveriesFor(12 * time.Hour)
+	fmt.Println("redeliveries to outlive 12h:", n)
+	fmt.Println("guaranteed span:", s.Survives(n))
+	// A server's Retry-After wins, rounded up for asynq's whole-second clock.
+	fmt.Println(s.Delay(4, retrypolicy.MarkRetryAfter(errors.New("429"), 2500*time.Millisecond)))
+	// Output:
+	// redeliveries to outlive 12h: 30
+	// guaranteed span: 12h1m45s
+	// 4s
+}
+
+func ExampleLoop() {
+	p := retrypolicy.Policy{MaxAttempts: 3, InitialDelay: time.Millisecond, MaxDelay: time.Millisecond, Multiplier: 2, Jitter: retrypolicy.JitterNone}
+	l := retrypolicy.NewLoop(context.Background(), p)
+	for l.Next() {
+		fmt.Println("attempt", l.Attempt())
+		if l.Attempt() < 2 {
+			l.Fail(errors.New("connection reset"))
+		}
+	}
+	fmt.Println("err:", l.Err())
+	// Output:
+	// attempt 1
+	// attempt 2
+	// err: <nil>
+}
