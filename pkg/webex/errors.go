@@ -1,0 +1,166 @@
+package webex
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/courier-dev/courier/pkg/retrypolicy"
+)
+
+// ErrUnauthorized matches (errors.Is) an *APIError whose status is 401: the
+// token is missing, expired or revoked. Retrying will not help, and neither
+// will dead-lettering: the fix is a new token.
+var ErrUnauthorized = errors.New("webex: token rejected (401)")
+
+// Defaults for reading Retry-After.
+const (
+	// DefaultRetryAfter is assumed for a 429 whose Retry-After is missing or
+	// unreadable.
+	DefaultRetryAfter = 15 * time.Second
+	// MaxRetryAfter caps any Retry-After a server sends.
+	MaxRetryAfter = time.Hour
+	// maxErrorBody bounds how much of an error answer is read.
+	maxErrorBody = 64 << 10
+)
+
+// APIError is a non-2xx answer of the Webex API.
+type APIError struct {
+	StatusCode int
+	// Message is the body's "message", or a short excerpt of a non-JSON body.
+	Message string
+	// Errors are the body's errors[].description.
+	Errors []string
+	// TrackingID is the body's trackingId, else the TrackingID header: quote
+	// it to Webex support.
+	TrackingID string
+	// RetryAfter is the server's Retry-After; on a 429 without a readable
+	// one, DefaultRetryAfter.
+	RetryAfter time.Duration
+}
+
+func (e *APIError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "webex: %d %s", e.StatusCode, http.StatusText(e.StatusCode))
+	if e.Message != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Message)
+	}
+	for _, d := range e.Errors {
+		if d != e.Message {
+			b.WriteString("; ")
+			b.WriteString(d)
+		}
+	}
+	if e.RetryAfter > 0 {
+		fmt.Fprintf(&b, " (retry after %s)", e.RetryAfter)
+	}
+	if e.TrackingID != "" {
+		fmt.Fprintf(&b, " (tracking id %s)", e.TrackingID)
+	}
+	return b.String()
+}
+
+// Is makes errors.Is(err, ErrUnauthorized) true for a 401.
+func (e *APIError) Is(target error) bool {
+	return target == ErrUnauthorized && e.StatusCode == http.StatusUnauthorized
+}
+
+// RetryClass classifies the answer for pkg/retrypolicy: 429 rate-limited;
+// 408, 423, 500, 502, 503, 504 transient (with their Retry-After, if any);
+// everything else permanent.
+func (e *APIError) RetryClass() (retrypolicy.Class, time.Duration) {
+	switch e.StatusCode {
+	case http.StatusTooManyRequests:
+		return retrypolicy.RateLimited, e.RetryAfter
+	case http.StatusRequestTimeout, http.StatusLocked, http.StatusInternalServerError,
+		http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return retrypolicy.Transient, e.RetryAfter
+	}
+	return retrypolicy.Permanent, 0
+}
+
+// errorBody is Webex's error shape.
+type errorBody struct {
+	Message string `json:"message"`
+	Errors  []struct {
+		Description string `json:"description"`
+	} `json:"errors"`
+	TrackingID string `json:"trackingId"`
+}
+
+// parseAPIError reads a non-2xx answer (at most maxErrorBody bytes of it).
+func parseAPIError(resp *http.Response, now time.Time) *APIError {
+	e := &APIError{StatusCode: resp.StatusCode, TrackingID: resp.Header.Get("TrackingID")}
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	var body errorBody
+	if json.Unmarshal(raw, &body) == nil {
+		e.Message = body.Message
+		for _, d := range body.Errors {
+			if d.Description != "" {
+				e.Errors = append(e.Errors, d.Description)
+			}
+		}
+		if body.TrackingID != "" {
+			e.TrackingID = body.TrackingID
+		}
+	} else {
+		e.Message = excerpt(raw)
+	}
+	e.RetryAfter = ParseRetryAfter(resp.Header.Get("Retry-After"), now)
+	if e.RetryAfter == 0 && resp.StatusCode == http.StatusTooManyRequests {
+		e.RetryAfter = DefaultRetryAfter
+	}
+	return e
+}
+
+// excerpt is a short, single-line piece of a non-JSON body (an HTML page
+// from a proxy, say), with tags dropped.
+func excerpt(raw []byte) string {
+	var b strings.Builder
+	inTag := false
+	for _, r := range string(raw) {
+		switch {
+		case r == '<':
+			inTag = true
+		case r == '>':
+			inTag = false
+			b.WriteByte(' ')
+		case !inTag:
+			b.WriteRune(r)
+		}
+	}
+	s := strings.Join(strings.Fields(b.String()), " ")
+	if len(s) > 200 {
+		s = s[:200] + "…"
+	}
+	return s
+}
+
+// ParseRetryAfter reads a Retry-After header: whole seconds or an HTTP date.
+// Missing, malformed or past values give 0; values are capped at
+// MaxRetryAfter. It never fails.
+func ParseRetryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		if secs > int64(MaxRetryAfter/time.Second) {
+			return MaxRetryAfter
+		}
+		d = time.Duration(secs) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	}
+	return min(max(d, 0), MaxRetryAfter)
+}

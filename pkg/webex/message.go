@@ -1,0 +1,150 @@
+package webex
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"mime"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/courier-dev/courier/pkg/retrypolicy"
+)
+
+// Limits of the Messages API that courier enforces before sending.
+const (
+	// MaxTextBytes bounds text and markdown, each.
+	MaxTextBytes = 7439
+	// CardContentType is the only attachment type Webex accepts.
+	CardContentType = "application/vnd.microsoft.card.adaptive"
+)
+
+// Message is a message to create, in the Messages API's field names. Exactly
+// one destination (RoomID, ToPersonID, ToPersonEmail); at least one of Text,
+// Markdown, a file. A file is either a public URL in Files or local bytes in
+// File (sent as multipart/form-data), never more than one per message.
+type Message struct {
+	RoomID        string       `json:"roomId,omitempty"`
+	ToPersonID    string       `json:"toPersonId,omitempty"`
+	ToPersonEmail string       `json:"toPersonEmail,omitempty"`
+	ParentID      string       `json:"parentId,omitempty"`
+	Text          string       `json:"text,omitempty"`
+	Markdown      string       `json:"markdown,omitempty"`
+	Files         []string     `json:"files,omitempty"`
+	Attachments   []Attachment `json:"attachments,omitempty"`
+	// File is a local file's bytes; it is not part of the JSON form.
+	File *File `json:"-"`
+}
+
+// Attachment is a card: ContentType must be CardContentType and Content the
+// adaptive card's JSON.
+type Attachment struct {
+	ContentType string          `json:"contentType"`
+	Content     json.RawMessage `json:"content"`
+}
+
+// File is a local file to upload.
+type File struct {
+	Name        string `json:"name"`
+	ContentType string `json:"contentType,omitempty"`
+	Data        []byte `json:"data"`
+}
+
+// ReadFile loads a local file, taking its content type from the extension,
+// else from its first bytes.
+func ReadFile(path string) (File, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return File{}, fmt.Errorf("read file: %w", err)
+	}
+	name := filepath.Base(path)
+	ct := mime.TypeByExtension(filepath.Ext(name))
+	if ct == "" {
+		ct = http.DetectContentType(data)
+	}
+	return File{Name: name, ContentType: ct, Data: data}, nil
+}
+
+// Destination is the message's one destination, for logs and per-room keys.
+func (m *Message) Destination() string {
+	switch {
+	case m.RoomID != "":
+		return m.RoomID
+	case m.ToPersonID != "":
+		return m.ToPersonID
+	default:
+		return m.ToPersonEmail
+	}
+}
+
+// ValidationError is a message that breaks a Messages API rule. It is
+// permanent: sending it again gives the same answer.
+type ValidationError struct {
+	Field   string // the Webex field name, e.g. "markdown"
+	Problem string // the rule and the limit
+}
+
+func (e *ValidationError) Error() string { return e.Field + ": " + e.Problem }
+
+// RetryClass makes validation errors permanent for pkg/retrypolicy.
+func (e *ValidationError) RetryClass() (retrypolicy.Class, time.Duration) {
+	return retrypolicy.Permanent, 0
+}
+
+// Validate checks the message against the Messages API's rules and reports
+// every broken rule, each a *ValidationError (joined; errors.As finds the
+// first).
+func (m *Message) Validate() error {
+	var errs []error
+	bad := func(field, format string, args ...any) {
+		errs = append(errs, &ValidationError{Field: field, Problem: fmt.Sprintf(format, args...)})
+	}
+	dests := 0
+	for _, d := range []string{m.RoomID, m.ToPersonID, m.ToPersonEmail} {
+		if d != "" {
+			dests++
+		}
+	}
+	if dests != 1 {
+		bad("roomId", "exactly one of roomId, toPersonId, toPersonEmail is required, got %d", dests)
+	}
+	nfiles := len(m.Files)
+	if m.File != nil {
+		nfiles++
+	}
+	if m.Text == "" && m.Markdown == "" && nfiles == 0 {
+		bad("text", "one of text, markdown or a file is required")
+	}
+	if n := len(m.Text); n > MaxTextBytes {
+		bad("text", "is %d bytes, the limit is %d", n, MaxTextBytes)
+	}
+	if n := len(m.Markdown); n > MaxTextBytes {
+		bad("markdown", "is %d bytes, the limit is %d", n, MaxTextBytes)
+	}
+	if nfiles > 1 {
+		bad("files", "has %d files, the limit is 1 per message", nfiles)
+	}
+	if m.File != nil && m.File.Name == "" {
+		bad("files", "a local file needs a name")
+	}
+	if len(m.Attachments) > 1 {
+		bad("attachments", "has %d cards, the limit is 1 per message", len(m.Attachments))
+	}
+	for _, a := range m.Attachments {
+		if a.ContentType != CardContentType {
+			bad("attachments", "contentType is %q, must be %q", a.ContentType, CardContentType)
+		}
+		if len(a.Content) == 0 || !json.Valid(a.Content) {
+			bad("attachments", "content must be the card's JSON")
+		}
+	}
+	if len(m.Attachments) > 0 && m.Text == "" && m.Markdown == "" {
+		bad("text", "a card needs a text or markdown fallback")
+	}
+	if len(m.Attachments) > 0 && m.File != nil {
+		bad("attachments", "a card cannot be sent with a local file (multipart carries no cards)")
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,119 @@
+package webextest
+
+import (
+	"encoding/json"
+	"net/http"
+	"time"
+)
+
+// RateLimit is the control API's rate-limit setting.
+type RateLimit struct {
+	RPS        float64  `json:"rps"` // 0 turns the limit off
+	Burst      int      `json:"burst"`
+	RetryAfter Duration `json:"retryAfter"`
+}
+
+// Stats is the control API's summary per destination.
+type Stats struct {
+	Requests int `json:"requests"`
+	Accepted int `json:"accepted"`
+}
+
+// ControlHandler serves the simulator's controls, for cmd/webexsim and
+// tools in other processes (no auth: bind the simulator to loopback):
+//
+//	POST   /_sim/faults     add a Fault (JSON body)
+//	DELETE /_sim/faults     clear faults and the rate limit
+//	PUT    /_sim/ratelimit  set a RateLimit (JSON body)
+//	PUT    /_sim/tokens     replace the accepted tokens ({"token": "bot"})
+//	POST   /_sim/reset      forget messages, log, faults and the rate limit
+//	GET    /_sim/requests   the request log (?room= to filter)
+//	GET    /_sim/messages   accepted messages (?room= to filter)
+//	GET    /_sim/stats      {"total": Stats, "rooms": {room: Stats}}
+func (s *Sim) ControlHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /_sim/faults", func(w http.ResponseWriter, r *http.Request) {
+		var f Fault
+		if !decode(w, r, &f) {
+			return
+		}
+		if f.Drop != "" && f.Drop != "before" && f.Drop != "after" {
+			http.Error(w, `drop: want "before" or "after"`, http.StatusBadRequest)
+			return
+		}
+		s.AddFault(f)
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("DELETE /_sim/faults", func(w http.ResponseWriter, r *http.Request) {
+		s.ClearFaults()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("PUT /_sim/ratelimit", func(w http.ResponseWriter, r *http.Request) {
+		var rl RateLimit
+		if !decode(w, r, &rl) {
+			return
+		}
+		s.SetRateLimit(rl.RPS, rl.Burst, rl.RetryAfter.D())
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("PUT /_sim/tokens", func(w http.ResponseWriter, r *http.Request) {
+		var tokens map[string]string
+		if !decode(w, r, &tokens) {
+			return
+		}
+		s.SetTokens(tokens)
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("POST /_sim/reset", func(w http.ResponseWriter, r *http.Request) {
+		s.Reset()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET /_sim/requests", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, nonNil(s.Requests(r.URL.Query().Get("room"))))
+	})
+	mux.HandleFunc("GET /_sim/messages", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, nonNil(s.Messages(r.URL.Query().Get("room"))))
+	})
+	mux.HandleFunc("GET /_sim/stats", func(w http.ResponseWriter, r *http.Request) {
+		rooms := map[string]*Stats{}
+		var total Stats
+		for _, req := range s.Requests("") {
+			if req.Method != http.MethodPost {
+				continue
+			}
+			st := rooms[req.Room]
+			if st == nil {
+				st = &Stats{}
+				rooms[req.Room] = st
+			}
+			st.Requests++
+			total.Requests++
+			if req.Outcome == Accepted || req.Outcome == DroppedAfter {
+				st.Accepted++
+				total.Accepted++
+			}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"total": total, "rooms": rooms})
+	})
+	return mux
+}
+
+// D is the duration as a time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+func decode(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		http.Error(w, "bad body: "+err.Error(), http.StatusBadRequest)
+		return false
+	}
+	return true
+}
