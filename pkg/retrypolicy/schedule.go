@@ -68,11 +68,12 @@ func (s Schedule) Backoff(retried int) time.Duration {
 }
 
 // Delay is the delay to hand to asynq after the retried-th redelivery failed
-// with err (retried counts from 0). A Retry-After the error carries wins
+// with err (retried counts from 0). A Retry-After a retryable error carries
+// (a 429, or a 503 that named one) wins
 // (capped at MaxRetryAfter); otherwise the jittered back-off. The result is
 // rounded with [QueueDelay], so it is at least 1s and never negative.
 func (s Schedule) Delay(retried int, err error) time.Duration {
-	if d := Classify(err, nil); d.Class == RateLimited && d.RetryAfter > 0 {
+	if d := Classify(err, nil); d.Class.Retryable() && d.RetryAfter > 0 {
 		return QueueDelay(min(d.RetryAfter, s.MaxRetryAfter))
 	}
 	return QueueDelay(s.Jitter.apply(s.Backoff(retried)))

@@ -1,0 +1,24 @@
+// Package tasks is courier's queue contract, shared by producers and workers.
+//
+// Producers build a [Message] (a Webex message plus inline files) and
+// enqueue it with a [Producer]: it is validated with Webex's rules before it
+// reaches Redis, encoded as a versioned [Payload] and stored as an asynq task
+// of type [TypeSend]. An idempotency key ([Key]) becomes the asynq task ID,
+// so a second enqueue while the task exists (or is retained, 25h by default
+// for keyed tasks) is reported as a [*DuplicateError].
+//
+// Workers run [NewWorker]: an asynq server whose [Handler] decodes each
+// task, skips what a dedup record says was already posted, posts each part
+// with in-process retry (pkg/retrypolicy, within a budget), and returns a
+// [*DeliveryError] whose [Outcome] decides the task's fate through the
+// server hooks [Handler.RetryDelay], [IsFailure] and [Handler.HandleError]:
+//
+//   - transient failures are redelivered on the durable schedule and use up
+//     a redelivery; after the last one the task is dead-lettered;
+//   - rate limits (429, or a Retry-After beyond the budget) wait the server's
+//     delay without using one;
+//   - permanent refusals, corrupt payloads, expired messages and poison tasks
+//     are dead-lettered at once (asynq's archive) with the reason;
+//   - a rejected token holds the bot's tasks (no redelivery used, nothing
+//     dead-lettered) and makes the worker not ready until it works again.
+package tasks

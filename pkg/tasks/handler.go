@@ -1,0 +1,263 @@
+package tasks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/courier-dev/courier/pkg/retrypolicy"
+	"github.com/courier-dev/courier/pkg/webex"
+)
+
+// Sender posts one Webex message once; *webex.Client is one.
+type Sender interface {
+	CreateMessage(ctx context.Context, m webex.Message) (*webex.Sent, error)
+}
+
+var _ Sender = (*webex.Client)(nil)
+
+// TaskResult is what a delivered task records (asynqmon shows it among
+// completed tasks while the task is retained).
+type TaskResult struct {
+	MessageIDs []string `json:"message_ids"`
+}
+
+// Handler delivers send tasks: an asynq.Handler. Build it with NewWorker, or
+// with NewHandler to run it under an asynq.Server of your own (then also set
+// the server's RetryDelayFunc, IsFailure and ErrorHandler from Hooks).
+type Handler struct {
+	cfg  WorkerConfig
+	rec  *records
+	bots map[string]*bot
+	stop context.Context // ends when the worker stops: in-process waits end
+
+	// afterRecord, when set (tests), runs after each dedup record is written.
+	afterRecord func(taskID string, part int) error
+}
+
+// bot is one named bot and the state of its token.
+type bot struct {
+	name   string
+	sender Sender
+
+	mu        sync.Mutex
+	rejected  bool
+	since     time.Time
+	nextProbe time.Time
+	lastLog   time.Time
+}
+
+// gate says whether a delivery may call Webex now. While the token is
+// rejected, one delivery per UnauthorizedDelay probes it; the others wait.
+func (b *bot) gate(now time.Time, interval time.Duration) (wait time.Duration, ok bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.rejected {
+		return 0, true
+	}
+	if now.Before(b.nextProbe) {
+		return b.nextProbe.Sub(now), false
+	}
+	b.nextProbe = now.Add(interval)
+	return 0, true
+}
+
+func (b *bot) reject(now time.Time, interval time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.rejected {
+		b.rejected, b.since = true, now
+	}
+	b.nextProbe = now.Add(interval)
+}
+
+func (b *bot) accept() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.rejected = false
+}
+
+// shouldLog rate-limits the loud log of a rejected token to one per interval.
+func (b *bot) shouldLog(now time.Time, interval time.Duration) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if now.Sub(b.lastLog) < interval {
+		return false
+	}
+	b.lastLog = now
+	return true
+}
+
+// RejectedBots lists the bots whose token Webex rejects, with when it began.
+func (h *Handler) RejectedBots() map[string]time.Time {
+	out := map[string]time.Time{}
+	for _, b := range h.bots {
+		b.mu.Lock()
+		if b.rejected {
+			out[b.name] = b.since
+		}
+		b.mu.Unlock()
+	}
+	return out
+}
+
+// ProcessTask delivers one task. It returns nil when the message is
+// delivered (or was already), else a *DeliveryError.
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	id, _ := asynq.GetTaskID(ctx)
+	queue, _ := asynq.GetQueueName(ctx)
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	now := h.cfg.Now()
+
+	p, err := DecodePayload(t.Payload())
+	switch {
+	case errors.Is(err, ErrNewerPayload):
+		return &DeliveryError{Outcome: Deferred, Err: err, Delay: retrypolicy.QueueDelay(h.cfg.DeferDelay)}
+	case err != nil:
+		return &DeliveryError{Outcome: Corrupt, Err: err}
+	}
+	b := h.bots[p.Bot]
+	if b == nil {
+		return &DeliveryError{Outcome: Permanent, Bot: p.Bot, Err: fmt.Errorf("unknown bot %q: this worker knows %s", p.Bot, h.cfg.botNames())}
+	}
+	if p.ExpiresAt != nil && now.After(*p.ExpiresAt) {
+		return &DeliveryError{Outcome: Expired, Bot: b.name, Err: fmt.Errorf("expired at %s, not delivered", p.ExpiresAt.Format(time.RFC3339))}
+	}
+	if h.stopping() {
+		return &DeliveryError{Outcome: Interrupted, Bot: b.name, Err: errors.New("worker stopping"), Delay: retrypolicy.QueueDelay(0)}
+	}
+	sent, died, err := h.rec.begin(ctx, queue, id)
+	if err != nil {
+		return &DeliveryError{Outcome: Transient, Bot: b.name, Err: err, Delay: h.cfg.Schedule.Delay(retried, err)}
+	}
+	finished := false
+	defer func() {
+		if !finished {
+			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			defer cancel()
+			h.rec.end(ctx, queue, id)
+		}
+	}()
+	if died >= h.cfg.PoisonLimit {
+		return &DeliveryError{Outcome: Poison, Bot: b.name, Err: fmt.Errorf("%d deliveries died with their worker (limit %d)", died, h.cfg.PoisonLimit)}
+	}
+	parts := p.Message.Parts()
+	if len(sent) >= len(parts) {
+		h.writeResult(t, sent, len(parts))
+		h.cfg.Logger.Info("already delivered, not posting again", "task_id", id, "queue", queue, "bot", botLabel(b.name), "outcome", Deduplicated)
+		h.cfg.observe(Deduplicated)
+		return nil
+	}
+	if wait, ok := b.gate(now, h.cfg.UnauthorizedDelay); !ok {
+		return &DeliveryError{Outcome: Unauthorized, Bot: b.name, Err: webex.ErrUnauthorized, Delay: retrypolicy.QueueDelay(wait)}
+	}
+
+	// In-process waits end when the worker stops; a request under way
+	// finishes (the HTTP timeout is below the shutdown timeout).
+	waitCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stopWaits := context.AfterFunc(h.stop, cancel)
+	defer stopWaits()
+
+	totalAttempts := 0
+	for i, part := range parts {
+		if _, done := sent[i]; done {
+			continue
+		}
+		attempts := 0
+		s, err := retrypolicy.DoValue(waitCtx, h.cfg.Policy, func(context.Context) (*webex.Sent, error) {
+			attempts++
+			return b.sender.CreateMessage(ctx, part)
+		}, retrypolicy.WithMaxWait(h.cfg.Budget), retrypolicy.WithLogger(h.cfg.attemptLogger), retrypolicy.WithName("deliver"))
+		totalAttempts += attempts
+		if err != nil {
+			de := h.failure(ctx, b, err, retried, maxRetry)
+			de.Attempts, de.Part, de.Parts = attempts, i+1, len(parts)
+			return de
+		}
+		b.accept()
+		last := len(sent)+1 == len(parts)
+		if err := h.record(ctx, queue, id, i, s.ID, last); err != nil {
+			return &DeliveryError{Outcome: Transient, Bot: b.name, Err: err, Delay: h.cfg.Schedule.Delay(retried, err), Part: i + 1, Parts: len(parts)}
+		}
+		sent[i] = s.ID
+		finished = last
+		if h.afterRecord != nil {
+			if err := h.afterRecord(id, i); err != nil {
+				return &DeliveryError{Outcome: Transient, Bot: b.name, Err: err, Delay: h.cfg.Schedule.Delay(retried, err)}
+			}
+		}
+	}
+	h.writeResult(t, sent, len(parts))
+	h.cfg.Logger.Info("delivered", "task_id", id, "queue", queue, "bot", botLabel(b.name), "outcome", Delivered,
+		"attempts", totalAttempts, "redeliveries", retried, "parts", len(parts))
+	h.cfg.observe(Delivered)
+	if !p.EnqueuedAt.IsZero() {
+		h.cfg.observeLatency(now.Sub(p.EnqueuedAt))
+	}
+	return nil
+}
+
+// record writes the dedup record, retrying Redis briefly: a message Webex
+// accepted but courier did not record would be posted again on redelivery.
+func (h *Handler) record(ctx context.Context, queue, id string, part int, msgID string, last bool) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	p := retrypolicy.Policy{MaxAttempts: 5, InitialDelay: 50 * time.Millisecond, MaxDelay: time.Second, Multiplier: 2}
+	return retrypolicy.Do(ctx, p, func(ctx context.Context) error {
+		return retrypolicy.MarkTransient(h.rec.markSent(ctx, queue, id, part, msgID, last))
+	})
+}
+
+// failure turns the error of a delivery's in-process attempts into the
+// outcome that decides the task's fate.
+func (h *Handler) failure(ctx context.Context, b *bot, err error, retried, maxRetry int) *DeliveryError {
+	de := &DeliveryError{Bot: b.name, Err: err}
+	dec := retrypolicy.Classify(err, nil)
+	var budget *retrypolicy.BudgetError
+	switch {
+	case errors.Is(err, context.Canceled) && ctx.Err() == nil: // our stop, not the task's end
+		de.Outcome, de.Delay = Interrupted, retrypolicy.QueueDelay(0)
+	case errors.Is(err, webex.ErrUnauthorized):
+		b.reject(h.cfg.Now(), h.cfg.UnauthorizedDelay)
+		de.Outcome, de.Delay = Unauthorized, retrypolicy.QueueDelay(h.cfg.UnauthorizedDelay)
+	case !dec.Class.Retryable():
+		de.Outcome = Permanent
+	case dec.Class == retrypolicy.RateLimited,
+		errors.As(err, &budget) && dec.RetryAfter > 0: // the server named a wait beyond the budget
+		de.Outcome, de.Delay = RateLimited, h.cfg.Schedule.Delay(retried, err)
+	case retried >= maxRetry-retryHeadroom:
+		de.Outcome = Exhausted
+		de.Err = fmt.Errorf("failed after %d redeliveries: %w", retried, err)
+	default:
+		de.Outcome, de.Delay = Transient, h.cfg.Schedule.Delay(retried, err)
+	}
+	return de
+}
+
+func (h *Handler) writeResult(t *asynq.Task, sent map[int]string, parts int) {
+	w := t.ResultWriter()
+	if w == nil {
+		return
+	}
+	r := TaskResult{MessageIDs: make([]string, 0, parts)}
+	for i := range parts {
+		r.MessageIDs = append(r.MessageIDs, sent[i])
+	}
+	b, _ := json.Marshal(r)
+	_, _ = w.Write(b)
+}
+
+func (h *Handler) stopping() bool { return h.stop.Err() != nil }
+
+var _ asynq.Handler = (*Handler)(nil)
+
+// discard is a logger that drops everything.
+var discard = slog.New(slog.DiscardHandler)

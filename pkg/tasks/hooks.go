@@ -1,0 +1,106 @@
+package tasks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/courier-dev/courier/pkg/retrypolicy"
+)
+
+// RetryDelay is the asynq RetryDelayFunc: the delay the handler decided, a
+// short one after a lease expired (the worker died; not the task's fault),
+// else the durable schedule.
+func (h *Handler) RetryDelay(retried int, err error, _ *asynq.Task) time.Duration {
+	var de *DeliveryError
+	switch {
+	case errors.As(err, &de):
+		return max(de.Delay, time.Second)
+	case errors.Is(err, asynq.ErrLeaseExpired):
+		return retrypolicy.QueueDelay(0)
+	}
+	return h.cfg.Schedule.Delay(retried, err)
+}
+
+// IsFailure is the asynq IsFailure func: only transient failures (and
+// anything unexpected) use up a redelivery. Rate limits, a rejected token,
+// a stopping worker, a newer payload and a lease expiry do not.
+func IsFailure(err error) bool {
+	var de *DeliveryError
+	if errors.As(err, &de) {
+		return de.Outcome.countsAsFailure()
+	}
+	return !errors.Is(err, asynq.ErrLeaseExpired)
+}
+
+// HandleError is the asynq ErrorHandler: it records each failed delivery
+// and each dead letter once, with the task id, queue, bot, attempts,
+// redelivery count, outcome, Webex status and tracking id, and the next
+// delay. Never the token, and the message text never above debug level.
+func (h *Handler) HandleError(ctx context.Context, _ *asynq.Task, err error) {
+	var de *DeliveryError
+	if !errors.As(err, &de) { // a panic or another unexpected error
+		de = &DeliveryError{Outcome: Transient, Err: err}
+	}
+	id, _ := asynq.GetTaskID(ctx)
+	queue, _ := asynq.GetQueueName(ctx)
+	retried, _ := asynq.GetRetryCount(ctx)
+	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	limit := max(maxRetry-retryHeadroom, 0)
+	h.cfg.observe(de.Outcome)
+
+	attrs := []any{"task_id", id, "queue", queue, "bot", botLabel(de.Bot), "outcome", string(de.Outcome),
+		"attempts", de.Attempts, "max_attempts", h.cfg.Policy.MaxAttempts, "redeliveries", retried, "max_redeliveries", limit}
+	if s := de.Status(); s != 0 {
+		attrs = append(attrs, "status", s)
+	}
+	if tid := de.TrackingID(); tid != "" {
+		attrs = append(attrs, "tracking_id", tid)
+	}
+	if de.Parts > 1 {
+		attrs = append(attrs, "part", de.Part, "parts", de.Parts)
+	}
+	if !de.Outcome.DeadLetter() {
+		attrs = append(attrs, "delay", de.Delay)
+	}
+	attrs = append(attrs, "error", errText(de.Err))
+	log := h.cfg.Logger
+	switch {
+	case de.Outcome == Exhausted:
+		log.Error(fmt.Sprintf("failed after %d redeliveries, dead-lettered", retried), attrs...)
+	case de.Outcome.DeadLetter():
+		log.Error(fmt.Sprintf("%s error, dead-lettered (not retried)", de.Outcome), attrs...)
+	case de.Outcome == Transient:
+		log.Warn(fmt.Sprintf("delivery failed after %d/%d attempts, redelivery %d/%d in %s",
+			de.Attempts, h.cfg.Policy.MaxAttempts, retried+1, limit, de.Delay), attrs...)
+	case de.Outcome == RateLimited:
+		log.Warn(fmt.Sprintf("rate-limited, redelivery in %s (not counted)", de.Delay), attrs...)
+	case de.Outcome == Unauthorized:
+		level := slog.LevelDebug
+		if b := h.bots[de.Bot]; b != nil && b.shouldLog(h.cfg.Now(), h.cfg.UnauthorizedDelay) {
+			level = slog.LevelError
+		}
+		log.Log(ctx, level, "Webex rejects the bot's token: its tasks are held, not dead-lettered; fix the token", attrs...)
+	default: // interrupted, deferred
+		log.Info(fmt.Sprintf("%s, handed back in %s (not counted)", de.Outcome, de.Delay), attrs...)
+	}
+}
+
+// botLabel names a bot in logs: the default bot has the empty name.
+func botLabel(name string) string {
+	if name == "" {
+		return "default"
+	}
+	return name
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

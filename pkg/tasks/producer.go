@@ -1,0 +1,298 @@
+package tasks
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/courier-dev/courier/pkg/webex"
+)
+
+// DefaultQueue is the queue producers use and workers serve by default.
+const DefaultQueue = "courier"
+
+// Defaults of ProducerConfig.
+const (
+	DefaultMaxRedeliveries = 30
+	DefaultKeyedRetention  = 25 * time.Hour
+	DefaultRetention       = time.Hour
+)
+
+// ErrDuplicate matches a keyed enqueue whose key already names a task in the
+// queue: the message is (or was) on its way, and callers can treat this as
+// success. The error is a *DuplicateError with the task's state.
+var ErrDuplicate = errors.New("duplicate idempotency key")
+
+// ErrDeadLettered matches a duplicate whose task is in the dead-letter queue
+// (archived): it was not delivered, and enqueueing again will not help until
+// an operator re-runs or deletes it.
+var ErrDeadLettered = errors.New("idempotency key names a dead-lettered task")
+
+// DuplicateError reports a keyed enqueue that found its task already there.
+type DuplicateError struct {
+	Key, Queue string
+	// State is asynq's state of the existing task: "pending", "scheduled",
+	// "active", "retry", "completed" or "archived" ("" if it vanished).
+	State string
+}
+
+func (e *DuplicateError) Error() string {
+	if e.State == "archived" {
+		return fmt.Sprintf("key %q in queue %q: dead-lettered earlier", e.Key, e.Queue)
+	}
+	return fmt.Sprintf("key %q in queue %q: duplicate (task %s)", e.Key, e.Queue, cmp.Or(e.State, "gone"))
+}
+
+// Is matches ErrDuplicate, and ErrDeadLettered for an archived task.
+func (e *DuplicateError) Is(target error) bool {
+	return target == ErrDuplicate || (target == ErrDeadLettered && e.State == "archived")
+}
+
+// ProducerConfig configures a Producer. Zero fields take the defaults.
+type ProducerConfig struct {
+	// Queue is the default queue. Default DefaultQueue.
+	Queue string
+	// MaxInlineBytes caps the inline files of one message. Default 1 MiB.
+	MaxInlineBytes int
+	// MaxRedeliveries is the default number of durable redeliveries after
+	// the first delivery. Default 30, which outlives a 12 h outage with the
+	// default schedule (retrypolicy.DefaultSchedule.Survives(30) ≥ 12h).
+	MaxRedeliveries int
+	// KeyedRetention keeps a delivered keyed task (and so its key) this
+	// long: a re-run within it is a duplicate. Default 25h.
+	KeyedRetention time.Duration
+	// Retention keeps a delivered task without a key, so its result (the
+	// Webex message id) can be seen. Default 1h; negative: not kept.
+	Retention time.Duration
+	// Source names the producer in payloads and logs.
+	Source string
+	// Now reads the clock; default time.Now.
+	Now func() time.Time
+}
+
+func (c ProducerConfig) withDefaults() ProducerConfig {
+	c.Queue = cmp.Or(c.Queue, DefaultQueue)
+	c.MaxInlineBytes = cmp.Or(c.MaxInlineBytes, DefaultMaxInlineBytes)
+	c.MaxRedeliveries = cmp.Or(c.MaxRedeliveries, DefaultMaxRedeliveries)
+	c.KeyedRetention = cmp.Or(c.KeyedRetention, DefaultKeyedRetention)
+	c.Retention = cmp.Or(c.Retention, DefaultRetention)
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// Producer enqueues send tasks. It is safe for concurrent use.
+type Producer struct {
+	cfg       ProducerConfig
+	client    *asynq.Client
+	inspector *asynq.Inspector
+}
+
+// NewProducer returns a producer over a go-redis client (which the caller
+// keeps and closes).
+func NewProducer(rdb redis.UniversalClient, cfg ProducerConfig) (*Producer, error) {
+	cfg = cfg.withDefaults()
+	if cfg.MaxRedeliveries < 0 || cfg.MaxInlineBytes < 0 || cfg.KeyedRetention < 0 {
+		return nil, errors.New("tasks: MaxRedeliveries, MaxInlineBytes and KeyedRetention must not be negative")
+	}
+	return &Producer{cfg: cfg, client: asynq.NewClientFromRedisClient(rdb), inspector: asynq.NewInspectorFromRedisClient(rdb)}, nil
+}
+
+// Close releases the producer (not the Redis client it was given).
+func (p *Producer) Close() error { return nil }
+
+// Option adjusts one enqueue.
+type Option func(*enqueueOptions)
+
+type enqueueOptions struct {
+	queue           string
+	key             string
+	bot             string
+	source          string
+	processAt       time.Time
+	processIn       time.Duration
+	maxRedeliveries *int
+	expiresAt       time.Time
+	expiresIn       time.Duration
+	retention       *time.Duration
+	asynq           []asynq.Option // built from the above
+}
+
+// Queue sends the task to queue q.
+func Queue(q string) Option { return func(o *enqueueOptions) { o.queue = q } }
+
+// Key sets the idempotency key: a second enqueue with the same key in the
+// same queue, while the task exists or is retained, is a duplicate.
+func Key(k string) Option { return func(o *enqueueOptions) { o.key = k } }
+
+// Bot names the bot to send as (empty: the default bot).
+func Bot(name string) Option { return func(o *enqueueOptions) { o.bot = name } }
+
+// Source names the producer for this message.
+func Source(s string) Option { return func(o *enqueueOptions) { o.source = s } }
+
+// ProcessAt delays the first delivery until t.
+func ProcessAt(t time.Time) Option { return func(o *enqueueOptions) { o.processAt = t } }
+
+// ProcessIn delays the first delivery by d.
+func ProcessIn(d time.Duration) Option { return func(o *enqueueOptions) { o.processIn = d } }
+
+// MaxRedeliveries sets how many durable redeliveries a transient failure may
+// use before the task is dead-lettered.
+func MaxRedeliveries(n int) Option { return func(o *enqueueOptions) { o.maxRedeliveries = &n } }
+
+// ExpiresAt dead-letters the message as expired if it is not delivered by t.
+func ExpiresAt(t time.Time) Option { return func(o *enqueueOptions) { o.expiresAt = t } }
+
+// ExpiresIn is ExpiresAt(now + d).
+func ExpiresIn(d time.Duration) Option { return func(o *enqueueOptions) { o.expiresIn = d } }
+
+// Retention keeps the delivered task (and its result) for d.
+func Retention(d time.Duration) Option { return func(o *enqueueOptions) { o.retention = &d } }
+
+// Enqueued is a task that was enqueued.
+type Enqueued struct {
+	TaskID string
+	Queue  string
+}
+
+// Enqueue validates msg and enqueues it. An invalid message never reaches
+// Redis: the error holds a *webex.ValidationError per problem. A keyed
+// duplicate returns a *DuplicateError (errors.Is ErrDuplicate).
+func (p *Producer) Enqueue(ctx context.Context, msg Message, opts ...Option) (*Enqueued, error) {
+	task, o, err := p.build(msg, opts)
+	if err != nil {
+		return nil, err
+	}
+	info, err := p.client.EnqueueContext(ctx, task, o.asynq...)
+	if errors.Is(err, asynq.ErrTaskIDConflict) {
+		return nil, p.duplicate(o.key, o.queue)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("enqueue: %w", err)
+	}
+	return &Enqueued{TaskID: info.ID, Queue: info.Queue}, nil
+}
+
+// build validates and encodes one message.
+func (p *Producer) build(msg Message, opts []Option) (*asynq.Task, *enqueueOptions, error) {
+	o := &enqueueOptions{queue: p.cfg.Queue}
+	for _, opt := range opts {
+		opt(o)
+	}
+	if msg.File != nil { // a single local file set the webex way: carry it inline
+		msg.Uploads = append([]webex.File{*msg.File}, msg.Uploads...)
+		msg.File = nil
+	}
+	var errs []error
+	if err := msg.Validate(p.cfg.MaxInlineBytes); err != nil {
+		errs = append(errs, err)
+	}
+	if err := validateKey(o.key); err != nil {
+		errs = append(errs, err)
+	}
+	now := p.cfg.Now()
+	pl := Payload{Version: PayloadVersion, Message: msg, Bot: o.bot, Key: o.key, Source: cmp.Or(o.source, p.cfg.Source), EnqueuedAt: now.UTC()}
+	if o.expiresIn > 0 {
+		o.expiresAt = now.Add(o.expiresIn)
+	}
+	if !o.expiresAt.IsZero() {
+		if !o.expiresAt.After(now) {
+			errs = append(errs, &webex.ValidationError{Field: "expires_at", Problem: fmt.Sprintf("%s is not in the future", o.expiresAt.Format(time.RFC3339))})
+		}
+		t := o.expiresAt.UTC()
+		pl.ExpiresAt = &t
+	}
+	redeliveries := p.cfg.MaxRedeliveries
+	if o.maxRedeliveries != nil {
+		redeliveries = *o.maxRedeliveries
+		if redeliveries < 0 {
+			errs = append(errs, &webex.ValidationError{Field: "max_redeliveries", Problem: fmt.Sprintf("is %d, must be 0 or more", redeliveries)})
+		}
+	}
+	if o.queue == "" {
+		errs = append(errs, &webex.ValidationError{Field: "queue", Problem: "must not be empty"})
+	}
+	if len(errs) > 0 {
+		return nil, nil, errors.Join(errs...)
+	}
+	aopts := []asynq.Option{asynq.Queue(o.queue), asynq.MaxRetry(redeliveries + retryHeadroom)}
+	retention := p.cfg.Retention
+	if o.key != "" {
+		aopts = append(aopts, asynq.TaskID(o.key))
+		retention = p.cfg.KeyedRetention
+	}
+	if o.retention != nil {
+		retention = *o.retention
+	}
+	if retention > 0 {
+		aopts = append(aopts, asynq.Retention(retention))
+	}
+	switch {
+	case !o.processAt.IsZero():
+		aopts = append(aopts, asynq.ProcessAt(o.processAt))
+	case o.processIn > 0:
+		aopts = append(aopts, asynq.ProcessIn(o.processIn))
+	}
+	o.asynq = aopts
+	b, err := json.Marshal(pl)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode payload: %w", err)
+	}
+	return asynq.NewTask(TypeSend, b), o, nil
+}
+
+// retryHeadroom is how many more redeliveries asynq allows than courier: asynq
+// archives whenever Retried >= MaxRetry, even for a rate-limited attempt that
+// does not count, so courier enforces its own limit one below asynq's.
+const retryHeadroom = 1
+
+// duplicate describes the task a conflicting key names.
+func (p *Producer) duplicate(key, queue string) error {
+	dup := &DuplicateError{Key: key, Queue: queue}
+	if info, err := p.inspector.GetTaskInfo(queue, key); err == nil {
+		dup.State = info.State.String()
+	}
+	return dup
+}
+
+// Request is one message of a bulk enqueue.
+type Request struct {
+	Message Message
+	Options []Option
+}
+
+// Result is the outcome of one Request: Enqueued, or Err (a validation
+// error, a *DuplicateError, or a Redis failure).
+type Result struct {
+	Enqueued *Enqueued
+	Err      error
+}
+
+// EnqueueMany enqueues reqs concurrently (at most 16 at a time) and returns
+// one Result per request, in order. Each message succeeds or fails on its
+// own: an invalid one does not stop the others.
+func (p *Producer) EnqueueMany(ctx context.Context, reqs []Request) []Result {
+	results := make([]Result, len(reqs))
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for i, r := range reqs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			e, err := p.Enqueue(ctx, r.Message, r.Options...)
+			results[i] = Result{Enqueued: e, Err: err}
+		}()
+	}
+	wg.Wait()
+	return results
+}

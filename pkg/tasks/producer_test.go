@@ -1,0 +1,150 @@
+package tasks
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/courier-dev/courier/pkg/webex"
+	"github.com/courier-dev/courier/pkg/webex/webextest"
+)
+
+func TestEnqueueRejectsInvalid(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	big := webex.File{Name: "big.bin", Data: make([]byte, DefaultMaxInlineBytes+1)}
+	tests := []struct {
+		name string
+		m    Message
+		opts []Option
+		want []string
+	}{
+		{"no destination", Message{Message: webex.Message{Text: "x"}}, nil, []string{"roomId: exactly one of"}},
+		{"too long", text("r", strings.Repeat("x", 7440)), nil, []string{"text: is 7440 bytes, the limit is 7439"}},
+		{"inline cap", Message{Message: webex.Message{RoomID: "r"}, Uploads: []webex.File{big}}, nil, []string{"uploads: files total 1048577 bytes, the inline limit is 1048576"}},
+		{"bad key", text("r", "x"), []Option{Key("has space")}, []string{"key: contains ' '"}},
+		{"long key", text("r", "x"), []Option{Key(strings.Repeat("k", 201))}, []string{"key: is 201 bytes, the limit is 200"}},
+		{"past expiry", text("r", "x"), []Option{ExpiresAt(time.Now().Add(-time.Minute))}, []string{"expires_at: "}},
+		{"negative redeliveries", text("r", "x"), []Option{MaxRedeliveries(-1)}, []string{"max_redeliveries: is -1"}},
+		{"several problems", Message{Message: webex.Message{Markdown: strings.Repeat("x", 8000)}}, []Option{Key("a b")}, []string{"roomId: ", "markdown: is 8000 bytes", "key: "}},
+		{"second file invalid", Message{Message: webex.Message{RoomID: "r", Text: "x"}, Uploads: []webex.File{{Name: "a", Data: []byte("a")}, {Data: []byte("b")}}}, nil, []string{"file 2: files: a local file needs a name"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := e.producer.Enqueue(context.Background(), tt.m, tt.opts...)
+			var ve *webex.ValidationError
+			if !errors.As(err, &ve) {
+				t.Fatalf("err = %v, want a ValidationError", err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("err = %v, want %q", err, w)
+				}
+			}
+		})
+	}
+	q, err := e.inspector.GetQueueInfo(e.queue)
+	if err == nil && q.Size != 0 {
+		t.Fatalf("%d invalid tasks reached Redis", q.Size)
+	}
+}
+
+func TestEnqueueOptions(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	at := time.Now().Add(time.Hour).Truncate(time.Second)
+	r, err := e.producer.Enqueue(context.Background(), text("r", "x"), ProcessAt(at), MaxRedeliveries(5), Retention(2*time.Hour), Source("cron"), ExpiresIn(3*time.Hour), Bot("reports"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := e.inspector.GetTaskInfo(e.queue, r.TaskID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State != asynq.TaskStateScheduled || !info.NextProcessAt.Equal(at) || info.MaxRetry != 5+retryHeadroom || info.Retention != 2*time.Hour {
+		t.Fatalf("info = state %v at %v maxretry %d retention %v", info.State, info.NextProcessAt, info.MaxRetry, info.Retention)
+	}
+	p, err := DecodePayload(info.Payload)
+	if err != nil || p.Source != "cron" || p.Bot != "reports" || p.ExpiresAt == nil || p.Version != PayloadVersion || p.EnqueuedAt.IsZero() {
+		t.Fatalf("payload %+v, %v", p, err)
+	}
+}
+
+func TestEnqueueMany(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	reqs := []Request{
+		{Message: text("r", "one")},
+		{Message: text("", "bad")},
+		{Message: text("r", "keyed"), Options: []Option{Key("bulk-1")}},
+		{Message: text("r", "keyed again"), Options: []Option{Key("bulk-1")}},
+	}
+	res := e.producer.EnqueueMany(context.Background(), reqs)
+	if len(res) != 4 || res[0].Err != nil || res[1].Err == nil {
+		t.Fatalf("results %+v", res)
+	}
+	// Exactly one of the two keyed requests wins, the other is a duplicate.
+	if (res[2].Err == nil) == (res[3].Err == nil) || !(errors.Is(res[2].Err, ErrDuplicate) || errors.Is(res[3].Err, ErrDuplicate)) {
+		t.Fatalf("keyed results %v / %v", res[2].Err, res[3].Err)
+	}
+	q, _ := e.inspector.GetQueueInfo(e.queue)
+	if q.Pending != 2 {
+		t.Fatalf("%d pending, want 2", q.Pending)
+	}
+}
+
+func TestDecodePayload(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		in   string
+		want error
+	}{
+		{`{"v":1,"message":{"roomId":"r","text":"x"}}`, nil},
+		{`{"v":2}`, ErrNewerPayload},
+		{`{"v":0}`, ErrCorruptPayload},
+		{`{}`, ErrCorruptPayload},
+		{`[1]`, ErrCorruptPayload},
+		{``, ErrCorruptPayload},
+	} {
+		_, err := DecodePayload([]byte(tc.in))
+		if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
+			t.Errorf("DecodePayload(%q) = %v, want %v", tc.in, err, tc.want)
+		}
+	}
+}
+
+func TestHooks(t *testing.T) {
+	t.Parallel()
+	h := &Handler{cfg: WorkerConfig{Schedule: fastSchedule}.withDefaults()}
+	if IsFailure(asynq.ErrLeaseExpired) || h.RetryDelay(5, asynq.ErrLeaseExpired, nil) != time.Second {
+		t.Fatal("a lease expiry must come back quickly without using a redelivery")
+	}
+	for o, counts := range map[Outcome]bool{Transient: true, Permanent: true, RateLimited: false, Unauthorized: false, Interrupted: false, Deferred: false} {
+		if IsFailure(&DeliveryError{Outcome: o}) != counts {
+			t.Errorf("IsFailure(%s) = %v", o, !counts)
+		}
+	}
+	if !IsFailure(errors.New("panic: boom")) {
+		t.Error("an unexpected error must count")
+	}
+	if d := h.RetryDelay(0, &DeliveryError{Outcome: RateLimited, Delay: 7 * time.Second}, nil); d != 7*time.Second {
+		t.Errorf("RetryDelay took %v, not the handler's 7s", d)
+	}
+	if !errors.Is(&DeliveryError{Outcome: Permanent, Err: errors.New("x")}, asynq.SkipRetry) || errors.Is(&DeliveryError{Outcome: Transient, Err: errors.New("x")}, asynq.SkipRetry) {
+		t.Error("only dead letters may skip asynq's retry")
+	}
+}
+
+func TestWorkerConfigValidate(t *testing.T) {
+	t.Parallel()
+	err := WorkerConfig{Concurrency: -1, Budget: time.Minute, ShutdownTimeout: time.Second, PoisonLimit: -1, Queues: map[string]int{"q": 0}}.withDefaults().Validate()
+	for _, want := range []string{"Bots", "Queues", "Concurrency", "Budget", "PoisonLimit"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("err = %v, want %s named", err, want)
+		}
+	}
+}
