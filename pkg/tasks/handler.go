@@ -233,13 +233,31 @@ func (h *Handler) failure(ctx context.Context, b *bot, err error, retried, maxRe
 	case dec.Class == retrypolicy.RateLimited,
 		errors.As(err, &budget) && dec.RetryAfter > 0: // the server named a wait beyond the budget
 		de.Outcome, de.Delay = RateLimited, h.cfg.Schedule.Delay(retried, err)
-	case retried >= maxRetry-retryHeadroom:
+	case retried >= h.redeliveryLimit(maxRetry):
 		de.Outcome = Exhausted
 		de.Err = fmt.Errorf("failed after %d redeliveries: %w", retried, err)
 	default:
 		de.Outcome, de.Delay = Transient, h.cfg.Schedule.Delay(retried, err)
 	}
 	return de
+}
+
+// redeliveryLimit is the task's redelivery limit (asynq's MaxRetry less the
+// headroom), capped by the worker's MaxRedeliveries when set.
+func (h *Handler) redeliveryLimit(maxRetry int) int {
+	limit := max(maxRetry-retryHeadroom, 0)
+	if h.cfg.MaxRedeliveries > 0 {
+		limit = min(limit, h.cfg.MaxRedeliveries)
+	}
+	return limit
+}
+
+// MarkRejected records that Webex rejects a bot's token (found at start-up),
+// so its tasks are held and readiness is false until a probe succeeds.
+func (h *Handler) MarkRejected(name string) {
+	if b := h.bots[name]; b != nil {
+		b.reject(h.cfg.Now(), 0)
+	}
 }
 
 func (h *Handler) writeResult(t *asynq.Task, sent map[int]string, parts int) {

@@ -50,7 +50,7 @@ func (h *Handler) HandleError(ctx context.Context, _ *asynq.Task, err error) {
 	queue, _ := asynq.GetQueueName(ctx)
 	retried, _ := asynq.GetRetryCount(ctx)
 	maxRetry, _ := asynq.GetMaxRetry(ctx)
-	limit := max(maxRetry-retryHeadroom, 0)
+	limit := h.redeliveryLimit(maxRetry)
 	h.cfg.observe(de.Outcome)
 
 	attrs := []any{"task_id", id, "queue", queue, "bot", botLabel(de.Bot), "outcome", string(de.Outcome),

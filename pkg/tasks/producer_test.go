@@ -119,7 +119,7 @@ func TestDecodePayload(t *testing.T) {
 
 func TestHooks(t *testing.T) {
 	t.Parallel()
-	h := &Handler{cfg: WorkerConfig{Schedule: fastSchedule}.withDefaults()}
+	h := &Handler{cfg: WorkerConfig{Schedule: fastSchedule}.WithDefaults()}
 	if IsFailure(asynq.ErrLeaseExpired) || h.RetryDelay(5, asynq.ErrLeaseExpired, nil) != time.Second {
 		t.Fatal("a lease expiry must come back quickly without using a redelivery")
 	}
@@ -141,7 +141,7 @@ func TestHooks(t *testing.T) {
 
 func TestWorkerConfigValidate(t *testing.T) {
 	t.Parallel()
-	err := WorkerConfig{Concurrency: -1, Budget: time.Minute, ShutdownTimeout: time.Second, PoisonLimit: -1, Queues: map[string]int{"q": 0}}.withDefaults().Validate()
+	err := WorkerConfig{Concurrency: -1, Budget: time.Minute, ShutdownTimeout: time.Second, PoisonLimit: -1, Queues: map[string]int{"q": 0}}.WithDefaults().Validate()
 	for _, want := range []string{"Bots", "Queues", "Concurrency", "Budget", "PoisonLimit"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("err = %v, want %s named", err, want)

@@ -43,6 +43,9 @@ type WorkerConfig struct {
 	Concurrency int
 	// Policy governs in-process attempts. Default retrypolicy.Webex.
 	Policy retrypolicy.Policy
+	// MaxRedeliveries, when above 0, caps every task's own redelivery limit
+	// (set at enqueue, default 30). 0: the task's own limit.
+	MaxRedeliveries int
 	// Budget bounds the time one delivery spends waiting between in-process
 	// attempts; a longer wait is handed to the queue instead of holding a
 	// worker slot. Default 20s, kept below ShutdownTimeout.
@@ -87,7 +90,8 @@ type WorkerConfig struct {
 	attemptLogger *slog.Logger
 }
 
-func (c WorkerConfig) withDefaults() WorkerConfig {
+// WithDefaults fills zero fields with the defaults.
+func (c WorkerConfig) WithDefaults() WorkerConfig {
 	if len(c.Queues) == 0 {
 		c.Queues = map[string]int{DefaultQueue: 1}
 	}
@@ -155,6 +159,9 @@ func (c WorkerConfig) Validate() error {
 			errs = append(errs, fmt.Errorf("%s is %v: must be greater than 0", name, d))
 		}
 	}
+	if c.MaxRedeliveries < 0 {
+		errs = append(errs, fmt.Errorf("MaxRedeliveries is %d: must be 0 (the task's own limit) or more", c.MaxRedeliveries))
+	}
 	if c.PoisonLimit < 1 {
 		errs = append(errs, fmt.Errorf("PoisonLimit is %d: must be at least 1", c.PoisonLimit))
 	}
@@ -194,7 +201,7 @@ type Worker struct {
 // NewWorker builds a worker over a go-redis client (which the caller keeps
 // and closes after Shutdown).
 func NewWorker(rdb redis.UniversalClient, cfg WorkerConfig) (*Worker, error) {
-	cfg = cfg.withDefaults()
+	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("worker config: %w", err)
 	}

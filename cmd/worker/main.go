@@ -1,0 +1,35 @@
+// Command worker delivers courier's queued Webex messages. Configuration
+// comes from flags and environment variables (see README, "Configuration",
+// or worker -help).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/courier-dev/courier/internal/worker"
+)
+
+func main() {
+	cfg, err := worker.Load(os.Args[1:], nil)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "Usage: worker [flags]\n\nEvery flag has an environment variable; a flag wins.")
+		worker.Usage(os.Stderr)
+		return
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := worker.Run(ctx, cfg, worker.NewLogger(os.Stderr, cfg.LogFormat, cfg.LogLevel)); err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(1)
+	}
+}

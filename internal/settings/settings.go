@@ -1,0 +1,188 @@
+// Package settings maps command-line flags and environment variables onto a
+// configuration struct, one setting each with the same meaning: a flag
+// -max-delay and its variable COURIER_MAX_DELAY. A flag wins over the
+// variable, the variable over the default. Every bad value is reported at
+// once, naming the flag, the variable and the rule.
+package settings
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Set is a group of settings.
+type Set struct {
+	fs   *flag.FlagSet
+	list []*setting
+}
+
+type setting struct {
+	flag, env, def, help string
+	raw                  *string
+	parse                func(string) error
+}
+
+// New starts a set for the command name.
+func New(name string) *Set {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return &Set{fs: fs}
+}
+
+// FlagSet is the underlying flag set (for usage output).
+func (s *Set) FlagSet() *flag.FlagSet { return s.fs }
+
+func (s *Set) add(name, env, def, help string, parse func(string) error) {
+	usage := help
+	if env != "" {
+		usage += " (env " + env + ")"
+	}
+	st := &setting{flag: name, env: env, def: def, help: help, parse: parse}
+	st.raw = s.fs.String(name, def, usage)
+	s.list = append(s.list, st)
+}
+
+// String registers a string setting.
+func (s *Set) String(p *string, name, env, def, help string) {
+	s.add(name, env, def, help, func(v string) error { *p = v; return nil })
+}
+
+// Int registers an integer setting.
+func (s *Set) Int(p *int, name, env string, def int, help string) {
+	s.add(name, env, strconv.Itoa(def), help, func(v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("want a whole number, got %q", v)
+		}
+		*p = n
+		return nil
+	})
+}
+
+// Float registers a number setting.
+func (s *Set) Float(p *float64, name, env string, def float64, help string) {
+	s.add(name, env, strconv.FormatFloat(def, 'g', -1, 64), help, func(v string) error {
+		f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil {
+			return fmt.Errorf("want a number, got %q", v)
+		}
+		*p = f
+		return nil
+	})
+}
+
+// Duration registers a duration setting ("1.5s", "2m", "1h").
+func (s *Set) Duration(p *time.Duration, name, env string, def time.Duration, help string) {
+	s.add(name, env, def.String(), help, func(v string) error {
+		d, err := time.ParseDuration(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("want a duration such as 30s or 5m, got %q", v)
+		}
+		*p = d
+		return nil
+	})
+}
+
+// Bool registers a boolean setting.
+func (s *Set) Bool(p *bool, name, env string, def bool, help string) {
+	s.add(name, env, strconv.FormatBool(def), help, func(v string) error {
+		b, err := strconv.ParseBool(strings.TrimSpace(v))
+		if err != nil {
+			return fmt.Errorf("want true or false, got %q", v)
+		}
+		*p = b
+		return nil
+	})
+}
+
+// Func registers a setting parsed by parse.
+func (s *Set) Func(name, env, def, help string, parse func(string) error) {
+	s.add(name, env, def, help, parse)
+}
+
+// Parse reads args and the environment (getenv; nil means os.Getenv) and
+// fills every setting, reporting all bad values at once. Boolean flags take
+// a value (-dev=true) or none (-dev).
+func (s *Set) Parse(args []string, getenv func(string) string) error {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	args = expandBoolFlags(args, s)
+	if err := s.fs.Parse(args); err != nil {
+		return err
+	}
+	if s.fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", s.fs.Arg(0))
+	}
+	set := map[string]bool{}
+	s.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	for _, st := range s.list {
+		v, from := *st.raw, "-"+st.flag
+		if !set[st.flag] && st.env != "" {
+			if e, ok := lookup(getenv, st.env); ok {
+				v, from = e, st.env
+			}
+		}
+		if err := st.parse(v); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", from, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func lookup(getenv func(string) string, key string) (string, bool) {
+	v := getenv(key)
+	return v, v != ""
+}
+
+// expandBoolFlags turns a bare boolean flag (-dev) into -dev=true, since all
+// settings are registered as strings.
+func expandBoolFlags(args []string, s *Set) []string {
+	bools := map[string]bool{}
+	for _, st := range s.list {
+		if st.def == "true" || st.def == "false" {
+			bools[st.flag] = true
+		}
+	}
+	out := make([]string, 0, len(args))
+	for i, a := range args {
+		if a == "--" {
+			return append(out, args[i:]...)
+		}
+		name := strings.TrimLeft(a, "-")
+		if strings.HasPrefix(a, "-") && !strings.Contains(name, "=") && bools[name] {
+			a += "=true"
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// Envs lists the environment variables of the set, for docs and tests.
+func (s *Set) Envs() []string {
+	var out []string
+	for _, st := range s.list {
+		if st.env != "" {
+			out = append(out, st.env)
+		}
+	}
+	return out
+}
+
+// Usage writes every setting: flag, variable, default, help.
+func (s *Set) Usage(w io.Writer) {
+	for _, st := range s.list {
+		env := st.env
+		if env == "" {
+			env = "-"
+		}
+		fmt.Fprintf(w, "  -%-28s %-34s default %q\n      %s\n", st.flag, env, st.def, st.help)
+	}
+}

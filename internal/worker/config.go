@@ -1,0 +1,288 @@
+// Package worker is the courier worker process: its configuration (flags and
+// environment), start-up checks, the asynq worker, the admin server and a
+// graceful stop. cmd/worker only calls Load and Run.
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/courier-dev/courier/internal/settings"
+	"github.com/courier-dev/courier/pkg/retrypolicy"
+	"github.com/courier-dev/courier/pkg/tasks"
+	"github.com/courier-dev/courier/pkg/webex"
+)
+
+// Config is the worker's whole configuration.
+type Config struct {
+	RedisURL     string
+	RedisTimeout time.Duration
+	WebexBaseURL string
+	// Tokens maps bot names to tokens; "" is the default bot (WEBEX_TOKEN).
+	Tokens map[string]string
+
+	Queues            map[string]int
+	StrictPriority    bool
+	Concurrency       int
+	Policy            retrypolicy.Policy
+	Budget            time.Duration
+	Schedule          retrypolicy.Schedule
+	MaxRedeliveries   int
+	KeyedRetention    time.Duration
+	TaskCheckInterval time.Duration
+	DelayedInterval   time.Duration
+	ShutdownTimeout   time.Duration
+	PoisonLimit       int
+	UnauthorizedDelay time.Duration
+
+	LogFormat string // auto, text or json
+	LogLevel  string // debug, info, warn, error
+
+	AdminAddr string
+}
+
+// Load reads the configuration from args and the environment and reports
+// every problem at once. Tokens are read from the environment or files only,
+// never from flags (flags show in process lists).
+func Load(args []string, getenv func(string) string) (*Config, error) {
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	c := &Config{}
+	s := flags(c)
+	err := s.Parse(args, getenv)
+	var errs []error
+	if err != nil {
+		errs = append(errs, err)
+	}
+	errs = append(errs, c.loadTokens(getenv)...)
+	errs = append(errs, c.validate()...)
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("configuration:\n%w", errors.Join(errs...))
+	}
+	return c, nil
+}
+
+// Usage writes every setting.
+func Usage(w interface{ Write([]byte) (int, error) }) { flags(&Config{}).Usage(w) }
+
+// Envs lists every environment variable the worker reads (besides the
+// per-bot COURIER_BOT_<NAME>_TOKEN and _TOKEN_FILE).
+func Envs() []string {
+	return append(flags(&Config{}).Envs(), "WEBEX_TOKEN", "WEBEX_TOKEN_FILE")
+}
+
+func flags(c *Config) *settings.Set {
+	s := settings.New("worker")
+	s.String(&c.RedisURL, "redis-url", "REDIS_URL", "redis://127.0.0.1:6379/0", "Redis: redis:// or rediss://[user:password@]host:port/db")
+	s.Duration(&c.RedisTimeout, "redis-timeout", "COURIER_REDIS_TIMEOUT", 10*time.Second, "how long start-up waits for Redis")
+	s.String(&c.WebexBaseURL, "webex-base-url", "WEBEX_BASE_URL", webex.DefaultBaseURL, "Webex API base URL")
+	s.Func("bots", "COURIER_BOTS", "", "further bots by name, comma-separated; each reads COURIER_BOT_<NAME>_TOKEN or _TOKEN_FILE", func(v string) error {
+		c.Tokens = map[string]string{}
+		for _, n := range splitList(v) {
+			if !botName.MatchString(n) {
+				return fmt.Errorf("bot name %q: use letters, digits, - and _", n)
+			}
+			c.Tokens[n] = ""
+		}
+		return nil
+	})
+	s.Func("queues", "COURIER_QUEUES", tasks.DefaultQueue+":1", "queues and priorities, name:priority,...", func(v string) error {
+		c.Queues = map[string]int{}
+		for _, q := range splitList(v) {
+			name, prio, ok := strings.Cut(q, ":")
+			p, err := strconv.Atoi(prio)
+			if !ok {
+				p, err = 1, nil
+			}
+			if name == "" || err != nil || p < 1 {
+				return fmt.Errorf("%q: want name:priority with a priority of at least 1", q)
+			}
+			c.Queues[name] = p
+		}
+		if len(c.Queues) == 0 {
+			return errors.New("at least one queue is required")
+		}
+		return nil
+	})
+	s.Bool(&c.StrictPriority, "strict-priority", "COURIER_STRICT_PRIORITY", false, "always serve higher-priority queues first")
+	s.Int(&c.Concurrency, "concurrency", "COURIER_CONCURRENCY", tasks.DefaultConcurrency, "deliveries at once")
+	s.Int(&c.Policy.MaxAttempts, "max-attempts", "COURIER_MAX_ATTEMPTS", retrypolicy.Webex.MaxAttempts, "in-process attempts per delivery, the first included")
+	s.Duration(&c.Policy.InitialDelay, "initial-delay", "COURIER_INITIAL_DELAY", retrypolicy.Webex.InitialDelay, "in-process delay before the second attempt")
+	s.Duration(&c.Policy.MaxDelay, "max-delay", "COURIER_MAX_DELAY", retrypolicy.Webex.MaxDelay, "cap on in-process delays")
+	s.Float(&c.Policy.Multiplier, "multiplier", "COURIER_MULTIPLIER", retrypolicy.Webex.Multiplier, "growth of in-process delays")
+	s.Func("jitter", "COURIER_JITTER", "equal", "jitter: equal ([d/2, d]), full ([0, d]) or none", func(v string) error {
+		j, err := retrypolicy.ParseJitter(v)
+		c.Policy.Jitter, c.Schedule.Jitter = j, j
+		return err
+	})
+	s.Duration(&c.Budget, "budget", "COURIER_BUDGET", tasks.DefaultBudget, "in-process waiting per delivery; longer waits go back to the queue")
+	s.Duration(&c.Schedule.Base, "redelivery-base", "COURIER_REDELIVERY_BASE", retrypolicy.DefaultSchedule.Base, "delay before the first redelivery")
+	s.Duration(&c.Schedule.Cap, "redelivery-cap", "COURIER_REDELIVERY_CAP", retrypolicy.DefaultSchedule.Cap, "cap on redelivery delays")
+	s.Int(&c.MaxRedeliveries, "max-redeliveries", "COURIER_MAX_REDELIVERIES", 0, "cap on every task's redeliveries; 0: each task's own (30 unless set at enqueue)")
+	s.Duration(&c.KeyedRetention, "keyed-retention", "COURIER_KEYED_RETENTION", tasks.DefaultKeyedRetention, "how long keyed tasks are kept after delivery (sizes the dedup records)")
+	s.Duration(&c.TaskCheckInterval, "task-check-interval", "COURIER_TASK_CHECK_INTERVAL", tasks.DefaultTaskCheckInterval, "idle poll for new tasks: latency floor of an idle queue")
+	s.Duration(&c.DelayedInterval, "delayed-task-check-interval", "COURIER_DELAYED_TASK_CHECK_INTERVAL", tasks.DefaultDelayedTaskCheckInterval, "how often scheduled and redelivered tasks are made due")
+	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "COURIER_SHUTDOWN_TIMEOUT", tasks.DefaultShutdownTimeout, "graceful stop bound")
+	s.Int(&c.PoisonLimit, "poison-limit", "COURIER_POISON_LIMIT", tasks.DefaultPoisonLimit, "dead-letter a task after this many deliveries died with their worker")
+	s.Duration(&c.UnauthorizedDelay, "unauthorized-delay", "COURIER_UNAUTHORIZED_DELAY", tasks.DefaultUnauthorizedDelay, "hold time and probe interval for a bot whose token is rejected")
+	s.String(&c.LogFormat, "log-format", "COURIER_LOG_FORMAT", "auto", "auto (colour text on a terminal, JSON otherwise), text or json")
+	s.String(&c.LogLevel, "log-level", "COURIER_LOG_LEVEL", "info", "debug, info, warn or error")
+	s.String(&c.AdminAddr, "admin-addr", "COURIER_ADMIN_ADDR", "127.0.0.1:8080", "admin HTTP server (health, metrics, asynqmon); empty: off")
+	return s
+}
+
+var botName = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+
+func splitList(v string) []string {
+	var out []string
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// loadTokens reads the default bot's token and each named bot's.
+func (c *Config) loadTokens(getenv func(string) string) []error {
+	if c.Tokens == nil {
+		c.Tokens = map[string]string{}
+	}
+	var errs []error
+	if tok, err := readToken(getenv, "WEBEX_TOKEN", "WEBEX_TOKEN_FILE"); err != nil {
+		errs = append(errs, err)
+	} else if tok != "" {
+		c.Tokens[""] = tok
+	}
+	names := make([]string, 0, len(c.Tokens))
+	for n := range c.Tokens {
+		if n != "" {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		prefix := "COURIER_BOT_" + strings.ToUpper(strings.ReplaceAll(n, "-", "_")) + "_TOKEN"
+		tok, err := readToken(getenv, prefix, prefix+"_FILE")
+		switch {
+		case err != nil:
+			errs = append(errs, err)
+		case tok == "":
+			errs = append(errs, fmt.Errorf("bot %q: set %s or %s_FILE", n, prefix, prefix))
+		default:
+			c.Tokens[n] = tok
+		}
+	}
+	if len(c.Tokens) == 0 {
+		errs = append(errs, errors.New("no bot: set WEBEX_TOKEN or WEBEX_TOKEN_FILE (or COURIER_BOTS with their tokens)"))
+	}
+	return errs
+}
+
+// readToken reads a token from the variable env or the file named by
+// fileEnv; never both.
+func readToken(getenv func(string) string, env, fileEnv string) (string, error) {
+	tok, file := strings.TrimSpace(getenv(env)), getenv(fileEnv)
+	switch {
+	case tok != "" && file != "":
+		return "", fmt.Errorf("%s and %s are both set: use one", env, fileEnv)
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", fileEnv, err)
+		}
+		if tok = strings.TrimSpace(string(b)); tok == "" {
+			return "", fmt.Errorf("%s: %s is empty", fileEnv, file)
+		}
+	}
+	return tok, nil
+}
+
+func (c *Config) validate() []error {
+	var errs []error
+	if _, err := redis.ParseURL(c.RedisURL); err != nil {
+		errs = append(errs, fmt.Errorf("REDIS_URL %s: %v", RedactURL(c.RedisURL), redactErr(err, c.RedisURL)))
+	}
+	if c.RedisTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("COURIER_REDIS_TIMEOUT is %v: must be greater than 0", c.RedisTimeout))
+	}
+	if !strings.HasPrefix(c.WebexBaseURL, "http://") && !strings.HasPrefix(c.WebexBaseURL, "https://") {
+		errs = append(errs, fmt.Errorf("WEBEX_BASE_URL %q: must start with http:// or https://", c.WebexBaseURL))
+	}
+	switch c.LogFormat {
+	case "auto", "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("COURIER_LOG_FORMAT %q: want auto, text or json", c.LogFormat))
+	}
+	if _, err := parseLevel(c.LogLevel); err != nil {
+		errs = append(errs, err)
+	}
+	if c.KeyedRetention <= 0 {
+		errs = append(errs, fmt.Errorf("COURIER_KEYED_RETENTION is %v: must be greater than 0", c.KeyedRetention))
+	}
+	if err := c.workerConfig(nil).WithDefaults().Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	return errs
+}
+
+// workerConfig is the tasks.WorkerConfig this configuration describes.
+func (c *Config) workerConfig(bots map[string]tasks.Sender) tasks.WorkerConfig {
+	if bots == nil { // validation only: a placeholder per bot
+		bots = map[string]tasks.Sender{}
+		for n := range c.Tokens {
+			bots[n] = (*webex.Client)(nil)
+		}
+		if len(bots) == 0 {
+			bots[""] = (*webex.Client)(nil)
+		}
+	}
+	sched := c.Schedule.WithDefaults()
+	return tasks.WorkerConfig{
+		Bots: bots, Queues: c.Queues, StrictPriority: c.StrictPriority, Concurrency: c.Concurrency,
+		Policy: c.Policy, Budget: c.Budget, Schedule: sched, MaxRedeliveries: c.MaxRedeliveries,
+		ShutdownTimeout: c.ShutdownTimeout, TaskCheckInterval: c.TaskCheckInterval, DelayedTaskCheckInterval: c.DelayedInterval,
+		PoisonLimit: c.PoisonLimit, UnauthorizedDelay: c.UnauthorizedDelay,
+		DedupTTL: dedupTTL(sched, c.KeyedRetention),
+	}
+}
+
+// dedupTTL covers the longest redelivery span of the default limit plus
+// the retention of keyed tasks.
+func dedupTTL(s retrypolicy.Schedule, retention time.Duration) time.Duration {
+	var span time.Duration
+	for i := range tasks.DefaultMaxRedeliveries {
+		span += retrypolicy.QueueDelay(s.Backoff(i))
+	}
+	return span + retention
+}
+
+// RedactURL hides the password of a Redis URL ("redis://user:xxxxx@host").
+func RedactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparseable URL)"
+	}
+	return u.Redacted()
+}
+
+// redactErr removes the password from an error's text.
+func redactErr(err error, raw string) string {
+	msg := err.Error()
+	if u, perr := url.Parse(raw); perr == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		}
+	}
+	return msg
+}

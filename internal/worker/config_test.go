@@ -1,0 +1,89 @@
+package worker
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestLoadDefaults(t *testing.T) {
+	c, err := Load(nil, env(map[string]string{"WEBEX_TOKEN": "tok"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RedisURL != "redis://127.0.0.1:6379/0" || c.Concurrency != 10 || c.Queues["courier"] != 1 || c.Tokens[""] != "tok" ||
+		c.Policy.MaxAttempts != 3 || c.Policy.InitialDelay != 2*time.Second || c.Budget != 20*time.Second || c.AdminAddr != "127.0.0.1:8080" {
+		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+func TestLoadBotsAndFiles(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "reports.token")
+	if err := os.WriteFile(file, []byte("tok-reports\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load([]string{"-bots", "alerts,reports", "-queues", "courier:6,bulk:1", "-concurrency", "20"}, env(map[string]string{
+		"WEBEX_TOKEN":                         "tok-default",
+		"COURIER_BOT_ALERTS_TOKEN":            "tok-alerts",
+		"COURIER_BOT_REPORTS_TOKEN_FILE":      file,
+		"COURIER_CONCURRENCY":                 "5", // the flag wins
+		"COURIER_TASK_CHECK_INTERVAL":         "20ms",
+		"COURIER_DELAYED_TASK_CHECK_INTERVAL": "2s",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Tokens["alerts"] != "tok-alerts" || c.Tokens["reports"] != "tok-reports" || c.Tokens[""] != "tok-default" ||
+		c.Queues["courier"] != 6 || c.Queues["bulk"] != 1 || c.Concurrency != 20 || c.TaskCheckInterval != 20*time.Millisecond || c.DelayedInterval != 2*time.Second {
+		t.Fatalf("config: %+v", c)
+	}
+}
+
+func TestLoadReportsEveryProblemWithoutSecrets(t *testing.T) {
+	_, err := Load([]string{"-queues", "a:0"}, env(map[string]string{
+		"REDIS_URL":             "redis://user:hunter2@127.0.0.1:6379/notadb",
+		"WEBEX_TOKEN":           "tok",
+		"WEBEX_TOKEN_FILE":      "/nonexistent",
+		"COURIER_CONCURRENCY":   "lots",
+		"COURIER_MAX_ATTEMPTS":  "0",
+		"COURIER_LOG_FORMAT":    "xml",
+		"COURIER_LOG_LEVEL":     "loud",
+		"COURIER_BOTS":          "ops",
+		"COURIER_BUDGET":        "1m",
+		"WEBEX_BASE_URL":        "webexapis.com",
+		"COURIER_REDIS_TIMEOUT": "soon",
+	}))
+	if err == nil {
+		t.Fatal("want errors")
+	}
+	msg := err.Error()
+	for _, want := range []string{
+		"-queues: \"a:0\"", "COURIER_CONCURRENCY: want a whole number", "MaxAttempts is 0", "COURIER_LOG_FORMAT \"xml\"",
+		"COURIER_LOG_LEVEL \"loud\"", "WEBEX_TOKEN and WEBEX_TOKEN_FILE are both set", `bot "ops": set COURIER_BOT_OPS_TOKEN`,
+		"Budget (1m0s) must be below ShutdownTimeout", "WEBEX_BASE_URL", "REDIS_URL redis://user:xxxxx@", "COURIER_REDIS_TIMEOUT",
+	} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("missing %q in:\n%s", want, msg)
+		}
+	}
+	if strings.Contains(msg, "hunter2") {
+		t.Fatalf("the password leaked:\n%s", msg)
+	}
+}
+
+func TestReadmeDocumentsEveryVariable(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range append(Envs(), "COURIER_BOT_<NAME>_TOKEN") {
+		if !strings.Contains(string(readme), "`"+e+"`") {
+			t.Errorf("README does not document %s", e)
+		}
+	}
+}

@@ -1,0 +1,153 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/lmittmann/tint"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/courier-dev/courier/pkg/tasks"
+	"github.com/courier-dev/courier/pkg/webex"
+)
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("COURIER_LOG_LEVEL %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// NewLogger builds the process logger: colour text (tint) when format is
+// "text", or "auto" and w is a terminal; JSON otherwise.
+func NewLogger(w io.Writer, format, level string) *slog.Logger {
+	l, _ := parseLevel(level)
+	if format == "text" || (format == "auto" && isTerminal(w)) {
+		return slog.New(tint.NewHandler(w, &tint.Options{Level: l, TimeFormat: time.TimeOnly}))
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+// Run starts the worker and blocks until ctx ends, then stops it gracefully:
+// fetching stops, in-process waits end, requests under way finish, and what
+// is left is requeued within the shutdown timeout.
+func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
+	opt, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return fmt.Errorf("REDIS_URL %s: %s", RedactURL(cfg.RedisURL), redactErr(err, cfg.RedisURL))
+	}
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	if err := waitForRedis(ctx, rdb, cfg.RedisTimeout); err != nil {
+		return fmt.Errorf("redis at %s: %s", RedactURL(cfg.RedisURL), redactErr(err, cfg.RedisURL))
+	}
+	log.Info("redis reachable", "redis", RedactURL(cfg.RedisURL))
+	checkRedisSettings(ctx, rdb, log)
+
+	bots := map[string]tasks.Sender{}
+	clients := map[string]*webex.Client{}
+	for name, tok := range cfg.Tokens {
+		c, err := webex.New(webex.Config{BaseURL: cfg.WebexBaseURL, Token: tok, UserAgent: "courier-worker"})
+		if err != nil {
+			return fmt.Errorf("bot %q: %w", botLabel(name), err)
+		}
+		bots[name], clients[name] = c, c
+	}
+	wcfg := cfg.workerConfig(bots)
+	wcfg.Logger = log
+	w, err := tasks.NewWorker(rdb, wcfg)
+	if err != nil {
+		return err
+	}
+	for name, c := range clients {
+		checkToken(ctx, name, c, w.Handler(), log)
+	}
+	if err := w.Start(); err != nil {
+		return err
+	}
+	log.Info("worker started", "queues", cfg.Queues, "concurrency", cfg.Concurrency, "bots", len(bots),
+		"webex", cfg.WebexBaseURL)
+
+	<-ctx.Done()
+	log.Info("stopping: no new tasks; in-process waits end; requests under way finish", "timeout", cfg.ShutdownTimeout)
+	w.Shutdown()
+	log.Info("stopped")
+	return nil
+}
+
+func botLabel(name string) string {
+	if name == "" {
+		return "default"
+	}
+	return name
+}
+
+// waitForRedis pings until Redis answers or timeout passes.
+func waitForRedis(ctx context.Context, rdb *redis.Client, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var err error
+	for {
+		if err = rdb.Ping(ctx).Err(); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("unreachable after %v: %w", timeout, err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// checkRedisSettings warns about settings that lose tasks.
+func checkRedisSettings(ctx context.Context, rdb *redis.Client, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	policy, err := rdb.ConfigGet(ctx, "maxmemory-policy").Result()
+	if err != nil {
+		log.Debug("cannot read Redis settings (CONFIG GET refused?)", "error", err.Error())
+		return
+	}
+	if p := policy["maxmemory-policy"]; p != "" && p != "noeviction" {
+		log.Warn("Redis maxmemory-policy is not noeviction: under memory pressure Redis deletes keys, which loses tasks", "maxmemory-policy", p)
+	}
+	aof, _ := rdb.ConfigGet(ctx, "appendonly").Result()
+	save, _ := rdb.ConfigGet(ctx, "save").Result()
+	if aof["appendonly"] != "yes" && strings.TrimSpace(save["save"]) == "" {
+		log.Warn("Redis persistence is off (no AOF, no snapshots): a Redis restart loses every queued task")
+	}
+}
+
+// checkToken asks Webex who the bot is. A rejected token does not stop the
+// worker: the bot's tasks are held and readiness is false until it works.
+func checkToken(ctx context.Context, name string, c *webex.Client, h *tasks.Handler, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	me, err := c.Me(ctx)
+	switch {
+	case errors.Is(err, webex.ErrUnauthorized):
+		h.MarkRejected(name)
+		log.Error("Webex rejects the bot's token: its tasks are held (not dead-lettered) and the worker is not ready until the token works",
+			"bot", botLabel(name), "error", err.Error())
+	case err != nil:
+		log.Warn("could not check the bot's token; delivering anyway", "bot", botLabel(name), "error", err.Error())
+	default:
+		log.Info("bot token accepted", "bot", botLabel(name), "webex_name", me.DisplayName)
+	}
+}
