@@ -77,10 +77,13 @@ func (b *bot) reject(now time.Time, interval time.Duration) {
 	b.nextProbe = now.Add(interval)
 }
 
-func (b *bot) accept() {
+// accept marks the token working; it reports whether it was rejected.
+func (b *bot) accept() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	was := b.rejected
 	b.rejected = false
+	return was
 }
 
 // shouldLog rate-limits the loud log of a rejected token to one per interval.
@@ -152,7 +155,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if len(sent) >= len(parts) {
 		h.writeResult(t, sent, len(parts))
 		h.cfg.Logger.Info("already delivered, not posting again", "task_id", id, "queue", queue, "bot", botLabel(b.name), "outcome", Deduplicated)
-		h.cfg.observe(Deduplicated)
+		h.cfg.Observer.Outcome(b.name, Deduplicated)
 		return nil
 	}
 	if wait, ok := b.gate(now, h.cfg.UnauthorizedDelay); !ok {
@@ -174,15 +177,21 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		attempts := 0
 		s, err := retrypolicy.DoValue(waitCtx, h.cfg.Policy, func(context.Context) (*webex.Sent, error) {
 			attempts++
-			return b.sender.CreateMessage(ctx, part)
-		}, retrypolicy.WithMaxWait(h.cfg.Budget), retrypolicy.WithLogger(h.cfg.attemptLogger), retrypolicy.WithName("deliver"))
+			s, err := b.sender.CreateMessage(ctx, part)
+			h.cfg.Observer.Attempt(b.name, err)
+			return s, err
+		}, retrypolicy.WithMaxWait(h.cfg.Budget), retrypolicy.WithLogger(h.cfg.attemptLogger), retrypolicy.WithName("deliver"),
+			retrypolicy.OnRetry(func(_ int, _ error, d time.Duration) { h.cfg.Observer.Waited(d) }))
 		totalAttempts += attempts
 		if err != nil {
 			de := h.failure(ctx, b, err, retried, maxRetry)
 			de.Attempts, de.Part, de.Parts = attempts, i+1, len(parts)
 			return de
 		}
-		b.accept()
+		if b.accept() {
+			h.cfg.Observer.TokenRejected(b.name, false)
+			h.cfg.Logger.Info("Webex accepts the bot's token again: delivering", "bot", botLabel(b.name))
+		}
 		last := len(sent)+1 == len(parts)
 		if err := h.record(ctx, queue, id, i, s.ID, last); err != nil {
 			return &DeliveryError{Outcome: Transient, Bot: b.name, Err: err, Delay: h.cfg.Schedule.Delay(retried, err), Part: i + 1, Parts: len(parts)}
@@ -198,9 +207,9 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	h.writeResult(t, sent, len(parts))
 	h.cfg.Logger.Info("delivered", "task_id", id, "queue", queue, "bot", botLabel(b.name), "outcome", Delivered,
 		"attempts", totalAttempts, "redeliveries", retried, "parts", len(parts))
-	h.cfg.observe(Delivered)
+	h.cfg.Observer.Outcome(b.name, Delivered)
 	if !p.EnqueuedAt.IsZero() {
-		h.cfg.observeLatency(now.Sub(p.EnqueuedAt))
+		h.cfg.Observer.Delivered(h.cfg.Now().Sub(p.EnqueuedAt))
 	}
 	return nil
 }
@@ -227,6 +236,7 @@ func (h *Handler) failure(ctx context.Context, b *bot, err error, retried, maxRe
 		de.Outcome, de.Delay = Interrupted, retrypolicy.QueueDelay(0)
 	case errors.Is(err, webex.ErrUnauthorized):
 		b.reject(h.cfg.Now(), h.cfg.UnauthorizedDelay)
+		h.cfg.Observer.TokenRejected(b.name, true)
 		de.Outcome, de.Delay = Unauthorized, retrypolicy.QueueDelay(h.cfg.UnauthorizedDelay)
 	case !dec.Class.Retryable():
 		de.Outcome = Permanent
@@ -257,6 +267,7 @@ func (h *Handler) redeliveryLimit(maxRetry int) int {
 func (h *Handler) MarkRejected(name string) {
 	if b := h.bots[name]; b != nil {
 		b.reject(h.cfg.Now(), 0)
+		h.cfg.Observer.TokenRejected(name, true)
 	}
 }
 

@@ -41,7 +41,7 @@ func IsFailure(err error) bool {
 // and each dead letter once, with the task id, queue, bot, attempts,
 // redelivery count, outcome, Webex status and tracking id, and the next
 // delay. Never the token, and the message text never above debug level.
-func (h *Handler) HandleError(ctx context.Context, _ *asynq.Task, err error) {
+func (h *Handler) HandleError(ctx context.Context, t *asynq.Task, err error) {
 	var de *DeliveryError
 	if !errors.As(err, &de) { // a panic or another unexpected error
 		de = &DeliveryError{Outcome: Transient, Err: err}
@@ -51,7 +51,7 @@ func (h *Handler) HandleError(ctx context.Context, _ *asynq.Task, err error) {
 	retried, _ := asynq.GetRetryCount(ctx)
 	maxRetry, _ := asynq.GetMaxRetry(ctx)
 	limit := h.redeliveryLimit(maxRetry)
-	h.cfg.observe(de.Outcome)
+	h.cfg.Observer.Outcome(de.Bot, de.Outcome)
 
 	attrs := []any{"task_id", id, "queue", queue, "bot", botLabel(de.Bot), "outcome", string(de.Outcome),
 		"attempts", de.Attempts, "max_attempts", h.cfg.Policy.MaxAttempts, "redeliveries", retried, "max_redeliveries", limit}
@@ -69,6 +69,9 @@ func (h *Handler) HandleError(ctx context.Context, _ *asynq.Task, err error) {
 	}
 	attrs = append(attrs, "error", errText(de.Err))
 	log := h.cfg.Logger
+	if errors.Is(err, asynq.SkipRetry) || retried >= maxRetry { // what asynq archives
+		h.recordDeadLetter(ctx, t, id, queue, de, log)
+	}
 	switch {
 	case de.Outcome == Exhausted:
 		log.Error(fmt.Sprintf("failed after %d redeliveries, dead-lettered", retried), attrs...)
@@ -87,6 +90,19 @@ func (h *Handler) HandleError(ctx context.Context, _ *asynq.Task, err error) {
 		log.Log(ctx, level, "Webex rejects the bot's token: its tasks are held, not dead-lettered; fix the token", attrs...)
 	default: // interrupted, deferred
 		log.Info(fmt.Sprintf("%s, handed back in %s (not counted)", de.Outcome, de.Delay), attrs...)
+	}
+}
+
+// recordDeadLetter keeps the dead letter beyond asynq's archive caps.
+func (h *Handler) recordDeadLetter(ctx context.Context, t *asynq.Task, id, queue string, de *DeliveryError, log *slog.Logger) {
+	if h.cfg.DeadLetters == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	dl := DeadLetter{TaskID: id, Queue: queue, Outcome: string(de.Outcome), Error: de.Error(), Time: h.cfg.Now(), Payload: t.Payload()}
+	if err := h.cfg.DeadLetters.Add(ctx, dl); err != nil {
+		log.Error("dead letter not recorded beyond the archive", "task_id", id, "queue", queue, "error", err.Error())
 	}
 }
 

@@ -79,11 +79,11 @@ type WorkerConfig struct {
 	// AttemptLogger, when set, receives a record per in-process attempt
 	// (debug detail; the error handler already logs each outcome once).
 	AttemptLogger *slog.Logger
-	// OnOutcome, when set, is called once per delivery with its outcome
-	// (metrics).
-	OnOutcome func(Outcome)
-	// OnLatency, when set, is called with enqueue-to-delivery latency.
-	OnLatency func(time.Duration)
+	// Observer, when set, is told what each delivery did (metrics).
+	Observer Observer
+	// DeadLetters, when set, keeps a durable record of every dead letter
+	// beyond asynq's archive caps.
+	DeadLetters *DeadLetters
 	// Now reads the clock. Default time.Now.
 	Now func() time.Time
 
@@ -116,6 +116,9 @@ func (c WorkerConfig) WithDefaults() WorkerConfig {
 	}
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	c.attemptLogger = cmp.Or(c.AttemptLogger, discard)
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -177,17 +180,30 @@ func (c *WorkerConfig) botNames() string {
 	return strings.Join(names, ", ")
 }
 
-func (c *WorkerConfig) observe(o Outcome) {
-	if c.OnOutcome != nil {
-		c.OnOutcome(o)
-	}
+// Observer is told what deliveries do. Its methods must be fast and safe
+// for concurrent use.
+type Observer interface {
+	// Outcome is called once per delivery.
+	Outcome(bot string, o Outcome)
+	// Attempt is called after each request to Webex, with its error (nil:
+	// accepted).
+	Attempt(bot string, err error)
+	// Waited is called with each in-process wait between attempts.
+	Waited(d time.Duration)
+	// Delivered is called with the time from enqueue to delivery.
+	Delivered(latency time.Duration)
+	// TokenRejected is called when a bot's token is found rejected (true)
+	// or working again (false).
+	TokenRejected(bot string, rejected bool)
 }
 
-func (c *WorkerConfig) observeLatency(d time.Duration) {
-	if c.OnLatency != nil {
-		c.OnLatency(d)
-	}
-}
+type nopObserver struct{}
+
+func (nopObserver) Outcome(string, Outcome)    {}
+func (nopObserver) Attempt(string, error)      {}
+func (nopObserver) Waited(time.Duration)       {}
+func (nopObserver) Delivered(time.Duration)    {}
+func (nopObserver) TokenRejected(string, bool) {}
 
 // Worker runs the handler under an asynq server with courier's hooks.
 type Worker struct {

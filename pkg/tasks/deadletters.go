@@ -1,0 +1,115 @@
+package tasks
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// DeadLetterStream is the Redis stream that keeps courier's dead letters.
+const DeadLetterStream = "courier:deadletters"
+
+// DefaultDeadLetterMax bounds the stream (trimmed approximately, oldest first).
+const DefaultDeadLetterMax = 10_000
+
+// DeadLetters keeps a durable record of every dead letter in a Redis stream,
+// beside asynq's archive, which keeps at most 10,000 tasks per queue for 90
+// days and then drops them silently. Each entry holds the task id, queue,
+// outcome, error and the whole payload, so it can be re-enqueued after the
+// archive has let it go.
+type DeadLetters struct {
+	rdb    redis.UniversalClient
+	stream string
+	max    int64
+}
+
+// NewDeadLetters returns the record kept in stream ("": DeadLetterStream),
+// bounded to max entries (0: 10,000).
+func NewDeadLetters(rdb redis.UniversalClient, stream string, max int) *DeadLetters {
+	return &DeadLetters{rdb: rdb, stream: cmp.Or(stream, DeadLetterStream), max: int64(cmp.Or(max, DefaultDeadLetterMax))}
+}
+
+// DeadLetter is one entry of the record.
+type DeadLetter struct {
+	ID      string    `json:"id"` // the stream entry id
+	TaskID  string    `json:"task_id"`
+	Queue   string    `json:"queue"`
+	Outcome string    `json:"outcome"`
+	Error   string    `json:"error"`
+	Time    time.Time `json:"time"`
+	Payload []byte    `json:"-"`
+}
+
+// Add appends a dead letter.
+func (d *DeadLetters) Add(ctx context.Context, dl DeadLetter) error {
+	err := d.rdb.XAdd(ctx, &redis.XAddArgs{
+		Stream: d.stream, MaxLen: d.max, Approx: true,
+		Values: []any{"task_id", dl.TaskID, "queue", dl.Queue, "outcome", dl.Outcome, "error", dl.Error,
+			"time", strconv.FormatInt(dl.Time.UnixMilli(), 10), "payload", dl.Payload},
+	}).Err()
+	if err != nil {
+		return fmt.Errorf("record dead letter: %w", err)
+	}
+	return nil
+}
+
+// List returns up to count dead letters, newest first.
+func (d *DeadLetters) List(ctx context.Context, count int64) ([]DeadLetter, error) {
+	msgs, err := d.rdb.XRevRangeN(ctx, d.stream, "+", "-", count).Result()
+	if err != nil {
+		return nil, fmt.Errorf("list dead letters: %w", err)
+	}
+	out := make([]DeadLetter, 0, len(msgs))
+	for _, m := range msgs {
+		out = append(out, fromStream(m))
+	}
+	return out, nil
+}
+
+// Get returns one dead letter by its stream id.
+func (d *DeadLetters) Get(ctx context.Context, id string) (*DeadLetter, error) {
+	msgs, err := d.rdb.XRange(ctx, d.stream, id, id).Result()
+	if err != nil {
+		return nil, fmt.Errorf("get dead letter %s: %w", id, err)
+	}
+	if len(msgs) == 0 {
+		return nil, fmt.Errorf("dead letter %s: %w", id, ErrNotFound)
+	}
+	dl := fromStream(msgs[0])
+	return &dl, nil
+}
+
+// ErrNotFound matches a dead letter that is not in the record.
+var ErrNotFound = errors.New("not found")
+
+// Requeue enqueues a recorded dead letter again with p, under its original
+// key, bot and queue (an expiry is dropped: re-running means "send it now").
+// If asynq's archive still holds the task, the key is taken: re-run it from
+// the archive instead (asynqmon, or Inspector.RunArchivedTask).
+func (d *DeadLetters) Requeue(ctx context.Context, id string, p *Producer) (*Enqueued, error) {
+	dl, err := d.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	pl, err := DecodePayload(dl.Payload)
+	if err != nil {
+		return nil, fmt.Errorf("requeue %s: %w", id, err)
+	}
+	opts := []Option{Queue(dl.Queue), Bot(pl.Bot), Source(pl.Source)}
+	if pl.Key != "" {
+		opts = append(opts, Key(pl.Key))
+	}
+	return p.Enqueue(ctx, pl.Message, opts...)
+}
+
+func fromStream(m redis.XMessage) DeadLetter {
+	str := func(k string) string { s, _ := m.Values[k].(string); return s }
+	ms, _ := strconv.ParseInt(str("time"), 10, 64)
+	return DeadLetter{ID: m.ID, TaskID: str("task_id"), Queue: str("queue"), Outcome: str("outcome"), Error: str("error"),
+		Time: time.UnixMilli(ms).UTC(), Payload: []byte(str("payload"))}
+}
