@@ -16,6 +16,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/courier-dev/courier/internal/admin"
 	"github.com/courier-dev/courier/internal/settings"
 	"github.com/courier-dev/courier/pkg/retrypolicy"
 	"github.com/courier-dev/courier/pkg/tasks"
@@ -47,7 +48,15 @@ type Config struct {
 	LogFormat string // auto, text or json
 	LogLevel  string // debug, info, warn, error
 
-	AdminAddr string
+	AdminAddr     string
+	AdminWritable bool
+	AdminUser     string
+	AdminPassword string
+	DeadLetterMax int
+
+	// Dev runs everything in-process: miniredis, the Webex simulator and
+	// seeded demo messages. Nothing is durable.
+	Dev bool
 }
 
 // Load reads the configuration from args and the environment and reports
@@ -64,7 +73,24 @@ func Load(args []string, getenv func(string) string) (*Config, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	errs = append(errs, c.loadTokens(getenv)...)
+	if c.Dev {
+		c.applyDev()
+	} else {
+		errs = append(errs, c.loadTokens(getenv)...)
+	}
+	if pw, perr := readToken(getenv, "COURIER_ADMIN_PASSWORD", "COURIER_ADMIN_PASSWORD_FILE"); perr != nil {
+		errs = append(errs, perr)
+	} else {
+		c.AdminPassword = pw
+	}
+	if c.AdminUser != "" && c.AdminPassword == "" {
+		errs = append(errs, errors.New("COURIER_ADMIN_USER is set: set COURIER_ADMIN_PASSWORD or COURIER_ADMIN_PASSWORD_FILE too"))
+	}
+	if c.AdminAddr != "" {
+		if err := admin.CheckBind(c.AdminAddr, c.AdminWritable, c.AdminUser); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	errs = append(errs, c.validate()...)
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("configuration:\n%w", errors.Join(errs...))
@@ -78,7 +104,7 @@ func Usage(w interface{ Write([]byte) (int, error) }) { flags(&Config{}).Usage(w
 // Envs lists every environment variable the worker reads (besides the
 // per-bot COURIER_BOT_<NAME>_TOKEN and _TOKEN_FILE).
 func Envs() []string {
-	return append(flags(&Config{}).Envs(), "WEBEX_TOKEN", "WEBEX_TOKEN_FILE")
+	return append(flags(&Config{}).Envs(), "WEBEX_TOKEN", "WEBEX_TOKEN_FILE", "COURIER_ADMIN_PASSWORD", "COURIER_ADMIN_PASSWORD_FILE")
 }
 
 func flags(c *Config) *settings.Set {
@@ -138,6 +164,10 @@ func flags(c *Config) *settings.Set {
 	s.String(&c.LogFormat, "log-format", "COURIER_LOG_FORMAT", "auto", "auto (colour text on a terminal, JSON otherwise), text or json")
 	s.String(&c.LogLevel, "log-level", "COURIER_LOG_LEVEL", "info", "debug, info, warn or error")
 	s.String(&c.AdminAddr, "admin-addr", "COURIER_ADMIN_ADDR", "127.0.0.1:8080", "admin HTTP server (health, metrics, asynqmon); empty: off")
+	s.Bool(&c.AdminWritable, "admin-writable", "COURIER_ADMIN_WRITABLE", false, "let asynqmon and /deadletters re-run and delete tasks")
+	s.String(&c.AdminUser, "admin-user", "COURIER_ADMIN_USER", "", "HTTP basic auth user for the admin server (password: COURIER_ADMIN_PASSWORD or _FILE)")
+	s.Int(&c.DeadLetterMax, "deadletter-max", "COURIER_DEADLETTER_MAX", tasks.DefaultDeadLetterMax, "dead letters kept in the courier:deadletters stream beyond asynq's archive")
+	s.Bool(&c.Dev, "dev", "COURIER_DEV", false, "zero-install demo: embedded Redis (not durable), the Webex simulator, seeded messages")
 	return s
 }
 
@@ -226,6 +256,9 @@ func (c *Config) validate() []error {
 	}
 	if _, err := parseLevel(c.LogLevel); err != nil {
 		errs = append(errs, err)
+	}
+	if c.DeadLetterMax < 1 {
+		errs = append(errs, fmt.Errorf("COURIER_DEADLETTER_MAX is %d: must be at least 1", c.DeadLetterMax))
 	}
 	if c.KeyedRetention <= 0 {
 		errs = append(errs, fmt.Errorf("COURIER_KEYED_RETENTION is %v: must be greater than 0", c.KeyedRetention))

@@ -6,13 +6,19 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/lmittmann/tint"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/courier-dev/courier/internal/admin"
+	"github.com/courier-dev/courier/internal/metrics"
 	"github.com/courier-dev/courier/pkg/tasks"
 	"github.com/courier-dev/courier/pkg/webex"
 )
@@ -48,6 +54,13 @@ func isTerminal(w io.Writer) bool {
 // fetching stops, in-process waits end, requests under way finish, and what
 // is left is requeued within the shutdown timeout.
 func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
+	if cfg.Dev {
+		dev, err := startDev(cfg, log)
+		if err != nil {
+			return err
+		}
+		defer dev.close()
+	}
 	opt, err := redis.ParseURL(cfg.RedisURL)
 	if err != nil {
 		return fmt.Errorf("REDIS_URL %s: %s", RedactURL(cfg.RedisURL), redactErr(err, cfg.RedisURL))
@@ -58,19 +71,27 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return fmt.Errorf("redis at %s: %s", RedactURL(cfg.RedisURL), redactErr(err, cfg.RedisURL))
 	}
 	log.Info("redis reachable", "redis", RedactURL(cfg.RedisURL))
-	checkRedisSettings(ctx, rdb, log)
+	if !cfg.Dev {
+		checkRedisSettings(ctx, rdb, log)
+	}
 
+	reg := prometheus.NewRegistry()
+	m := metrics.New(reg, asynq.NewInspectorFromRedisClient(rdb))
 	bots := map[string]tasks.Sender{}
 	clients := map[string]*webex.Client{}
 	for name, tok := range cfg.Tokens {
-		c, err := webex.New(webex.Config{BaseURL: cfg.WebexBaseURL, Token: tok, UserAgent: "courier-worker"})
+		hc := webex.DefaultHTTPClient()
+		hc.Transport = m.Transport(hc.Transport)
+		c, err := webex.New(webex.Config{BaseURL: cfg.WebexBaseURL, Token: tok, UserAgent: "courier-worker", HTTPClient: hc})
 		if err != nil {
 			return fmt.Errorf("bot %q: %w", botLabel(name), err)
 		}
 		bots[name], clients[name] = c, c
+		m.Bot(name)
 	}
+	dead := tasks.NewDeadLetters(rdb, "", cfg.DeadLetterMax)
 	wcfg := cfg.workerConfig(bots)
-	wcfg.Logger = log
+	wcfg.Logger, wcfg.Observer, wcfg.DeadLetters = log, m, dead
 	w, err := tasks.NewWorker(rdb, wcfg)
 	if err != nil {
 		return err
@@ -78,17 +99,64 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	for name, c := range clients {
 		checkToken(ctx, name, c, w.Handler(), log)
 	}
+
+	var adminSrv *http.Server
+	if cfg.AdminAddr != "" {
+		producer, err := tasks.NewProducer(rdb, tasks.ProducerConfig{KeyedRetention: cfg.KeyedRetention, Source: "admin"})
+		if err != nil {
+			return err
+		}
+		ready := func(ctx context.Context) error {
+			if err := rdb.Ping(ctx).Err(); err != nil {
+				return fmt.Errorf("redis: %w", err)
+			}
+			return w.Ready()
+		}
+		h, closeMon := admin.Handler(admin.Config{Redis: opt, Ready: ready, Gatherer: reg, Writable: cfg.AdminWritable,
+			User: cfg.AdminUser, Password: cfg.AdminPassword, DeadLetters: dead, Producer: producer})
+		defer closeMon()
+		ln, err := listenAdmin(cfg.AdminAddr, cfg.Dev)
+		if err != nil {
+			return err
+		}
+		adminSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = adminSrv.Serve(ln) }()
+		cfg.AdminAddr = ln.Addr().String()
+		log.Info("admin server listening", "url", "http://"+cfg.AdminAddr, "asynqmon", "http://"+cfg.AdminAddr+admin.MonitoringPath,
+			"asynqmon_writable", cfg.AdminWritable, "basic_auth", cfg.AdminUser != "")
+	}
 	if err := w.Start(); err != nil {
 		return err
 	}
 	log.Info("worker started", "queues", cfg.Queues, "concurrency", cfg.Concurrency, "bots", len(bots),
 		"webex", cfg.WebexBaseURL)
+	if cfg.Dev {
+		devStarted(ctx, cfg, rdb, log)
+	}
 
 	<-ctx.Done()
 	log.Info("stopping: no new tasks; in-process waits end; requests under way finish", "timeout", cfg.ShutdownTimeout)
 	w.Shutdown()
+	if adminSrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = adminSrv.Shutdown(sctx)
+		cancel()
+	}
 	log.Info("stopped")
 	return nil
+}
+
+// listenAdmin binds the admin server; in dev mode a taken port falls back
+// to a free one.
+func listenAdmin(addr string, dev bool) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil && dev {
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("admin server on %s: %w", addr, err)
+	}
+	return ln, nil
 }
 
 func botLabel(name string) string {

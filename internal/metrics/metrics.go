@@ -1,0 +1,132 @@
+// Package metrics exports courier's Prometheus metrics: deliveries by
+// outcome, Webex attempts and request latency, in-process waiting,
+// enqueue-to-delivery latency and rejected tokens. It implements
+// tasks.Observer; asynq's queue metrics are registered beside it.
+package metrics
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/hibiken/asynq"
+	asynqmetrics "github.com/hibiken/asynq/x/metrics"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/courier-dev/courier/pkg/tasks"
+	"github.com/courier-dev/courier/pkg/webex"
+)
+
+// Metrics holds courier's collectors.
+type Metrics struct {
+	deliveries    *prometheus.CounterVec
+	attempts      *prometheus.CounterVec
+	waited        prometheus.Counter
+	latency       prometheus.Histogram
+	requests      *prometheus.HistogramVec
+	tokenRejected *prometheus.GaugeVec
+}
+
+var _ tasks.Observer = (*Metrics)(nil)
+
+// New registers courier's metrics, asynq's queue metrics (through
+// inspector, when not nil) and the Go runtime's on reg.
+func New(reg prometheus.Registerer, inspector *asynq.Inspector) *Metrics {
+	m := &Metrics{
+		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "courier_deliveries_total",
+			Help: "Deliveries by bot and outcome: delivered, deduplicated, transient (redelivered), rate_limited, unauthorized, interrupted, deferred, and the dead letters permanent, exhausted, expired, corrupt, poison.",
+		}, []string{"bot", "outcome"}),
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "courier_webex_attempts_total",
+			Help: "Requests to create a message, by bot and result (accepted, the HTTP status, or error).",
+		}, []string{"bot", "result"}),
+		waited: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "courier_inprocess_wait_seconds_total",
+			Help: "Time spent waiting between in-process attempts.",
+		}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "courier_enqueue_to_delivery_seconds",
+			Help:    "Time from enqueue to Webex accepting the message.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600, 21600},
+		}),
+		requests: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "courier_webex_request_seconds",
+			Help:    "Webex API request latency by status class (2xx, 4xx, 5xx, error).",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"class"}),
+		tokenRejected: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "courier_bot_token_rejected",
+			Help: "1 while Webex rejects the bot's token (its tasks are held), else 0.",
+		}, []string{"bot"}),
+	}
+	reg.MustRegister(m.deliveries, m.attempts, m.waited, m.latency, m.requests, m.tokenRejected)
+	if inspector != nil {
+		reg.MustRegister(asynqmetrics.NewQueueMetricsCollector(inspector))
+	}
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Bot registers a bot so its token gauge reads 0 before anything happens.
+func (m *Metrics) Bot(name string) { m.tokenRejected.WithLabelValues(label(name)).Set(0) }
+
+func label(bot string) string {
+	if bot == "" {
+		return "default"
+	}
+	return bot
+}
+
+// Outcome counts a delivery.
+func (m *Metrics) Outcome(bot string, o tasks.Outcome) {
+	m.deliveries.WithLabelValues(label(bot), string(o)).Inc()
+}
+
+// Attempt counts a request to Webex.
+func (m *Metrics) Attempt(bot string, err error) {
+	result := "accepted"
+	var ae *webex.APIError
+	switch {
+	case errors.As(err, &ae):
+		result = strconv.Itoa(ae.StatusCode)
+	case err != nil:
+		result = "error"
+	}
+	m.attempts.WithLabelValues(label(bot), result).Inc()
+}
+
+// Waited adds in-process waiting.
+func (m *Metrics) Waited(d time.Duration) { m.waited.Add(d.Seconds()) }
+
+// Delivered observes enqueue-to-delivery latency.
+func (m *Metrics) Delivered(d time.Duration) { m.latency.Observe(d.Seconds()) }
+
+// TokenRejected sets the bot's token gauge.
+func (m *Metrics) TokenRejected(bot string, rejected bool) {
+	v := 0.0
+	if rejected {
+		v = 1
+	}
+	m.tokenRejected.WithLabelValues(label(bot)).Set(v)
+}
+
+// Transport wraps rt to observe each Webex request's latency by status class.
+func (m *Metrics) Transport(rt http.RoundTripper) http.RoundTripper {
+	return roundTripper(func(r *http.Request) (*http.Response, error) {
+		start := time.Now()
+		resp, err := rt.RoundTrip(r)
+		class := "error"
+		if err == nil {
+			class = strconv.Itoa(resp.StatusCode/100) + "xx"
+		}
+		m.requests.WithLabelValues(class).Observe(time.Since(start).Seconds())
+		return resp, err
+	})
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
