@@ -1,6 +1,7 @@
 // Command worker delivers courier's queued Webex messages. Configuration
 // comes from flags and environment variables (see README, "Configuration",
-// or worker -help).
+// or worker -help). "worker ready" asks a running worker's admin server
+// whether it is ready, for container health checks.
 package main
 
 import (
@@ -16,6 +17,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "ready" { // container health check
+		os.Exit(worker.Probe(os.Getenv("COURIER_ADMIN_ADDR")))
+	}
 	cfg, err := worker.Load(os.Args[1:], nil)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "Usage: worker [flags]\n\nEvery flag has an environment variable; a flag wins.")

@@ -96,6 +96,7 @@ func TestAdminEndpoints(t *testing.T) {
 		`courier_webex_request_seconds_count{class="2xx"}`,
 		`courier_bot_token_rejected{bot="default"} 0`,
 		`courier_enqueue_to_delivery_seconds_count 1`,
+		`courier_worker_ready 1`,
 		`asynq_tasks_processed_total{queue="` + s.queue + `"}`,
 	} {
 		if !strings.Contains(metrics, want) {

@@ -112,6 +112,17 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			}
 			return w.Ready()
 		}
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "courier_worker_ready",
+			Help: "1 when this worker can deliver (Redis reachable, running, every bot's token accepted), else 0.",
+		}, func() float64 {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			if ready(ctx) != nil {
+				return 0
+			}
+			return 1
+		}))
 		h, closeMon := admin.Handler(admin.Config{Redis: opt, Ready: ready, Gatherer: reg, Writable: cfg.AdminWritable,
 			User: cfg.AdminUser, Password: cfg.AdminPassword, DeadLetters: dead, Producer: producer})
 		defer closeMon()
@@ -144,6 +155,28 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// Probe asks a worker's admin server whether it is ready (for container
+// health checks, where no curl exists); it returns the exit code.
+func Probe(addr string) int {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 1
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	c := &http.Client{Timeout: 3 * time.Second}
+	resp, err := c.Get("http://" + net.JoinHostPort(host, port) + "/readyz")
+	if err != nil {
+		return 1
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 1
+	}
+	return 0
 }
 
 // listenAdmin binds the admin server; in dev mode a taken port falls back

@@ -1,0 +1,121 @@
+package worker_test
+
+import (
+	"context"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/compose-spec/compose-go/v2/cli"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/courier-dev/courier/internal/worker"
+)
+
+// The compose file loads with the compose-spec loader, and every variable it
+// sets is one the binaries read.
+func TestComposeFile(t *testing.T) {
+	t.Parallel()
+	for _, profile := range []string{"prod", "dev"} {
+		opts, err := cli.NewProjectOptions([]string{"../../docker-compose.yml"}, cli.WithProfiles([]string{profile}), cli.WithName("courier"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := opts.LoadProject(context.Background())
+		if err != nil {
+			t.Fatalf("%s: %v", profile, err)
+		}
+		redis, err := p.GetService("redis")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if redis.HealthCheck == nil || !slices.Contains(redis.Command, "--appendonly") || len(redis.Volumes) != 1 || redis.Volumes[0].Source != "redis-data" {
+			t.Fatalf("redis: %+v", redis)
+		}
+		if _, ok := p.Volumes["redis-data"]; !ok {
+			t.Fatal("no named volume for Redis")
+		}
+		name := map[string]string{"prod": "worker", "dev": "worker-dev"}[profile]
+		w, err := p.GetService(name)
+		if err != nil {
+			t.Fatalf("%s: %v", profile, err)
+		}
+		if w.Deploy == nil || w.Deploy.Replicas == nil || *w.Deploy.Replicas != 3 || w.HealthCheck == nil ||
+			w.DependsOn["redis"].Condition != "service_healthy" {
+			t.Fatalf("%s: %+v", name, w)
+		}
+		known := append(worker.Envs(), "REDIS_URL")
+		for key := range w.Environment {
+			if !slices.Contains(known, key) {
+				t.Errorf("%s sets %s, which the worker does not read", name, key)
+			}
+		}
+		if profile == "prod" {
+			if w.Environment["WEBEX_TOKEN"] != nil || len(w.Secrets) != 1 {
+				t.Errorf("the production worker must take its token from a secret")
+			}
+			continue
+		}
+		for svc, envs := range map[string][]string{"webexsim": {"WEBEXSIM_ADDR", "WEBEXSIM_TOKENS", "WEBEXSIM_ROOMS"}, "enqueue": {"REDIS_URL", "COURIER_KEYED_RETENTION"}} {
+			s, err := p.GetService(svc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for key := range s.Environment {
+				if !slices.Contains(envs, key) {
+					t.Errorf("%s sets %s, which it does not read", svc, key)
+				}
+			}
+		}
+	}
+}
+
+// The example alerting rules parse and use only metrics courier exports.
+func TestAlertRules(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile("../../deploy/prometheus/alerts.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var f struct {
+		Groups []struct {
+			Name  string
+			Rules []struct {
+				Alert       string
+				Expr        string
+				For         string
+				Labels      map[string]string
+				Annotations map[string]string
+			}
+		}
+	}
+	if err := yaml.Unmarshal(b, &f); err != nil {
+		t.Fatal(err)
+	}
+	exported := []string{"courier_deliveries_total", "courier_bot_token_rejected", "courier_worker_ready", "asynq_tasks_enqueued_total"}
+	metric := regexp.MustCompile(`\b(courier|asynq)_[a-z_]+`)
+	var alerts []string
+	for _, g := range f.Groups {
+		for _, r := range g.Rules {
+			alerts = append(alerts, r.Alert)
+			if r.Expr == "" || r.Labels["severity"] == "" || r.Annotations["summary"] == "" {
+				t.Errorf("%s: incomplete rule %+v", r.Alert, r)
+			}
+			if strings.Count(r.Expr, "(") != strings.Count(r.Expr, ")") {
+				t.Errorf("%s: unbalanced expression", r.Alert)
+			}
+			for _, m := range metric.FindAllString(r.Expr, -1) {
+				if !slices.Contains(exported, m) {
+					t.Errorf("%s uses %s, which nothing exports", r.Alert, m)
+				}
+			}
+		}
+	}
+	for _, want := range []string{"CourierDeadLetters", "CourierBotTokenRejected", "CourierRedeliveryBacklogGrowing", "CourierNoWorkerReady"} {
+		if !slices.Contains(alerts, want) {
+			t.Errorf("no %s alert", want)
+		}
+	}
+}
