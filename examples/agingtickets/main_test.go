@@ -1,0 +1,177 @@
+package main
+
+import (
+	"bytes"
+	"log/slog"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/courier-dev/courier/internal/redistest"
+	"github.com/courier-dev/courier/pkg/tasks"
+	"github.com/courier-dev/courier/pkg/webex"
+	"github.com/courier-dev/courier/pkg/webex/webextest"
+)
+
+func TestBucketBoundaries(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 11, 28, 8, 0, 0, 0, time.UTC)
+	day := 24 * time.Hour
+	tests := []struct {
+		age  time.Duration
+		want int
+	}{
+		{-time.Hour, 0}, {0, 0}, {2 * day, 0}, {3*day - time.Second, 0}, {3 * day, 1}, {7 * day, 1},
+		{8*day - time.Second, 1}, {8 * day, 2}, {30 * day, 2}, {31*day - time.Second, 2}, {31 * day, 3}, {400 * day, 3},
+	}
+	for _, tt := range tests {
+		if got := DefaultBuckets.Of(now.Add(-tt.age), now); got != tt.want {
+			t.Errorf("age %v: bucket %d, want %d", tt.age, got, tt.want)
+		}
+	}
+	// The same instant written in other zones lands in the same bucket.
+	opened := now.Add(-3 * day)
+	for _, zone := range []int{-5, 0, 1, 9} {
+		loc := time.FixedZone("z", zone*3600)
+		if got := DefaultBuckets.Of(opened.In(loc), now.In(time.FixedZone("y", -8*3600))); got != 1 {
+			t.Errorf("zone %+d: bucket %d", zone, got)
+		}
+	}
+	if got := DefaultBuckets.Labels(); strings.Join(got, ",") != "0-2 days,3-7 days,8-30 days,over 30 days" {
+		t.Fatalf("labels %v", got)
+	}
+	if _, err := ParseBuckets("7,2"); err == nil {
+		t.Fatal("decreasing buckets accepted")
+	}
+}
+
+func TestKeyUsesTheReportsTimeZone(t *testing.T) {
+	t.Parallel()
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		t.Skip("no time zone data")
+	}
+	now := time.Date(2026, 11, 28, 23, 30, 0, 0, time.UTC) // already the 29th in Berlin
+	if k := Key("aging-tickets", "data", now, berlin); k != "aging-tickets/data/2026-11-29" {
+		t.Fatalf("key %s", k)
+	}
+	if k := Key("aging-tickets", "data", now, time.UTC); k != "aging-tickets/data/2026-11-28" {
+		t.Fatalf("key %s", k)
+	}
+}
+
+func TestLongReportStaysUnderTheLimit(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 11, 28, 8, 0, 0, 0, time.UTC)
+	var ts []Ticket
+	for i := range 500 {
+		ts = append(ts, Ticket{ID: fmt.Sprintf("TCK-%d", i), Title: strings.Repeat("very long title ", 8), Team: "t", Priority: "P2",
+			OpenedAt: now.Add(-time.Duration(i) * time.Hour)})
+	}
+	reports, _ := Build(ts, DefaultBuckets, now, map[string]string{"t": "room"})
+	md := reports[0].Markdown(now, 1000)
+	if len(md) > webex.MaxTextBytes {
+		t.Fatalf("%d bytes", len(md))
+	}
+	listed := strings.Count(md, "\n- TCK-")
+	if !strings.HasSuffix(md, fmt.Sprintf("... and %d more\n", 500-listed)) || listed < 10 {
+		t.Fatalf("listed %d, ending %q", listed, md[len(md)-40:])
+	}
+	if err := (&webex.Message{RoomID: "r", Markdown: md}).Validate(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCSVErrorsNameTheRow(t *testing.T) {
+	t.Parallel()
+	_, err := readCSV(strings.NewReader("id,title,assignee,team,priority,opened_at\nA,t,,x,P1,2026-11-01T00:00:00Z\nB,t,,x,P1,yesterday\n"))
+	if err == nil || !strings.Contains(err.Error(), `csv row 3: opened_at "yesterday"`) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestSampleLoads(t *testing.T) {
+	t.Parallel()
+	ts, err := LoadTickets("sample/tickets.csv")
+	if err != nil || len(ts) < 200 {
+		t.Fatalf("%d tickets, %v", len(ts), err)
+	}
+	cfg, err := LoadConfig("sample/teams.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reports, skipped := Build(ts, DefaultBuckets, time.Now(), cfg.Rooms); len(reports) != len(cfg.Rooms) || skipped != 0 {
+		t.Fatalf("%d reports, %d skipped", len(reports), skipped)
+	}
+}
+
+// A re-run of the same day enqueues nothing new; end to end through a
+// worker, each team's room receives its markdown once.
+func TestRerunAndEndToEnd(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.Client(t)
+	queue := redistest.Name(t)
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	t.Cleanup(func() { _ = insp.DeleteQueue(queue, true) })
+	redistest.DeleteKeys(t, rdb, "asynq:{"+queue+"}:*", "courier:{"+queue+"}:*")
+	opt := redistest.Options(t)
+	url := fmt.Sprintf("redis://%s/%d", opt.Addr, opt.DB)
+	if u := os.Getenv("REDIS_URL"); u != "" {
+		url = u
+	}
+	teams := filepath.Join(t.TempDir(), "teams.json")
+	if err := os.WriteFile(teams, []byte(`{"report":"aging","timezone":"UTC","rooms":{"data":"room-data","mobile":"room-mobile"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 28, 8, 0, 0, 0, time.UTC)
+	args := []string{"-tickets", "sample/tickets.csv", "-teams", teams, "-queue", queue, "-now", now.Format(time.RFC3339)}
+	getenv := func(k string) string { return map[string]string{"REDIS_URL": url}[k] }
+	var out, errs bytes.Buffer
+	if code := run(context.Background(), args, &out, &errs, now, getenv); code != 0 {
+		t.Fatalf("first run: %d %s %s", code, out.String(), errs.String())
+	}
+	if !strings.Contains(out.String(), "data: enqueued aging/data/2026-11-28") {
+		t.Fatalf("first run said %q", out.String())
+	}
+	out.Reset()
+	if code := run(context.Background(), args, &out, &errs, now, getenv); code != 0 {
+		t.Fatalf("re-run: %d", code)
+	}
+	if strings.Count(out.String(), "already sent today") != 2 || strings.Contains(out.String(), "enqueued") {
+		t.Fatalf("re-run said %q", out.String())
+	}
+
+	sim := webextest.NewServer(t, webextest.Options{})
+	w, err := tasks.NewWorker(rdb, tasks.WorkerConfig{Bots: map[string]tasks.Sender{"": sim.Client(t, webextest.DefaultToken)},
+		Queues: map[string]int{queue: 1}, TaskCheckInterval: 10 * time.Millisecond, Logger: discardLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer w.Shutdown()
+	ts, _ := LoadTickets("sample/tickets.csv")
+	reports, _ := Build(ts, DefaultBuckets, now, map[string]string{"data": "", "mobile": ""})
+	deadline := time.Now().Add(15 * time.Second)
+	for len(sim.Messages("room-data")) == 0 || len(sim.Messages("room-mobile")) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("reports not delivered")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, r := range reports {
+		msgs := sim.Messages("room-" + r.Team)
+		if len(msgs) != 1 || msgs[0].Markdown != r.Markdown(now, 15) {
+			t.Errorf("%s: %d messages, markdown %q", r.Team, len(msgs), msgs[0].Markdown)
+		}
+	}
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
