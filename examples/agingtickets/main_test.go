@@ -2,9 +2,9 @@ package main
 
 import (
 	"bytes"
-	"log/slog"
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
