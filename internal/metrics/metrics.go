@@ -27,6 +27,9 @@ type Metrics struct {
 	latency       prometheus.Histogram
 	requests      *prometheus.HistogramVec
 	tokenRejected *prometheus.GaugeVec
+	throttled     *prometheus.CounterVec
+	breaker       *prometheus.GaugeVec
+	transitions   *prometheus.CounterVec
 }
 
 var _ tasks.Observer = (*Metrics)(nil)
@@ -61,8 +64,20 @@ func New(reg prometheus.Registerer, inspector *asynq.Inspector) *Metrics {
 			Name: "courier_bot_token_rejected",
 			Help: "1 while Webex rejects the bot's token (its tasks are held), else 0.",
 		}, []string{"bot"}),
+		throttled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "courier_gate_held_total",
+			Help: "Sends held back by the shared gate, by bot and reason (cooldown, circuit_open, rate_limit).",
+		}, []string{"bot", "reason"}),
+		breaker: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "courier_circuit_open",
+			Help: "1 while this worker last saw the bot's shared circuit breaker open, else 0.",
+		}, []string{"bot"}),
+		transitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "courier_circuit_transitions_total",
+			Help: "Circuit breaker transitions this worker caused, by bot and to (open, closed).",
+		}, []string{"bot", "to"}),
 	}
-	reg.MustRegister(m.deliveries, m.attempts, m.waited, m.latency, m.requests, m.tokenRejected)
+	reg.MustRegister(m.deliveries, m.attempts, m.waited, m.latency, m.requests, m.tokenRejected, m.throttled, m.breaker, m.transitions)
 	if inspector != nil {
 		reg.MustRegister(asynqmetrics.NewQueueMetricsCollector(inspector))
 	}
@@ -96,6 +111,9 @@ func (m *Metrics) Attempt(bot string, err error) {
 		result = "error"
 	}
 	m.attempts.WithLabelValues(label(bot), result).Inc()
+	if err == nil {
+		m.breaker.WithLabelValues(label(bot)).Set(0)
+	}
 }
 
 // Waited adds in-process waiting.
@@ -111,6 +129,24 @@ func (m *Metrics) TokenRejected(bot string, rejected bool) {
 		v = 1
 	}
 	m.tokenRejected.WithLabelValues(label(bot)).Set(v)
+}
+
+// Throttled counts a send the gate held back.
+func (m *Metrics) Throttled(bot, reason string) {
+	m.throttled.WithLabelValues(label(bot), reason).Inc()
+	if reason == "circuit_open" {
+		m.breaker.WithLabelValues(label(bot)).Set(1)
+	}
+}
+
+// Breaker records a circuit transition.
+func (m *Metrics) Breaker(bot string, open bool) {
+	to, v := "closed", 0.0
+	if open {
+		to, v = "open", 1
+	}
+	m.transitions.WithLabelValues(label(bot), to).Inc()
+	m.breaker.WithLabelValues(label(bot)).Set(v)
 }
 
 // Transport wraps rt to observe each Webex request's latency by status class.

@@ -63,7 +63,8 @@ func adminConfig(t *testing.T, redisURL, simURL, queue string, extra map[string]
 	port, _ := redistest.FreePort()
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	envs := map[string]string{"REDIS_URL": redisURL, "WEBEX_TOKEN": "good", "WEBEX_BASE_URL": simURL, "COURIER_QUEUES": queue,
-		"COURIER_ADMIN_ADDR": addr, "COURIER_TASK_CHECK_INTERVAL": "10ms", "COURIER_REDIS_TIMEOUT": "2s"}
+		"COURIER_ADMIN_ADDR": addr, "COURIER_TASK_CHECK_INTERVAL": "10ms", "COURIER_REDIS_TIMEOUT": "2s",
+		"COURIER_GATE_NAMESPACE": "courier:{" + queue + "}"}
 	for k, v := range extra {
 		envs[k] = v
 	}

@@ -44,6 +44,7 @@ type Config struct {
 	ShutdownTimeout   time.Duration
 	PoisonLimit       int
 	UnauthorizedDelay time.Duration
+	Gate              tasks.GateConfig
 
 	LogFormat string // auto, text or json
 	LogLevel  string // debug, info, warn, error
@@ -161,6 +162,13 @@ func flags(c *Config) *settings.Set {
 	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "COURIER_SHUTDOWN_TIMEOUT", tasks.DefaultShutdownTimeout, "graceful stop bound")
 	s.Int(&c.PoisonLimit, "poison-limit", "COURIER_POISON_LIMIT", tasks.DefaultPoisonLimit, "dead-letter a task after this many deliveries died with their worker")
 	s.Duration(&c.UnauthorizedDelay, "unauthorized-delay", "COURIER_UNAUTHORIZED_DELAY", tasks.DefaultUnauthorizedDelay, "hold time and probe interval for a bot whose token is rejected")
+	s.Float(&c.Gate.Rate, "rate", "COURIER_RATE", 0, "requests per second per bot, shared by all workers; 0: no shared limit")
+	s.Int(&c.Gate.Burst, "burst", "COURIER_BURST", 1, "requests a bot may send at once above the shared rate")
+	s.Duration(&c.Gate.MaxWait, "gate-max-wait", "COURIER_GATE_MAX_WAIT", 2*time.Second, "longest in-process wait for the shared limit or cool-down; longer waits hand the task back")
+	s.Int(&c.Gate.BreakerFailures, "breaker-failures", "COURIER_BREAKER_FAILURES", 20, "open the shared circuit after this many transient failures in the window; -1: no breaker")
+	s.Duration(&c.Gate.BreakerWindow, "breaker-window", "COURIER_BREAKER_WINDOW", 30*time.Second, "window the breaker counts failures in")
+	s.Duration(&c.Gate.ProbeInterval, "probe-interval", "COURIER_PROBE_INTERVAL", 5*time.Second, "while the circuit is open, one probe request per interval across all workers")
+	s.String(&c.Gate.Namespace, "gate-namespace", "COURIER_GATE_NAMESPACE", "courier", "Redis key prefix of the shared gate: workers sharing it share each bot's limits")
 	s.String(&c.LogFormat, "log-format", "COURIER_LOG_FORMAT", "auto", "auto (colour text on a terminal, JSON otherwise), text or json")
 	s.String(&c.LogLevel, "log-level", "COURIER_LOG_LEVEL", "info", "debug, info, warn or error")
 	s.String(&c.AdminAddr, "admin-addr", "COURIER_ADMIN_ADDR", "127.0.0.1:8080", "admin HTTP server (health, metrics, asynqmon); empty: off")
@@ -285,7 +293,7 @@ func (c *Config) workerConfig(bots map[string]tasks.Sender) tasks.WorkerConfig {
 		Bots: bots, Queues: c.Queues, StrictPriority: c.StrictPriority, Concurrency: c.Concurrency,
 		Policy: c.Policy, Budget: c.Budget, Schedule: sched, MaxRedeliveries: c.MaxRedeliveries,
 		ShutdownTimeout: c.ShutdownTimeout, TaskCheckInterval: c.TaskCheckInterval, DelayedTaskCheckInterval: c.DelayedInterval,
-		PoisonLimit: c.PoisonLimit, UnauthorizedDelay: c.UnauthorizedDelay,
+		PoisonLimit: c.PoisonLimit, UnauthorizedDelay: c.UnauthorizedDelay, Gate: c.Gate,
 		DedupTTL: dedupTTL(sched, c.KeyedRetention),
 	}
 }

@@ -18,8 +18,13 @@ import (
 	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
 
-// devToken is the simulator's token in dev mode.
-const devToken = "dev-token"
+// Tokens of dev mode's two bots. The rate-limited demo message goes as its
+// own bot, so that the shared cool-down its 429 starts holds only that bot.
+const (
+	devToken        = "dev-token"
+	devLimitedToken = "dev-token-limited"
+	devLimitedBot   = "limited"
+)
 
 // Demo rooms, one per outcome.
 const (
@@ -30,7 +35,7 @@ const (
 )
 
 func (c *Config) applyDev() {
-	c.Tokens = map[string]string{"": devToken}
+	c.Tokens = map[string]string{"": devToken, devLimitedBot: devLimitedToken}
 	c.AdminWritable = true
 }
 
@@ -65,7 +70,7 @@ func startDev(cfg *Config, log *slog.Logger) (*dev, error) {
 			return nil, fmt.Errorf("dev: embedded Redis: %w", err)
 		}
 	}
-	d := &dev{redis: m, sim: webextest.New(webextest.Options{Tokens: map[string]string{devToken: "courier-dev"}}), stop: make(chan struct{})}
+	d := &dev{redis: m, sim: webextest.New(webextest.Options{Tokens: map[string]string{devToken: "courier-dev", devLimitedToken: "courier-dev-limited"}}), stop: make(chan struct{})}
 	go d.tick()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -105,13 +110,13 @@ func devStarted(ctx context.Context, cfg *Config, rdb *redis.Client, log *slog.L
 		log.Error("dev: seed", "error", err.Error())
 		return
 	}
-	for _, s := range []struct{ room, text string }{
-		{RoomDelivered, "Delivered at once."},
-		{RoomRetried, "Delivered after two 503s, within the in-process attempts."},
-		{RoomRateLimited, "Rate-limited (429 with a Retry-After beyond the budget): handed back, then delivered."},
-		{RoomDeadLetter, "Webex answers 404: dead-lettered at once. Re-run it from asynqmon's Archived tab."},
+	for _, s := range []struct{ room, bot, text string }{
+		{RoomDelivered, "", "Delivered at once."},
+		{RoomRetried, "", "Delivered after two 503s, within the in-process attempts."},
+		{RoomRateLimited, devLimitedBot, "Rate-limited (429 with a Retry-After beyond the budget): handed back, then delivered."},
+		{RoomDeadLetter, "", "Webex answers 404: dead-lettered at once. Re-run it from asynqmon's Archived tab."},
 	} {
-		if _, err := p.Enqueue(ctx, tasks.Message{Message: webex.Message{RoomID: s.room, Markdown: s.text}}); err != nil {
+		if _, err := p.Enqueue(ctx, tasks.Message{Message: webex.Message{RoomID: s.room, Markdown: s.text}}, tasks.Bot(s.bot)); err != nil {
 			log.Error("dev: seed", "room", s.room, "error", err.Error())
 		}
 	}

@@ -143,7 +143,7 @@ func (s *setup) env(token string, extra ...string) []string {
 	return append([]string{"REDIS_URL=" + s.url, "WEBEX_TOKEN=" + token, "WEBEX_BASE_URL=" + s.sim.URL,
 		"COURIER_QUEUES=" + s.queue, "COURIER_TASK_CHECK_INTERVAL=10ms", "COURIER_DELAYED_TASK_CHECK_INTERVAL=100ms",
 		"COURIER_INITIAL_DELAY=10ms", "COURIER_REDELIVERY_BASE=1s", "COURIER_REDELIVERY_CAP=1s", "COURIER_UNAUTHORIZED_DELAY=1s",
-		"COURIER_LOG_FORMAT=json"}, extra...)
+		"COURIER_LOG_FORMAT=json", "COURIER_GATE_NAMESPACE=courier:{" + s.queue + "}"}, extra...)
 }
 
 func (s *setup) enqueue(t *testing.T, room, text string) string {

@@ -106,6 +106,7 @@ func (e *env) start(adjust func(*WorkerConfig)) *Worker {
 		TaskCheckInterval:        10 * time.Millisecond,
 		DelayedTaskCheckInterval: 100 * time.Millisecond,
 		UnauthorizedDelay:        time.Second,
+		Gate:                     GateConfig{Namespace: "courier:{" + e.queue + "}"},
 		Logger:                   slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	if adjust != nil {

@@ -36,6 +36,7 @@ type Handler struct {
 	rec  *records
 	bots map[string]*bot
 	stop context.Context // ends when the worker stops: in-process waits end
+	gate *gate
 
 	// afterRecord, when set (tests), runs after each dedup record is written.
 	afterRecord func(taskID string, part int) error
@@ -175,10 +176,15 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			continue
 		}
 		attempts := 0
-		s, err := retrypolicy.DoValue(waitCtx, h.cfg.Policy, func(context.Context) (*webex.Sent, error) {
+		s, err := retrypolicy.DoValue(waitCtx, h.cfg.Policy, func(waitCtx context.Context) (*webex.Sent, error) {
+			probe, err := h.gate.wait(waitCtx, b.name)
+			if err != nil {
+				return nil, err
+			}
 			attempts++
 			s, err := b.sender.CreateMessage(ctx, part)
 			h.cfg.Observer.Attempt(b.name, err)
+			h.gate.result(ctx, b.name, err, probe)
 			return s, err
 		}, retrypolicy.WithMaxWait(h.cfg.Budget), retrypolicy.WithLogger(h.cfg.attemptLogger), retrypolicy.WithName("deliver"),
 			retrypolicy.OnRetry(func(_ int, _ error, d time.Duration) { h.cfg.Observer.Waited(d) }))
@@ -231,9 +237,14 @@ func (h *Handler) failure(ctx context.Context, b *bot, err error, retried, maxRe
 	de := &DeliveryError{Bot: b.name, Err: err}
 	dec := retrypolicy.Classify(err, nil)
 	var budget *retrypolicy.BudgetError
+	var held *GateError
 	switch {
 	case errors.Is(err, context.Canceled) && ctx.Err() == nil: // our stop, not the task's end
 		de.Outcome, de.Delay = Interrupted, retrypolicy.QueueDelay(0)
+	case errors.As(err, &held) && held.Kind == gateBreaker:
+		de.Outcome, de.Delay = CircuitOpen, max(h.cfg.Schedule.Delay(retried, err), retrypolicy.QueueDelay(held.Wait))
+	case errors.As(err, &held):
+		de.Outcome, de.Delay = RateLimited, retrypolicy.QueueDelay(held.Wait)
 	case errors.Is(err, webex.ErrUnauthorized):
 		b.reject(h.cfg.Now(), h.cfg.UnauthorizedDelay)
 		h.cfg.Observer.TokenRejected(b.name, true)

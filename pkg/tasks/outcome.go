@@ -14,7 +14,7 @@ import (
 // Outcome is what became of one delivery of a task.
 type Outcome string
 
-// Outcomes. The first two complete the task; the next four hand it back to
+// Outcomes. The first two complete the task; the next six hand it back to
 // the queue; the rest dead-letter it (asynq's archive).
 const (
 	Delivered    Outcome = "delivered"
@@ -25,6 +25,7 @@ const (
 	Unauthorized Outcome = "unauthorized" // the bot's token was rejected; held, does not count
 	Interrupted  Outcome = "interrupted"  // the worker is stopping; does not count
 	Deferred     Outcome = "deferred"     // a newer payload version; left for a newer worker
+	CircuitOpen  Outcome = "circuit_open" // Webex is failing for every worker; waits for the probe, does not count
 
 	Permanent Outcome = "permanent" // Webex refused the message for good
 	Exhausted Outcome = "exhausted" // transient failures outlasted the redeliveries

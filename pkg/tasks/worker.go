@@ -79,6 +79,10 @@ type WorkerConfig struct {
 	// AttemptLogger, when set, receives a record per in-process attempt
 	// (debug detail; the error handler already logs each outcome once).
 	AttemptLogger *slog.Logger
+	// Gate coordinates all workers sending as the same bot: a shared rate
+	// limit (off unless Gate.Rate is set), a shared cool-down after a 429,
+	// and a circuit breaker (on by default).
+	Gate GateConfig
 	// Observer, when set, is told what each delivery did (metrics).
 	Observer Observer
 	// DeadLetters, when set, keeps a durable record of every dead letter
@@ -101,6 +105,7 @@ func (c WorkerConfig) WithDefaults() WorkerConfig {
 	}
 	c.Budget = cmp.Or(c.Budget, DefaultBudget)
 	c.Schedule = c.Schedule.WithDefaults()
+	c.Gate = c.Gate.WithDefaults()
 	c.ShutdownTimeout = cmp.Or(c.ShutdownTimeout, DefaultShutdownTimeout)
 	c.TaskCheckInterval = cmp.Or(c.TaskCheckInterval, DefaultTaskCheckInterval)
 	c.DelayedTaskCheckInterval = cmp.Or(c.DelayedTaskCheckInterval, DefaultDelayedTaskCheckInterval)
@@ -150,6 +155,9 @@ func (c WorkerConfig) Validate() error {
 	if err := c.Schedule.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if err := c.Gate.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("gate: %w", err))
+	}
 	if c.Budget < 0 {
 		errs = append(errs, fmt.Errorf("Budget is %v: must not be negative", c.Budget))
 	}
@@ -195,6 +203,11 @@ type Observer interface {
 	// TokenRejected is called when a bot's token is found rejected (true)
 	// or working again (false).
 	TokenRejected(bot string, rejected bool)
+	// Throttled is called when the gate holds a send back (reason
+	// cooldown, circuit_open or rate_limit).
+	Throttled(bot, reason string)
+	// Breaker is called when a bot's circuit opens (true) or closes.
+	Breaker(bot string, open bool)
 }
 
 type nopObserver struct{}
@@ -204,6 +217,8 @@ func (nopObserver) Attempt(string, error)      {}
 func (nopObserver) Waited(time.Duration)       {}
 func (nopObserver) Delivered(time.Duration)    {}
 func (nopObserver) TokenRejected(string, bool) {}
+func (nopObserver) Throttled(string, string)   {}
+func (nopObserver) Breaker(string, bool)       {}
 
 // Worker runs the handler under an asynq server with courier's hooks.
 type Worker struct {
@@ -222,7 +237,8 @@ func NewWorker(rdb redis.UniversalClient, cfg WorkerConfig) (*Worker, error) {
 		return nil, fmt.Errorf("worker config: %w", err)
 	}
 	stopCtx, stop := context.WithCancel(context.Background())
-	h := &Handler{cfg: cfg, rec: &records{rdb: rdb, ttl: cfg.DedupTTL}, bots: map[string]*bot{}, stop: stopCtx}
+	h := &Handler{cfg: cfg, rec: &records{rdb: rdb, ttl: cfg.DedupTTL}, bots: map[string]*bot{}, stop: stopCtx,
+		gate: &gate{cfg: cfg.Gate, rdb: rdb, log: cfg.Logger, obs: cfg.Observer}}
 	for name, s := range cfg.Bots {
 		h.bots[name] = &bot{name: name, sender: s}
 	}

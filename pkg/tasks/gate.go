@@ -1,0 +1,281 @@
+package tasks
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/courier-dev/courier/pkg/retrypolicy"
+	"github.com/courier-dev/courier/pkg/webex"
+)
+
+// GateConfig configures the coordination of all workers sending as the same
+// bot: a shared rate limit, a shared cool-down after a 429, and a shared
+// circuit breaker for outages. State lives in Redis so every worker agrees.
+type GateConfig struct {
+	// Rate is the requests per second all workers together send per bot; 0
+	// turns the shared rate limit off (the default).
+	Rate float64
+	// Burst is how many requests may go at once above the rate. Default 1.
+	Burst int
+	// MaxWait is the longest a delivery waits in-process for the limit or a
+	// cool-down; longer waits hand the task back (no redelivery used).
+	// Default 2s (a shorter hand-back would be due at once in asynq's
+	// whole-second clock and spin).
+	MaxWait time.Duration
+	// BreakerFailures opens the breaker after this many transient failures
+	// within BreakerWindow, across workers. Default 20; negative turns the
+	// breaker off.
+	BreakerFailures int
+	// BreakerWindow is the window failures are counted in. Default 30s.
+	BreakerWindow time.Duration
+	// ProbeInterval: while the breaker is open, one request per interval
+	// (across all workers) probes Webex. Default 5s.
+	ProbeInterval time.Duration
+	// Namespace prefixes the gate's Redis keys (default "courier"): workers
+	// that share a namespace share the limits of each bot name.
+	Namespace string
+	// Timeout bounds each Redis call; when Redis is slower or down, delivery
+	// goes on without coordination (fail open). Default 250ms.
+	Timeout time.Duration
+}
+
+// WithDefaults fills zero fields with the defaults.
+func (c GateConfig) WithDefaults() GateConfig {
+	c.BreakerFailures = cmp.Or(c.BreakerFailures, 20)
+	c.Burst = cmp.Or(c.Burst, 1)
+	c.MaxWait = cmp.Or(c.MaxWait, 2*time.Second)
+	c.BreakerWindow = cmp.Or(c.BreakerWindow, 30*time.Second)
+	c.ProbeInterval = cmp.Or(c.ProbeInterval, 5*time.Second)
+	c.Timeout = cmp.Or(c.Timeout, 250*time.Millisecond)
+	c.Namespace = cmp.Or(c.Namespace, "courier")
+	return c
+}
+
+// Validate reports every problem.
+func (c GateConfig) Validate() error {
+	var errs []error
+	if c.Rate < 0 {
+		errs = append(errs, fmt.Errorf("Rate is %v: must be 0 (off) or more", c.Rate))
+	}
+	if c.Burst < 1 {
+		errs = append(errs, fmt.Errorf("Burst is %d: must be at least 1", c.Burst))
+	}
+	for name, d := range map[string]time.Duration{"MaxWait": c.MaxWait, "BreakerWindow": c.BreakerWindow, "ProbeInterval": c.ProbeInterval, "Timeout": c.Timeout} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("%s is %v: must be greater than 0", name, d))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// gateKind says why the gate holds a send back.
+type gateKind int
+
+const (
+	gateOpen     gateKind = iota // send now
+	gateCooldown                 // a worker got a 429: everyone waits
+	gateBreaker                  // the breaker is open and this is not the probe
+	gateRate                     // over the shared rate limit
+)
+
+func (k gateKind) String() string {
+	return [...]string{"open", "cooldown", "circuit_open", "rate_limit"}[k]
+}
+
+// GateError is returned (inside the in-process attempts) when the gate holds
+// a send back for longer than MaxWait. It stops the attempts at once; the
+// handler hands the task back.
+type GateError struct {
+	Kind gateKind
+	Wait time.Duration
+}
+
+func (e *GateError) Error() string {
+	switch e.Kind {
+	case gateBreaker:
+		return fmt.Sprintf("circuit open: Webex is failing, next probe in %s", e.Wait)
+	case gateCooldown:
+		return fmt.Sprintf("shared cool-down after a 429: %s left", e.Wait)
+	}
+	return fmt.Sprintf("shared rate limit: next slot in %s", e.Wait)
+}
+
+// RetryClass stops in-process attempts: the gate already said how long.
+func (e *GateError) RetryClass() (retrypolicy.Class, time.Duration) { return retrypolicy.Permanent, 0 }
+
+// gate is the Redis side of GateConfig for one worker.
+type gate struct {
+	cfg      GateConfig
+	rdb      redis.UniversalClient
+	log      *slog.Logger
+	obs      Observer
+	lastWarn atomic.Int64 // unix seconds of the last fail-open warning
+}
+
+// acquireScript decides, in one round trip, whether a send may go now:
+// cool-down first, then the breaker (one probe per interval while open),
+// then the GCRA rate limit. Time comes from Redis, so workers' clocks do not
+// matter. Returns {kind, wait ms, probe}.
+var acquireScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cd = redis.call('PTTL', KEYS[1])
+if cd > 0 then return {1, cd, 0} end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  if redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then return {0, 0, 1} end
+  return {2, math.max(redis.call('PTTL', KEYS[3]), 1), 0}
+end
+local interval = tonumber(ARGV[1])
+if interval > 0 then
+  local tat = tonumber(redis.call('GET', KEYS[4]) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local allow_at = new_tat - interval * tonumber(ARGV[2])
+  if now < allow_at then return {3, math.ceil((allow_at - now) / 1000), 0} end
+  redis.call('SET', KEYS[4], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+end
+return {0, 0, 0}
+`)
+
+// cooldownScript sets the cool-down unless a longer one is running.
+var cooldownScript = redis.NewScript(`
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
+end
+return 0
+`)
+
+// failureScript counts a transient failure; at the threshold it opens the
+// breaker. While open, a failure (a failed probe) keeps it open. Returns 1
+// when this call opened it.
+var failureScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  return 0
+end
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+if n >= tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+`)
+
+func (g *gate) keys(bot string) (cooldown, open, probe, rate, fails string) {
+	p := g.cfg.Namespace + ":gate:{" + bot + "}:"
+	return p + "cooldown", p + "open", p + "probe", p + "rate", p + "fails"
+}
+
+// acquire asks whether bot may send now; errors fail open.
+func (g *gate) acquire(ctx context.Context, bot string) (kind gateKind, wait time.Duration, probe bool) {
+	cooldown, open, probeKey, rate, _ := g.keys(bot)
+	var interval int64
+	if g.cfg.Rate > 0 {
+		interval = int64(float64(time.Second/time.Microsecond) / g.cfg.Rate)
+	}
+	ctx, cancel := context.WithTimeout(ctx, g.cfg.Timeout)
+	defer cancel()
+	res, err := acquireScript.Run(ctx, g.rdb, []string{cooldown, open, probeKey, rate},
+		interval, g.cfg.Burst, g.cfg.ProbeInterval.Milliseconds()).Int64Slice()
+	if err != nil || len(res) != 3 {
+		g.failOpen(err)
+		return gateOpen, 0, false
+	}
+	return gateKind(res[0]), time.Duration(res[1]) * time.Millisecond, res[2] == 1
+}
+
+// result tells the gate what a send got: a 429 (or a 423/503 naming a
+// Retry-After) starts a shared cool-down; a transient failure counts toward
+// the breaker; a success after a probe closes it.
+func (g *gate) result(ctx context.Context, bot string, err error, probe bool) {
+	cooldown, open, probeKey, _, fails := g.keys(bot)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.Timeout)
+	defer cancel()
+	dec := retrypolicy.Classify(err, nil)
+	var ae *webex.APIError
+	switch {
+	case err == nil:
+		if probe {
+			n, rerr := g.rdb.Del(ctx, open, probeKey, fails).Result()
+			if rerr != nil {
+				g.failOpen(rerr)
+			} else if n > 0 {
+				g.obs.Breaker(bot, false)
+				g.log.Info("circuit closed: Webex answers again", "bot", botLabel(bot))
+			}
+		}
+	case errors.As(err, &ae) && dec.Class.Retryable() && dec.RetryAfter > 0 &&
+		(ae.StatusCode == 429 || ae.StatusCode == 423 || ae.StatusCode == 503):
+		if rerr := cooldownScript.Run(ctx, g.rdb, []string{cooldown}, dec.RetryAfter.Milliseconds()).Err(); rerr != nil {
+			g.failOpen(rerr)
+		}
+		if ae.StatusCode != 429 {
+			g.failure(ctx, bot, open, fails)
+		}
+	case dec.Class == retrypolicy.Transient:
+		g.failure(ctx, bot, open, fails)
+	}
+}
+
+func (g *gate) failure(ctx context.Context, bot, open, fails string) {
+	if g.cfg.BreakerFailures < 0 {
+		return
+	}
+	// The open key outlives a few probe intervals so that a breaker whose
+	// workers all died does not stay open for good.
+	openFor := max(10*g.cfg.ProbeInterval, g.cfg.BreakerWindow)
+	opened, err := failureScript.Run(ctx, g.rdb, []string{fails, open}, g.cfg.BreakerWindow.Milliseconds(),
+		g.cfg.BreakerFailures, openFor.Milliseconds()).Int()
+	if err != nil {
+		g.failOpen(err)
+		return
+	}
+	if opened == 1 {
+		g.obs.Breaker(bot, true)
+		g.log.Warn("circuit open: Webex keeps failing; tasks wait on the durable schedule, one probe per interval",
+			"bot", botLabel(bot), "failures", g.cfg.BreakerFailures, "window", g.cfg.BreakerWindow, "probe_interval", g.cfg.ProbeInterval)
+	}
+}
+
+// failOpen logs that coordination is off, at most once a minute.
+func (g *gate) failOpen(err error) {
+	if err == nil {
+		err = errors.New("unexpected answer")
+	}
+	now := time.Now().Unix()
+	if last := g.lastWarn.Load(); now-last < 60 || !g.lastWarn.CompareAndSwap(last, now) {
+		return
+	}
+	g.log.Warn("Redis did not answer the send gate in time: delivering without shared rate limit, cool-down or breaker", "error", err.Error())
+}
+
+// wait holds a send until the gate lets it through, waiting in-process up
+// to MaxWait at a time; a longer hold is a *GateError.
+func (g *gate) wait(ctx context.Context, bot string) (probe bool, err error) {
+	for {
+		kind, d, probe := g.acquire(ctx, bot)
+		if kind == gateOpen {
+			return probe, nil
+		}
+		g.obs.Throttled(bot, kind.String())
+		if kind == gateBreaker || d > g.cfg.MaxWait {
+			return false, &GateError{Kind: kind, Wait: d}
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false, ctx.Err()
+		case <-t.C:
+		}
+	}
+}

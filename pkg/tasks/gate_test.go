@@ -1,0 +1,123 @@
+package tasks
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/courier-dev/courier/internal/redistest"
+	"github.com/courier-dev/courier/pkg/webex"
+)
+
+func newGate(t *testing.T, rdb redis.UniversalClient, cfg GateConfig) (*gate, *syncBuffer) {
+	logs := &syncBuffer{}
+	if cfg.Namespace == "" {
+		cfg.Namespace = "courier:{" + redistest.Name(t) + "}"
+	}
+	return &gate{cfg: cfg.WithDefaults(), rdb: rdb, log: slog.New(slog.NewTextHandler(logs, nil)), obs: nopObserver{}}, logs
+}
+
+func TestGateRateLimit(t *testing.T) {
+	t.Parallel()
+	for name, rdb := range map[string]redis.UniversalClient{"redis": redistest.Client(t), "miniredis": miniClient(t)} {
+		t.Run(name, func(t *testing.T) {
+			g, logs := newGate(t, rdb, GateConfig{Rate: 10, Burst: 2})
+			ctx := context.Background()
+			for i := range 2 {
+				if kind, wait, _ := g.acquire(ctx, "bot"); kind != gateOpen {
+					t.Fatalf("request %d within the burst held: %v %v", i+1, kind, wait)
+				}
+			}
+			kind, wait, _ := g.acquire(ctx, "bot")
+			if kind != gateRate || wait <= 0 || wait > 100*time.Millisecond {
+				t.Fatalf("over the burst: %v %v, want a wait of at most 100ms", kind, wait)
+			}
+			if kind, _, _ := g.acquire(ctx, "other-bot"); kind != gateOpen {
+				t.Fatal("bots must not share a limit")
+			}
+			if logs.String() != "" {
+				t.Fatalf("unexpected log:\n%s", logs.String())
+			}
+		})
+	}
+}
+
+func TestGateCooldownOnlyExtends(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.Client(t)
+	g, _ := newGate(t, rdb, GateConfig{})
+	redistest.DeleteKeys(t, rdb, g.cfg.Namespace+":*")
+	ctx := context.Background()
+	g.result(ctx, "bot", &webex.APIError{StatusCode: 429, RetryAfter: 3 * time.Second}, false)
+	g.result(ctx, "bot", &webex.APIError{StatusCode: 429, RetryAfter: time.Second}, false)
+	kind, wait, _ := g.acquire(ctx, "bot")
+	if kind != gateCooldown || wait < 2500*time.Millisecond {
+		t.Fatalf("%v %v, want the longer cool-down", kind, wait)
+	}
+	if _, err := g.wait(ctx, "bot"); err == nil || !strings.Contains(err.Error(), "shared cool-down after a 429") {
+		t.Fatalf("a cool-down beyond MaxWait must hand the task back: %v", err)
+	}
+}
+
+func TestGateBreaker(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.Client(t)
+	g, logs := newGate(t, rdb, GateConfig{BreakerFailures: 3, ProbeInterval: time.Hour})
+	redistest.DeleteKeys(t, rdb, g.cfg.Namespace+":*")
+	ctx := context.Background()
+	fail := &webex.APIError{StatusCode: 503}
+	for range 3 {
+		g.result(ctx, "bot", fail, false)
+	}
+	kind, _, probe := g.acquire(ctx, "bot")
+	if kind != gateOpen || !probe {
+		t.Fatalf("first send after opening must be the probe: %v %v", kind, probe)
+	}
+	if kind, _, _ := g.acquire(ctx, "bot"); kind != gateBreaker {
+		t.Fatalf("second send while open: %v", kind)
+	}
+	g.result(ctx, "bot", nil, true) // the probe got through
+	if kind, _, _ := g.acquire(ctx, "bot"); kind != gateOpen {
+		t.Fatalf("after a good probe: %v", kind)
+	}
+	for _, want := range []string{"circuit open", "circuit closed"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("no %q transition logged:\n%s", want, logs.String())
+		}
+	}
+}
+
+// Redis silent or gone: sends go on, with one warning, not one per send.
+func TestGateFailsOpen(t *testing.T) {
+	t.Parallel()
+	port, _ := redistest.FreePort()
+	rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port), MaxRetries: -1})
+	defer rdb.Close()
+	g, logs := newGate(t, rdb, GateConfig{Rate: 1, Timeout: 100 * time.Millisecond})
+	start := time.Now()
+	for range 5 {
+		if _, err := g.wait(context.Background(), "bot"); err != nil {
+			t.Fatal(err)
+		}
+		g.result(context.Background(), "bot", &webex.APIError{StatusCode: 503}, false)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("failing open took %v", took)
+	}
+	if n := strings.Count(logs.String(), "delivering without shared rate limit"); n != 1 {
+		t.Fatalf("%d warnings, want 1:\n%s", n, logs.String())
+	}
+}
+
+func miniClient(t *testing.T) *redis.Client {
+	m := miniredis.RunT(t)
+	rdb := redis.NewClient(&redis.Options{Addr: m.Addr()})
+	t.Cleanup(func() { _ = rdb.Close() })
+	return rdb
+}
