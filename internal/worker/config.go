@@ -55,6 +55,10 @@ type Config struct {
 	AdminPassword string
 	DeadLetterMax int
 
+	RelayAddr   string
+	RelayQueue  string
+	RelayTokens map[string]string // relay token → bot
+
 	// Dev runs everything in-process: miniredis, the Webex simulator and
 	// seeded demo messages. Nothing is durable.
 	Dev bool
@@ -84,6 +88,9 @@ func Load(args []string, getenv func(string) string) (*Config, error) {
 	} else {
 		c.AdminPassword = pw
 	}
+	if c.RelayAddr != "" {
+		errs = append(errs, c.loadRelayTokens(getenv)...)
+	}
 	if c.AdminUser != "" && c.AdminPassword == "" {
 		errs = append(errs, errors.New("COURIER_ADMIN_USER is set: set COURIER_ADMIN_PASSWORD or COURIER_ADMIN_PASSWORD_FILE too"))
 	}
@@ -105,7 +112,8 @@ func Usage(w interface{ Write([]byte) (int, error) }) { flags(&Config{}).Usage(w
 // Envs lists every environment variable the worker reads (besides the
 // per-bot COURIER_BOT_<NAME>_TOKEN and _TOKEN_FILE).
 func Envs() []string {
-	return append(flags(&Config{}).Envs(), "WEBEX_TOKEN", "WEBEX_TOKEN_FILE", "COURIER_ADMIN_PASSWORD", "COURIER_ADMIN_PASSWORD_FILE")
+	return append(flags(&Config{}).Envs(), "WEBEX_TOKEN", "WEBEX_TOKEN_FILE", "COURIER_ADMIN_PASSWORD", "COURIER_ADMIN_PASSWORD_FILE",
+		"COURIER_RELAY_TOKENS", "COURIER_RELAY_TOKENS_FILE")
 }
 
 func flags(c *Config) *settings.Set {
@@ -175,6 +183,8 @@ func flags(c *Config) *settings.Set {
 	s.Bool(&c.AdminWritable, "admin-writable", "COURIER_ADMIN_WRITABLE", false, "let asynqmon and /deadletters re-run and delete tasks")
 	s.String(&c.AdminUser, "admin-user", "COURIER_ADMIN_USER", "", "HTTP basic auth user for the admin server (password: COURIER_ADMIN_PASSWORD or _FILE)")
 	s.Int(&c.DeadLetterMax, "deadletter-max", "COURIER_DEADLETTER_MAX", tasks.DefaultDeadLetterMax, "dead letters kept in the courier:deadletters stream beyond asynq's archive")
+	s.String(&c.RelayAddr, "relay-addr", "COURIER_RELAY_ADDR", "", "Webex-compatible relay listener (e.g. 127.0.0.1:8081); empty: off")
+	s.String(&c.RelayQueue, "relay-queue", "COURIER_RELAY_QUEUE", tasks.DefaultQueue, "queue the relay enqueues to")
 	s.Bool(&c.Dev, "dev", "COURIER_DEV", false, "zero-install demo: embedded Redis (not durable), the Webex simulator, seeded messages")
 	return s
 }
@@ -223,6 +233,35 @@ func (c *Config) loadTokens(getenv func(string) string) []error {
 	}
 	if len(c.Tokens) == 0 {
 		errs = append(errs, errors.New("no bot: set WEBEX_TOKEN or WEBEX_TOKEN_FILE (or COURIER_BOTS with their tokens)"))
+	}
+	return errs
+}
+
+// loadRelayTokens reads COURIER_RELAY_TOKENS (or _FILE): token=bot pairs,
+// comma- or line-separated; "default" names the default bot.
+func (c *Config) loadRelayTokens(getenv func(string) string) []error {
+	raw, err := readToken(getenv, "COURIER_RELAY_TOKENS", "COURIER_RELAY_TOKENS_FILE")
+	if err != nil {
+		return []error{err}
+	}
+	c.RelayTokens = map[string]string{}
+	var errs []error
+	for i, pair := range strings.FieldsFunc(raw, func(r rune) bool { return r == ',' || r == '\n' }) {
+		tok, bot, ok := strings.Cut(strings.TrimSpace(pair), "=")
+		if bot == "default" {
+			bot = ""
+		}
+		switch _, known := c.Tokens[bot]; {
+		case !ok || tok == "":
+			errs = append(errs, fmt.Errorf("COURIER_RELAY_TOKENS entry %d: want token=bot", i+1))
+		case !known:
+			errs = append(errs, fmt.Errorf("COURIER_RELAY_TOKENS entry %d: bot %q is not configured", i+1, bot))
+		default:
+			c.RelayTokens[tok] = bot
+		}
+	}
+	if len(c.RelayTokens) == 0 && len(errs) == 0 {
+		errs = append(errs, errors.New("COURIER_RELAY_ADDR is set: set COURIER_RELAY_TOKENS or COURIER_RELAY_TOKENS_FILE (token=bot,...)"))
 	}
 	return errs
 }

@@ -87,3 +87,23 @@ func TestReadmeDocumentsEveryVariable(t *testing.T) {
 		}
 	}
 }
+
+func TestLoadRelayTokens(t *testing.T) {
+	c, err := Load(nil, env(map[string]string{"WEBEX_TOKEN": "t", "COURIER_BOTS": "reports", "COURIER_BOT_REPORTS_TOKEN": "r",
+		"COURIER_RELAY_ADDR": "127.0.0.1:8081", "COURIER_RELAY_TOKENS": "rt1=default, rt2=reports"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.RelayTokens["rt1"] != "" || c.RelayTokens["rt2"] != "reports" || len(c.RelayTokens) != 2 {
+		t.Fatalf("%v", c.RelayTokens)
+	}
+	_, err = Load(nil, env(map[string]string{"WEBEX_TOKEN": "t", "COURIER_RELAY_ADDR": "127.0.0.1:8081", "COURIER_RELAY_TOKENS": "rt1=ghost,bare"}))
+	for _, want := range []string{`entry 1: bot "ghost" is not configured`, "entry 2: want token=bot"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("err = %v, want %q", err, want)
+		}
+	}
+	if _, err := Load(nil, env(map[string]string{"WEBEX_TOKEN": "t", "COURIER_RELAY_ADDR": "127.0.0.1:8081"})); err == nil {
+		t.Error("a relay without tokens must be refused")
+	}
+}

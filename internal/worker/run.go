@@ -19,6 +19,7 @@ import (
 
 	"github.com/courier-dev/courier/internal/admin"
 	"github.com/courier-dev/courier/internal/metrics"
+	"github.com/courier-dev/courier/internal/relay"
 	"github.com/courier-dev/courier/pkg/tasks"
 	"github.com/courier-dev/courier/pkg/webex"
 )
@@ -136,6 +137,22 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		log.Info("admin server listening", "url", "http://"+cfg.AdminAddr, "asynqmon", "http://"+cfg.AdminAddr+admin.MonitoringPath,
 			"asynqmon_writable", cfg.AdminWritable, "basic_auth", cfg.AdminUser != "")
 	}
+	var relaySrv *http.Server
+	if cfg.RelayAddr != "" {
+		producer, err := tasks.NewProducer(rdb, tasks.ProducerConfig{KeyedRetention: cfg.KeyedRetention, Source: "relay"})
+		if err != nil {
+			return err
+		}
+		rl := relay.New(relay.Config{Tokens: cfg.RelayTokens, Producer: producer, Inspector: asynq.NewInspectorFromRedisClient(rdb),
+			Queue: cfg.RelayQueue, Logger: log, Registerer: reg})
+		ln, err := net.Listen("tcp", cfg.RelayAddr)
+		if err != nil {
+			return fmt.Errorf("relay on %s: %w", cfg.RelayAddr, err)
+		}
+		relaySrv = &http.Server{Handler: rl, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
+		go func() { _ = relaySrv.Serve(ln) }()
+		log.Info("relay listening", "url", "http://"+ln.Addr().String()+"/v1", "queue", cfg.RelayQueue, "tokens", len(cfg.RelayTokens))
+	}
 	if err := w.Start(); err != nil {
 		return err
 	}
@@ -147,6 +164,11 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 
 	<-ctx.Done()
 	log.Info("stopping: no new tasks; in-process waits end; requests under way finish", "timeout", cfg.ShutdownTimeout)
+	if relaySrv != nil { // stop accepting first: an answered request is durably queued
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = relaySrv.Shutdown(sctx)
+		cancel()
+	}
 	w.Shutdown()
 	if adminSrv != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

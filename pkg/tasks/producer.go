@@ -123,6 +123,7 @@ type enqueueOptions struct {
 	expiresAt       time.Time
 	expiresIn       time.Duration
 	retention       *time.Duration
+	enqueuedAt      time.Time
 	asynq           []asynq.Option // built from the above
 }
 
@@ -157,6 +158,10 @@ func ExpiresIn(d time.Duration) Option { return func(o *enqueueOptions) { o.expi
 
 // Retention keeps the delivered task (and its result) for d.
 func Retention(d time.Duration) Option { return func(o *enqueueOptions) { o.retention = &d } }
+
+// EnqueuedAt records t as the message's enqueue time (default: now), for
+// producers that answer with it (the relay) or import older messages.
+func EnqueuedAt(t time.Time) Option { return func(o *enqueueOptions) { o.enqueuedAt = t } }
 
 // Enqueued is a task that was enqueued.
 type Enqueued struct {
@@ -200,6 +205,9 @@ func (p *Producer) build(msg Message, opts []Option) (*asynq.Task, *enqueueOptio
 		errs = append(errs, err)
 	}
 	now := p.cfg.Now()
+	if !o.enqueuedAt.IsZero() {
+		now = o.enqueuedAt
+	}
 	pl := Payload{Version: PayloadVersion, Message: msg, Bot: o.bot, Key: o.key, Source: cmp.Or(o.source, p.cfg.Source), EnqueuedAt: now.UTC()}
 	if o.expiresIn > 0 {
 		o.expiresAt = now.Add(o.expiresIn)
