@@ -27,7 +27,7 @@ const (
 	relayToken  = "relay-token-alerts"
 	otherToken  = "relay-token-reports"
 	pngBytes    = "\x89PNG\r\n\x1a\nnot-really-an-image"
-	pythonBound = "6f1d3c0e9b2a4d7f8e5c1b0a9d8e7f6a" // uuid4().hex, as requests_toolbelt's MultipartEncoder
+	pythonBound = "6f1d3c0e9b2a4d7f8e5c1b0a9d8e7f6a"                   // uuid4().hex, as requests_toolbelt's MultipartEncoder
 	jsBound     = "--------------------------418239573650122876345902" // as the form-data package
 )
 
@@ -93,8 +93,8 @@ func multipart(boundary string, fields [][2]string, fileName, fileType, data str
 
 type answer struct {
 	ID, RoomID, ToPersonEmail, Text, Markdown, Created string
-	Files                                            []string
-	Attachments                                      []map[string]any
+	Files                                              []string
+	Attachments                                        []map[string]any
 }
 
 func decodeAnswer(t *testing.T, b []byte) answer {
