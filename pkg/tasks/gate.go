@@ -29,9 +29,9 @@ type GateConfig struct {
 	// Default 2s (a shorter hand-back would be due at once in asynq's
 	// whole-second clock and spin).
 	MaxWait time.Duration
-	// BreakerFailures opens the breaker after this many transient failures
-	// within BreakerWindow, across workers. Default 20; negative turns the
-	// breaker off.
+	// BreakerFailures opens the breaker after a run of this many transient
+	// failures, across workers, within BreakerWindow: any success ends the
+	// run. Default 20; negative turns the breaker off.
 	BreakerFailures int
 	// BreakerWindow is the window failures are counted in. Default 30s.
 	BreakerWindow time.Duration
@@ -244,6 +244,17 @@ func (g *gate) failure(ctx context.Context, bot, open, fails string) {
 		g.log.Warn("circuit open: Webex keeps failing; tasks wait on the durable schedule, one probe per interval",
 			"bot", botLabel(bot), "failures", g.cfg.BreakerFailures, "window", g.cfg.BreakerWindow, "probe_interval", g.cfg.ProbeInterval)
 	}
+}
+
+// succeeded returns the commands that end the bot's run of failures, for the
+// dedup record's round trip: the breaker opens on a run of failures within
+// the window, not on a failure rate that a busy bot reaches in any window.
+func (g *gate) succeeded(ctx context.Context, bot string) func(redis.Pipeliner) {
+	if g.cfg.BreakerFailures < 0 {
+		return nil
+	}
+	_, _, _, _, fails := g.keys(bot)
+	return func(p redis.Pipeliner) { p.Del(ctx, fails) }
 }
 
 // failOpen logs that coordination is off, at most once a minute.

@@ -121,3 +121,23 @@ func miniClient(t *testing.T) *redis.Client {
 	t.Cleanup(func() { _ = rdb.Close() })
 	return rdb
 }
+
+// A busy bot with scattered failures never opens the breaker: any success
+// ends the run of failures.
+func TestGateBreakerNeedsARun(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.Client(t)
+	g, _ := newGate(t, rdb, GateConfig{BreakerFailures: 3})
+	redistest.DeleteKeys(t, rdb, g.cfg.Namespace+":*")
+	ctx := context.Background()
+	for range 5 {
+		g.result(ctx, "bot", &webex.APIError{StatusCode: 503}, false)
+		g.result(ctx, "bot", &webex.APIError{StatusCode: 502}, false)
+		if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error { g.succeeded(ctx, "bot")(p); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if kind, _, _ := g.acquire(ctx, "bot"); kind != gateOpen {
+		t.Fatalf("scattered failures opened the breaker: %v", kind)
+	}
+}

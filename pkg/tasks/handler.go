@@ -199,7 +199,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			h.cfg.Logger.Info("Webex accepts the bot's token again: delivering", "bot", botLabel(b.name))
 		}
 		last := len(sent)+1 == len(parts)
-		if err := h.record(ctx, queue, id, i, s.ID, last); err != nil {
+		if err := h.record(ctx, queue, id, i, s.ID, last, b.name); err != nil {
 			return &DeliveryError{Outcome: Transient, Bot: b.name, Err: err, Delay: h.cfg.Schedule.Delay(retried, err), Part: i + 1, Parts: len(parts)}
 		}
 		sent[i] = s.ID
@@ -222,12 +222,14 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 
 // record writes the dedup record, retrying Redis briefly: a message Webex
 // accepted but courier did not record would be posted again on redelivery.
-func (h *Handler) record(ctx context.Context, queue, id string, part int, msgID string, last bool) error {
+// It also ends the breaker's run of failures for the bot, in the same round
+// trip: a success means Webex answers.
+func (h *Handler) record(ctx context.Context, queue, id string, part int, msgID string, last bool, bot string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	p := retrypolicy.Policy{MaxAttempts: 5, InitialDelay: 50 * time.Millisecond, MaxDelay: time.Second, Multiplier: 2}
 	return retrypolicy.Do(ctx, p, func(ctx context.Context) error {
-		return retrypolicy.MarkTransient(h.rec.markSent(ctx, queue, id, part, msgID, last))
+		return retrypolicy.MarkTransient(h.rec.markSent(ctx, queue, id, part, msgID, last, h.gate.succeeded(ctx, bot)))
 	})
 }
 

@@ -49,13 +49,17 @@ func (r *records) begin(ctx context.Context, queue, id string) (sent map[int]str
 }
 
 // markSent records that part was delivered as Webex message msgID; with
-// finished, it also ends the run in the same round trip.
-func (r *records) markSent(ctx context.Context, queue, id string, part int, msgID string, finished bool) error {
+// finished, it also ends the run in the same round trip. also, when set,
+// adds commands to that round trip (the gate's reset of the breaker's count).
+func (r *records) markSent(ctx context.Context, queue, id string, part int, msgID string, finished bool, also func(redis.Pipeliner)) error {
 	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.HSet(ctx, sentKey(queue, id), strconv.Itoa(part), msgID)
 		p.Expire(ctx, sentKey(queue, id), r.ttl)
 		if finished {
 			p.Del(ctx, runKey(queue, id))
+		}
+		if also != nil {
+			also(p)
 		}
 		return nil
 	})

@@ -143,6 +143,9 @@ type Sim struct {
 	limiter   *rate.Limiter
 	limitWait time.Duration
 	seq       int
+	requests  int // POST /messages answered or dropped
+	accepted  int
+	latency   time.Duration
 }
 
 // New returns a simulator.
@@ -229,6 +232,14 @@ func (s *Sim) SetRateLimit(rps float64, burst int, retryAfter time.Duration) {
 	}
 }
 
+// SetLatency holds every POST /messages answer d before anything else
+// (a slower Webex, for load and chaos runs); 0 turns it off.
+func (s *Sim) SetLatency(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.latency = d
+}
+
 // SetTokens replaces the accepted tokens (token → bot name), e.g. to revoke
 // one or fix it.
 func (s *Sim) SetTokens(tokens map[string]string) {
@@ -242,6 +253,7 @@ func (s *Sim) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.messages, s.byID, s.log, s.faults, s.limiter = nil, map[string]*Stored{}, nil, nil, nil
+	s.requests, s.accepted = 0, 0
 }
 
 // Messages returns the accepted messages to a destination (room, person id
@@ -290,6 +302,20 @@ func (s *Sim) record(r Request) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.log = append(s.log, r)
+	if r.Method == http.MethodPost {
+		s.requests++
+		if r.Outcome == Accepted || r.Outcome == DroppedAfter {
+			s.accepted++
+		}
+	}
+}
+
+// Totals returns the POST /messages requests and accepted messages so far,
+// in constant time (for load tools that poll).
+func (s *Sim) Totals() (requests, accepted int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.requests, s.accepted
 }
 
 func (s *Sim) nextID(prefix string) string {
@@ -410,8 +436,19 @@ func (s *Sim) createMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.mu.Lock()
-	limiter, limitWait := s.limiter, s.limitWait
+	limiter, limitWait, latency := s.limiter, s.limitWait, s.latency
 	s.mu.Unlock()
+	if latency > 0 {
+		t := time.NewTimer(latency)
+		select {
+		case <-t.C:
+		case <-r.Context().Done():
+			t.Stop()
+			entry.Outcome = DroppedBefore
+			s.record(entry)
+			return
+		}
+	}
 	if limiter != nil && !limiter.Allow() {
 		reject(http.StatusTooManyRequests, limitWait, "Too Many Requests")
 		return

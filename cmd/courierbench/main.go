@@ -1,0 +1,112 @@
+// Command courierbench measures courier against bare asynq, side by side on
+// the same Redis (its own redis-server) and the same Webex simulator, and runs
+// the chaos scenario. Run it from the repository root:
+//
+//	go run ./cmd/courierbench run               # everything, results as markdown
+//	go run ./cmd/courierbench chaos -short      # the chaos run, CI's short form
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/courier-dev/courier/internal/bench"
+)
+
+func main() {
+	redis.SetLogger(quiet{}) // Redis is killed on purpose; its client's dial errors are expected
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: courierbench run|chaos [flags]")
+		os.Exit(2)
+	}
+	if err := run(os.Args[1], os.Args[2:]); err != nil {
+		fmt.Fprintln(os.Stderr, "courierbench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(cmd string, args []string) error {
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	switch cmd {
+	case "bare-worker": // the bare asynq side, started by run
+		addr := fs.String("redis", "", "Redis address")
+		queue := fs.String("queue", "", "queue")
+		c := fs.Int("concurrency", 10, "concurrency")
+		sim := fs.String("sim", "", "simulator URL")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		return bench.RunBareWorker(*addr, *queue, *c, *sim)
+	case "run":
+		n := fs.Int("messages", 20000, "messages per drain run")
+		conc := fs.String("concurrency", "10,50,100", "drain concurrencies")
+		runs := fs.Int("runs", 3, "A/B pairs per measurement")
+		enq := fs.Int("enqueue", 20000, "messages per enqueue-rate run")
+		rates := fs.String("rates", "100,250,500,1000,2000", "latency rates per second")
+		per := fs.Duration("rate-duration", 10*time.Second, "time at each rate")
+		idle := fs.Duration("idle", 10*time.Second, "idle CPU window")
+		plot := fs.String("plot", "docs/latency.png", "latency plot (PNG); empty: none")
+		verbose := fs.Bool("v", false, "show the workers' output")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		var log io.Writer = io.Discard
+		if *verbose {
+			log = os.Stderr
+		}
+		env, err := bench.NewEnv(log, "")
+		if err != nil {
+			return err
+		}
+		defer env.Close()
+		return env.Run(os.Stdout, bench.Options{Messages: *n, Concurrency: ints(*conc), Runs: *runs, EnqueueN: *enq,
+			Rates: ints(*rates), RateDuration: *per, IdleFor: *idle, PlotPath: *plot})
+	case "chaos":
+		o := bench.DefaultChaos()
+		short := fs.Bool("short", false, "CI's short form: about 1,000 messages and 2 worker kills")
+		fs.IntVar(&o.Messages, "messages", o.Messages, "messages (unique keys)")
+		fs.DurationVar(&o.KillEvery, "kill-every", o.KillEvery, "SIGKILL a random worker this often")
+		fs.IntVar(&o.Kills, "kills", o.Kills, "worker kills")
+		verbose := fs.Bool("v", false, "show the workers' output")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		if *short {
+			o = bench.ShortChaos()
+		}
+		if *verbose {
+			o.Log = os.Stderr
+		}
+		rep, err := bench.Chaos(o)
+		if rep != nil {
+			rep.Print(os.Stdout)
+		}
+		if err != nil {
+			return err
+		}
+		return rep.Check()
+	}
+	return fmt.Errorf("unknown command %q: want run or chaos", cmd)
+}
+
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
+
+func ints(s string) []int {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		if n, err := strconv.Atoi(strings.TrimSpace(f)); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}

@@ -1,0 +1,362 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/courier-dev/courier/pkg/tasks"
+	"github.com/courier-dev/courier/pkg/webex"
+	"github.com/courier-dev/courier/pkg/webex/webextest"
+)
+
+// ChaosOptions configure the chaos run.
+type ChaosOptions struct {
+	Messages    int           // enqueued with unique keys
+	Workers     int           // worker processes
+	Concurrency int           // per worker
+	KillEvery   time.Duration // SIGKILL a random worker this often, and restart it
+	Kills       int           // how many worker kills; Redis is killed once, after the first
+	Quiesce     time.Duration // how long to wait for every task to settle
+	Latency     time.Duration // the simulator's answer time, so that deliveries span the kills
+	Log         io.Writer
+}
+
+// DefaultChaos is the full run of docs/RELIABILITY.md.
+func DefaultChaos() ChaosOptions {
+	return ChaosOptions{Messages: 10000, Workers: 3, Concurrency: 10, KillEvery: 10 * time.Second, Kills: 6, Quiesce: 15 * time.Minute,
+		Latency: 200 * time.Millisecond, Log: io.Discard}
+}
+
+// ShortChaos is CI's form: about 1,000 messages and 2 worker kills, in under
+// four minutes (most of it waiting for asynq to reclaim the killed workers'
+// leases).
+func ShortChaos() ChaosOptions {
+	o := DefaultChaos()
+	o.Messages, o.Concurrency, o.KillEvery, o.Kills, o.Latency, o.Quiesce = 1000, 5, 3*time.Second, 2, 100*time.Millisecond, 3*time.Minute
+	return o
+}
+
+// ChaosReport accounts for every message.
+type ChaosReport struct {
+	Messages, Delivered, DeadLettered, Lost int
+	Duplicates                              map[string]int // explanation → count
+	Unexplained                             []string
+	MaxDelay, P99Delay                      time.Duration
+	WorkerKills                             int
+	RedisKilledAt                           time.Time
+	Took                                    time.Duration
+	Everysec, Always                        FsyncLoss
+}
+
+// FsyncLoss is what a Redis crash lost of acknowledged enqueues.
+type FsyncLoss struct {
+	Acknowledged, Lost int
+}
+
+const chaos404Room = "chaos-404"
+
+// Chaos runs three workers against a Redis with appendfsync always and a
+// faulty simulator (15% 503, 5% drops before accepting, 2% after, bursts of
+// 429, 2% of messages to a room answering 404), kills workers and Redis, and
+// accounts for every message.
+func Chaos(o ChaosOptions) (*ChaosReport, error) {
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
+	start := time.Now()
+	rep := &ChaosReport{Messages: o.Messages, Duplicates: map[string]int{}}
+	var err error
+	if rep.Everysec, err = fsyncLoss("everysec"); err != nil {
+		return nil, err
+	}
+	if rep.Always, err = fsyncLoss("always"); err != nil {
+		return nil, err
+	}
+	e, err := NewEnv(o.Log, "always")
+	if err != nil {
+		return nil, err
+	}
+	defer e.Close()
+	sim := e.Sim
+	sim.SetLatency(o.Latency)
+	sim.AddFault(webextest.Fault{Room: chaos404Room, Status: 404})
+	sim.AddFault(webextest.Fault{Status: 503, Probability: 0.15})
+	sim.AddFault(webextest.Fault{Drop: "before", Probability: 0.05})
+	sim.AddFault(webextest.Fault{Drop: "after", Probability: 0.02})
+
+	rdb := e.Client()
+	defer rdb.Close()
+	queue := "chaos"
+	p, err := tasks.NewProducer(rdb, tasks.ProducerConfig{Queue: queue, Source: "chaos"})
+	if err != nil {
+		return nil, err
+	}
+	enqueued := make(map[string]time.Time, o.Messages)
+	reqs := make([]tasks.Request, o.Messages)
+	key := func(i int) string { return fmt.Sprintf("chaos-%05d", i) }
+	for i := range reqs {
+		room := fmt.Sprintf("chaos-room-%02d", i%20)
+		if i%50 == 7 { // 2%
+			room = chaos404Room
+		}
+		reqs[i] = tasks.Request{Message: tasks.Message{Message: webex.Message{RoomID: room, Text: key(i)}}, Options: []tasks.Option{tasks.Key(key(i))}}
+	}
+	t0 := time.Now()
+	for i, r := range p.EnqueueMany(context.Background(), reqs) {
+		if r.Err != nil {
+			return nil, fmt.Errorf("enqueue %s: %w", key(i), r.Err)
+		}
+	}
+	for i := range reqs {
+		enqueued[key(i)] = t0
+	}
+
+	env := []string{"COURIER_INITIAL_DELAY=100ms", "COURIER_MAX_DELAY=1s", "COURIER_REDELIVERY_BASE=1s", "COURIER_REDELIVERY_CAP=10s",
+		"COURIER_BUDGET=5s", "COURIER_SHUTDOWN_TIMEOUT=10s", "COURIER_LOG_LEVEL=warn"}
+	workers := make([]*Proc, o.Workers)
+	var mu sync.Mutex
+	var killTimes []time.Time
+	for i := range workers {
+		if workers[i], err = e.StartWorker(Courier, queue, o.Concurrency, env...); err != nil {
+			return nil, err
+		}
+	}
+	defer func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, w := range workers {
+			w.Stop(15 * time.Second)
+		}
+	}()
+
+	// Bursts of 429 with Retry-After.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		t := time.NewTicker(7 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				sim.AddFault(webextest.Fault{Status: 429, RetryAfter: webextest.Duration(2 * time.Second), Count: 10})
+			}
+		}
+	}()
+
+	// Kills: a random worker every KillEvery; Redis once, after the first.
+	for k := range o.Kills {
+		time.Sleep(o.KillEvery)
+		mu.Lock()
+		i := rand.IntN(len(workers))
+		workers[i].Kill()
+		killTimes = append(killTimes, time.Now())
+		workers[i], err = e.StartWorker(Courier, queue, o.Concurrency, env...)
+		mu.Unlock()
+		if err != nil {
+			return nil, err
+		}
+		rep.WorkerKills++
+		if k == 0 {
+			rep.RedisKilledAt = time.Now()
+			e.Redis.Kill()
+			time.Sleep(time.Second)
+			if err := e.Redis.Start(); err != nil {
+				return nil, fmt.Errorf("restart Redis from its AOF: %w", err)
+			}
+		}
+	}
+
+	// Quiescence: nothing pending, scheduled, retrying or active for 3s.
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	settledSince := time.Time{}
+	for deadline := time.Now().Add(o.Quiesce); ; time.Sleep(500 * time.Millisecond) {
+		q, err := insp.GetQueueInfo(queue)
+		busy := err != nil || q.Pending+q.Active+q.Scheduled+q.Retry > 0
+		switch {
+		case busy:
+			settledSince = time.Time{}
+		case settledSince.IsZero():
+			settledSince = time.Now()
+		case time.Since(settledSince) > 3*time.Second:
+			goto settled
+		}
+		if time.Now().After(deadline) {
+			return rep, fmt.Errorf("not settled after %v: %+v", o.Quiesce, q)
+		}
+	}
+settled:
+	rep.Took = time.Since(start)
+	return rep, rep.account(sim, insp, queue, enqueued, killTimes)
+}
+
+// account counts deliveries per key and explains every duplicate.
+func (rep *ChaosReport) account(sim *webextest.Sim, insp *asynq.Inspector, queue string, enqueued map[string]time.Time, kills []time.Time) error {
+	delivered := map[string][]webextest.Stored{}
+	for _, m := range sim.Messages("") {
+		delivered[m.Text] = append(delivered[m.Text], m)
+	}
+	droppedAfter := map[string]int{}
+	for _, r := range sim.Requests("") {
+		if r.Outcome == webextest.DroppedAfter {
+			for _, m := range sim.Messages(r.Room) {
+				if m.ID == r.MessageID {
+					droppedAfter[m.Text]++
+				}
+			}
+		}
+	}
+	archived := map[string]string{}
+	for page := 1; ; page++ {
+		infos, err := insp.ListArchivedTasks(queue, asynq.PageSize(1000), asynq.Page(page))
+		if err != nil || len(infos) == 0 {
+			break
+		}
+		for _, info := range infos {
+			archived[info.ID] = info.LastErr
+		}
+	}
+	var delays []time.Duration
+	for k, at := range enqueued {
+		ms := delivered[k]
+		reason, dead := archived[k]
+		switch {
+		case len(ms) > 0:
+			rep.Delivered++
+			sort.Slice(ms, func(i, j int) bool { return ms[i].Created.Before(ms[j].Created) })
+			delays = append(delays, ms[0].Created.Sub(at))
+		case dead && strings.Contains(reason, "permanent"):
+			rep.DeadLettered++
+		default:
+			rep.Lost++
+			rep.Unexplained = append(rep.Unexplained, fmt.Sprintf("%s lost (archived: %v %q)", k, dead, reason))
+		}
+		for extra := 1; extra < len(ms); extra++ {
+			switch {
+			case droppedAfter[k] >= extra:
+				rep.Duplicates["connection dropped after Webex accepted"]++
+			case near(ms[extra-1].Created, kills, 45*time.Second):
+				// The worker died between Webex's 200 and the dedup record; its
+				// lease expired and another worker delivered again.
+				rep.Duplicates["worker killed between acceptance and the dedup record"]++
+			case !rep.RedisKilledAt.IsZero() && ms[extra-1].Created.Sub(rep.RedisKilledAt).Abs() < 5*time.Second:
+				rep.Duplicates["Redis killed before the dedup record was written"]++
+			default:
+				rep.Unexplained = append(rep.Unexplained, fmt.Sprintf("%s delivered %d times", k, len(ms)))
+			}
+		}
+	}
+	sort.Slice(delays, func(i, j int) bool { return delays[i] < delays[j] })
+	if len(delays) > 0 {
+		rep.MaxDelay, rep.P99Delay = delays[len(delays)-1], percentile(delays, .99)
+	}
+	return nil
+}
+
+// near reports whether t is within d after one of the times.
+func near(t time.Time, times []time.Time, d time.Duration) bool {
+	for _, k := range times {
+		if t.Before(k.Add(time.Second)) && k.Sub(t) < d {
+			return true
+		}
+	}
+	return false
+}
+
+// fsyncLoss enqueues as fast as it can to a Redis with the given appendfsync
+// policy, SIGKILLs it mid-stream, restarts it from its AOF and counts the
+// acknowledged enqueues that did not survive.
+func fsyncLoss(policy string) (FsyncLoss, error) {
+	dir, err := os.MkdirTemp("", "courierbench-fsync")
+	if err != nil {
+		return FsyncLoss{}, err
+	}
+	defer os.RemoveAll(dir)
+	srv, err := StartRedis(dir, policy)
+	if err != nil {
+		return FsyncLoss{}, err
+	}
+	defer srv.Kill()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, PoolSize: 32})
+	defer rdb.Close()
+	p, err := tasks.NewProducer(rdb, tasks.ProducerConfig{Queue: "fsync"})
+	if err != nil {
+		return FsyncLoss{}, err
+	}
+	var mu sync.Mutex
+	var acked []string
+	var wg sync.WaitGroup
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for g := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				k := fmt.Sprintf("f-%02d-%06d", g, i)
+				if _, err := p.Enqueue(context.Background(), tasks.Message{Message: webex.Message{RoomID: "r", Text: k}}, tasks.Key(k)); err != nil {
+					return // Redis is gone
+				}
+				mu.Lock()
+				acked = append(acked, k)
+				mu.Unlock()
+				if time.Now().After(deadline) {
+					srv.Kill()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err := srv.Start(); err != nil {
+		return FsyncLoss{}, err
+	}
+	insp := asynq.NewInspectorFromRedisClient(rdb)
+	lost := 0
+	for _, k := range acked {
+		if _, err := insp.GetTaskInfo("fsync", k); errors.Is(err, asynq.ErrTaskNotFound) || (err != nil && strings.Contains(err.Error(), "not found")) {
+			lost++
+		}
+	}
+	return FsyncLoss{Acknowledged: len(acked), Lost: lost}, nil
+}
+
+// Print writes the report as markdown.
+func (rep *ChaosReport) Print(w io.Writer) {
+	fmt.Fprintf(w, "## Chaos run: %d messages, %d worker kills, Redis killed once (appendfsync always)\n\n", rep.Messages, rep.WorkerKills)
+	fmt.Fprintf(w, "| outcome | messages |\n|---|---|\n| delivered | %d |\n| dead-lettered with a permanent reason (the 404 room) | %d |\n| **lost** | **%d** |\n",
+		rep.Delivered, rep.DeadLettered, rep.Lost)
+	total := 0
+	for _, n := range rep.Duplicates {
+		total += n
+	}
+	fmt.Fprintf(w, "\nDuplicates: %d\n\n", total)
+	for why, n := range rep.Duplicates {
+		fmt.Fprintf(w, "- %d: %s\n", n, why)
+	}
+	for _, u := range rep.Unexplained {
+		fmt.Fprintf(w, "- UNEXPLAINED: %s\n", u)
+	}
+	fmt.Fprintf(w, "\nDelivery delay from enqueue: p99 %s, max %s. Run took %s.\n", rep.P99Delay.Round(time.Millisecond), rep.MaxDelay.Round(time.Millisecond), rep.Took.Round(time.Second))
+	fmt.Fprintf(w, "\nAcknowledged enqueues lost when Redis was SIGKILLed mid-stream: appendfsync always %d of %d; everysec %d of %d.\n",
+		rep.Always.Lost, rep.Always.Acknowledged, rep.Everysec.Lost, rep.Everysec.Acknowledged)
+}
+
+// Check fails when anything was lost or a duplicate has no explanation, or
+// when appendfsync always lost an acknowledged enqueue.
+func (rep *ChaosReport) Check() error {
+	if rep.Lost > 0 || len(rep.Unexplained) > 0 || rep.Always.Lost > 0 {
+		return fmt.Errorf("chaos: %d lost, %d unexplained, %d acknowledged enqueues lost with appendfsync always", rep.Lost, len(rep.Unexplained), rep.Always.Lost)
+	}
+	return nil
+}

@@ -1,0 +1,345 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/courier-dev/courier/pkg/tasks"
+	"github.com/courier-dev/courier/pkg/webex"
+)
+
+func message(i int) tasks.Message {
+	return tasks.Message{Message: webex.Message{RoomID: "bench-room", Markdown: fmt.Sprintf("**load** message %06d", i)}}
+}
+
+// producer returns a Producer over the bench Redis with no retention, as the
+// bare side (asynq's default keeps nothing either).
+func (e *Env) producer(queue string) (*tasks.Producer, func(), error) {
+	rdb := e.Client()
+	p, err := tasks.NewProducer(rdb, tasks.ProducerConfig{Queue: queue, Retention: -1})
+	return p, func() { _ = rdb.Close() }, err
+}
+
+func (e *Env) fill(queue string, n int) error {
+	p, done, err := e.producer(queue)
+	if err != nil {
+		return err
+	}
+	defer done()
+	reqs := make([]tasks.Request, n)
+	for i := range reqs {
+		reqs[i] = tasks.Request{Message: message(i)}
+	}
+	for _, r := range p.EnqueueMany(context.Background(), reqs) {
+		if r.Err != nil {
+			return r.Err
+		}
+	}
+	return nil
+}
+
+func (e *Env) dropQueue(queue string) {
+	rdb := e.Client()
+	defer rdb.Close()
+	_ = asynq.NewInspectorFromRedisClient(rdb).DeleteQueue(queue, true)
+	iter := rdb.Scan(context.Background(), 0, "courier:{"+queue+"}:*", 1000).Iterator()
+	for iter.Next(context.Background()) {
+		rdb.Del(context.Background(), iter.Val())
+	}
+}
+
+// waitAccepted polls the simulator until n messages were accepted.
+func (e *Env) waitAccepted(n int, timeout time.Duration) error {
+	for deadline := time.Now().Add(timeout); ; time.Sleep(50 * time.Millisecond) {
+		if _, acc := e.Sim.Totals(); acc >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			_, acc := e.Sim.Totals()
+			return fmt.Errorf("only %d of %d delivered after %v", acc, n, timeout)
+		}
+	}
+}
+
+// DrainResult is one drain run.
+type DrainResult struct {
+	PerSec  float64
+	PeakRSS int64
+}
+
+// Drain fills a queue with n messages, starts a worker of side and measures
+// messages per second from the first request to the last acceptance.
+func (e *Env) Drain(side Side, n, concurrency int) (DrainResult, error) {
+	queue := fmt.Sprintf("bench-drain-%s-%d", side, time.Now().UnixNano())
+	defer e.dropQueue(queue)
+	if err := e.fill(queue, n); err != nil {
+		return DrainResult{}, err
+	}
+	e.Sim.Reset()
+	p, err := e.StartWorker(side, queue, concurrency)
+	if err != nil {
+		return DrainResult{}, err
+	}
+	err = e.waitAccepted(n, 5*time.Minute)
+	rss := p.PeakRSS()
+	p.Stop(30 * time.Second)
+	if err != nil {
+		return DrainResult{}, err
+	}
+	var first, last time.Time
+	for _, r := range e.Sim.Requests("") {
+		if first.IsZero() || r.Start.Before(first) {
+			first = r.Start
+		}
+		if r.Time.After(last) {
+			last = r.Time
+		}
+	}
+	return DrainResult{PerSec: float64(n) / last.Sub(first).Seconds(), PeakRSS: rss}, nil
+}
+
+// EnqueueRates measures enqueues per second: bare Client.Enqueue and
+// Producer.Enqueue from one goroutine, from 16 (the Producer's bulk form),
+// and cmd/enqueue --jsonl.
+func (e *Env) EnqueueRates(n int) (map[string]float64, error) {
+	out := map[string]float64{}
+	rdb := e.Client()
+	defer rdb.Close()
+	client := asynq.NewClientFromRedisClient(rdb)
+	timeIt := func(name string, f func(queue string) error) error {
+		queue := fmt.Sprintf("bench-enq-%d", time.Now().UnixNano())
+		defer e.dropQueue(queue)
+		start := time.Now()
+		if err := f(queue); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		out[name] = float64(n) / time.Since(start).Seconds()
+		return nil
+	}
+	bare := func(queue string, i int) error {
+		// A bare producer encodes its own payload too.
+		m := message(i)
+		b, err := json.Marshal(tasks.Payload{Version: 1, Message: m, EnqueuedAt: time.Now()})
+		if err != nil {
+			return err
+		}
+		_, err = client.Enqueue(asynq.NewTask(tasks.TypeSend, b), asynq.Queue(queue))
+		return err
+	}
+	parallel := func(f func(i int) error) error {
+		var wg sync.WaitGroup
+		errs := make(chan error, 16)
+		next := make(chan int, 256)
+		go func() {
+			for i := range n {
+				next <- i
+			}
+			close(next)
+		}()
+		for range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range next {
+					if err := f(i); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		return <-errs
+	}
+	steps := []struct {
+		name string
+		f    func(string) error
+	}{
+		{"bare-1", func(q string) error {
+			for i := range n {
+				if err := bare(q, i); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+		{"producer-1", func(q string) error {
+			p, done, err := e.producer(q)
+			if err != nil {
+				return err
+			}
+			defer done()
+			for i := range n {
+				if _, err := p.Enqueue(context.Background(), message(i)); err != nil {
+					return err
+				}
+			}
+			return nil
+		}},
+		{"bare-16", func(q string) error { return parallel(func(i int) error { return bare(q, i) }) }},
+		{"producer-bulk", func(q string) error {
+			p, done, err := e.producer(q)
+			if err != nil {
+				return err
+			}
+			defer done()
+			reqs := make([]tasks.Request, n)
+			for i := range reqs {
+				reqs[i] = tasks.Request{Message: message(i)}
+			}
+			for _, r := range p.EnqueueMany(context.Background(), reqs) {
+				if r.Err != nil {
+					return r.Err
+				}
+			}
+			return nil
+		}},
+	}
+	for _, s := range steps {
+		if err := timeIt(s.name, s.f); err != nil {
+			return nil, err
+		}
+	}
+	// The CLI, reading a file of JSON lines (its process start included).
+	file := filepath.Join(e.Dir, "bench.jsonl")
+	var b strings.Builder
+	for i := range n {
+		line, _ := json.Marshal(map[string]string{"roomId": "bench-room", "markdown": message(i).Markdown})
+		b.Write(line)
+		b.WriteByte('\n')
+	}
+	if err := os.WriteFile(file, []byte(b.String()), 0o600); err != nil {
+		return nil, err
+	}
+	err := timeIt("enqueue-cli", func(q string) error {
+		cmd := exec.Command(e.EnqBin, "--jsonl", file, "--queue", q, "--json")
+		cmd.Env = append(os.Environ(), "REDIS_URL=redis://"+e.Redis.Addr+"/0")
+		out, err := cmd.Output()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, out[max(0, len(out)-300):])
+		}
+		return nil
+	})
+	return out, err
+}
+
+// LatencyResult is the enqueue-to-accepted latency at a steady rate.
+type LatencyResult struct {
+	Rate          int
+	N             int
+	P50, P99, Max time.Duration
+}
+
+// Latency starts a worker of side (its default configuration, concurrency
+// 10), enqueues at rate per second for d, and measures enqueue-to-accepted
+// latency at the simulator.
+func (e *Env) Latency(side Side, rate int, d time.Duration) (LatencyResult, error) {
+	queue := fmt.Sprintf("bench-lat-%s-%d", side, time.Now().UnixNano())
+	defer e.dropQueue(queue)
+	p, err := e.StartWorker(side, queue, 10)
+	if err != nil {
+		return LatencyResult{}, err
+	}
+	defer p.Stop(30 * time.Second)
+	prod, done, err := e.producer(queue)
+	if err != nil {
+		return LatencyResult{}, err
+	}
+	defer done()
+	// Warm up: one message through, so the worker is fetching.
+	e.Sim.Reset()
+	if _, err := prod.Enqueue(context.Background(), message(999999)); err != nil {
+		return LatencyResult{}, err
+	}
+	if err := e.waitAccepted(1, 30*time.Second); err != nil {
+		return LatencyResult{}, err
+	}
+	e.Sim.Reset()
+	n := int(d.Seconds() * float64(rate))
+	sent := make([]time.Time, n)
+	interval := time.Second / time.Duration(rate)
+	start := time.Now()
+	for i := range n {
+		if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
+			time.Sleep(wait)
+		}
+		sent[i] = time.Now()
+		if _, err := prod.Enqueue(context.Background(), message(i)); err != nil {
+			return LatencyResult{}, err
+		}
+	}
+	if err := e.waitAccepted(n, time.Minute); err != nil {
+		return LatencyResult{}, err
+	}
+	var lat []time.Duration
+	for _, m := range e.Sim.Messages("") {
+		f := strings.Fields(m.Markdown)
+		i, err := strconv.Atoi(f[len(f)-1])
+		if err != nil || i >= n {
+			continue
+		}
+		lat = append(lat, m.Created.Sub(sent[i]))
+	}
+	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
+	return LatencyResult{Rate: rate, N: len(lat), P50: percentile(lat, .5), P99: percentile(lat, .99), Max: lat[len(lat)-1]}, nil
+}
+
+// IdleCPU is the share of one core a worker of side uses with nothing to do.
+func (e *Env) IdleCPU(side Side, d time.Duration) (float64, error) {
+	queue := fmt.Sprintf("bench-idle-%s-%d", side, time.Now().UnixNano())
+	defer e.dropQueue(queue)
+	p, err := e.StartWorker(side, queue, 10)
+	if err != nil {
+		return 0, err
+	}
+	defer p.Stop(30 * time.Second)
+	time.Sleep(3 * time.Second) // start-up done
+	c0 := p.CPU()
+	time.Sleep(d)
+	return 100 * float64(p.CPU()-c0) / float64(d), nil
+}
+
+// BytesPerMessage is Redis's used_memory growth per pending message of side.
+func (e *Env) BytesPerMessage(side Side, n int) (float64, error) {
+	rdb := e.Client()
+	defer rdb.Close()
+	queue := fmt.Sprintf("bench-mem-%s-%d", side, time.Now().UnixNano())
+	defer e.dropQueue(queue)
+	used := func() int64 {
+		info := rdb.Info(context.Background(), "memory").Val()
+		for _, l := range strings.Split(info, "\n") {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(l), "used_memory:"); ok {
+				n, _ := strconv.ParseInt(v, 10, 64)
+				return n
+			}
+		}
+		return 0
+	}
+	before := used()
+	if side == Courier {
+		if err := e.fill(queue, n); err != nil {
+			return 0, err
+		}
+	} else {
+		client := asynq.NewClientFromRedisClient(rdb)
+		for i := range n {
+			b, _ := json.Marshal(tasks.Payload{Version: 1, Message: message(i), EnqueuedAt: time.Now()})
+			if _, err := client.Enqueue(asynq.NewTask(tasks.TypeSend, b), asynq.Queue(queue)); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return float64(used()-before) / float64(n), nil
+}
