@@ -81,7 +81,9 @@ func (e *Env) Close() {
 }
 
 // Client is a go-redis client of the bench Redis.
-func (e *Env) Client() *redis.Client { return redis.NewClient(&redis.Options{Addr: e.Redis.Addr, PoolSize: 64}) }
+func (e *Env) Client() *redis.Client {
+	return redis.NewClient(&redis.Options{Addr: e.Redis.Addr, PoolSize: 64})
+}
 
 // RedisServer is a redis-server process.
 type RedisServer struct {
