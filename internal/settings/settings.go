@@ -106,12 +106,13 @@ func (s *Set) Func(name, env, def, help string, parse func(string) error) {
 	s.add(name, env, def, help, parse)
 }
 
-// Parse reads args and the environment (getenv; nil means os.Getenv) and
-// fills every setting, reporting all bad values at once. Boolean flags take
-// a value (-dev=true) or none (-dev).
-func (s *Set) Parse(args []string, getenv func(string) string) error {
-	if getenv == nil {
-		getenv = os.Getenv
+// Parse reads args and the environment (lookupEnv; nil means os.LookupEnv)
+// and fills every setting, reporting all bad values at once. A variable set
+// to the empty string counts as set (COURIER_ADMIN_ADDR= turns the admin
+// server off). Boolean flags take a value (-dev=true) or none (-dev).
+func (s *Set) Parse(args []string, lookupEnv func(string) (string, bool)) error {
+	if lookupEnv == nil {
+		lookupEnv = os.LookupEnv
 	}
 	args = expandBoolFlags(args, s)
 	if err := s.fs.Parse(args); err != nil {
@@ -126,7 +127,7 @@ func (s *Set) Parse(args []string, getenv func(string) string) error {
 	for _, st := range s.list {
 		v, from := *st.raw, "-"+st.flag
 		if !set[st.flag] && st.env != "" {
-			if e, ok := lookup(getenv, st.env); ok {
+			if e, ok := lookupEnv(st.env); ok {
 				v, from = e, st.env
 			}
 		}
@@ -135,11 +136,6 @@ func (s *Set) Parse(args []string, getenv func(string) string) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func lookup(getenv func(string) string, key string) (string, bool) {
-	v := getenv(key)
-	return v, v != ""
 }
 
 // expandBoolFlags turns a bare boolean flag (-dev) into -dev=true, since all

@@ -21,7 +21,7 @@ func TestParse(t *testing.T) {
 	s.Bool(&b, "dev", "T_DEV", false, "dev mode")
 	s.Float(&f, "mult", "T_MULT", 2, "a multiplier")
 	env := map[string]string{"T_NAME": "from-env", "T_COUNT": "7", "T_WAIT": "5m"}
-	if err := s.Parse([]string{"-count", "9", "-dev"}, func(k string) string { return env[k] }); err != nil {
+	if err := s.Parse([]string{"-count", "9", "-dev"}, func(k string) (string, bool) { v, ok := env[k]; return v, ok }); err != nil {
 		t.Fatal(err)
 	}
 	if name != "from-env" || n != 9 || d != 5*time.Minute || !b || f != 2 {
@@ -38,7 +38,7 @@ func TestParseReportsEveryProblem(t *testing.T) {
 	s.Duration(&d, "wait", "T_WAIT", time.Second, "")
 	s.Bool(&b, "dev", "T_DEV", false, "")
 	env := map[string]string{"T_COUNT": "many", "T_DEV": "perhaps"}
-	err := s.Parse([]string{"-wait", "soon"}, func(k string) string { return env[k] })
+	err := s.Parse([]string{"-wait", "soon"}, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	for _, want := range []string{`T_COUNT: want a whole number, got "many"`, `-wait: want a duration`, `T_DEV: want true or false`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("err = %v, want %q", err, want)

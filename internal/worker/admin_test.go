@@ -68,7 +68,7 @@ func adminConfig(t *testing.T, redisURL, simURL, queue string, extra map[string]
 	for k, v := range extra {
 		envs[k] = v
 	}
-	cfg, err := worker.Load(nil, func(k string) string { return envs[k] })
+	cfg, err := worker.Load(nil, func(k string) (string, bool) { v, ok := envs[k]; return v, ok })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,8 +180,9 @@ func TestAdminBasicAuthAndWritable(t *testing.T) {
 
 func TestAdminRefusesWritableBeyondLoopbackWithoutAuth(t *testing.T) {
 	t.Parallel()
-	_, err := worker.Load(nil, func(k string) string {
-		return map[string]string{"WEBEX_TOKEN": "x", "COURIER_ADMIN_ADDR": "0.0.0.0:8080", "COURIER_ADMIN_WRITABLE": "true"}[k]
+	_, err := worker.Load(nil, func(k string) (string, bool) {
+		v, ok := map[string]string{"WEBEX_TOKEN": "x", "COURIER_ADMIN_ADDR": "0.0.0.0:8080", "COURIER_ADMIN_WRITABLE": "true"}[k]
+		return v, ok
 	})
 	if err == nil || !strings.Contains(err.Error(), "COURIER_ADMIN_USER") {
 		t.Fatalf("err = %v", err)

@@ -67,13 +67,14 @@ type Config struct {
 // Load reads the configuration from args and the environment and reports
 // every problem at once. Tokens are read from the environment or files only,
 // never from flags (flags show in process lists).
-func Load(args []string, getenv func(string) string) (*Config, error) {
-	if getenv == nil {
-		getenv = os.Getenv
+func Load(args []string, lookupEnv func(string) (string, bool)) (*Config, error) {
+	if lookupEnv == nil {
+		lookupEnv = os.LookupEnv
 	}
+	getenv := func(k string) string { v, _ := lookupEnv(k); return v }
 	c := &Config{}
 	s := flags(c)
-	err := s.Parse(args, getenv)
+	err := s.Parse(args, lookupEnv)
 	var errs []error
 	if err != nil {
 		errs = append(errs, err)

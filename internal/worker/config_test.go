@@ -8,7 +8,9 @@ import (
 	"time"
 )
 
-func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
 
 func TestLoadDefaults(t *testing.T) {
 	c, err := Load(nil, env(map[string]string{"WEBEX_TOKEN": "tok"}))
@@ -105,5 +107,12 @@ func TestLoadRelayTokens(t *testing.T) {
 	}
 	if _, err := Load(nil, env(map[string]string{"WEBEX_TOKEN": "t", "COURIER_RELAY_ADDR": "127.0.0.1:8081"})); err == nil {
 		t.Error("a relay without tokens must be refused")
+	}
+}
+
+func TestEmptyVariableTurnsAdminOff(t *testing.T) {
+	c, err := Load(nil, env(map[string]string{"WEBEX_TOKEN": "t", "COURIER_ADMIN_ADDR": ""}))
+	if err != nil || c.AdminAddr != "" {
+		t.Fatalf("admin addr %q, %v", c.AdminAddr, err)
 	}
 }
