@@ -140,7 +140,8 @@ func Chaos(o ChaosOptions) (*ChaosReport, error) {
 		}
 	}()
 
-	// Bursts of 429 with Retry-After.
+	// Bursts of 429 with Retry-After, while most messages are still to go (a
+	// burst that outlives the load would only ever answer the stragglers).
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
@@ -151,7 +152,9 @@ func Chaos(o ChaosOptions) (*ChaosReport, error) {
 			case <-stop:
 				return
 			case <-t.C:
-				sim.AddFault(webextest.Fault{Status: 429, RetryAfter: webextest.Duration(2 * time.Second), Count: 10})
+				if _, acc := sim.Totals(); acc < o.Messages*8/10 {
+					sim.AddFault(webextest.Fault{Status: 429, RetryAfter: webextest.Duration(2 * time.Second), Count: 5})
+				}
 			}
 		}
 	}()
@@ -194,7 +197,13 @@ func Chaos(o ChaosOptions) (*ChaosReport, error) {
 			goto settled
 		}
 		if time.Now().After(deadline) {
-			return rep, fmt.Errorf("not settled after %v: %+v", o.Quiesce, q)
+			var why []string
+			if retry, err := insp.ListRetryTasks(queue, asynq.PageSize(5)); err == nil {
+				for _, t := range retry {
+					why = append(why, t.ID+": "+t.LastErr)
+				}
+			}
+			return rep, fmt.Errorf("not settled after %v: %+v; waiting: %s", o.Quiesce, q, strings.Join(why, "; "))
 		}
 	}
 settled:

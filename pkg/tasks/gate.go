@@ -144,11 +144,14 @@ end
 return {0, 0, 0}
 `)
 
-// cooldownScript sets the cool-down unless a longer one is running.
+// cooldownScript sets the cool-down unless a longer one is running. With a
+// second key, it also ends the breaker's run of failures (a 429 is Webex
+// answering).
 var cooldownScript = redis.NewScript(`
 if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 end
+if KEYS[2] then redis.call('DEL', KEYS[2]) end
 return 0
 `)
 
@@ -195,7 +198,9 @@ func (g *gate) acquire(ctx context.Context, bot string) (kind gateKind, wait tim
 
 // result tells the gate what a send got: a 429 (or a 423/503 naming a
 // Retry-After) starts a shared cool-down; a transient failure counts toward
-// the breaker; a success after a probe closes it.
+// the breaker's run; any other answer from Webex (a 429, a refusal) ends the
+// run; a success after a probe closes the breaker. (Other successes end the
+// run in the dedup record's round trip, see succeeded.)
 func (g *gate) result(ctx context.Context, bot string, err error, probe bool) {
 	cooldown, open, probeKey, _, fails := g.keys(bot)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.Timeout)
@@ -213,16 +218,21 @@ func (g *gate) result(ctx context.Context, bot string, err error, probe bool) {
 				g.log.Info("circuit closed: Webex answers again", "bot", botLabel(bot))
 			}
 		}
-	case errors.As(err, &ae) && dec.Class.Retryable() && dec.RetryAfter > 0 &&
-		(ae.StatusCode == 429 || ae.StatusCode == 423 || ae.StatusCode == 503):
+	case errors.As(err, &ae) && ae.StatusCode == 429:
+		if rerr := cooldownScript.Run(ctx, g.rdb, []string{cooldown, fails}, dec.RetryAfter.Milliseconds()).Err(); rerr != nil {
+			g.failOpen(rerr)
+		}
+	case errors.As(err, &ae) && dec.Class.Retryable() && dec.RetryAfter > 0 && (ae.StatusCode == 423 || ae.StatusCode == 503):
 		if rerr := cooldownScript.Run(ctx, g.rdb, []string{cooldown}, dec.RetryAfter.Milliseconds()).Err(); rerr != nil {
 			g.failOpen(rerr)
 		}
-		if ae.StatusCode != 429 {
-			g.failure(ctx, bot, open, fails)
-		}
+		g.failure(ctx, bot, open, fails)
 	case dec.Class == retrypolicy.Transient:
 		g.failure(ctx, bot, open, fails)
+	case errors.As(err, &ae) && g.cfg.BreakerFailures >= 0: // Webex answered, if with a refusal: the run ends
+		if rerr := g.rdb.Del(ctx, fails).Err(); rerr != nil {
+			g.failOpen(rerr)
+		}
 	}
 }
 
