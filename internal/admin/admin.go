@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"time"
 
@@ -84,6 +85,10 @@ func Handler(cfg Config) (h http.Handler, closeFn func() error) {
 		PayloadFormatter: asynqmon.PayloadFormatterFunc(FormatPayload),
 	})
 	mux.Handle(MonitoringPath, mon)
+	// Go's profiler, for "why is it slow" (behind the same auth).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	if cfg.DeadLetters != nil {
 		mux.HandleFunc("GET /deadletters", func(w http.ResponseWriter, r *http.Request) {
 			n, _ := strconv.ParseInt(r.URL.Query().Get("count"), 10, 64)

@@ -33,7 +33,7 @@ type Env struct {
 	SimURL    string
 	WorkerBin string // courier's cmd/worker
 	EnqBin    string // courier's cmd/enqueue
-	SelfBin   string // this binary, for the bare asynq worker
+	BenchBin  string // cmd/courierbench, whose bare-worker command is the bare asynq side
 	Log       io.Writer
 	simSrv    *http.Server
 }
@@ -62,13 +62,12 @@ func NewEnv(log io.Writer, fsync string) (*Env, error) {
 	e.SimURL = "http://" + ln.Addr().String()
 	e.WorkerBin = filepath.Join(dir, "worker")
 	e.EnqBin = filepath.Join(dir, "enqueue")
-	for bin, pkg := range map[string]string{e.WorkerBin: "./cmd/worker", e.EnqBin: "./cmd/enqueue"} {
+	e.BenchBin = filepath.Join(dir, "courierbench")
+	const mod = "github.com/courier-dev/courier/cmd/"
+	for bin, pkg := range map[string]string{e.WorkerBin: mod + "worker", e.EnqBin: mod + "enqueue", e.BenchBin: mod + "courierbench"} {
 		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("build %s (run from the repository root): %v\n%s", pkg, err, out)
+			return nil, fmt.Errorf("build %s (run inside the repository): %v\n%s", pkg, err, out)
 		}
-	}
-	if e.SelfBin, err = os.Executable(); err != nil {
-		return nil, err
 	}
 	return e, nil
 }

@@ -38,7 +38,7 @@ func (e *Env) StartWorker(side Side, queue string, c int, extraEnv ...string) (*
 			"COURIER_LOG_FORMAT=json"}, extraEnv...)
 		return Start(e.Log, e.WorkerBin, nil, env)
 	}
-	return Start(e.Log, e.SelfBin, []string{"bare-worker", "-redis", e.Redis.Addr, "-queue", queue, "-concurrency", strconv.Itoa(c), "-sim", e.SimURL}, nil)
+	return Start(e.Log, e.BenchBin, []string{"bare-worker", "-redis", e.Redis.Addr, "-queue", queue, "-concurrency", strconv.Itoa(c), "-sim", e.SimURL}, nil)
 }
 
 // RunBareWorker is the bare asynq worker process: decode the payload, POST

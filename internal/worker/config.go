@@ -165,7 +165,7 @@ func flags(c *Config) *settings.Set {
 	s.Duration(&c.Schedule.Base, "redelivery-base", "COURIER_REDELIVERY_BASE", retrypolicy.DefaultSchedule.Base, "delay before the first redelivery")
 	s.Duration(&c.Schedule.Cap, "redelivery-cap", "COURIER_REDELIVERY_CAP", retrypolicy.DefaultSchedule.Cap, "cap on redelivery delays")
 	s.Int(&c.MaxRedeliveries, "max-redeliveries", "COURIER_MAX_REDELIVERIES", 0, "cap on every task's redeliveries; 0: each task's own (30 unless set at enqueue)")
-	s.Duration(&c.KeyedRetention, "keyed-retention", "COURIER_KEYED_RETENTION", tasks.DefaultKeyedRetention, "how long keyed tasks are kept after delivery (sizes the dedup records)")
+	s.Duration(&c.KeyedRetention, "keyed-retention", "COURIER_KEYED_RETENTION", tasks.DefaultKeyedRetention, "how long keyed tasks that the worker itself enqueues (relay, dead-letter requeue) are kept after delivery")
 	s.Duration(&c.TaskCheckInterval, "task-check-interval", "COURIER_TASK_CHECK_INTERVAL", tasks.DefaultTaskCheckInterval, "idle poll for new tasks: latency floor of an idle queue")
 	s.Duration(&c.DelayedInterval, "delayed-task-check-interval", "COURIER_DELAYED_TASK_CHECK_INTERVAL", tasks.DefaultDelayedTaskCheckInterval, "how often scheduled and redelivered tasks are made due")
 	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "COURIER_SHUTDOWN_TIMEOUT", tasks.DefaultShutdownTimeout, "graceful stop bound")
@@ -334,18 +334,7 @@ func (c *Config) workerConfig(bots map[string]tasks.Sender) tasks.WorkerConfig {
 		Policy: c.Policy, Budget: c.Budget, Schedule: sched, MaxRedeliveries: c.MaxRedeliveries,
 		ShutdownTimeout: c.ShutdownTimeout, TaskCheckInterval: c.TaskCheckInterval, DelayedTaskCheckInterval: c.DelayedInterval,
 		PoisonLimit: c.PoisonLimit, UnauthorizedDelay: c.UnauthorizedDelay, Gate: c.Gate,
-		DedupTTL: dedupTTL(sched, c.KeyedRetention),
 	}
-}
-
-// dedupTTL covers the longest redelivery span of the default limit plus
-// the retention of keyed tasks.
-func dedupTTL(s retrypolicy.Schedule, retention time.Duration) time.Duration {
-	var span time.Duration
-	for i := range tasks.DefaultMaxRedeliveries {
-		span += retrypolicy.QueueDelay(s.Backoff(i))
-	}
-	return span + retention
 }
 
 // RedactURL hides the password of a Redis URL ("redis://user:xxxxx@host").

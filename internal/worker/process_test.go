@@ -295,7 +295,13 @@ func TestRevokedTokenHoldsThenDrains(t *testing.T) {
 	t.Parallel()
 	s := sharedSetup(t)
 	s.sim.SetTokens(map[string]string{"other": "x"})
-	w := startWorker(t, s.env("good")...)
+	port, _ := redistest.FreePort()
+	admin := fmt.Sprintf("127.0.0.1:%d", port)
+	w := startWorker(t, s.env("good", "COURIER_ADMIN_ADDR="+admin)...)
+	waitFor(t, 15*time.Second, "not ready, naming the bot", func() bool {
+		code, body := get(t, "http://"+admin+"/readyz", "", "")
+		return code == 503 && strings.Contains(body, "default")
+	})
 	ids := []string{s.enqueue(t, "r", "a"), s.enqueue(t, "r", "b")}
 	waitFor(t, 15*time.Second, "the rejected-token report", func() bool {
 		return strings.Contains(w.out.String(), "Webex rejects the bot's token")
@@ -310,5 +316,8 @@ func TestRevokedTokenHoldsThenDrains(t *testing.T) {
 	s.sim.SetTokens(map[string]string{"good": "bot"})
 	for _, id := range ids {
 		waitFor(t, 20*time.Second, "drain", func() bool { st, _ := s.state(id); return st == asynq.TaskStateCompleted })
+	}
+	if code, body := get(t, "http://"+admin+"/readyz", "", ""); code != 200 {
+		t.Fatalf("still not ready after the token works: %d %s", code, body)
 	}
 }

@@ -119,30 +119,59 @@ type gate struct {
 	lastWarn atomic.Int64 // unix seconds of the last fail-open warning
 }
 
-// acquireScript decides, in one round trip, whether a send may go now:
-// cool-down first, then the breaker (one probe per interval while open),
-// then the GCRA rate limit. Time comes from Redis, so workers' clocks do not
-// matter. Returns {kind, wait ms, probe}.
-var acquireScript = redis.NewScript(`
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local cd = redis.call('PTTL', KEYS[1])
-if cd > 0 then return {1, cd, 0} end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  if redis.call('SET', KEYS[3], '1', 'NX', 'PX', ARGV[3]) then return {0, 0, 1} end
-  return {2, math.max(redis.call('PTTL', KEYS[3]), 1), 0}
+// gateLua decides, in Redis, whether a send may go now: cool-down first,
+// then the breaker (one probe per interval while open), then the GCRA rate
+// limit. Time comes from Redis, so workers' clocks do not matter. It returns
+// kind, wait in ms, probe.
+const gateLua = `
+local function gate(cooldown, open, probekey, rate, interval, burst, probe_ms)
+  local cd = redis.call('PTTL', cooldown)
+  if cd > 0 then return 1, cd, 0 end
+  if redis.call('EXISTS', open) == 1 then
+    if redis.call('SET', probekey, '1', 'NX', 'PX', probe_ms) then return 0, 0, 1 end
+    return 2, math.max(redis.call('PTTL', probekey), 1), 0
+  end
+  interval = tonumber(interval)
+  if interval > 0 then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    local tat = tonumber(redis.call('GET', rate) or now)
+    if tat < now then tat = now end
+    local new_tat = tat + interval
+    local allow_at = new_tat - interval * tonumber(burst)
+    if now < allow_at then return 3, math.ceil((allow_at - now) / 1000), 0 end
+    redis.call('SET', rate, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+  end
+  return 0, 0, 0
 end
-local interval = tonumber(ARGV[1])
-if interval > 0 then
-  local tat = tonumber(redis.call('GET', KEYS[4]) or now)
-  if tat < now then tat = now end
-  local new_tat = tat + interval
-  local allow_at = new_tat - interval * tonumber(ARGV[2])
-  if now < allow_at then return {3, math.ceil((allow_at - now) / 1000), 0} end
-  redis.call('SET', KEYS[4], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
-end
-return {0, 0, 0}
+`
+
+// acquireScript asks the gate for one send.
+var acquireScript = redis.NewScript(gateLua + `
+local k, w, p = gate(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3])
+return {k, w, p}
 `)
+
+// decision is the gate's answer for one send.
+type decision struct {
+	kind  gateKind
+	wait  time.Duration
+	probe bool
+}
+
+func newDecision(kind, waitMS, probe int64) *decision {
+	return &decision{kind: gateKind(kind), wait: time.Duration(waitMS) * time.Millisecond, probe: probe == 1}
+}
+
+// args are the gate script's arguments: interval in µs (0: no rate limit),
+// burst, probe interval in ms.
+func (g *gate) args() []any {
+	var interval int64
+	if g.cfg.Rate > 0 {
+		interval = int64(float64(time.Second/time.Microsecond) / g.cfg.Rate)
+	}
+	return []any{interval, g.cfg.Burst, g.cfg.ProbeInterval.Milliseconds()}
+}
 
 // cooldownScript sets the cool-down unless a longer one is running. With a
 // second key, it also ends the breaker's run of failures (a 429 is Webex
@@ -179,21 +208,16 @@ func (g *gate) keys(bot string) (cooldown, open, probe, rate, fails string) {
 }
 
 // acquire asks whether bot may send now; errors fail open.
-func (g *gate) acquire(ctx context.Context, bot string) (kind gateKind, wait time.Duration, probe bool) {
+func (g *gate) acquire(ctx context.Context, bot string) *decision {
 	cooldown, open, probeKey, rate, _ := g.keys(bot)
-	var interval int64
-	if g.cfg.Rate > 0 {
-		interval = int64(float64(time.Second/time.Microsecond) / g.cfg.Rate)
-	}
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.Timeout)
 	defer cancel()
-	res, err := acquireScript.Run(ctx, g.rdb, []string{cooldown, open, probeKey, rate},
-		interval, g.cfg.Burst, g.cfg.ProbeInterval.Milliseconds()).Int64Slice()
+	res, err := acquireScript.Run(ctx, g.rdb, []string{cooldown, open, probeKey, rate}, g.args()...).Int64Slice()
 	if err != nil || len(res) != 3 {
 		g.failOpen(err)
-		return gateOpen, 0, false
+		return &decision{}
 	}
-	return gateKind(res[0]), time.Duration(res[1]) * time.Millisecond, res[2] == 1
+	return newDecision(res[0], res[1], res[2])
 }
 
 // result tells the gate what a send got: a 429 (or a 423/503 naming a
@@ -280,18 +304,23 @@ func (g *gate) failOpen(err error) {
 }
 
 // wait holds a send until the gate lets it through, waiting in-process up
-// to MaxWait at a time; a longer hold is a *GateError.
-func (g *gate) wait(ctx context.Context, bot string) (probe bool, err error) {
+// to MaxWait at a time; a longer hold is a *GateError. first, when not nil,
+// is an answer already had (from the start of the delivery) and is used up.
+func (g *gate) wait(ctx context.Context, bot string, first **decision) (probe bool, err error) {
 	for {
-		kind, d, probe := g.acquire(ctx, bot)
-		if kind == gateOpen {
-			return probe, nil
+		d := *first
+		*first = nil
+		if d == nil {
+			d = g.acquire(ctx, bot)
 		}
-		g.obs.Throttled(bot, kind.String())
-		if kind == gateBreaker || d > g.cfg.MaxWait {
-			return false, &GateError{Kind: kind, Wait: d}
+		if d.kind == gateOpen {
+			return d.probe, nil
 		}
-		t := time.NewTimer(d)
+		g.obs.Throttled(bot, d.kind.String())
+		if d.kind == gateBreaker || d.wait > g.cfg.MaxWait {
+			return false, &GateError{Kind: d.kind, Wait: d.wait}
+		}
+		t := time.NewTimer(d.wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()

@@ -30,15 +30,15 @@ func TestGateRateLimit(t *testing.T) {
 			g, logs := newGate(t, rdb, GateConfig{Rate: 10, Burst: 2})
 			ctx := context.Background()
 			for i := range 2 {
-				if kind, wait, _ := g.acquire(ctx, "bot"); kind != gateOpen {
-					t.Fatalf("request %d within the burst held: %v %v", i+1, kind, wait)
+				if d := g.acquire(ctx, "bot"); d.kind != gateOpen {
+					t.Fatalf("request %d within the burst held: %+v", i+1, d)
 				}
 			}
-			kind, wait, _ := g.acquire(ctx, "bot")
-			if kind != gateRate || wait <= 0 || wait > 100*time.Millisecond {
-				t.Fatalf("over the burst: %v %v, want a wait of at most 100ms", kind, wait)
+			d := g.acquire(ctx, "bot")
+			if d.kind != gateRate || d.wait <= 0 || d.wait > 100*time.Millisecond {
+				t.Fatalf("over the burst: %+v, want a wait of at most 100ms", d)
 			}
-			if kind, _, _ := g.acquire(ctx, "other-bot"); kind != gateOpen {
+			if d := g.acquire(ctx, "other-bot"); d.kind != gateOpen {
 				t.Fatal("bots must not share a limit")
 			}
 			if logs.String() != "" {
@@ -56,11 +56,11 @@ func TestGateCooldownOnlyExtends(t *testing.T) {
 	ctx := context.Background()
 	g.result(ctx, "bot", &webex.APIError{StatusCode: 429, RetryAfter: 3 * time.Second}, false)
 	g.result(ctx, "bot", &webex.APIError{StatusCode: 429, RetryAfter: time.Second}, false)
-	kind, wait, _ := g.acquire(ctx, "bot")
-	if kind != gateCooldown || wait < 2500*time.Millisecond {
-		t.Fatalf("%v %v, want the longer cool-down", kind, wait)
+	if d := g.acquire(ctx, "bot"); d.kind != gateCooldown || d.wait < 2500*time.Millisecond {
+		t.Fatalf("%+v, want the longer cool-down", d)
 	}
-	if _, err := g.wait(ctx, "bot"); err == nil || !strings.Contains(err.Error(), "shared cool-down after a 429") {
+	var none *decision
+	if _, err := g.wait(ctx, "bot", &none); err == nil || !strings.Contains(err.Error(), "shared cool-down after a 429") {
 		t.Fatalf("a cool-down beyond MaxWait must hand the task back: %v", err)
 	}
 }
@@ -75,16 +75,15 @@ func TestGateBreaker(t *testing.T) {
 	for range 3 {
 		g.result(ctx, "bot", fail, false)
 	}
-	kind, _, probe := g.acquire(ctx, "bot")
-	if kind != gateOpen || !probe {
-		t.Fatalf("first send after opening must be the probe: %v %v", kind, probe)
+	if d := g.acquire(ctx, "bot"); d.kind != gateOpen || !d.probe {
+		t.Fatalf("first send after opening must be the probe: %+v", d)
 	}
-	if kind, _, _ := g.acquire(ctx, "bot"); kind != gateBreaker {
-		t.Fatalf("second send while open: %v", kind)
+	if d := g.acquire(ctx, "bot"); d.kind != gateBreaker {
+		t.Fatalf("second send while open: %+v", d)
 	}
 	g.result(ctx, "bot", nil, true) // the probe got through
-	if kind, _, _ := g.acquire(ctx, "bot"); kind != gateOpen {
-		t.Fatalf("after a good probe: %v", kind)
+	if d := g.acquire(ctx, "bot"); d.kind != gateOpen {
+		t.Fatalf("after a good probe: %+v", d)
 	}
 	for _, want := range []string{"circuit open", "circuit closed"} {
 		if !strings.Contains(logs.String(), want) {
@@ -102,7 +101,8 @@ func TestGateFailsOpen(t *testing.T) {
 	g, logs := newGate(t, rdb, GateConfig{Rate: 1, Timeout: 100 * time.Millisecond})
 	start := time.Now()
 	for range 5 {
-		if _, err := g.wait(context.Background(), "bot"); err != nil {
+		var none *decision
+		if _, err := g.wait(context.Background(), "bot", &none); err != nil {
 			t.Fatal(err)
 		}
 		g.result(context.Background(), "bot", &webex.APIError{StatusCode: 503}, false)
@@ -137,7 +137,7 @@ func TestGateBreakerNeedsARun(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if kind, _, _ := g.acquire(ctx, "bot"); kind != gateOpen {
-		t.Fatalf("scattered failures opened the breaker: %v", kind)
+	if d := g.acquire(ctx, "bot"); d.kind != gateOpen {
+		t.Fatalf("scattered failures opened the breaker: %+v", d)
 	}
 }

@@ -2,7 +2,6 @@ package tasks
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -22,8 +21,10 @@ type Sender interface {
 
 var _ Sender = (*webex.Client)(nil)
 
-// TaskResult is what a delivered task records (asynqmon shows it among
-// completed tasks while the task is retained).
+// TaskResult is what a task records, as asynq's result, after each part
+// Webex accepts: the Webex message id of each part, "" for a part not yet
+// delivered. asynqmon shows it among completed tasks while the task is
+// retained; it is also the dedup record a redelivery reads.
 type TaskResult struct {
 	MessageIDs []string `json:"message_ids"`
 }
@@ -137,9 +138,13 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if h.stopping() {
 		return &DeliveryError{Outcome: Interrupted, Bot: b.name, Err: errors.New("worker stopping"), Delay: retrypolicy.QueueDelay(0)}
 	}
-	sent, died, err := h.rec.begin(ctx, queue, id)
-	if err != nil {
+	sent, died, first, gone, err := h.rec.begin(ctx, queue, id, b.name)
+	switch {
+	case err != nil:
 		return &DeliveryError{Outcome: Transient, Bot: b.name, Err: err, Delay: h.cfg.Schedule.Delay(retried, err)}
+	case gone: // deleted while it ran: nothing to deliver, nothing to record
+		h.cfg.Logger.Warn("task deleted while being delivered; not posting", "task_id", id, "queue", queue)
+		return nil
 	}
 	finished := false
 	defer func() {
@@ -153,8 +158,12 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return &DeliveryError{Outcome: Poison, Bot: b.name, Err: fmt.Errorf("%d deliveries died with their worker (limit %d)", died, h.cfg.PoisonLimit)}
 	}
 	parts := p.Message.Parts()
-	if len(sent) >= len(parts) {
-		h.writeResult(t, sent, len(parts))
+	if len(sent) != len(parts) {
+		sent = make([]string, len(parts)) // no record yet (or a stale one): deliver every part
+	}
+	if delivered(sent) == len(parts) {
+		finished = true
+		h.rec.end(ctx, queue, id)
 		h.cfg.Logger.Info("already delivered, not posting again", "task_id", id, "queue", queue, "bot", botLabel(b.name), "outcome", Deduplicated)
 		h.cfg.Observer.Outcome(b.name, Deduplicated)
 		return nil
@@ -172,12 +181,12 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 
 	totalAttempts := 0
 	for i, part := range parts {
-		if _, done := sent[i]; done {
+		if sent[i] != "" {
 			continue
 		}
 		attempts := 0
 		s, err := retrypolicy.DoValue(waitCtx, h.cfg.Policy, func(waitCtx context.Context) (*webex.Sent, error) {
-			probe, err := h.gate.wait(waitCtx, b.name)
+			probe, err := h.gate.wait(waitCtx, b.name, &first)
 			if err != nil {
 				return nil, err
 			}
@@ -198,11 +207,11 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			h.cfg.Observer.TokenRejected(b.name, false)
 			h.cfg.Logger.Info("Webex accepts the bot's token again: delivering", "bot", botLabel(b.name))
 		}
-		last := len(sent)+1 == len(parts)
-		if err := h.record(ctx, queue, id, i, s.ID, last, b.name); err != nil {
+		sent[i] = s.ID
+		last := delivered(sent) == len(parts)
+		if err := h.record(ctx, queue, id, sent, last, b.name); err != nil {
 			return &DeliveryError{Outcome: Transient, Bot: b.name, Err: err, Delay: h.cfg.Schedule.Delay(retried, err), Part: i + 1, Parts: len(parts)}
 		}
-		sent[i] = s.ID
 		finished = last
 		if h.afterRecord != nil {
 			if err := h.afterRecord(id, i); err != nil {
@@ -210,9 +219,10 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 			}
 		}
 	}
-	h.writeResult(t, sent, len(parts))
-	h.cfg.Logger.Info("delivered", "task_id", id, "queue", queue, "bot", botLabel(b.name), "outcome", Delivered,
-		"attempts", totalAttempts, "redeliveries", retried, "parts", len(parts))
+	if h.cfg.Logger.Enabled(ctx, slog.LevelInfo) {
+		h.cfg.Logger.Info("delivered", "task_id", id, "queue", queue, "bot", botLabel(b.name), "outcome", Delivered,
+			"attempts", totalAttempts, "redeliveries", retried, "parts", len(parts))
+	}
 	h.cfg.Observer.Outcome(b.name, Delivered)
 	if !p.EnqueuedAt.IsZero() {
 		h.cfg.Observer.Delivered(h.cfg.Now().Sub(p.EnqueuedAt))
@@ -224,12 +234,12 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 // accepted but courier did not record would be posted again on redelivery.
 // It also ends the breaker's run of failures for the bot, in the same round
 // trip: a success means Webex answers.
-func (h *Handler) record(ctx context.Context, queue, id string, part int, msgID string, last bool, bot string) error {
+func (h *Handler) record(ctx context.Context, queue, id string, sent []string, last bool, bot string) error {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	p := retrypolicy.Policy{MaxAttempts: 5, InitialDelay: 50 * time.Millisecond, MaxDelay: time.Second, Multiplier: 2}
 	return retrypolicy.Do(ctx, p, func(ctx context.Context) error {
-		return retrypolicy.MarkTransient(h.rec.markSent(ctx, queue, id, part, msgID, last, h.gate.succeeded(ctx, bot)))
+		return retrypolicy.MarkTransient(h.rec.markSent(ctx, queue, id, sent, last, h.gate.succeeded(ctx, bot)))
 	})
 }
 
@@ -282,19 +292,6 @@ func (h *Handler) MarkRejected(name string) {
 		b.reject(h.cfg.Now(), 0)
 		h.cfg.Observer.TokenRejected(name, true)
 	}
-}
-
-func (h *Handler) writeResult(t *asynq.Task, sent map[int]string, parts int) {
-	w := t.ResultWriter()
-	if w == nil {
-		return
-	}
-	r := TaskResult{MessageIDs: make([]string, 0, parts)}
-	for i := range parts {
-		r.MessageIDs = append(r.MessageIDs, sent[i])
-	}
-	b, _ := json.Marshal(r)
-	_, _ = w.Write(b)
 }
 
 func (h *Handler) stopping() bool { return h.stop.Err() != nil }

@@ -2,61 +2,87 @@ package tasks
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
-	"strconv"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 )
 
-// records keeps courier's own per-task state in Redis, beside asynq's keys:
+// records keeps courier's per-task state inside asynq's own hash of the task
+// (asynq:{queue}:t:<id>), beside asynq's fields, so that it lives exactly as
+// long as the task: pending, retrying, archived, or retained after
+// completion. Two fields:
 //
-//   - courier:{queue}:sent:<task id>, a hash of part index → Webex message id,
-//     written right after Webex accepts each part: the dedup record. A
-//     redelivery skips the parts it holds.
-//   - courier:{queue}:run:<task id>, a counter of deliveries begun and not
-//     finished. A delivery that finds it above zero follows one that died
-//     with its worker (lease expiry); too many make the task poison.
+//   - result: asynq's result field, the JSON of TaskResult, written right
+//     after Webex accepts each part (as asynq's ResultWriter would, in the
+//     same round trip as the rest). It is the dedup record: a redelivery
+//     skips the parts it names, and completes at once when it names them all.
+//   - courier_runs: deliveries begun and not finished. A delivery that finds
+//     it above zero follows one that died with its worker (lease expiry); too
+//     many make the task poison.
+//
+// Reading the record, counting the run and asking the send gate take one
+// script at the start of a delivery; recording a part and ending the run
+// take one pipeline after it.
 type records struct {
-	rdb redis.UniversalClient
-	ttl time.Duration
+	rdb  redis.UniversalClient
+	gate *gate
 }
 
-func sentKey(queue, id string) string { return "courier:{" + queue + "}:sent:" + id }
-func runKey(queue, id string) string  { return "courier:{" + queue + "}:run:" + id }
+const (
+	fieldResult = "result"
+	fieldRuns   = "courier_runs"
+)
 
-// begin reads the parts already delivered and counts this delivery as
-// running; died is the number of earlier deliveries that never finished.
-func (r *records) begin(ctx context.Context, queue, id string) (sent map[int]string, died int, err error) {
-	var all *redis.MapStringStringCmd
-	var runs *redis.IntCmd
-	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		all = p.HGetAll(ctx, sentKey(queue, id))
-		runs = p.Incr(ctx, runKey(queue, id))
-		p.Expire(ctx, runKey(queue, id), r.ttl)
-		return nil
-	})
-	if err != nil {
-		return nil, 0, fmt.Errorf("read delivery record: %w", err)
+// taskKey is asynq's key of a task's hash (its base.TaskKey).
+func taskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }
+
+var beginScript = redis.NewScript(gateLua + `
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0, 0, 0} end
+local runs = redis.call('HINCRBY', KEYS[1], 'courier_runs', 1)
+local result = redis.call('HGET', KEYS[1], 'result') or ''
+local k, w, p = gate(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3])
+return {runs, result, k, w, p}
+`)
+
+// begin reads the parts already delivered, counts this delivery as running
+// and asks the gate whether bot may send now. died is the number of earlier
+// deliveries that never finished; gone reports a task whose hash vanished
+// (deleted by an operator while it ran).
+func (r *records) begin(ctx context.Context, queue, id, bot string) (sent []string, died int, first *decision, gone bool, err error) {
+	cooldown, open, probe, rate, _ := r.gate.keys(bot)
+	res, err := beginScript.Run(ctx, r.rdb, []string{taskKey(queue, id), cooldown, open, probe, rate}, r.gate.args()...).Slice()
+	if err != nil || len(res) != 5 {
+		return nil, 0, nil, false, fmt.Errorf("read delivery record: %v", err)
 	}
-	sent = make(map[int]string, len(all.Val()))
-	for k, v := range all.Val() {
-		if i, err := strconv.Atoi(k); err == nil {
-			sent[i] = v
+	runs, _ := res[0].(int64)
+	if runs < 0 {
+		return nil, 0, nil, true, nil
+	}
+	if s, _ := res[1].(string); s != "" {
+		var tr TaskResult
+		if json.Unmarshal([]byte(s), &tr) == nil {
+			sent = tr.MessageIDs
 		}
 	}
-	return sent, int(runs.Val()) - 1, nil
+	kind, _ := res[2].(int64)
+	wait, _ := res[3].(int64)
+	pr, _ := res[4].(int64)
+	return sent, int(runs) - 1, newDecision(kind, wait, pr), false, nil
 }
 
-// markSent records that part was delivered as Webex message msgID; with
-// finished, it also ends the run in the same round trip. also, when set,
-// adds commands to that round trip (the gate's reset of the breaker's count).
-func (r *records) markSent(ctx context.Context, queue, id string, part int, msgID string, finished bool, also func(redis.Pipeliner)) error {
-	_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, sentKey(queue, id), strconv.Itoa(part), msgID)
-		p.Expire(ctx, sentKey(queue, id), r.ttl)
+// markSent writes the result (the dedup record) after a part was accepted;
+// with finished it also ends the run. also, when set, adds commands to the
+// same round trip (the gate's end of the breaker's run of failures).
+func (r *records) markSent(ctx context.Context, queue, id string, sent []string, finished bool, also func(redis.Pipeliner)) error {
+	b, err := json.Marshal(TaskResult{MessageIDs: sent})
+	if err != nil {
+		return err
+	}
+	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.HSet(ctx, taskKey(queue, id), fieldResult, b)
 		if finished {
-			p.Del(ctx, runKey(queue, id))
+			p.HDel(ctx, taskKey(queue, id), fieldRuns)
 		}
 		if also != nil {
 			also(p)
@@ -71,5 +97,16 @@ func (r *records) markSent(ctx context.Context, queue, id string, part int, msgI
 
 // end marks the run finished (the delivery returned, whatever its outcome).
 func (r *records) end(ctx context.Context, queue, id string) {
-	_ = r.rdb.Del(ctx, runKey(queue, id)).Err()
+	_ = r.rdb.HDel(ctx, taskKey(queue, id), fieldRuns).Err()
+}
+
+// delivered counts the parts sent holds.
+func delivered(sent []string) int {
+	n := 0
+	for _, s := range sent {
+		if s != "" {
+			n++
+		}
+	}
+	return n
 }

@@ -23,7 +23,7 @@ const (
 	DefaultConcurrency              = 10
 	DefaultBudget                   = 20 * time.Second
 	DefaultShutdownTimeout          = 30 * time.Second
-	DefaultTaskCheckInterval        = 50 * time.Millisecond
+	DefaultTaskCheckInterval        = 25 * time.Millisecond
 	DefaultDelayedTaskCheckInterval = time.Second
 	DefaultPoisonLimit              = 3
 	DefaultUnauthorizedDelay        = 5 * time.Minute
@@ -56,7 +56,7 @@ type WorkerConfig struct {
 	// ShutdownTimeout bounds a graceful stop. Default 30s.
 	ShutdownTimeout time.Duration
 	// TaskCheckInterval is how often an idle worker polls for new tasks: the
-	// latency floor of an idle queue. Default 50ms.
+	// latency floor of an idle queue. Default 25ms.
 	TaskCheckInterval time.Duration
 	// DelayedTaskCheckInterval is how often scheduled and retried tasks are
 	// made due. Default 1s.
@@ -70,10 +70,6 @@ type WorkerConfig struct {
 	// DeferDelay is how long a task of a newer payload version waits for a
 	// newer worker. Default 30s.
 	DeferDelay time.Duration
-	// DedupTTL keeps dedup records. Default: the longest redelivery span of
-	// the default limit plus the keyed retention, so a redelivered or
-	// re-run task always finds its record.
-	DedupTTL time.Duration
 	// Logger receives courier's records. Default slog.Default().
 	Logger *slog.Logger
 	// AttemptLogger, when set, receives a record per in-process attempt
@@ -112,13 +108,6 @@ func (c WorkerConfig) WithDefaults() WorkerConfig {
 	c.PoisonLimit = cmp.Or(c.PoisonLimit, DefaultPoisonLimit)
 	c.UnauthorizedDelay = cmp.Or(c.UnauthorizedDelay, DefaultUnauthorizedDelay)
 	c.DeferDelay = cmp.Or(c.DeferDelay, DefaultDeferDelay)
-	if c.DedupTTL == 0 {
-		var span time.Duration
-		for i := range DefaultMaxRedeliveries {
-			span += retrypolicy.QueueDelay(c.Schedule.Backoff(i))
-		}
-		c.DedupTTL = span + DefaultKeyedRetention
-	}
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	c.attemptLogger = cmp.Or(c.AttemptLogger, discard)
 	if c.Observer == nil {
@@ -165,7 +154,7 @@ func (c WorkerConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("Budget (%v) must be below ShutdownTimeout (%v)", c.Budget, c.ShutdownTimeout))
 	}
 	for name, d := range map[string]time.Duration{"ShutdownTimeout": c.ShutdownTimeout, "TaskCheckInterval": c.TaskCheckInterval,
-		"DelayedTaskCheckInterval": c.DelayedTaskCheckInterval, "UnauthorizedDelay": c.UnauthorizedDelay, "DeferDelay": c.DeferDelay, "DedupTTL": c.DedupTTL} {
+		"DelayedTaskCheckInterval": c.DelayedTaskCheckInterval, "UnauthorizedDelay": c.UnauthorizedDelay, "DeferDelay": c.DeferDelay} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s is %v: must be greater than 0", name, d))
 		}
@@ -237,8 +226,8 @@ func NewWorker(rdb redis.UniversalClient, cfg WorkerConfig) (*Worker, error) {
 		return nil, fmt.Errorf("worker config: %w", err)
 	}
 	stopCtx, stop := context.WithCancel(context.Background())
-	h := &Handler{cfg: cfg, rec: &records{rdb: rdb, ttl: cfg.DedupTTL}, bots: map[string]*bot{}, stop: stopCtx,
-		gate: &gate{cfg: cfg.Gate, rdb: rdb, log: cfg.Logger, obs: cfg.Observer}}
+	g := &gate{cfg: cfg.Gate, rdb: rdb, log: cfg.Logger, obs: cfg.Observer}
+	h := &Handler{cfg: cfg, rec: &records{rdb: rdb, gate: g}, bots: map[string]*bot{}, stop: stopCtx, gate: g}
 	for name, s := range cfg.Bots {
 		h.bots[name] = &bot{name: name, sender: s}
 	}

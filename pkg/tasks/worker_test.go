@@ -365,7 +365,7 @@ func TestPoison(t *testing.T) {
 	e := newEnv(t, webextest.Options{})
 	id := e.enqueue(text("r", "x"), Key("poison-1"))
 	// Three earlier deliveries began and never finished.
-	if err := e.rdb.Set(context.Background(), runKey(e.queue, id), 3, time.Hour).Err(); err != nil {
+	if err := e.rdb.HSet(context.Background(), taskKey(e.queue, id), fieldRuns, 3).Err(); err != nil {
 		t.Fatal(err)
 	}
 	e.start(nil)
