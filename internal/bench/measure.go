@@ -189,23 +189,7 @@ func (e *Env) EnqueueRates(n int) (map[string]float64, error) {
 			return nil
 		}},
 		{"bare-16", func(q string) error { return parallel(func(i int) error { return bare(q, i) }) }},
-		{"producer-bulk", func(q string) error {
-			p, done, err := e.producer(q)
-			if err != nil {
-				return err
-			}
-			defer done()
-			reqs := make([]tasks.Request, n)
-			for i := range reqs {
-				reqs[i] = tasks.Request{Message: message(i)}
-			}
-			for _, r := range p.EnqueueMany(context.Background(), reqs) {
-				if r.Err != nil {
-					return r.Err
-				}
-			}
-			return nil
-		}},
+		{"producer-bulk", func(q string) error { return e.fill(q, n) }},
 	}
 	for _, s := range steps {
 		if err := timeIt(s.name, s.f); err != nil {

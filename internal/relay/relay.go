@@ -19,9 +19,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"mime"
 	"net/http"
 	"strings"
 	"time"
@@ -305,43 +303,8 @@ func validate(m tasks.Message, maxInline int) error {
 
 // decode reads Webex's JSON or multipart form of a message.
 func decode(r *http.Request, limit int64) (tasks.Message, error) {
-	var m tasks.Message
-	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if ct != "multipart/form-data" {
-		dec := json.NewDecoder(r.Body)
-		if err := dec.Decode(&m.Message); err != nil {
-			return m, err
-		}
-		return m, nil
-	}
-	if err := r.ParseMultipartForm(limit); err != nil {
-		return m, err
-	}
-	defer r.MultipartForm.RemoveAll()
-	form := r.MultipartForm.Value
-	get := func(k string) string {
-		if v := form[k]; len(v) > 0 {
-			return v[0]
-		}
-		return ""
-	}
-	m.RoomID, m.ToPersonID, m.ToPersonEmail = get("roomId"), get("toPersonId"), get("toPersonEmail")
-	m.ParentID, m.Text, m.Markdown = get("parentId"), get("text"), get("markdown")
-	for _, fh := range r.MultipartForm.File["files"] {
-		f, err := fh.Open()
-		if err != nil {
-			return m, err
-		}
-		data, err := io.ReadAll(f)
-		f.Close()
-		if err != nil {
-			return m, err
-		}
-		m.Uploads = append(m.Uploads, webex.File{Name: fh.Filename, ContentType: fh.Header.Get("Content-Type"), Data: data})
-	}
-	// A URL in a text field named files is Webex's other form.
-	m.Files = append(m.Files, form["files"]...)
-	return m, nil
+	m, files, err := webex.DecodeRequest(r, limit)
+	return tasks.Message{Message: m, Uploads: files}, err
 }
 
 func writeValidation(w http.ResponseWriter, err error) {

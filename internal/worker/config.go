@@ -6,6 +6,7 @@ package worker
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"regexp"
@@ -108,7 +109,7 @@ func Load(args []string, lookupEnv func(string) (string, bool)) (*Config, error)
 }
 
 // Usage writes every setting.
-func Usage(w interface{ Write([]byte) (int, error) }) { flags(&Config{}).Usage(w) }
+func Usage(w io.Writer) { flags(&Config{}).Usage(w) }
 
 // Envs lists every environment variable the worker reads (besides the
 // per-bot COURIER_BOT_<NAME>_TOKEN and _TOKEN_FILE).

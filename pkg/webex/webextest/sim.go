@@ -20,9 +20,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"mime"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -369,39 +367,19 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// decodeMessage reads a JSON or multipart POST /messages body.
+// decodeMessage reads a JSON or multipart POST /messages body; a second
+// file part is counted (as a name) so that validation refuses it.
 func decodeMessage(r *http.Request) (webex.Message, error) {
-	var m webex.Message
 	r.Body = http.MaxBytesReader(nil, r.Body, maxBody)
-	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if ct != "multipart/form-data" {
-		err := json.NewDecoder(r.Body).Decode(&m)
-		return m, err
-	}
-	if err := r.ParseMultipartForm(maxBody); err != nil {
-		return m, err
-	}
-	m.RoomID, m.ToPersonID, m.ToPersonEmail = r.FormValue("roomId"), r.FormValue("toPersonId"), r.FormValue("toPersonEmail")
-	m.ParentID, m.Text, m.Markdown = r.FormValue("parentId"), r.FormValue("text"), r.FormValue("markdown")
-	if fhs := r.MultipartForm.File["files"]; len(fhs) > 0 {
-		for _, fh := range fhs {
-			f, err := fh.Open()
-			if err != nil {
-				return m, err
-			}
-			data, err := io.ReadAll(f)
-			f.Close()
-			if err != nil {
-				return m, err
-			}
-			if m.File != nil { // a second file part: let validation count it
-				m.Files = append(m.Files, fh.Filename)
-				continue
-			}
-			m.File = &webex.File{Name: fh.Filename, ContentType: fh.Header.Get("Content-Type"), Data: data}
+	m, files, err := webex.DecodeRequest(r, maxBody)
+	for i := range files {
+		if i == 0 {
+			m.File = &files[0]
+		} else {
+			m.Files = append(m.Files, files[i].Name)
 		}
 	}
-	return m, nil
+	return m, err
 }
 
 func (s *Sim) createMessage(w http.ResponseWriter, r *http.Request) {
