@@ -123,29 +123,16 @@ func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
-// message is the Webex-shaped answer to a create.
-type message struct {
-	ID            string             `json:"id"`
-	RoomID        string             `json:"roomId,omitempty"`
-	ToPersonID    string             `json:"toPersonId,omitempty"`
-	ToPersonEmail string             `json:"toPersonEmail,omitempty"`
-	ParentID      string             `json:"parentId,omitempty"`
-	Text          string             `json:"text,omitempty"`
-	Markdown      string             `json:"markdown,omitempty"`
-	Files         []string           `json:"files,omitempty"`
-	Attachments   []webex.Attachment `json:"attachments,omitempty"`
-	Created       string             `json:"created"`
-}
-
-func answer(id string, p *tasks.Payload) message {
+// answer is the Webex-shaped message a create is answered with: the
+// message as queued, its id naming the courier task.
+func answer(id string, p *tasks.Payload) webex.Sent {
 	m := p.Message
 	files := m.Files
 	for _, f := range m.Uploads {
 		files = append(files, f.Name)
 	}
-	return message{ID: id, RoomID: m.RoomID, ToPersonID: m.ToPersonID, ToPersonEmail: m.ToPersonEmail, ParentID: m.ParentID,
-		Text: m.Text, Markdown: m.Markdown, Files: files, Attachments: m.Attachments,
-		Created: p.EnqueuedAt.UTC().Format("2006-01-02T15:04:05.000Z")}
+	return webex.Sent{ID: id, RoomID: m.RoomID, ToPersonID: m.ToPersonID, ToPersonEmail: m.ToPersonEmail, ParentID: m.ParentID,
+		Text: m.Text, Markdown: m.Markdown, Files: files, Attachments: m.Attachments, Created: p.EnqueuedAt.UTC().Truncate(time.Millisecond)}
 }
 
 // RelayID names a courier task as a Webex-looking message id.

@@ -87,18 +87,19 @@ func (c *Client) BaseURL() string { return c.base }
 
 // Sent is a message Webex created.
 type Sent struct {
-	ID            string    `json:"id"`
-	RoomID        string    `json:"roomId,omitempty"`
-	RoomType      string    `json:"roomType,omitempty"`
-	ToPersonID    string    `json:"toPersonId,omitempty"`
-	ToPersonEmail string    `json:"toPersonEmail,omitempty"`
-	ParentID      string    `json:"parentId,omitempty"`
-	Text          string    `json:"text,omitempty"`
-	Markdown      string    `json:"markdown,omitempty"`
-	Files         []string  `json:"files,omitempty"`
-	PersonID      string    `json:"personId,omitempty"`
-	PersonEmail   string    `json:"personEmail,omitempty"`
-	Created       time.Time `json:"created"`
+	ID            string       `json:"id"`
+	RoomID        string       `json:"roomId,omitempty"`
+	RoomType      string       `json:"roomType,omitempty"`
+	ToPersonID    string       `json:"toPersonId,omitempty"`
+	ToPersonEmail string       `json:"toPersonEmail,omitempty"`
+	ParentID      string       `json:"parentId,omitempty"`
+	Text          string       `json:"text,omitempty"`
+	Markdown      string       `json:"markdown,omitempty"`
+	Files         []string     `json:"files,omitempty"`
+	Attachments   []Attachment `json:"attachments,omitempty"`
+	PersonID      string       `json:"personId,omitempty"`
+	PersonEmail   string       `json:"personEmail,omitempty"`
+	Created       time.Time    `json:"created"`
 }
 
 // Person is the identity behind a token.
