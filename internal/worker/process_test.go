@@ -3,7 +3,9 @@ package worker_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -319,5 +321,50 @@ func TestRevokedTokenHoldsThenDrains(t *testing.T) {
 	}
 	if code, body := get(t, "http://"+admin+"/readyz", "", ""); code != 200 {
 		t.Fatalf("still not ready after the token works: %d %s", code, body)
+	}
+}
+
+// The relay, switched on by configuration: a bot posts as to Webex, the
+// worker delivers, the relay reports the Webex message id.
+func TestRelayThroughTheWorker(t *testing.T) {
+	t.Parallel()
+	s := sharedSetup(t)
+	port, _ := redistest.FreePort()
+	relayURL := fmt.Sprintf("http://127.0.0.1:%d/v1", port)
+	startWorker(t, s.env("good", fmt.Sprintf("COURIER_RELAY_ADDR=127.0.0.1:%d", port), "COURIER_RELAY_TOKENS=relay-secret=default",
+		"COURIER_RELAY_QUEUE="+s.queue)...)
+	var id string
+	waitFor(t, 15*time.Second, "the relay to accept a message", func() bool {
+		req, _ := http.NewRequest("POST", relayURL+"/messages", strings.NewReader(`{"roomId":"relay-room","markdown":"**via the relay**"}`))
+		req.Header.Set("Authorization", "Bearer relay-secret")
+		req.Header.Set("Content-Type", "application/json;charset=utf-8")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var m struct{ ID string }
+		_ = json.NewDecoder(resp.Body).Decode(&m)
+		id = m.ID
+		return resp.StatusCode == 200 && id != ""
+	})
+	var st struct {
+		State      string
+		MessageIDs []string
+	}
+	waitFor(t, 20*time.Second, "the relay to report delivery", func() bool {
+		req, _ := http.NewRequest("GET", relayURL+"/messages/"+id, nil)
+		req.Header.Set("Authorization", "Bearer relay-secret")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		_ = json.NewDecoder(resp.Body).Decode(&st)
+		return st.State == "delivered"
+	})
+	msgs := s.sim.Messages("relay-room")
+	if len(msgs) != 1 || msgs[0].Markdown != "**via the relay**" || len(st.MessageIDs) != 1 || st.MessageIDs[0] != msgs[0].ID {
+		t.Fatalf("relay status %+v, simulator %+v", st, msgs)
 	}
 }
