@@ -93,6 +93,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	dead := tasks.NewDeadLetters(rdb, "", cfg.DeadLetterMax)
 	wcfg := cfg.workerConfig(bots)
 	wcfg.Logger, wcfg.Observer, wcfg.DeadLetters = log, m, dead
+	if log.Enabled(ctx, slog.LevelDebug) {
+		wcfg.AttemptLogger = log // each in-process attempt, at debug
+	}
 	w, err := tasks.NewWorker(rdb, wcfg)
 	if err != nil {
 		return err

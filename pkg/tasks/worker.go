@@ -72,8 +72,9 @@ type WorkerConfig struct {
 	DeferDelay time.Duration
 	// Logger receives courier's records. Default slog.Default().
 	Logger *slog.Logger
-	// AttemptLogger, when set, receives a record per in-process attempt
-	// (debug detail; the error handler already logs each outcome once).
+	// AttemptLogger, when set, receives a debug record per in-process
+	// attempt (the error handler already logs each outcome once, so the
+	// attempts are detail, logged at debug whatever their usual level).
 	AttemptLogger *slog.Logger
 	// Gate coordinates all workers sending as the same bot: a shared rate
 	// limit (off unless Gate.Rate is set), a shared cool-down after a 429,
@@ -109,7 +110,10 @@ func (c WorkerConfig) WithDefaults() WorkerConfig {
 	c.UnauthorizedDelay = cmp.Or(c.UnauthorizedDelay, DefaultUnauthorizedDelay)
 	c.DeferDelay = cmp.Or(c.DeferDelay, DefaultDeferDelay)
 	c.Logger = cmp.Or(c.Logger, slog.Default())
-	c.attemptLogger = cmp.Or(c.AttemptLogger, discard)
+	c.attemptLogger = discard
+	if c.AttemptLogger != nil {
+		c.attemptLogger = slog.New(debugHandler{c.AttemptLogger.Handler()})
+	}
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
 	}
@@ -300,3 +304,21 @@ func (a asynqLogger) Error(args ...any) { a.l.Error(fmt.Sprint(args...), "compon
 func (a asynqLogger) Fatal(args ...any) {
 	a.l.Error(fmt.Sprint(args...), "component", "asynq", "fatal", true)
 }
+
+// debugHandler logs every record at debug level.
+type debugHandler struct{ slog.Handler }
+
+func (h debugHandler) Enabled(ctx context.Context, _ slog.Level) bool {
+	return h.Handler.Enabled(ctx, slog.LevelDebug)
+}
+
+func (h debugHandler) Handle(ctx context.Context, r slog.Record) error {
+	r.Level = slog.LevelDebug
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h debugHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return debugHandler{h.Handler.WithAttrs(attrs)}
+}
+
+func (h debugHandler) WithGroup(name string) slog.Handler { return debugHandler{h.Handler.WithGroup(name)} }

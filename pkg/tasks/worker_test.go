@@ -416,3 +416,19 @@ func TestDeadLetterRecord(t *testing.T) {
 		t.Fatalf("missing entry: %v", err)
 	}
 }
+
+// In-process attempts are logged at debug only, once each; the outcome once
+// by the error handler.
+func TestAttemptsLoggedAtDebug(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	e.sim.AddFault(webextest.Fault{Room: "r", Status: 503, Count: 1})
+	e.start(func(c *WorkerConfig) { c.AttemptLogger = c.Logger })
+	id := e.enqueue(text("r", "x"))
+	e.waitState(id, asynq.TaskStateCompleted, 10*time.Second)
+	logs := e.logs.String()
+	if !strings.Contains(logs, `level=DEBUG msg="attempt 1/3 failed, retrying in 0.00s" op=deliver`) ||
+		!strings.Contains(logs, `level=DEBUG msg="succeeded on attempt 2/3"`) || strings.Contains(logs, "level=WARN msg=\"attempt") {
+		t.Fatalf("attempt records:\n%s", logs)
+	}
+}
