@@ -321,4 +321,6 @@ func (h debugHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 	return debugHandler{h.Handler.WithAttrs(attrs)}
 }
 
-func (h debugHandler) WithGroup(name string) slog.Handler { return debugHandler{h.Handler.WithGroup(name)} }
+func (h debugHandler) WithGroup(name string) slog.Handler {
+	return debugHandler{h.Handler.WithGroup(name)}
+}
