@@ -35,7 +35,6 @@ type env struct {
 	srv   *httptest.Server
 	queue string
 	insp  *asynq.Inspector
-	rdb   interface{ Close() error }
 	t     *testing.T
 }
 

@@ -192,7 +192,7 @@ func TestAdminRefusesWritableBeyondLoopbackWithoutAuth(t *testing.T) {
 func TestPayloadViewElidesFiles(t *testing.T) {
 	t.Parallel()
 	s := sharedSetup(t)
-	r, err := s.producer.Enqueue(context.Background(), tasks.Message{Message: webex.Message{RoomID: "r", Text: "x"},
+	_, err := s.producer.Enqueue(context.Background(), tasks.Message{Message: webex.Message{RoomID: "r", Text: "x"},
 		Uploads: []webex.File{{Name: "secret.pdf", ContentType: "application/pdf", Data: []byte("TOP-SECRET-FILE-CONTENT")}}})
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +204,6 @@ func TestPayloadViewElidesFiles(t *testing.T) {
 	if code != 200 || !strings.Contains(body, "secret.pdf") || strings.Contains(body, "TOP-SECRET") || strings.Contains(body, "VE9QLVNFQ1JFVA") {
 		t.Fatalf("%d %s", code, body)
 	}
-	_ = r
 }
 
 // The dev mode: one command, seeded outcomes, a CLI enqueue against the

@@ -37,7 +37,7 @@ func parseLevel(s string) (slog.Level, error) {
 func NewLogger(w io.Writer, format, level string) *slog.Logger {
 	l, _ := parseLevel(level)
 	if format == "text" || (format == "auto" && isTerminal(w)) {
-		return slog.New(tint.NewHandler(w, &tint.Options{Level: l, TimeFormat: time.TimeOnly}))
+		return slog.New(tint.NewTextHandler(w, &tint.Options{Level: l, TimeFormat: time.TimeOnly}))
 	}
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
 }

@@ -106,9 +106,6 @@ func NewProducer(rdb redis.UniversalClient, cfg ProducerConfig) (*Producer, erro
 	return &Producer{cfg: cfg, client: asynq.NewClientFromRedisClient(rdb), inspector: asynq.NewInspectorFromRedisClient(rdb)}, nil
 }
 
-// Close releases the producer (not the Redis client it was given).
-func (p *Producer) Close() error { return nil }
-
 // Option adjusts one enqueue.
 type Option func(*enqueueOptions)
 

@@ -402,10 +402,7 @@ func (s *Sim) createMessage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if verr := m.Validate(); verr != nil {
-		var details []string
-		for _, line := range strings.Split(verr.Error(), "\n") {
-			details = append(details, line)
-		}
+		details := strings.Split(verr.Error(), "\n")
 		reject(http.StatusBadRequest, 0, details[0], details...)
 		return
 	}
