@@ -206,9 +206,10 @@ func (c *Client) do(ctx context.Context, method, path string, body []byte, ct st
 		c.debug(ctx, method, path, resp.StatusCode, start, apiErr.TrackingID, nil)
 		return apiErr
 	}
-	c.debug(ctx, method, path, resp.StatusCode, start, resp.Header.Get("TrackingID"), nil)
+	tracking := resp.Header.Get("TrackingID")
+	c.debug(ctx, method, path, resp.StatusCode, start, tracking, nil)
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxResponseBody)).Decode(out); err != nil {
-		return fmt.Errorf("decode %d answer: %w", resp.StatusCode, err)
+		return &UnconfirmedError{StatusCode: resp.StatusCode, TrackingID: tracking, Err: err}
 	}
 	return nil
 }

@@ -85,6 +85,37 @@ func (e *APIError) RetryClass() (retrypolicy.Class, time.Duration) {
 	return retrypolicy.Permanent, 0
 }
 
+// UnconfirmedError says Webex answered a request with a 2xx status whose
+// body could not be read or decoded (cut off, slower than the client's
+// timeout, over the response cap, not JSON). For a POST /messages the
+// message exists: posting it again would duplicate it. It is never retried
+// (its class is Permanent) and callers that deliver messages should treat it
+// as delivered with an unknown id, not as a failure.
+type UnconfirmedError struct {
+	// StatusCode is the 2xx status Webex answered with.
+	StatusCode int
+	// TrackingID is the TrackingID header of the answer, if any.
+	TrackingID string
+	// Err is why the body could not be read or decoded.
+	Err error
+}
+
+func (e *UnconfirmedError) Error() string {
+	s := fmt.Sprintf("webex: %d answer unreadable, the request took effect: %v", e.StatusCode, e.Err)
+	if e.TrackingID != "" {
+		s += " (tracking id " + e.TrackingID + ")"
+	}
+	return s
+}
+
+// Unwrap returns the read or decode error.
+func (e *UnconfirmedError) Unwrap() error { return e.Err }
+
+// RetryClass makes an accepted request permanent: it must not be sent again.
+func (e *UnconfirmedError) RetryClass() (retrypolicy.Class, time.Duration) {
+	return retrypolicy.Permanent, 0
+}
+
 // errorBody is Webex's error shape.
 type errorBody struct {
 	Message string `json:"message"`
