@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -117,5 +118,34 @@ func TestLongReportStaysUnderTheLimit(t *testing.T) {
 	}
 	if err := (&webex.Message{RoomID: "r", Markdown: md, Text: text}).Validate(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// README's Producers section shows the exact markdown of the payments team's
+// report; it must stay what the code sends.
+func TestReadmeShowsTheReport(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, _ := strings.Cut(string(readme), "### What the team sees\n")
+	_, shown, _ := strings.Cut(section, "````markdown\n")
+	shown, _, found := strings.Cut(shown, "````\n")
+	if !found {
+		t.Fatal("README: no ````markdown block under \"What the team sees\"")
+	}
+	ts, err := LoadTickets("sample/tickets.csv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := LoadConfig("sample/teams.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reports, _ := Build(ts, DefaultBuckets, reportTime, cfg.Rooms)
+	md, _ := reports[slices.IndexFunc(reports, func(r *TeamReport) bool { return r.Team == "payments" })].Render(reportTime, 15)
+	if shown != md {
+		t.Fatalf("README shows:\n%s\nthe report is:\n%s", shown, md)
 	}
 }
