@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"unicode/utf8"
 )
 
 // Kinds of markdown that Webex shows as typed instead of rendering it.
@@ -21,7 +22,7 @@ type Literal struct {
 	Kind string `json:"kind"`
 	// Line is the 1-based line of the markdown where it starts.
 	Line int `json:"line"`
-	// Text is that line, cut to 80 bytes.
+	// Text is that line, cut to at most 80 bytes.
 	Text string `json:"text"`
 }
 
@@ -48,7 +49,11 @@ func FindLiterals(markdown string) []Literal {
 	var found []Literal
 	add := func(kind string, line int, text string) {
 		if len(text) > 80 {
-			text = text[:80]
+			n := 80
+			for !utf8.RuneStart(text[n]) {
+				n--
+			}
+			text = text[:n]
 		}
 		found = append(found, Literal{Kind: kind, Line: line, Text: text})
 	}

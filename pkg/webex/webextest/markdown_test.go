@@ -53,6 +53,14 @@ func TestFindLiteralsNamesTheLine(t *testing.T) {
 	if len(got) != 2 || got[0].Text != "| a | b |" || len(got[1].Text) != 80 || got[1].Line != 4 {
 		t.Fatalf("%+v", got)
 	}
+	got = webextest.FindLiterals(strings.Repeat("é", 50) + "<br>") // 2 bytes each: byte 80 starts a rune, 81 does not
+	if len(got) != 1 || got[0].Text != strings.Repeat("é", 40) {
+		t.Fatalf("%+v", got)
+	}
+	got = webextest.FindLiterals("x" + strings.Repeat("é", 50) + "<br>")
+	if len(got) != 1 || got[0].Text != "x"+strings.Repeat("é", 39) {
+		t.Fatalf("%+v", got)
+	}
 }
 
 // The simulator accepts markdown Webex shows literally, as Webex does, and
