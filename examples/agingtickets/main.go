@@ -1,5 +1,6 @@
 // Command agingtickets is courier's first producer: it reads open tickets,
-// buckets them by age, renders one markdown summary per team and enqueues it
+// buckets them by age, renders one summary per team (markdown that Webex
+// renders, with a plain-text fallback) and enqueues it
 // to the team's room, once per day whatever the re-runs.
 //
 //	go run ./examples/agingtickets -tickets examples/agingtickets/sample/tickets.csv \
@@ -91,14 +92,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, now time.
 	}
 	code := 0
 	for _, r := range reports {
-		md := r.Markdown(now, *maxList)
-		m := tasks.Message{Message: webex.Message{RoomID: cfg.Rooms[r.Team], Markdown: md}}
+		md, text := r.Render(now, *maxList)
+		m := tasks.Message{Message: webex.Message{RoomID: cfg.Rooms[r.Team], Markdown: md, Text: text}}
 		if *card {
 			m.Attachments = []webex.Attachment{{ContentType: webex.CardContentType, Content: mustJSON(r.Card(now))}}
 		}
 		key := Key(cfg.Report, r.Team, now, loc)
 		if *dry {
-			fmt.Fprintf(stdout, "--- %s (%s, %d bytes)\n%s\n", r.Team, key, len(md), md)
+			fmt.Fprintf(stdout, "--- %s (%s): markdown, %d bytes\n%s\n", r.Team, key, len(md), md)
+			fmt.Fprintf(stdout, "--- %s: plain-text fallback, %d bytes\n%s\n", r.Team, len(text), text)
 			continue
 		}
 		// Delivering a day-old summary is worse than none: expire it by evening.

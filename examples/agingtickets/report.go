@@ -8,13 +8,10 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/courier-dev/courier/pkg/webex"
 )
 
 // Ticket is one open ticket.
@@ -130,15 +127,21 @@ func ParseBuckets(s string) (Buckets, error) {
 	return b, nil
 }
 
-// Labels names the buckets, youngest first.
-func (b Buckets) Labels() []string {
+// Labels names the buckets, youngest first: "0-2 days" … "over 30 days".
+func (b Buckets) Labels() []string { return b.labels("%d-%d days", "over %d days") }
+
+// ShortLabels names the buckets for column headers: "0-2" … ">30".
+func (b Buckets) ShortLabels() []string { return b.labels("%d-%d", ">%d") }
+
+// labels formats each bucket's range with bounded, the last with over.
+func (b Buckets) labels(bounded, over string) []string {
 	out := make([]string, 0, len(b)+1)
 	lo := 0
 	for _, hi := range b {
-		out = append(out, fmt.Sprintf("%d-%d days", lo, hi))
+		out = append(out, fmt.Sprintf(bounded, lo, hi))
 		lo = hi + 1
 	}
-	return append(out, fmt.Sprintf("over %d days", b[len(b)-1]))
+	return append(out, fmt.Sprintf(over, b[len(b)-1]))
 }
 
 // Of is the index of the bucket for a ticket opened at opened, seen at now.
@@ -194,72 +197,6 @@ func Build(tickets []Ticket, b Buckets, now time.Time, rooms map[string]string) 
 	}
 	sort.Slice(reports, func(i, j int) bool { return reports[i].Team < reports[j].Team })
 	return reports, skipped
-}
-
-// Markdown renders the report within Webex's limit, listing the oldest
-// tickets until the limit and ending with "... and N more".
-func (r *TeamReport) Markdown(now time.Time, maxList int) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, "**Aging tickets: %s** (%d open, %s)\n\n", r.Team, r.Total, now.Format("Mon 2 Jan 2006"))
-	labels := r.Buckets.Labels()
-	b.WriteString("| priority | " + strings.Join(labels, " | ") + " |\n|---" + strings.Repeat("|---", len(labels)) + "|\n")
-	prios := make([]string, 0, len(r.ByPrio))
-	for p := range r.ByPrio {
-		prios = append(prios, p)
-	}
-	slices.Sort(prios)
-	for _, p := range prios {
-		b.WriteString("| " + p)
-		for _, n := range r.ByPrio[p] {
-			fmt.Fprintf(&b, " | %d", n)
-		}
-		b.WriteString(" |\n")
-	}
-	b.WriteString("| **all**")
-	for _, n := range r.Counts {
-		fmt.Fprintf(&b, " | **%d**", n)
-	}
-	b.WriteString(" |\n\n**Oldest:**\n")
-	head := b.String()
-	listed := 0
-	var lines strings.Builder
-	for _, t := range r.Oldest {
-		if listed == maxList {
-			break
-		}
-		who := t.Assignee
-		if who == "" {
-			who = "_unassigned_"
-		}
-		line := fmt.Sprintf("- %s %s (%s, %d days, %s)\n", t.ID, t.Title, t.Priority, int(now.Sub(t.OpenedAt)/(24*time.Hour)), who)
-		more := fmt.Sprintf("\n... and %d more\n", r.Total-listed-1)
-		if len(head)+lines.Len()+len(line)+len(more) > webex.MaxTextBytes {
-			break
-		}
-		lines.WriteString(line)
-		listed++
-	}
-	out := head + lines.String()
-	if rest := r.Total - listed; rest > 0 {
-		out += fmt.Sprintf("\n... and %d more\n", rest)
-	}
-	return out
-}
-
-// Card renders the report as an adaptive card (the markdown is its fallback).
-func (r *TeamReport) Card(now time.Time) map[string]any {
-	facts := []any{}
-	for i, l := range r.Buckets.Labels() {
-		facts = append(facts, map[string]any{"title": l, "value": strconv.Itoa(r.Counts[i])})
-	}
-	return map[string]any{
-		"type": "AdaptiveCard", "version": "1.3",
-		"body": []any{
-			map[string]any{"type": "TextBlock", "text": "Aging tickets: " + r.Team, "weight": "Bolder", "size": "Medium"},
-			map[string]any{"type": "TextBlock", "text": fmt.Sprintf("%d open, %s", r.Total, now.Format("Mon 2 Jan 2006")), "isSubtle": true},
-			map[string]any{"type": "FactSet", "facts": facts},
-		},
-	}
 }
 
 // Key is the report's idempotency key for a team on a day: a re-run on the

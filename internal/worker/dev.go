@@ -70,7 +70,7 @@ func startDev(cfg *Config, log *slog.Logger) (*dev, error) {
 			return nil, fmt.Errorf("dev: embedded Redis: %w", err)
 		}
 	}
-	d := &dev{redis: m, sim: webextest.New(webextest.Options{Tokens: map[string]string{devToken: "courier-dev", devLimitedToken: "courier-dev-limited"}}), stop: make(chan struct{})}
+	d := &dev{redis: m, sim: webextest.New(webextest.Options{Tokens: map[string]string{devToken: "courier-dev", devLimitedToken: "courier-dev-limited"}, Logger: log}), stop: make(chan struct{})}
 	go d.tick()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

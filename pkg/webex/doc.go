@@ -11,6 +11,21 @@
 // [*ValidationError]s that name the field and the limit; the worker, the
 // producers and the simulator share it.
 //
+// # What Webex renders
+//
+// Webex renders a subset of markdown in Message.Markdown (its "Formatting
+// Messages" guide): **bold**, *italic*, [links](https://…), ordered and
+// unordered lists, > block quotes, `inline code`, fenced code blocks
+// (monospace in every client, so aligned columns stay aligned), and mentions
+// (<@personEmail:ana@example.com>, <@personId:…|Ana>, <@all>). A blank line
+// separates paragraphs; a single line break needs two trailing spaces.
+// Tables, raw HTML and images are not rendered: the Webex app shows the pipes,
+// tags and ![alt](url) as typed. Put tabular data in a fenced code block with
+// padded columns, or in a card. Message.Text is the plain-text fallback for
+// clients and notifications that do not render markdown, so it should read well
+// on its own. The simulator in webextest marks messages with markdown Webex
+// shows literally (webextest.FindLiterals) and logs a warning.
+//
 // The helpers [Client.Send], [Client.SendFiles], [Client.SendCard] and
 // [Client.SafeSend] are the Go form of the old send_message,
 // send_message_with_files, send_card and safe_send_message: synchronous, with

@@ -16,10 +16,12 @@
 package webextest
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
@@ -48,6 +50,9 @@ type Options struct {
 	// Rooms, when not empty, is the set of rooms that exist; a message to
 	// another room gets 404. Empty: every room exists.
 	Rooms []string
+	// Logger receives a warning per message whose markdown Webex would
+	// show literally (see FindLiterals). Default: slog.Default().
+	Logger *slog.Logger
 }
 
 // Stored is a message the simulator accepted.
@@ -60,6 +65,9 @@ type Stored struct {
 	FileName string `json:"fileName,omitempty"`
 	FileType string `json:"fileType,omitempty"`
 	FileData []byte `json:"-"`
+	// Literals is the markdown Webex would show as typed (tables, raw
+	// HTML, images); empty when Webex renders all of it.
+	Literals []Literal `json:"literals,omitempty"`
 }
 
 // Outcomes of a request, in the log.
@@ -144,11 +152,12 @@ type Sim struct {
 	requests  int // POST /messages answered or dropped
 	accepted  int
 	latency   time.Duration
+	logger    *slog.Logger
 }
 
 // New returns a simulator.
 func New(opts Options) *Sim {
-	s := &Sim{tokens: opts.Tokens, byID: map[string]*Stored{}}
+	s := &Sim{tokens: opts.Tokens, byID: map[string]*Stored{}, logger: cmp.Or(opts.Logger, slog.Default())}
 	if len(s.tokens) == 0 {
 		s.tokens = map[string]string{DefaultToken: "bot"}
 	}
@@ -506,6 +515,7 @@ func (s *Sim) store(m webex.Message, bot string) *Stored {
 		st.FileName, st.FileType, st.FileData = m.File.Name, m.File.ContentType, m.File.Data
 		st.Files = append(st.Files, "sim://files/"+id+"/"+m.File.Name)
 	}
+	st.Literals = s.findLiterals(st)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.messages = append(s.messages, st)
