@@ -12,6 +12,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/courier-dev/courier/pkg/retrypolicy"
 	"github.com/courier-dev/courier/pkg/webex"
@@ -143,6 +144,13 @@ func TestAPIErrors(t *testing.T) {
 		{"500", 500, "", webexBody, retrypolicy.Transient, 0, "500"},
 		{"423", 423, "2", webexBody, retrypolicy.Transient, 2 * time.Second, "423"},
 		{"408", 408, "", webexBody, retrypolicy.Transient, 0, "408"},
+		{"501", 501, "", webexBody, retrypolicy.Transient, 0, "501"},
+		{"505", 505, "", webexBody, retrypolicy.Transient, 0, "505"},
+		{"520 cdn unknown", 520, "", "<html>origin error</html>", retrypolicy.Transient, 0, "520"},
+		{"522 cdn timeout", 522, "", "", retrypolicy.Transient, 0, "522"},
+		{"524 cdn timeout", 524, "", "", retrypolicy.Transient, 0, "524"},
+		{"529 overloaded", 529, "30", webexBody, retrypolicy.Transient, 30 * time.Second, "529"},
+		{"599", 599, "", "", retrypolicy.Transient, 0, "599"},
 		{"400", 400, "", webexBody, retrypolicy.Permanent, 0, "400 Bad Request: Boom"},
 		{"401", 401, "", webexBody, retrypolicy.Permanent, 0, "401"},
 		{"403", 403, "", webexBody, retrypolicy.Permanent, 0, "403"},
@@ -195,12 +203,29 @@ func TestParseRetryAfter(t *testing.T) {
 		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
 		{now.Add(-time.Minute).Format(http.TimeFormat), 0},
 		{now.Add(48 * time.Hour).Format(http.TimeFormat), webex.MaxRetryAfter},
-		{"99999999999999999999", 0},
+		{"999999999999", webex.MaxRetryAfter},
+		{"99999999999999999999", webex.MaxRetryAfter}, // beyond int64: saturates
+		{"-99999999999999999999", 0},
+		{"Sat, 28 Nov 2026 10:02:00 GMT", 2 * time.Minute}, // the HTTP-date form
+		{"Saturday, 28-Nov-26 10:00:30 GMT", 30 * time.Second},
 	}
 	for _, tt := range tests {
 		if got := webex.ParseRetryAfter(tt.in, now); got != tt.want {
 			t.Errorf("ParseRetryAfter(%q) = %v, want %v", tt.in, got, tt.want)
 		}
+	}
+}
+
+// A non-JSON error page is cut to a short excerpt without splitting a
+// character.
+func TestErrorExcerptKeepsUTF8(t *testing.T) {
+	t.Parallel()
+	page := "<html><body><p>x" + strings.Repeat("é", 150) + "</p></body></html>"
+	srv, _ := captureServer(t, 502, page)
+	_, err := newClient(t, srv.URL, nil).CreateMessage(context.Background(), webex.Message{RoomID: "r", Text: "x"})
+	var ae *webex.APIError
+	if !errors.As(err, &ae) || !utf8.ValidString(ae.Message) || !strings.HasSuffix(ae.Message, "é…") || len(ae.Message) > 204 {
+		t.Fatalf("excerpt %q (valid UTF-8: %v)", ae.Message, utf8.ValidString(ae.Message))
 	}
 }
 
