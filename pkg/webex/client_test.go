@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 	"unicode/utf8"
@@ -292,5 +293,106 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 	if _, err := webex.New(webex.Config{Token: "x", BaseURL: "ftp://x"}); err == nil || !strings.Contains(err.Error(), "BaseURL") {
 		t.Errorf("bad base: %v", err)
+	}
+}
+
+// The id is one path segment, whatever it holds.
+func TestGetMessageEscapesID(t *testing.T) {
+	t.Parallel()
+	srv, got := captureServer(t, 200, `{"id":"abc?x=1/../y"}`)
+	s, err := newClient(t, srv.URL, nil).GetMessage(context.Background(), "abc?x=1/../y")
+	if err != nil || s.ID != "abc?x=1/../y" {
+		t.Fatalf("GetMessage = %+v, %v", s, err)
+	}
+	if got.req.URL.Path != "/messages/abc?x=1/../y" || got.req.URL.RawQuery != "" {
+		t.Fatalf("requested path %q query %q", got.req.URL.EscapedPath(), got.req.URL.RawQuery)
+	}
+	if _, err := newClient(t, srv.URL, nil).GetMessage(context.Background(), ""); err == nil {
+		t.Fatal("an empty id was requested")
+	}
+}
+
+// A redirect is never followed: a 301 on a POST would silently become a GET
+// to the new place. It comes back as a permanent *APIError.
+func TestRedirectNotFollowed(t *testing.T) {
+	t.Parallel()
+	var followed atomic.Int32
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		followed.Add(1)
+		_, _ = io.WriteString(w, `{"id":"m1"}`)
+	}))
+	t.Cleanup(target.Close)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, target.URL+r.URL.Path, http.StatusMovedPermanently)
+	}))
+	t.Cleanup(srv.Close)
+	own := &http.Client{} // a caller's client without CheckRedirect
+	for name, c := range map[string]*webex.Client{
+		"default client": newClient(t, srv.URL, nil),
+		"caller's client": func() *webex.Client {
+			c, _ := webex.New(webex.Config{BaseURL: srv.URL, Token: secret, HTTPClient: own})
+			return c
+		}(),
+	} {
+		_, err := c.CreateMessage(context.Background(), webex.Message{RoomID: "r", Text: "x"})
+		var ae *webex.APIError
+		if !errors.As(err, &ae) || ae.StatusCode != 301 || retrypolicy.Classify(err, nil).Class != retrypolicy.Permanent {
+			t.Errorf("%s: err = %v", name, err)
+		}
+	}
+	if followed.Load() != 0 || own.CheckRedirect != nil {
+		t.Fatalf("redirect followed %d times; caller's client changed: %v", followed.Load(), own.CheckRedirect != nil)
+	}
+}
+
+func TestUserAgentHasVersion(t *testing.T) {
+	t.Parallel()
+	srv, got := captureServer(t, 200, `{"id":"m1"}`)
+	if _, err := newClient(t, srv.URL, nil).CreateMessage(context.Background(), webex.Message{RoomID: "r", Text: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	ua := got.req.Header.Get("User-Agent")
+	if version, ok := strings.CutPrefix(ua, "courier/"); !ok || version == "" {
+		t.Fatalf("User-Agent %q, want courier/<version>", ua)
+	}
+}
+
+// A successful answer's tracking id and rate-limit headers reach the caller.
+func TestSuccessResponseHeaders(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("TrackingID", "TID-OK")
+		w.Header().Set("X-RateLimit-Limit", "600")
+		w.Header().Set("X-RateLimit-Remaining", "0")
+		w.Header().Set("X-RateLimit-Reset", "42")
+		_, _ = io.WriteString(w, `{"id":"m1"}`)
+	}))
+	t.Cleanup(srv.Close)
+	s, err := newClient(t, srv.URL, nil).CreateMessage(context.Background(), webex.Message{RoomID: "r", Text: "x"})
+	want := webex.Response{StatusCode: 200, TrackingID: "TID-OK", RateLimit: webex.RateLimit{Known: true, Limit: 600, Remaining: 0, Reset: 42 * time.Second}}
+	if err != nil || s.Response != want {
+		t.Fatalf("Response = %+v, %v; want %+v", s.Response, err, want)
+	}
+}
+
+// With a nil Config.Logger, SafeSend logs nothing, not even to slog's
+// default logger. Not parallel: it replaces the default logger.
+func TestSafeSendNilLoggerLogsNothing(t *testing.T) {
+	var logs bytes.Buffer
+	prev := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
+	t.Cleanup(func() { slog.SetDefault(prev) })
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusForbidden) }))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL, nil)
+	if c.SafeSend(context.Background(), webex.Message{RoomID: "r", Text: "x"}, webex.WithPolicy(fastPolicy)) {
+		t.Fatal("SafeSend reported a 403 as delivered")
+	}
+	var nilClient *webex.Client
+	if nilClient.SafeSend(context.Background(), webex.Message{RoomID: "r", Text: "x"}) {
+		t.Fatal("nil client reported success")
+	}
+	if logs.Len() != 0 {
+		t.Fatalf("SafeSend logged to slog's default with a nil Logger:\n%s", logs.String())
 	}
 }
