@@ -18,9 +18,12 @@ import (
 	"github.com/courier-dev/courier/pkg/retrypolicy"
 	"github.com/courier-dev/courier/pkg/webex"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
+	"go.uber.org/goleak"
 )
 
 const secret = "s3cr3t-token-do-not-log"
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // fastPolicy keeps helper retries in milliseconds.
 var fastPolicy = retrypolicy.Policy{MaxAttempts: 3, InitialDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond, Multiplier: 2, Jitter: retrypolicy.JitterNone}
