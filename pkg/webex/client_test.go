@@ -399,3 +399,27 @@ func TestSafeSendNilLoggerLogsNothing(t *testing.T) {
 		t.Fatalf("SafeSend logged to slog's default with a nil Logger:\n%s", logs.String())
 	}
 }
+
+// A Link to another host is never followed: the token goes only to the base.
+func TestNextMessagesStaysUnderBase(t *testing.T) {
+	t.Parallel()
+	var foreign atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { foreign.Add(1) }))
+	t.Cleanup(other.Close)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", `<`+other.URL+`/messages?roomId=r&beforeMessage=m1>; rel="next", <x>; rel="prev"`)
+		_, _ = io.WriteString(w, `{"items":[{"id":"m1"}]}`)
+	}))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL, nil)
+	page, err := c.ListMessages(context.Background(), webex.ListQuery{RoomID: "r"})
+	if err != nil || len(page.Items) != 1 || !page.HasNext() {
+		t.Fatalf("page = %+v, %v", page, err)
+	}
+	if _, err := c.NextMessages(context.Background(), page); err == nil || !strings.Contains(err.Error(), "not under the base URL") || foreign.Load() != 0 {
+		t.Fatalf("err = %v, requests to the other host %d", err, foreign.Load())
+	}
+	if _, err := c.ListMessages(context.Background(), webex.ListQuery{}); err == nil || !strings.Contains(err.Error(), "RoomID is required") {
+		t.Fatalf("no room: %v", err)
+	}
+}
