@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -73,7 +74,7 @@ func New(cfg Config) *Server {
 	s := &Server{cfg: cfg, mux: http.NewServeMux()}
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "courier_relay_requests_total",
-		Help: "Relay requests by method and answered status.",
+		Help: "Relay requests by method (GET, POST, other) and answered status.",
 	}, []string{"method", "status"})
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(s.requests)
@@ -92,7 +93,17 @@ func New(cfg Config) *Server {
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 	s.mux.ServeHTTP(rec, r)
-	s.requests.WithLabelValues(r.Method, fmt.Sprint(rec.status)).Inc()
+	s.requests.WithLabelValues(methodLabel(r.Method), strconv.Itoa(rec.status)).Inc()
+}
+
+// methodLabel maps any request method onto a closed set, so that a caller
+// cannot grow the metric's series (the 404 is counted before any auth).
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodPost:
+		return m
+	}
+	return "other"
 }
 
 type statusRecorder struct {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/courier-dev/courier/internal/redistest"
 	"github.com/courier-dev/courier/internal/relay"
@@ -347,4 +348,39 @@ func BenchmarkRelayCreate(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+}
+
+// Any request method, even before auth, is counted under GET, POST or
+// other: callers cannot grow the metric's series.
+func TestMethodLabelIsBounded(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	srv := httptest.NewServer(relay.New(relay.Config{Tokens: map[string]string{relayToken: ""}, Registerer: reg,
+		Logger: slog.New(slog.DiscardHandler)}))
+	t.Cleanup(srv.Close)
+	for i := range 50 {
+		req, _ := http.NewRequest(fmt.Sprintf("M%d%s", i, strings.Repeat("X", 200)), srv.URL+"/anything", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	methods := map[string]bool{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "method" {
+					methods[l.GetValue()] = true
+				}
+			}
+		}
+	}
+	if len(methods) != 1 || !methods["other"] {
+		t.Fatalf("method labels %v, want only other", methods)
+	}
 }
