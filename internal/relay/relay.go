@@ -10,9 +10,11 @@
 package relay
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
@@ -116,16 +118,42 @@ func (r *statusRecorder) WriteHeader(code int) {
 	r.ResponseWriter.WriteHeader(code)
 }
 
-type botKey struct{}
+type callerKey struct{}
 
-// auth maps the relay token to its bot; an unknown token gets Webex's 401.
+// caller is the relay token a request came with: the bot it sends as and
+// the token's id, which scopes idempotency keys and what the caller may read.
+type caller struct {
+	bot string
+	id  string
+}
+
+// source is the payload's Source of the caller's messages: the relay and the
+// token's id (never the token itself: payloads show in asynqmon).
+func (c caller) source() string { return "relay/" + c.id }
+
+// TokenID names a relay token without revealing it: the first 12 hex
+// digits of its SHA-256. Task ids and payloads carry this, never the token.
+func TokenID(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:6])
+}
+
+// bearer reads the token of an "Authorization: Bearer <token>" header; the
+// scheme is case-insensitive (RFC 9110).
+func bearer(h string) (string, bool) {
+	scheme, tok, ok := strings.Cut(strings.TrimSpace(h), " ")
+	tok = strings.TrimSpace(tok)
+	return tok, ok && strings.EqualFold(scheme, "Bearer") && tok != ""
+}
+
+// auth maps the relay token to its caller; an unknown token gets Webex's 401.
 func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if ok {
+		if tok, ok := bearer(r.Header.Get("Authorization")); ok {
 			for known, bot := range s.cfg.Tokens {
 				if subtle.ConstantTimeCompare([]byte(tok), []byte(known)) == 1 {
-					h(w, r.WithContext(context.WithValue(r.Context(), botKey{}, bot)))
+					c := caller{bot: bot, id: TokenID(known)}
+					h(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, c)))
 					return
 				}
 			}
@@ -165,10 +193,11 @@ func ParseRelayID(id string) (queue, taskID string, ok bool) {
 	return queue, taskID, ok && queue != "" && taskID != ""
 }
 
-func botOf(r *http.Request) string { b, _ := r.Context().Value(botKey{}).(string); return b }
+func callerOf(r *http.Request) caller { c, _ := r.Context().Value(callerKey{}).(caller); return c }
 
 func (s *Server) create(w http.ResponseWriter, r *http.Request) {
-	bot := botOf(r)
+	c := callerOf(r)
+	bot := c.bot
 	if r.ContentLength > s.cfg.MaxBodyBytes {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("The request body is %d bytes; the limit is %d.", r.ContentLength, s.cfg.MaxBodyBytes))
 		return
@@ -189,10 +218,10 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	at := s.cfg.Now().UTC().Truncate(time.Millisecond)
-	opts := []tasks.Option{tasks.Queue(s.cfg.Queue), tasks.Bot(bot), tasks.Source("relay"), tasks.EnqueuedAt(at)}
+	opts := []tasks.Option{tasks.Queue(s.cfg.Queue), tasks.Bot(bot), tasks.Source(c.source()), tasks.EnqueuedAt(at)}
 	key := r.Header.Get("Idempotency-Key")
-	if key != "" {
-		key = "relay/" + cmp.Or(bot, "default") + "/" + key
+	if key != "" { // scoped to the token: another token's key is another message
+		key = c.source() + "/" + key
 		opts = append(opts, tasks.Key(key))
 	}
 	res, err := s.cfg.Producer.Enqueue(r.Context(), msg, opts...)
@@ -200,7 +229,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	var ve *webex.ValidationError
 	switch {
 	case errors.As(err, &dup):
-		s.repeat(w, dup)
+		s.repeat(w, c, dup, msg)
 		return
 	case errors.As(err, &ve):
 		writeValidation(w, err)
@@ -214,19 +243,31 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, answer(RelayID(res.Queue, res.TaskID), &tasks.Payload{Message: msg, EnqueuedAt: at}))
 }
 
-// repeat answers a repeated Idempotency-Key with the first request's answer.
-func (s *Server) repeat(w http.ResponseWriter, dup *tasks.DuplicateError) {
+// repeat answers a repeated Idempotency-Key with the first request's
+// answer; the key with another message is refused with 422.
+func (s *Server) repeat(w http.ResponseWriter, c caller, dup *tasks.DuplicateError, msg tasks.Message) {
 	info, err := s.cfg.Inspector.GetTaskInfo(dup.Queue, dup.Key)
 	if err != nil {
 		writeError(w, http.StatusConflict, "This Idempotency-Key was used, and its message is no longer retained.")
 		return
 	}
 	p, err := tasks.DecodePayload(info.Payload)
-	if err != nil {
-		writeError(w, http.StatusConflict, "This Idempotency-Key names an unreadable message.")
+	if err != nil || p.Source != c.source() {
+		writeError(w, http.StatusConflict, "This Idempotency-Key names a message this token cannot read.")
+		return
+	}
+	if !sameMessage(p.Message, msg) {
+		writeError(w, http.StatusUnprocessableEntity, "This Idempotency-Key was used for a different message: use a new key for a new message.")
 		return
 	}
 	writeJSON(w, http.StatusOK, answer(RelayID(dup.Queue, dup.Key), p))
+}
+
+// sameMessage compares two messages as they are stored.
+func sameMessage(a, b tasks.Message) bool {
+	ja, erra := json.Marshal(a)
+	jb, errb := json.Marshal(b)
+	return erra == nil && errb == nil && bytes.Equal(ja, jb)
 }
 
 // Status is the answer of GET /v1/messages/{id}.
@@ -259,13 +300,20 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "The requested resource could not be found.")
 		return
 	}
+	if queue != s.cfg.Queue {
+		writeError(w, http.StatusNotFound, "The requested resource could not be found.")
+		return
+	}
 	info, err := s.cfg.Inspector.GetTaskInfo(queue, taskID)
 	if err != nil {
 		writeError(w, http.StatusNotFound, "The requested resource could not be found (or is no longer retained).")
 		return
 	}
 	p, err := tasks.DecodePayload(info.Payload)
-	if err != nil || p.Bot != botOf(r) { // another bot's message is none of this token's business
+	// Only the relay's queue, and only this token's messages: another
+	// token's (even of the same bot) or another producer's are none of its
+	// business.
+	if err != nil || p.Source != callerOf(r).source() {
 		writeError(w, http.StatusNotFound, "The requested resource could not be found.")
 		return
 	}

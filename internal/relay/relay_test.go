@@ -21,12 +21,14 @@ import (
 	"github.com/courier-dev/courier/internal/redistest"
 	"github.com/courier-dev/courier/internal/relay"
 	"github.com/courier-dev/courier/pkg/tasks"
+	"github.com/courier-dev/courier/pkg/webex"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
 
 const (
 	relayToken  = "relay-token-alerts"
 	otherToken  = "relay-token-reports"
+	sameBotTok  = "relay-token-alerts-2" // a second token of relayToken's bot
 	pngBytes    = "\x89PNG\r\n\x1a\nnot-really-an-image"
 	pythonBound = "6f1d3c0e9b2a4d7f8e5c1b0a9d8e7f6a"                   // uuid4().hex, as requests_toolbelt's MultipartEncoder
 	jsBound     = "--------------------------418239573650122876345902" // as the form-data package
@@ -36,6 +38,7 @@ type env struct {
 	srv   *httptest.Server
 	queue string
 	insp  *asynq.Inspector
+	prod  *tasks.Producer
 	t     *testing.T
 }
 
@@ -50,11 +53,11 @@ func newEnv(t *testing.T, maxBody int64) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rl := relay.New(relay.Config{Tokens: map[string]string{relayToken: "", otherToken: "reports"}, Producer: p, Inspector: insp,
+	rl := relay.New(relay.Config{Tokens: map[string]string{relayToken: "", sameBotTok: "", otherToken: "reports"}, Producer: p, Inspector: insp,
 		Queue: queue, MaxBodyBytes: maxBody, Logger: slog.New(slog.DiscardHandler)})
 	srv := httptest.NewServer(rl)
 	t.Cleanup(srv.Close)
-	return &env{srv: srv, queue: queue, insp: insp, t: t}
+	return &env{srv: srv, queue: queue, insp: insp, prod: p, t: t}
 }
 
 func (e *env) do(method, path, token, contentType string, body []byte, header map[string]string) (int, http.Header, []byte) {
@@ -166,7 +169,7 @@ func TestSDKRequestForms(t *testing.T) {
 				t.Fatalf("answer %+v", a)
 			}
 			p := e.payload(a.ID)
-			if !tt.check(p) || p.Bot != "" || p.Source != "relay" {
+			if !tt.check(p) || p.Bot != "" || p.Source != "relay/"+relay.TokenID(relayToken) {
 				t.Fatalf("payload %+v", p)
 			}
 		})
@@ -264,6 +267,64 @@ func TestIdempotentRepeat(t *testing.T) {
 	c3, _, b3 := e.do("POST", "/v1/messages", otherToken, "application/json", []byte(`{"roomId":"r","text":"once"}`), h)
 	if c3 != 200 || string(b3) == string(b1) {
 		t.Fatalf("other bot: %d %s", c3, b3)
+	}
+}
+
+// Tokens of one bot do not see each other: a key is scoped to its token, a
+// reused key with another message is refused, and GET reads only the
+// token's own messages in the relay's queue.
+func TestTokensAreIsolated(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 0)
+	h := map[string]string{"Idempotency-Key": "build-4711"}
+	ca, _, ba := e.do("POST", "/v1/messages", relayToken, "application/json", []byte(`{"roomId":"room-a","markdown":"secret of A"}`), h)
+	cb, _, bb := e.do("POST", "/v1/messages", sameBotTok, "application/json", []byte(`{"roomId":"room-b","markdown":"message of B"}`), h)
+	if ca != 200 || cb != 200 {
+		t.Fatalf("%d %s / %d %s", ca, ba, cb, bb)
+	}
+	a, b := decodeAnswer(t, ba), decodeAnswer(t, bb)
+	if b.ID == a.ID || b.RoomID != "room-b" || strings.Contains(string(bb), "secret of A") {
+		t.Fatalf("the second token got %s", bb)
+	}
+	if p := e.payload(b.ID); p.Message.Markdown != "message of B" || strings.Contains(p.Key+p.Source, sameBotTok) {
+		t.Fatalf("B's message not queued as sent, or its token in the payload: %+v", p)
+	}
+	// The same key and token with another message.
+	c, _, body := e.do("POST", "/v1/messages", relayToken, "application/json", []byte(`{"roomId":"room-a","markdown":"changed"}`), h)
+	if c != 422 || !strings.Contains(string(body), "different message") {
+		t.Fatalf("reused key, other message: %d %s", c, body)
+	}
+	get := func(tok, id string) int {
+		c, _, _ := e.do("GET", "/v1/messages/"+id, tok, "", nil, nil)
+		return c
+	}
+	if get(relayToken, a.ID) != 200 || get(sameBotTok, a.ID) != 404 || get(otherToken, a.ID) != 404 {
+		t.Fatal("a message is readable by its own token only")
+	}
+	// A message another producer queued (cmd/enqueue) under a guessable key.
+	if _, err := e.prod.Enqueue(context.Background(), tasks.Message{Message: webex.Message{RoomID: "r", Text: "private"}},
+		tasks.Key("nightly"), tasks.Source("enqueue")); err != nil {
+		t.Fatal(err)
+	}
+	if c := get(relayToken, relay.RelayID(e.queue, "nightly")); c != 404 {
+		t.Fatalf("another producer's message: %d", c)
+	}
+	// A relay id naming another queue.
+	if c := get(relayToken, relay.RelayID("critical", strings.SplitN(a.ID, "/", 2)[0])); c != 404 {
+		t.Fatalf("another queue: %d", c)
+	}
+}
+
+// The Authorization scheme is case-insensitive.
+func TestBearerSchemeCaseInsensitive(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 0)
+	for _, scheme := range []string{"bearer", "BEARER", "Bearer"} {
+		c, _, body := e.do("POST", "/v1/messages", "", "application/json", []byte(`{"roomId":"r","text":"x"}`),
+			map[string]string{"Authorization": scheme + " " + relayToken})
+		if c != 200 {
+			t.Errorf("%s: %d %s", scheme, c, body)
+		}
 	}
 }
 
