@@ -23,6 +23,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -93,9 +94,23 @@ func New(cfg Config) *Server {
 
 // ServeHTTP counts and serves a request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("TrackingID", trackingID(r))
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 	s.mux.ServeHTTP(rec, r)
 	s.requests.WithLabelValues(methodLabel(r.Method), strconv.Itoa(rec.status)).Inc()
+}
+
+// trackingID is the request's own trackingid header (Webex's SDKs send one),
+// so that the bot's logs and the relay's match; else a new one. A header
+// that is too long or not printable ASCII is replaced.
+func trackingID(r *http.Request) string {
+	tid := r.Header.Get("Trackingid")
+	if tid != "" && len(tid) <= 256 && strings.IndexFunc(tid, func(c rune) bool { return c <= ' ' || c > '~' }) < 0 {
+		return tid
+	}
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "COURIER_RELAY_" + hex.EncodeToString(b)
 }
 
 // methodLabel maps any request method onto a closed set, so that a caller
@@ -235,11 +250,13 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		writeValidation(w, err)
 		return
 	case err != nil:
-		s.cfg.Logger.Error("relay: enqueue failed", "bot", cmp.Or(bot, "default"), "error", err.Error())
-		writeError(w, http.StatusServiceUnavailable, "The message could not be queued; try again.")
+		s.cfg.Logger.Error("relay: enqueue failed", "bot", cmp.Or(bot, "default"), "tracking_id", w.Header().Get("TrackingID"), "error", err.Error())
+		w.Header().Set("Retry-After", strconv.Itoa(RetryAfterSeconds))
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("The message could not be queued: retry the request after %d seconds.", RetryAfterSeconds))
 		return
 	}
-	s.cfg.Logger.Info("relay: queued", "task_id", res.TaskID, "queue", res.Queue, "bot", cmp.Or(bot, "default"), "keyed", key != "")
+	s.cfg.Logger.Info("relay: queued", "task_id", res.TaskID, "queue", res.Queue, "bot", cmp.Or(bot, "default"), "keyed", key != "",
+		"tracking_id", w.Header().Get("TrackingID"))
 	writeJSON(w, http.StatusOK, answer(RelayID(res.Queue, res.TaskID), &tasks.Payload{Message: msg, EnqueuedAt: at}))
 }
 
@@ -341,10 +358,39 @@ func validate(m tasks.Message, maxInline int) error {
 			wm.Files = append(wm.Files, m.Uploads[i].Name)
 		}
 	}
+	var errs []error
+	for _, f := range m.Files { // Webex fetches file URLs itself: a path or another scheme gets its 400
+		if !isHTTPURL(f) {
+			errs = append(errs, &webex.ValidationError{Field: "files", Problem: fmt.Sprintf("%q is not an http(s) URL: send a local file as a multipart part", clip(f))})
+		}
+	}
+	if _, _, ok := ParseRelayID(m.ParentID); ok {
+		errs = append(errs, &webex.ValidationError{Field: "parentId", Problem: "names a message the relay has queued, not a Webex message: " +
+			"reply once it is delivered, with the Webex id from GET /v1/messages/{id} (messageIds)"})
+	}
 	if err := wm.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	return m.Validate(maxInline)
+}
+
+// RetryAfterSeconds is the Retry-After of a 503 (Redis unreachable).
+const RetryAfterSeconds = 5
+
+func isHTTPURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
+}
+
+// clip shortens a caller's value quoted in an error.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
 }
 
 // decode reads Webex's JSON or multipart form of a message.
@@ -358,11 +404,9 @@ func writeValidation(w http.ResponseWriter, err error) {
 	writeError(w, http.StatusBadRequest, lines[0], lines...)
 }
 
-// writeError answers in Webex's error shape, with a tracking id.
+// writeError answers in Webex's error shape, with the request's tracking id.
 func writeError(w http.ResponseWriter, status int, msg string, details ...string) {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	tid := "COURIER_RELAY_" + hex.EncodeToString(b)
+	tid := w.Header().Get("TrackingID")
 	if len(details) == 0 {
 		details = []string{msg}
 	}
@@ -370,7 +414,6 @@ func writeError(w http.ResponseWriter, status int, msg string, details ...string
 	for i, d := range details {
 		errs[i] = map[string]string{"description": d}
 	}
-	w.Header().Set("TrackingID", tid)
 	writeJSON(w, status, map[string]any{"message": msg, "errors": errs, "trackingId": tid})
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/courier-dev/courier/internal/redistest"
 	"github.com/courier-dev/courier/internal/relay"
@@ -157,6 +158,15 @@ func TestSDKRequestForms(t *testing.T) {
 				u := p.Message.Uploads
 				return len(u) == 1 && u[0].Name == "report.pdf" && string(u[0].Data) == "%PDF-1.7" && p.Message.Markdown == "report"
 			}},
+		// The JS SDK sends files: [Buffer] as a part without a filename.
+		{"js sdk buffer", "multipart/form-data; boundary=" + jsBound,
+			[]byte("--" + jsBound + "\r\nContent-Disposition: form-data; name=\"roomId\"\r\n\r\nroom-1\r\n" +
+				"--" + jsBound + "\r\nContent-Disposition: form-data; name=\"files\"\r\nContent-Type: application/octet-stream\r\n\r\n" + pngBytes + "\r\n" +
+				"--" + jsBound + "--\r\n"),
+			func(p *tasks.Payload) bool {
+				u := p.Message.Uploads
+				return len(p.Message.Files) == 0 && len(u) == 1 && u[0].Name != "" && string(u[0].Data) == pngBytes
+			}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -190,6 +200,14 @@ func TestValidationAnswers(t *testing.T) {
 		{"two file urls", "application/json", []byte(`{"roomId":"r","files":["https://a/1","https://a/2"]}`), "files: has 2 files, the limit is 1 per message"},
 		{"card without fallback", "application/json", []byte(`{"roomId":"r","attachments":[{"contentType":"application/vnd.microsoft.card.adaptive","content":{}}]}`), "text: a card needs a text or markdown fallback"},
 		{"not json", "application/json", []byte(`{"roomId":`), "Unable to parse the request body"},
+		{"two objects", "application/json", []byte(`{"roomId":"r","text":"x"}{"roomId":"s","text":"y"}`), "data after the JSON object"},
+		{"trailing garbage", "application/json", []byte(`{"roomId":"r","text":"x"} rm -rf`), "data after the JSON object"},
+		{"local path", "application/json", []byte(`{"roomId":"r","files":["/tmp/report.pdf"]}`), `files: \"/tmp/report.pdf\" is not an http(s) URL`},
+		{"file scheme", "application/json", []byte(`{"roomId":"r","files":["file:///etc/passwd"]}`), "is not an http(s) URL"},
+		{"multipart local path", "multipart/form-data; boundary=" + jsBound, multipart(jsBound, [][2]string{{"roomId", "r"}, {"text", "t"}, {"files", "https://a/1"}}, "x.txt", "text/plain", "x"),
+			"files: has 2 files, the limit is 1 per message"},
+		{"parent is a relay id", "application/json", []byte(`{"roomId":"r","text":"x","parentId":"` + relay.RelayID("default", "abc") + `"}`),
+			"parentId: names a message the relay has queued"},
 	}
 	for _, tt := range tests {
 		code, h, body := e.do("POST", "/v1/messages", relayToken, tt.ct, tt.body, nil)
@@ -443,5 +461,37 @@ func TestMethodLabelIsBounded(t *testing.T) {
 	}
 	if len(methods) != 1 || !methods["other"] {
 		t.Fatalf("method labels %v, want only other", methods)
+	}
+}
+
+// A 503 (Redis down) tells the bot when to retry, and an answer carries the
+// SDK's own tracking id so that its logs and the relay's match.
+func TestUnavailableAndTrackingID(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	p, err := tasks.NewProducer(rdb, tasks.ProducerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(relay.New(relay.Config{Tokens: map[string]string{relayToken: ""}, Producer: p,
+		Inspector: asynq.NewInspectorFromRedisClient(rdb), Logger: slog.New(slog.DiscardHandler)}))
+	t.Cleanup(srv.Close)
+	e := &env{srv: srv, t: t}
+	const tid = "webex-js-sdk_6f1d3c0e-9b2a-4d7f-8e5c-1b0a9d8e7f6a_1"
+	code, h, body := e.do("POST", "/v1/messages", relayToken, "application/json", []byte(`{"roomId":"r","text":"x"}`), map[string]string{"trackingid": tid})
+	if code != 503 || h.Get("Retry-After") == "" || h.Get("TrackingID") != tid || !strings.Contains(string(body), `"trackingId":"`+tid+`"`) {
+		t.Fatalf("%d Retry-After %q TrackingID %q %s", code, h.Get("Retry-After"), h.Get("TrackingID"), body)
+	}
+	// A hostile tracking id is not echoed.
+	_, h, _ = e.do("POST", "/v1/messages", relayToken, "application/json", nil, map[string]string{"trackingid": strings.Repeat("x", 300)})
+	if !strings.HasPrefix(h.Get("TrackingID"), "COURIER_RELAY_") {
+		t.Fatalf("tracking id %q", h.Get("TrackingID"))
 	}
 }
