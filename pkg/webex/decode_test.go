@@ -17,7 +17,6 @@ const boundary = "--------------------------418239573650122876345902"
 // its value.
 type part struct{ name, extra, value string }
 
-
 func decodeMultipart(t *testing.T, parts ...part) (webex.Message, []webex.File, error) {
 	t.Helper()
 	var b strings.Builder
@@ -71,7 +70,7 @@ func TestDecodeJSONTrailingData(t *testing.T) {
 	t.Parallel()
 	for body, want := range map[string]error{
 		`{"roomId":"r","text":"x"}`:                       nil,
-		"{\"roomId\":\"r\",\"text\":\"x\"}\n  \n":          nil,
+		"{\"roomId\":\"r\",\"text\":\"x\"}\n  \n":         nil,
 		`{"roomId":"r","text":"x"}{"roomId":"s"}`:         webex.ErrTrailingData,
 		`{"roomId":"r","text":"x"} garbage`:               webex.ErrTrailingData,
 		`{"roomId":"r","text":"x"}]`:                      webex.ErrTrailingData,
