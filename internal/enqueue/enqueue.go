@@ -13,13 +13,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/pkg/tasks"
 	"github.com/courier-dev/courier/pkg/webex"
 )
@@ -129,9 +129,9 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintln(stderr, "enqueue:", err)
 		return ExitInput
 	}
-	ropt, err := redis.ParseURL(o.redisURL)
+	ropt, err := redisurl.Parse(o.redisURL)
 	if err != nil {
-		fmt.Fprintf(stderr, "enqueue: REDIS_URL %s: invalid\n", redact(o.redisURL))
+		fmt.Fprintf(stderr, "enqueue: REDIS_URL %s: %v\n", redisurl.Redact(o.redisURL), err)
 		return ExitInput
 	}
 	ropt.DialTimeout, ropt.ReadTimeout, ropt.WriteTimeout = min(o.timeout, 5*time.Second), o.timeout, o.timeout
@@ -142,7 +142,7 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	err = rdb.Ping(pingCtx).Err()
 	cancel()
 	if err != nil {
-		fmt.Fprintf(stderr, "enqueue: redis at %s: no answer within %v: %v\n", redact(o.redisURL), o.timeout, err)
+		fmt.Fprintf(stderr, "enqueue: redis at %s: no answer within %v: %s\n", redisurl.Redact(o.redisURL), o.timeout, redisurl.Scrub(err.Error(), o.redisURL))
 		return ExitFailure
 	}
 	cfg := tasks.ProducerConfig{Source: "enqueue", KeyedRetention: o.retention}
@@ -457,12 +457,4 @@ func (pr *printer) summary() {
 	}
 	fmt.Fprintf(pr.w, "%d message(s): %d enqueued, %d duplicate, %d dead-lettered earlier, %d invalid, %d failed\n",
 		s.Messages, s.Enqueued, s.Duplicates, s.DeadLettered, s.Invalid, s.Failed)
-}
-
-func redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparseable URL)"
-	}
-	return u.Redacted()
 }

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"regexp"
 	"sort"
@@ -15,9 +14,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/courier-dev/courier/internal/admin"
+	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/internal/settings"
 	"github.com/courier-dev/courier/pkg/retrypolicy"
 	"github.com/courier-dev/courier/pkg/tasks"
@@ -289,8 +287,8 @@ func readToken(getenv func(string) string, env, fileEnv string) (string, error) 
 
 func (c *Config) validate() []error {
 	var errs []error
-	if _, err := redis.ParseURL(c.RedisURL); err != nil {
-		errs = append(errs, fmt.Errorf("REDIS_URL %s: %v", RedactURL(c.RedisURL), redactErr(err, c.RedisURL)))
+	if _, err := redisurl.Parse(c.RedisURL); err != nil {
+		errs = append(errs, fmt.Errorf("REDIS_URL %s: %w", redisurl.Redact(c.RedisURL), err))
 	}
 	if c.RedisTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("COURIER_REDIS_TIMEOUT is %v: must be greater than 0", c.RedisTimeout))
@@ -336,24 +334,4 @@ func (c *Config) workerConfig(bots map[string]tasks.Sender) tasks.WorkerConfig {
 		ShutdownTimeout: c.ShutdownTimeout, TaskCheckInterval: c.TaskCheckInterval, DelayedTaskCheckInterval: c.DelayedInterval,
 		PoisonLimit: c.PoisonLimit, UnauthorizedDelay: c.UnauthorizedDelay, Gate: c.Gate,
 	}
-}
-
-// RedactURL hides the password of a Redis URL ("redis://user:xxxxx@host").
-func RedactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparseable URL)"
-	}
-	return u.Redacted()
-}
-
-// redactErr removes the password from an error's text.
-func redactErr(err error, raw string) string {
-	msg := err.Error()
-	if u, perr := url.Parse(raw); perr == nil && u.User != nil {
-		if pw, ok := u.User.Password(); ok && pw != "" {
-			msg = strings.ReplaceAll(msg, pw, "xxxxx")
-		}
-	}
-	return msg
 }

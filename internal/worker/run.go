@@ -19,6 +19,7 @@ import (
 
 	"github.com/courier-dev/courier/internal/admin"
 	"github.com/courier-dev/courier/internal/metrics"
+	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/internal/relay"
 	"github.com/courier-dev/courier/pkg/tasks"
 	"github.com/courier-dev/courier/pkg/webex"
@@ -62,16 +63,16 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		}
 		defer dev.close()
 	}
-	opt, err := redis.ParseURL(cfg.RedisURL)
+	opt, err := redisurl.Parse(cfg.RedisURL)
 	if err != nil {
-		return fmt.Errorf("REDIS_URL %s: %s", RedactURL(cfg.RedisURL), redactErr(err, cfg.RedisURL))
+		return fmt.Errorf("REDIS_URL %s: %w", redisurl.Redact(cfg.RedisURL), err)
 	}
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
 	if err := waitForRedis(ctx, rdb, cfg.RedisTimeout); err != nil {
-		return fmt.Errorf("redis at %s: %s", RedactURL(cfg.RedisURL), redactErr(err, cfg.RedisURL))
+		return fmt.Errorf("redis at %s: %s", redisurl.Redact(cfg.RedisURL), redisurl.Scrub(err.Error(), cfg.RedisURL))
 	}
-	log.Info("redis reachable", "redis", RedactURL(cfg.RedisURL))
+	log.Info("redis reachable", "redis", redisurl.Redact(cfg.RedisURL))
 	if !cfg.Dev {
 		checkRedisSettings(ctx, rdb, log)
 	}
