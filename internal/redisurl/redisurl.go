@@ -78,4 +78,3 @@ func scrub(msg string, u *url.URL) string {
 	}
 	return msg
 }
-

@@ -25,13 +25,13 @@ func TestPasswordNeverShown(t *testing.T) {
 		url, pw string
 		bad     bool
 	}{
-		{"redis://u:Zq%9pWv@db.internal:6379/0", "Zq%9pWv", true},      // invalid escape
-		{"redis://u:Zq7/Wv9Kx@db.internal:6379/0", "Zq7/Wv9Kx", true},  // '/' ends the host
-		{"redis://u:Zq7#Wv9Kx@db.internal:6379/0", "Zq7#Wv9Kx", true},  // '#' ends the host
-		{"redis://u:8613/4429@db.internal:6379/0", "8613/4429", true},  // parses, as host:port and path
-		{"redis://u:8613#4429@db.internal:6379/0", "8613#4429", true},  // parses, as host:port and fragment
-		{"redis://u:8613?4429@db.internal:6379/0", "8613?4429", true},  // parses, as host:port and query
-		{"redis://u:Zq7Wv9Kx@db.internal:6379/x", "Zq7Wv9Kx", true},    // bad database number
+		{"redis://u:Zq%9pWv@db.internal:6379/0", "Zq%9pWv", true},     // invalid escape
+		{"redis://u:Zq7/Wv9Kx@db.internal:6379/0", "Zq7/Wv9Kx", true}, // '/' ends the host
+		{"redis://u:Zq7#Wv9Kx@db.internal:6379/0", "Zq7#Wv9Kx", true}, // '#' ends the host
+		{"redis://u:8613/4429@db.internal:6379/0", "8613/4429", true}, // parses, as host:port and path
+		{"redis://u:8613#4429@db.internal:6379/0", "8613#4429", true}, // parses, as host:port and fragment
+		{"redis://u:8613?4429@db.internal:6379/0", "8613?4429", true}, // parses, as host:port and query
+		{"redis://u:Zq7Wv9Kx@db.internal:6379/x", "Zq7Wv9Kx", true},   // bad database number
 		{"redis://u:Zq7Wv9Kx@db.internal:6379/0?bogus=1", "Zq7Wv9Kx", true},
 		{"ftp://u:Zq7Wv9Kx@db.internal:6379/0", "Zq7Wv9Kx", true},
 		{"redis://u:Zq7%2FWv9Kx@db.internal:6379/0", "Zq7/Wv9Kx", false}, // encoded: fine
