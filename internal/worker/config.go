@@ -22,6 +22,9 @@ import (
 	"github.com/courier-dev/courier/pkg/webex"
 )
 
+// DefaultAdminAddr is where the admin server listens unless configured.
+const DefaultAdminAddr = "127.0.0.1:8080"
+
 // Config is the worker's whole configuration.
 type Config struct {
 	RedisURL     string
@@ -179,7 +182,7 @@ func flags(c *Config) *settings.Set {
 	s.String(&c.Gate.Namespace, "gate-namespace", "COURIER_GATE_NAMESPACE", "courier", "Redis key prefix of the shared gate: workers sharing it share each bot's limits")
 	s.String(&c.LogFormat, "log-format", "COURIER_LOG_FORMAT", "auto", "auto (colour text on a terminal, JSON otherwise), text or json")
 	s.String(&c.LogLevel, "log-level", "COURIER_LOG_LEVEL", "info", "debug, info, warn or error")
-	s.String(&c.AdminAddr, "admin-addr", "COURIER_ADMIN_ADDR", "127.0.0.1:8080", "admin HTTP server (health, metrics, asynqmon); empty: off")
+	s.String(&c.AdminAddr, "admin-addr", "COURIER_ADMIN_ADDR", DefaultAdminAddr, "admin HTTP server (health, metrics, asynqmon); empty: off")
 	s.Bool(&c.AdminWritable, "admin-writable", "COURIER_ADMIN_WRITABLE", false, "let asynqmon and /deadletters re-run and delete tasks")
 	s.String(&c.AdminUser, "admin-user", "COURIER_ADMIN_USER", "", "HTTP basic auth user for the admin server (password: COURIER_ADMIN_PASSWORD or _FILE)")
 	s.Int(&c.DeadLetterMax, "deadletter-max", "COURIER_DEADLETTER_MAX", tasks.DefaultDeadLetterMax, "dead letters kept in the courier:deadletters stream beyond asynq's archive")

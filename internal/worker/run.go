@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -63,6 +64,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		}
 		defer dev.close()
 	}
+	redis.SetLogger(redisLogger{log}) // go-redis's own lines, as structured records
 	opt, err := redisurl.Parse(cfg.RedisURL)
 	if err != nil {
 		return fmt.Errorf("REDIS_URL %s: %w", redisurl.Redact(cfg.RedisURL), err)
@@ -101,10 +103,6 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	for name, c := range clients {
-		checkToken(ctx, name, c, w.Handler(), log)
-	}
-
 	var adminSrv *http.Server
 	if cfg.AdminAddr != "" {
 		producer, err := tasks.NewProducer(rdb, tasks.ProducerConfig{KeyedRetention: cfg.KeyedRetention, Source: "admin"})
@@ -141,6 +139,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		log.Info("admin server listening", "url", "http://"+cfg.AdminAddr, "asynqmon", "http://"+cfg.AdminAddr+admin.MonitoringPath,
 			"asynqmon_writable", cfg.AdminWritable, "basic_auth", cfg.AdminUser != "")
 	}
+	// After the admin server listens (/healthz answers while Webex is
+	// slow), before delivery starts: a rejected token holds its bot's tasks.
+	checkTokens(ctx, clients, w.Handler(), log)
 	var relaySrv *http.Server
 	if cfg.RelayAddr != "" {
 		producer, err := tasks.NewProducer(rdb, tasks.ProducerConfig{KeyedRetention: cfg.KeyedRetention, Source: "relay"})
@@ -181,6 +182,16 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// ProbeAddr is the admin address "worker ready" probes: COURIER_ADMIN_ADDR,
+// or the default address when it is unset ("" when it is set empty: the
+// admin server is off and nothing can be probed).
+func ProbeAddr(lookupEnv func(string) (string, bool)) string {
+	if addr, ok := lookupEnv("COURIER_ADMIN_ADDR"); ok {
+		return addr
+	}
+	return DefaultAdminAddr
 }
 
 // Probe asks a worker's admin server whether it is ready (for container
@@ -225,18 +236,27 @@ func botLabel(name string) string {
 	return name
 }
 
-// waitForRedis pings until Redis answers or timeout passes.
+// waitForRedis pings until Redis answers or timeout passes, and then
+// reports the last real cause (a refused connection, a wrong password), not
+// the deadline that cut the last ping short.
 func waitForRedis(ctx context.Context, rdb *redis.Client, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var err error
+	var cause error
 	for {
-		if err = rdb.Ping(ctx).Err(); err == nil {
+		err := rdb.Ping(ctx).Err()
+		if err == nil {
 			return nil
+		}
+		if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+			cause = err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("unreachable after %v: %w", timeout, err)
+			if cause == nil {
+				return fmt.Errorf("no answer within %v", timeout)
+			}
+			return fmt.Errorf("unreachable after %v: %w", timeout, cause)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -259,6 +279,15 @@ func checkRedisSettings(ctx context.Context, rdb *redis.Client, log *slog.Logger
 	if aof["appendonly"] != "yes" && strings.TrimSpace(save["save"]) == "" {
 		log.Warn("Redis persistence is off (no AOF, no snapshots): a Redis restart loses every queued task")
 	}
+}
+
+// checkTokens checks every bot's token at once.
+func checkTokens(ctx context.Context, clients map[string]*webex.Client, h *tasks.Handler, log *slog.Logger) {
+	var wg sync.WaitGroup
+	for name, c := range clients {
+		wg.Go(func() { checkToken(ctx, name, c, h, log) })
+	}
+	wg.Wait()
 }
 
 // checkToken asks Webex who the bot is. A rejected token does not stop the
