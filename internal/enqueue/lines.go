@@ -20,10 +20,12 @@ const (
 	MaxLineBytes = 16 << 20
 	// batchSize bounds how many JSON lines are enqueued at once.
 	batchSize = 500
-	// pauseWait is how long the input may pause before what has arrived
-	// is enqueued: a producer that keeps its pipe open gets each line's
-	// answer within milliseconds, not at end of input.
-	pauseWait = 2 * time.Millisecond
+	// batchWait is how long a line waits for others to join its batch:
+	// what has arrived is enqueued when the input pauses, and at the latest
+	// this long after the batch's first line, so a producer that keeps its
+	// pipe open gets each line's answer within milliseconds, even at a
+	// steady rate that never pauses.
+	batchWait = 2 * time.Millisecond
 )
 
 // ErrLineTooLong matches a JSON line over MaxLineBytes.
@@ -88,8 +90,8 @@ func readLines(r io.Reader, out chan<- rawLine, stop <-chan struct{}) error {
 	}
 }
 
-// collect waits for a line, then takes what else arrives until the input
-// pauses or a batch is full. ok is false once the input has ended (the
+// collect waits for a line, then takes what else arrives within batchWait,
+// up to a full batch. ok is false once the input has ended (the
 // batch may still hold lines) or ctx ended.
 func collect(ctx context.Context, lines <-chan rawLine) (batch []rawLine, ok bool) {
 	select {
@@ -101,7 +103,7 @@ func collect(ctx context.Context, lines <-chan rawLine) (batch []rawLine, ok boo
 	case <-ctx.Done():
 		return nil, false
 	}
-	pause := time.NewTimer(pauseWait)
+	pause := time.NewTimer(batchWait)
 	defer pause.Stop()
 	for len(batch) < batchSize {
 		select {
@@ -110,7 +112,6 @@ func collect(ctx context.Context, lines <-chan rawLine) (batch []rawLine, ok boo
 				return batch, false
 			}
 			batch = append(batch, l)
-			pause.Reset(pauseWait)
 		case <-pause.C:
 			return batch, true
 		case <-ctx.Done():
