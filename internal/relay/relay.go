@@ -6,7 +6,9 @@
 //
 // Callers authenticate with relay tokens, each mapped to a bot; the bot's
 // real Webex token stays in the worker's configuration and never enters
-// Redis. Answers never wait on Webex, only on Redis.
+// Redis. Each token sees only its own messages: idempotency keys and GET are
+// scoped to the token (by TokenID, never the token itself) and to the
+// relay's queue. Answers never wait on Webex, only on Redis.
 package relay
 
 import (
@@ -38,7 +40,8 @@ import (
 // Config configures the relay.
 type Config struct {
 	// Tokens maps each relay token to the bot it sends as ("" is the
-	// default bot).
+	// default bot). Several tokens may share a bot; they do not see each
+	// other's messages.
 	Tokens map[string]string
 	// Producer enqueues; Inspector reads delivery state.
 	Producer  *tasks.Producer
