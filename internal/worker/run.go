@@ -71,7 +71,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
-	if err := waitForRedis(ctx, rdb, cfg.RedisTimeout); err != nil {
+	if err := waitForRedis(ctx, opt, cfg.RedisTimeout); err != nil {
 		return fmt.Errorf("redis at %s: %s", redisurl.Redact(cfg.RedisURL), redisurl.Scrub(err.Error(), cfg.RedisURL))
 	}
 	log.Info("redis reachable", "redis", redisurl.Redact(cfg.RedisURL))
@@ -239,9 +239,15 @@ func botLabel(name string) string {
 // waitForRedis pings until Redis answers or timeout passes, and then
 // reports the last real cause (a refused connection, a wrong password), not
 // the deadline that cut the last ping short.
-func waitForRedis(ctx context.Context, rdb *redis.Client, timeout time.Duration) error {
+func waitForRedis(ctx context.Context, opt *redis.Options, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
+	// A client of its own that neither retries commands nor dials: go-redis's
+	// retries would run into the deadline and hide the cause behind it.
+	probe := *opt
+	probe.MaxRetries, probe.DialerRetries = -1, 1
+	rdb := redis.NewClient(&probe)
+	defer rdb.Close()
 	var cause error
 	for {
 		err := rdb.Ping(ctx).Err()
