@@ -28,12 +28,6 @@ type fileReader struct {
 	max  int  // bytes per file (the inline cap)
 }
 
-// openInput opens a file for reading without blocking on a FIFO that has no
-// writer (O_NONBLOCK affects only the open of a regular file).
-func openInput(path string) (*os.File, error) {
-	return os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-}
-
 // read loads one local file, its content type from the extension, else
 // from its first bytes.
 func (fr *fileReader) read(path string) (webex.File, error) {
@@ -43,7 +37,9 @@ func (fr *fileReader) read(path string) (webex.File, error) {
 	case fr.root != nil:
 		f, err = fr.root.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	case fr.any:
-		f, err = openInput(path)
+		// O_NONBLOCK: opening a FIFO without a writer returns at once (and
+		// is refused below); it changes nothing for a regular file.
+		f, err = os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	default:
 		return webex.File{}, fmt.Errorf("%q: %w", path, ErrLocalFilesOff)
 	}

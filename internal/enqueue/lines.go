@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/courier-dev/courier/pkg/tasks"
@@ -143,7 +144,9 @@ func decodeLine(raw []byte) (Line, error) {
 func (pr *printer) stream(ctx context.Context, p *tasks.Producer, o *options, stdin io.Reader, files *fileReader) error {
 	r := stdin
 	if o.jsonl != "-" {
-		f, err := openInput(o.jsonl)
+		// A FIFO blocks here until its writer opens it, as a pipe should;
+		// a second signal ends the process if none ever does.
+		f, err := os.Open(o.jsonl)
 		if err != nil {
 			return fmt.Errorf("--jsonl: %w", err)
 		}
