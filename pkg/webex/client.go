@@ -198,8 +198,9 @@ func (c *Client) Me(ctx context.Context) (*Person, error) {
 // m.File is set (streamed from m.File.Open when given). An invalid message,
 // or a local file over MaxFileBytes, fails before any request.
 //
-// A 2xx answer whose body cannot be read or decoded gives an
-// *UnconfirmedError: the message exists, and must not be posted again.
+// A 2xx answer whose body cannot be read or decoded, or names no message id,
+// gives an *UnconfirmedError: the message exists, and must not be posted
+// again.
 func (c *Client) CreateMessage(ctx context.Context, m Message) (*Sent, error) {
 	if err := m.Validate(); err != nil {
 		return nil, fmt.Errorf("create message: %w", err)
@@ -212,6 +213,11 @@ func (c *Client) CreateMessage(ctx context.Context, m Message) (*Sent, error) {
 	resp, err := c.do(ctx, http.MethodPost, "/messages", body, &s)
 	if err != nil {
 		return nil, fmt.Errorf("create message: %w", err)
+	}
+	if s.ID == "" {
+		// An empty id would read as "not sent yet" to whoever stores it.
+		return nil, fmt.Errorf("create message: %w",
+			&UnconfirmedError{StatusCode: resp.StatusCode, TrackingID: resp.TrackingID, Err: ErrNoMessageID})
 	}
 	s.Response = resp
 	return &s, nil
