@@ -275,7 +275,7 @@ func (c *Client) doURL(ctx context.Context, method, target, path string, body *r
 	}
 	if body != nil {
 		req.ContentLength = body.size
-		req.GetBody = body.open
+		req.GetBody = func() (io.ReadCloser, error) { return &lazyBody{open: body.open}, nil }
 		req.Header.Set("Content-Type", body.contentType)
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)

@@ -13,6 +13,7 @@ import (
 	"net/textproto"
 	"os"
 	"path/filepath"
+	"sync"
 )
 
 // MaxFileBytes is Webex's limit on one uploaded file: 100 MB, taken as
@@ -147,7 +148,7 @@ func encodeMessage(m *Message) (*requestBody, error) {
 		if err != nil {
 			return nil, err
 		}
-		return readCloser{io.MultiReader(bytes.NewReader(head), content, bytes.NewReader(tail)), content}, nil
+		return &onceCloser{Reader: io.MultiReader(bytes.NewReader(head), content, bytes.NewReader(tail)), closer: content}, nil
 	}
 	return &requestBody{contentType: w.FormDataContentType(), size: int64(len(head)) + file.Len() + int64(len(tail)), open: open}, nil
 }
@@ -160,6 +161,9 @@ func openContent(f *File) (io.ReadCloser, error) {
 	rc, err := f.Open()
 	if err != nil {
 		return nil, fmt.Errorf("open file %q: %w", f.Name, err)
+	}
+	if rc == nil { // reading it would panic in net/http's writer, beyond any recover
+		return nil, fmt.Errorf("open file %q: %w", f.Name, ErrNilReader)
 	}
 	return &exactReader{rc: rc, left: f.Size}, nil
 }
@@ -191,7 +195,57 @@ func (r *exactReader) Read(p []byte) (int, error) {
 
 func (r *exactReader) Close() error { return r.rc.Close() }
 
-type readCloser struct {
+// ErrNilReader is matched (errors.Is) when a File's Open returned neither a
+// reader nor an error.
+var ErrNilReader = errors.New("webex: File.Open returned no reader and no error")
+
+// onceCloser is a request body whose Close reaches the file once, however
+// often net/http calls it (it does twice for a refused redirect).
+type onceCloser struct {
 	io.Reader
-	io.Closer
+	closer io.Closer
+	once   sync.Once
+	err    error
+}
+
+func (c *onceCloser) Close() error {
+	c.once.Do(func() { c.err = c.closer.Close() })
+	return c.err
+}
+
+// lazyBody opens a request body at its first Read. net/http calls GetBody
+// before it asks CheckRedirect whether to follow a 307/308 at all; a refused
+// redirect then closes a body it never read, which opens nothing.
+type lazyBody struct {
+	open func() (io.ReadCloser, error)
+	mu   sync.Mutex
+	rc   io.ReadCloser
+	err  error
+	done bool // Close was called
+}
+
+func (b *lazyBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	if b.rc == nil && b.err == nil && !b.done {
+		b.rc, b.err = b.open()
+	}
+	rc, err := b.rc, b.err
+	b.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if rc == nil {
+		return 0, io.ErrClosedPipe
+	}
+	return rc.Read(p)
+}
+
+func (b *lazyBody) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.done = true
+	if b.rc == nil {
+		return nil
+	}
+	return b.rc.Close()
 }

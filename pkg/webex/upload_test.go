@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -153,5 +154,69 @@ func TestOpenFile(t *testing.T) {
 	}
 	if _, err := webex.OpenFile(t.TempDir()); err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Fatalf("a directory: %v", err)
+	}
+}
+
+// An Open that returns neither a reader nor an error fails the send before
+// any request, with an error that names it; it used to crash the process
+// from net/http's writer goroutine, where SafeSend's recover cannot reach.
+func TestUploadOpenReturnsNil(t *testing.T) {
+	t.Parallel()
+	srv, _, posts := uploadServer(t)
+	f := webex.File{Name: "a.bin", Size: 5, Open: func() (io.ReadCloser, error) { return nil, nil }}
+	c := newClient(t, srv.URL, nil)
+	_, err := c.Send(context.Background(), webex.Message{RoomID: "r", File: &f}, webex.WithPolicy(fastPolicy))
+	if !errors.Is(err, webex.ErrNilReader) || !strings.Contains(err.Error(), `"a.bin"`) || posts.Load() != 0 {
+		t.Fatalf("err = %v, posts %d", err, posts.Load())
+	}
+	if c.SafeSend(context.Background(), webex.Message{RoomID: "r", File: &f}, webex.WithPolicy(fastPolicy)) {
+		t.Fatal("SafeSend reported a file that could not be opened as delivered")
+	}
+}
+
+// closeCounter counts the readers Open hands out and the Close calls they get.
+type closeCounter struct {
+	opens, closes atomic.Int32
+}
+
+func (c *closeCounter) file(content string) webex.File {
+	return webex.File{Name: "a.bin", Size: int64(len(content)), Open: func() (io.ReadCloser, error) {
+		c.opens.Add(1)
+		return countedCloser{strings.NewReader(content), &c.closes}, nil
+	}}
+}
+
+type countedCloser struct {
+	io.Reader
+	closes *atomic.Int32
+}
+
+func (c countedCloser) Close() error { c.closes.Add(1); return nil }
+
+// A redirect answering an upload is refused, and the file is opened once and
+// closed once: net/http closes a refused 301's body twice, and re-opens the
+// body of a 307/308 before asking whether to follow it.
+func TestUploadRedirectOpensAndClosesOnce(t *testing.T) {
+	t.Parallel()
+	for _, code := range []int{http.StatusMovedPermanently, http.StatusTemporaryRedirect, http.StatusPermanentRedirect} {
+		t.Run(strconv.Itoa(code), func(t *testing.T) {
+			t.Parallel()
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				_, _ = io.Copy(io.Discard, r.Body)
+				w.Header().Set("Location", "/elsewhere")
+				w.WriteHeader(code)
+			}))
+			t.Cleanup(srv.Close)
+			var cc closeCounter
+			f := cc.file("hello")
+			_, err := newClient(t, srv.URL, nil).CreateMessage(context.Background(), webex.Message{RoomID: "r", File: &f})
+			var ae *webex.APIError
+			if !errors.As(err, &ae) || ae.StatusCode != code {
+				t.Fatalf("err = %v", err)
+			}
+			if cc.opens.Load() != 1 || cc.closes.Load() != 1 {
+				t.Fatalf("opened %d times, closed %d times; want once each", cc.opens.Load(), cc.closes.Load())
+			}
+		})
 	}
 }
