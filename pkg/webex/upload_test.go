@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/courier-dev/courier/pkg/retrypolicy"
 	"github.com/courier-dev/courier/pkg/webex"
@@ -218,5 +219,69 @@ func TestUploadRedirectOpensAndClosesOnce(t *testing.T) {
 				t.Fatalf("opened %d times, closed %d times; want once each", cc.opens.Load(), cc.closes.Load())
 			}
 		})
+	}
+}
+
+// slowReader is a server that takes the upload in 64 KiB reads, pausing
+// between them like a slow link, then accepts it.
+func slowReader(t *testing.T, pause time.Duration) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		buf := make([]byte, 64<<10)
+		for {
+			if _, err := r.Body.Read(buf); err != nil {
+				break
+			}
+			time.Sleep(pause) // the link's speed, not synchronisation
+		}
+		_, _ = io.WriteString(w, `{"id":"m1"}`)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// An upload that takes longer than Timeout succeeds: the bound of one request
+// grows with its body at MinUploadRate. It used to be a fixed 20s for the
+// whole request (the default HTTP client's Timeout), so no upload needing
+// more than 20s could ever succeed.
+func TestUploadTimeoutGrowsWithSize(t *testing.T) {
+	t.Parallel()
+	if hc := webex.DefaultHTTPClient(); hc.Timeout != 0 {
+		t.Fatalf("DefaultHTTPClient has a whole-request timeout of %v: it would cut off any longer upload", hc.Timeout)
+	}
+	const size = 4 << 20 // 64 reads of 64 KiB, 10ms apart: well over 100ms
+	srv := slowReader(t, 10*time.Millisecond)
+	c, err := webex.New(webex.Config{BaseURL: srv.URL, Token: secret, Timeout: 100 * time.Millisecond, MinUploadRate: 256 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := webex.File{Name: "a.bin", Size: size, Open: func() (io.ReadCloser, error) { return io.NopCloser(&zeros{left: size}), nil }}
+	start := time.Now()
+	s, err := c.CreateMessage(context.Background(), webex.Message{RoomID: "r", File: &f})
+	if err != nil || s.ID != "m1" {
+		t.Fatalf("upload of %v: %v", time.Since(start), err)
+	}
+}
+
+// An upload that stalls is still bounded: Timeout plus its size at
+// MinUploadRate, then a transient error.
+func TestUploadStallBounded(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select { // reads nothing
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) }) // runs first: the handler returns, srv.Close does not wait
+	c, err := webex.New(webex.Config{BaseURL: srv.URL, Token: secret, Timeout: 100 * time.Millisecond, MinUploadRate: 16 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := webex.File{Name: "a.bin", Size: 1 << 20, Data: make([]byte, 1<<20)}
+	_, err = c.CreateMessage(context.Background(), webex.Message{RoomID: "r", File: &f})
+	if !errors.Is(err, context.DeadlineExceeded) || retrypolicy.Classify(err, nil).Class != retrypolicy.Transient {
+		t.Fatalf("stalled upload: err = %v (class %v), want a transient deadline", err, retrypolicy.Classify(err, nil).Class)
 	}
 }
