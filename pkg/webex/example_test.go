@@ -268,4 +268,6 @@ func ExampleDefaultHTTPClient() {
 // countingTransport stands for a metrics wrapper around a transport.
 type countingTransport struct{ next http.RoundTripper }
 
-func (t countingTransport) RoundTrip(r *http.Request) (*http.Response, error) { return t.next.RoundTrip(r) }
+func (t countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	return t.next.RoundTrip(r)
+}
