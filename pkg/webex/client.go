@@ -315,6 +315,14 @@ func (c *Client) doURL(ctx context.Context, method, target, path string, body *r
 	req.Header.Set("User-Agent", c.ua)
 	start := time.Now()
 	resp, err := c.http.Do(req)
+	if body != nil && body.wrongSize.Load() && !errors.Is(err, ErrFileSize) {
+		// The upload was cut short: a server's answer to it (a 503, say)
+		// says nothing about the message, and retrying cannot help.
+		if resp != nil {
+			resp.Body.Close()
+		}
+		err, resp = ErrFileSize, nil
+	}
 	if err != nil {
 		c.debug(ctx, method, path, 0, start, "", err)
 		return Response{}, err

@@ -3,6 +3,7 @@ package webex_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -283,5 +284,18 @@ func TestUploadStallBounded(t *testing.T) {
 	_, err = c.CreateMessage(context.Background(), webex.Message{RoomID: "r", File: &f})
 	if !errors.Is(err, context.DeadlineExceeded) || retrypolicy.Classify(err, nil).Class != retrypolicy.Transient {
 		t.Fatalf("stalled upload: err = %v (class %v), want a transient deadline", err, retrypolicy.Classify(err, nil).Class)
+	}
+}
+
+// A file's own failures are permanent by their type, not their message: the
+// request error around them may hold a port such as 50372, which the old
+// "503" pattern would take for a transient answer.
+func TestUploadFileErrorsPermanent(t *testing.T) {
+	t.Parallel()
+	for _, sentinel := range []error{webex.ErrFileSize, webex.ErrNilReader} {
+		err := fmt.Errorf(`Post "http://127.0.0.1:41217/messages": readfrom tcp 127.0.0.1:50372->127.0.0.1:41217: %w`, sentinel)
+		if d := retrypolicy.Classify(err, nil); d.Class != retrypolicy.Permanent {
+			t.Errorf("%v classified %v (%s)", sentinel, d.Class, d.Reason)
+		}
 	}
 }
