@@ -15,13 +15,14 @@ var ErrInjected = errors.New("redisfault: injected Redis failure")
 
 // Match says whether a command is one a rule fails. Name is the command
 // (case-insensitive: "hset", "evalsha"); each of Args must appear in the
-// command's arguments (a key, a field, a script's key), in any position.
+// command's arguments (a key, a field, a script's SHA), in any position.
 type Match struct {
 	Name string
 	Args []string
 }
 
-func (m Match) matches(cmd redis.Cmder) bool {
+// Matches reports whether cmd is one m names.
+func (m Match) Matches(cmd redis.Cmder) bool {
 	if m.Name != "" && !strings.EqualFold(cmd.Name(), m.Name) {
 		return false
 	}
@@ -61,7 +62,7 @@ type Rule struct {
 func (r *Rule) take(cmd redis.Cmder) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.removed || !r.Match.matches(cmd) {
+	if r.removed || !r.Match.Matches(cmd) {
 		return false
 	}
 	r.seen++

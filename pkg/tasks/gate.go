@@ -304,20 +304,16 @@ func (g *gate) failOpen(err error) {
 }
 
 // wait holds a send until the gate lets it through, waiting in-process up
-// to MaxWait at a time; a longer hold is a *GateError. first, when not nil,
-// is an answer already had (from the start of the delivery) and is used up.
-func (g *gate) wait(ctx context.Context, bot string, first **decision) (probe bool, err error) {
+// to MaxWait in all; a longer hold is a *GateError.
+func (g *gate) wait(ctx context.Context, bot string) (probe bool, err error) {
+	deadline := time.Now().Add(g.cfg.MaxWait)
 	for {
-		d := *first
-		*first = nil
-		if d == nil {
-			d = g.acquire(ctx, bot)
-		}
+		d := g.acquire(ctx, bot)
 		if d.kind == gateOpen {
 			return d.probe, nil
 		}
 		g.obs.Throttled(bot, d.kind.String())
-		if d.kind == gateBreaker || d.wait > g.cfg.MaxWait {
+		if d.kind == gateBreaker || time.Now().Add(d.wait).After(deadline) {
 			return false, &GateError{Kind: d.kind, Wait: d.wait}
 		}
 		t := time.NewTimer(d.wait)

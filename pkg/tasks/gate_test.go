@@ -59,8 +59,7 @@ func TestGateCooldownOnlyExtends(t *testing.T) {
 	if d := g.acquire(ctx, "bot"); d.kind != gateCooldown || d.wait < 2500*time.Millisecond {
 		t.Fatalf("%+v, want the longer cool-down", d)
 	}
-	var none *decision
-	if _, err := g.wait(ctx, "bot", &none); err == nil || !strings.Contains(err.Error(), "shared cool-down after a 429") {
+	if _, err := g.wait(ctx, "bot"); err == nil || !strings.Contains(err.Error(), "shared cool-down after a 429") {
 		t.Fatalf("a cool-down beyond MaxWait must hand the task back: %v", err)
 	}
 }
@@ -101,8 +100,7 @@ func TestGateFailsOpen(t *testing.T) {
 	g, logs := newGate(t, rdb, GateConfig{Rate: 1, Timeout: 100 * time.Millisecond})
 	start := time.Now()
 	for range 5 {
-		var none *decision
-		if _, err := g.wait(context.Background(), "bot", &none); err != nil {
+		if _, err := g.wait(context.Background(), "bot"); err != nil {
 			t.Fatal(err)
 		}
 		g.result(context.Background(), "bot", &webex.APIError{StatusCode: 503}, false)
