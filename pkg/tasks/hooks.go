@@ -45,7 +45,7 @@ func (h *Handler) HandleError(ctx context.Context, t *asynq.Task, err error) {
 	id, _ := asynq.GetTaskID(ctx)
 	queue, _ := asynq.GetQueueName(ctx)
 	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	maxRetry, known := asynq.GetMaxRetry(ctx)
 	limit := h.redeliveryLimit(maxRetry)
 	var de *DeliveryError
 	switch {
@@ -57,7 +57,7 @@ func (h *Handler) HandleError(ctx context.Context, t *asynq.Task, err error) {
 	}
 	// asynq archives whatever the outcome once Retried reaches MaxRetry
 	// (the handler's limit keeps counted outcomes below it).
-	archived := errors.Is(err, asynq.SkipRetry) || retried >= maxRetry
+	archived := errors.Is(err, asynq.SkipRetry) || known && retried >= maxRetry
 	if archived && !de.Outcome.DeadLetter() {
 		de = &DeliveryError{Outcome: Exhausted, Bot: de.Bot, Attempts: de.Attempts, Part: de.Part, Parts: de.Parts, Sent: de.Sent,
 			Err: fmt.Errorf("archived by asynq at %d of %d retries: %w", retried, maxRetry, de)}
