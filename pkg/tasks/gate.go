@@ -243,11 +243,11 @@ func (g *gate) result(ctx context.Context, bot string, err error, probe bool) {
 			}
 		}
 	case errors.As(err, &ae) && ae.StatusCode == 429:
-		if rerr := cooldownScript.Run(ctx, g.rdb, []string{cooldown, fails}, dec.RetryAfter.Milliseconds()).Err(); rerr != nil {
+		if rerr := cooldownScript.Run(ctx, g.rdb, []string{cooldown, fails}, cooldownMS(dec.RetryAfter)).Err(); rerr != nil {
 			g.failOpen(rerr)
 		}
 	case errors.As(err, &ae) && dec.Class.Retryable() && dec.RetryAfter > 0 && (ae.StatusCode == 423 || ae.StatusCode == 503):
-		if rerr := cooldownScript.Run(ctx, g.rdb, []string{cooldown}, dec.RetryAfter.Milliseconds()).Err(); rerr != nil {
+		if rerr := cooldownScript.Run(ctx, g.rdb, []string{cooldown}, cooldownMS(dec.RetryAfter)).Err(); rerr != nil {
 			g.failOpen(rerr)
 		}
 		g.failure(ctx, bot, open, fails)
@@ -259,6 +259,13 @@ func (g *gate) result(ctx context.Context, bot string, err error, probe bool) {
 		}
 	}
 }
+
+// maxCooldown caps the shared cool-down a Retry-After asks for: a custom
+// Sender may name any wait, 0 included.
+const maxCooldown = time.Hour
+
+// cooldownMS is a Retry-After as the cool-down's PX argument: 1ms to 1h.
+func cooldownMS(d time.Duration) int64 { return min(max(d, time.Millisecond), maxCooldown).Milliseconds() }
 
 func (g *gate) failure(ctx context.Context, bot, open, fails string) {
 	if g.cfg.BreakerFailures < 0 {

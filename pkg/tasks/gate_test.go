@@ -139,3 +139,21 @@ func TestGateBreakerNeedsARun(t *testing.T) {
 		t.Fatalf("scattered failures opened the breaker: %+v", d)
 	}
 }
+
+// Item 8 of issue 14: a custom Sender's Retry-After of 0 or of days is
+// capped, not an error of the gate's script.
+func TestGateCooldownCapped(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.Client(t)
+	g, logs := newGate(t, rdb, GateConfig{})
+	redistest.DeleteKeys(t, rdb, g.cfg.Namespace+":*")
+	ctx := context.Background()
+	g.result(ctx, "zero", &webex.APIError{StatusCode: 429}, false)
+	g.result(ctx, "days", &webex.APIError{StatusCode: 429, RetryAfter: 1000 * time.Hour}, false)
+	if d := g.acquire(ctx, "days"); d.kind != gateCooldown || d.wait > time.Hour {
+		t.Fatalf("%+v, want a cool-down of at most 1h", d)
+	}
+	if logs.String() != "" {
+		t.Fatalf("the gate failed:\n%s", logs.String())
+	}
+}
