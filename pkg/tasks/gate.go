@@ -265,7 +265,9 @@ func (g *gate) result(ctx context.Context, bot string, err error, probe bool) {
 const maxCooldown = time.Hour
 
 // cooldownMS is a Retry-After as the cool-down's PX argument: 1ms to 1h.
-func cooldownMS(d time.Duration) int64 { return min(max(d, time.Millisecond), maxCooldown).Milliseconds() }
+func cooldownMS(d time.Duration) int64 {
+	return min(max(d, time.Millisecond), maxCooldown).Milliseconds()
+}
 
 func (g *gate) failure(ctx context.Context, bot, open, fails string) {
 	if g.cfg.BreakerFailures < 0 {
