@@ -278,3 +278,43 @@ func TestUnconfirmedIsDelivered(t *testing.T) {
 		t.Fatalf("log:\n%s", logs)
 	}
 }
+
+// Item 4: a dead letter half delivered is re-run without the parts Webex
+// already accepted.
+func TestRequeueSkipsDeliveredParts(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	dls := NewDeadLetters(e.rdb, "courier:{"+e.queue+"}:deadletters", 100)
+	w := e.start(func(c *WorkerConfig) { c.DeadLetters = dls })
+	w.handler.afterRecord = func(_ string, part int) error {
+		if part == 0 {
+			e.sim.AddFault(webextest.Fault{Room: "r", Status: 400, Count: 1})
+		}
+		return nil
+	}
+	id := e.enqueue(Message{Message: webex.Message{RoomID: "r", Markdown: "Your charts"}, Uploads: []webex.File{
+		{Name: "a.png", ContentType: "image/png", Data: []byte("A")}, {Name: "b.png", ContentType: "image/png", Data: []byte("B")},
+	}}, Key("two-files"))
+	e.waitState(id, asynq.TaskStateArchived, 10*time.Second)
+	w.handler.afterRecord = nil
+	var list []DeadLetter
+	waitFor(t, 5*time.Second, "the dead-letter record", func() bool { list, _ = dls.List(context.Background(), 10); return len(list) == 1 })
+	if r := list[0].Result; r == nil || len(r.MessageIDs) != 2 || r.MessageIDs[0] == "" || r.MessageIDs[1] != "" {
+		t.Fatalf("record result %+v", r)
+	}
+	if err := e.inspector.DeleteTask(e.queue, id); err != nil {
+		t.Fatal(err)
+	}
+	r, err := dls.Requeue(context.Background(), list[0].ID, e.producer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(r.TaskID, asynq.TaskStateCompleted, 10*time.Second)
+	var names []string
+	for _, m := range e.sim.Messages("r") {
+		names = append(names, m.FileName)
+	}
+	if strings.Join(names, " ") != "a.png b.png" {
+		t.Fatalf("posted %v, want [a.png b.png]", names)
+	}
+}

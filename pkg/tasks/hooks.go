@@ -118,6 +118,10 @@ func (h *Handler) recordDeadLetter(ctx context.Context, t *asynq.Task, id, queue
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	dl := DeadLetter{TaskID: id, Queue: queue, Outcome: string(de.Outcome), Error: de.Error(), Time: h.cfg.Now(), Payload: t.Payload()}
+	if delivered(de.Sent) > 0 {
+		r := newTaskResult(de.Sent)
+		dl.Result = &r
+	}
 	if err := h.cfg.DeadLetters.Add(ctx, dl); err != nil {
 		log.Error("dead letter not recorded beyond the archive", "task_id", id, "queue", queue, "error", err.Error())
 	}
