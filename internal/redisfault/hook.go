@@ -51,6 +51,9 @@ type Rule struct {
 	// After runs the command before failing it: Redis did the work, the
 	// client never hears of it (a lost answer).
 	After bool
+	// Do, when set, is run in place of failing the command, which then goes
+	// on (to meet, say, a Proxy that Do cut).
+	Do func()
 
 	mu      sync.Mutex
 	seen    int
@@ -140,6 +143,10 @@ func (h *Hook) DialHook(next redis.DialHook) redis.DialHook {
 func (h *Hook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		r := h.fail(cmd)
+		if r != nil && r.Do != nil {
+			r.Do()
+			r = nil
+		}
 		if r == nil {
 			return next(ctx, cmd)
 		}
@@ -160,6 +167,10 @@ func (h *Hook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Process
 			if r = h.fail(c); r != nil {
 				break
 			}
+		}
+		if r != nil && r.Do != nil {
+			r.Do()
+			r = nil
 		}
 		if r == nil {
 			return next(ctx, cmds)

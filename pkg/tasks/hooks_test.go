@@ -3,7 +3,9 @@ package tasks
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -71,3 +73,17 @@ func TestCountedNeverReachesMaxRetry(t *testing.T) {
 		}
 	}
 }
+
+func (o *outcomes) has(want Outcome) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Contains(o.got, want)
+}
+
+func (o *outcomes) all() []Outcome {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return slices.Clone(o.got)
+}
+
+var errInjected = errors.New("injected: completion lost")
