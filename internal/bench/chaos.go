@@ -52,7 +52,7 @@ func ShortChaos() ChaosOptions {
 // ChaosReport accounts for every message.
 type ChaosReport struct {
 	Messages, Delivered, DeadLettered, Lost int
-	Poisoned                                int // healthy messages archived as poison
+	Poisoned                                int            // healthy messages archived as poison
 	Duplicates                              map[string]int // explanation → count
 	Unexplained                             []string
 	MaxDelay, P99Delay                      time.Duration
