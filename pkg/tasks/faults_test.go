@@ -318,3 +318,20 @@ func TestRequeueSkipsDeliveredParts(t *testing.T) {
 		t.Fatalf("posted %v, want [a.png b.png]", names)
 	}
 }
+
+// Item 5a: a failed end of run (Redis refused the write) is retried, not
+// left open to be taken for a death: three ordinary failures later the task
+// is delivered, not archived as poison.
+func TestFailedEndOfRunIsNotADeath(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	e.sim.AddFault(webextest.Fault{Room: "r", Status: 503, Count: 9}) // three deliveries of three attempts
+	h := e.faults()
+	id := e.enqueue(text("r", "x"))
+	rule := h.Add(&redisfault.Rule{Match: redisfault.Match{Name: "hdel", Args: []string{taskKey(e.queue, id), fieldRuns}}, Count: 3})
+	e.start(nil)
+	info := e.waitState(id, asynq.TaskStateCompleted, 30*time.Second)
+	if _, acc := e.sim.Counts("r"); acc != 1 || info.Retried != 3 || rule.Failed() != 3 {
+		t.Fatalf("accepted %d retried %d failed ends %d, want 1 3 3", acc, info.Retried, rule.Failed())
+	}
+}
