@@ -2,6 +2,7 @@ package tasks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -155,5 +156,38 @@ func TestGateCooldownCapped(t *testing.T) {
 	}
 	if logs.String() != "" {
 		t.Fatalf("the gate failed:\n%s", logs.String())
+	}
+}
+
+// Item 8 of issue 14: short holds that keep coming (other workers' 429s)
+// hand the task back after MaxWait in all, not only per hold.
+func TestGateWaitBoundedInTotal(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.Client(t)
+	g, _ := newGate(t, rdb, GateConfig{MaxWait: time.Second})
+	redistest.DeleteKeys(t, rdb, g.cfg.Namespace+":*")
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
+	defer cancel()
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // a 429 elsewhere every 200ms, each asking for 300ms
+		defer close(done)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			g.result(ctx, "bot", &webex.APIError{StatusCode: 429, RetryAfter: 300 * time.Millisecond}, false)
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	_, err := g.wait(ctx, "bot")
+	close(stop)
+	<-done
+	var held *GateError
+	if !errors.As(err, &held) || held.Kind != gateCooldown {
+		t.Fatalf("wait = %v, want a *GateError (cool-down) before the context ends", err)
 	}
 }
