@@ -79,6 +79,7 @@ func run(cmd string, args []string) error {
 		fs.IntVar(&o.Kills, "kills", o.Kills, "worker kills")
 		fs.DurationVar(&o.RedisDown, "redis-down", time.Second, "how long Redis stays down after it is killed")
 		fs.IntVar(&o.Workers, "workers", o.Workers, "worker processes")
+		fs.DurationVar(&o.Latency, "latency", o.Latency, "the simulator's answer time (longer: more deliveries in flight at each kill)")
 		verbose := fs.Bool("v", false, "show the workers' output")
 		if err := fs.Parse(args); err != nil {
 			return err
