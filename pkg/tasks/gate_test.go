@@ -168,6 +168,8 @@ func TestGateWaitBoundedInTotal(t *testing.T) {
 	redistest.DeleteKeys(t, rdb, g.cfg.Namespace+":*")
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
 	defer cancel()
+	held429 := &webex.APIError{StatusCode: 429, RetryAfter: 300 * time.Millisecond}
+	g.result(ctx, "bot", held429, false)
 	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() { // a 429 elsewhere every 200ms, each asking for 300ms
@@ -175,12 +177,12 @@ func TestGateWaitBoundedInTotal(t *testing.T) {
 		tick := time.NewTicker(200 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			g.result(ctx, "bot", &webex.APIError{StatusCode: 429, RetryAfter: 300 * time.Millisecond}, false)
 			select {
 			case <-stop:
 				return
 			case <-tick.C:
 			}
+			g.result(ctx, "bot", held429, false)
 		}
 	}()
 	_, err := g.wait(ctx, "bot")
