@@ -44,12 +44,7 @@ type Handler struct {
 
 	// afterRecord, when set (tests), runs after each dedup record is written.
 	afterRecord func(taskID string, part int) error
-	// alone lets a suspect deliver with no other send in this worker.
-	alone sync.RWMutex
 }
-
-// suspectAfter is the number of deaths after which a task delivers alone.
-const suspectAfter = 2
 
 // bot is one named bot and the state of its token.
 type bot struct {
@@ -180,26 +175,11 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 		}
 		return &DeliveryError{Outcome: Expired, Bot: b.name, Sent: sent, Err: fmt.Errorf("expired at %s%s", p.ExpiresAt.Format(time.RFC3339), what)}
 	}
-	if st.diedAlone >= h.cfg.PoisonLimit {
-		return &DeliveryError{Outcome: Poison, Bot: b.name, Sent: sent, Err: fmt.Errorf("%d deliveries died with their worker, %d of them running alone (limit %d)",
-			st.died, st.diedAlone, h.cfg.PoisonLimit)}
+	if st.died >= h.cfg.PoisonLimit {
+		return &DeliveryError{Outcome: Poison, Bot: b.name, Sent: sent, Err: fmt.Errorf("%d deliveries died with their worker (limit %d)", st.died, h.cfg.PoisonLimit)}
 	}
 	if wait, ok := b.gate(now, h.cfg.UnauthorizedDelay); !ok {
 		return &DeliveryError{Outcome: Unauthorized, Bot: b.name, Err: webex.ErrUnauthorized, Delay: retrypolicy.QueueDelay(wait)}
-	}
-	// A suspect sends alone in this worker: every other send waits, so that
-	// a death now is its own.
-	if st.died >= suspectAfter {
-		h.alone.Lock()
-		defer h.alone.Unlock()
-		if err := h.rec.alone(ctx, queue, id); err != nil {
-			return &DeliveryError{Outcome: RedisUnavailable, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0)}
-		}
-		h.cfg.Logger.Warn("suspected of killing its worker: delivering alone", "task_id", id, "queue", queue, "bot", botLabel(b.name),
-			"died", st.died, "died_alone", st.diedAlone, "poison_limit", h.cfg.PoisonLimit)
-	} else {
-		h.alone.RLock()
-		defer h.alone.RUnlock()
 	}
 
 	// In-process waits end when the worker stops; a request under way

@@ -19,11 +19,8 @@ import (
 //     same round trip as the rest). It is the dedup record: a redelivery
 //     skips the parts it names, and completes at once when it names them all.
 //   - courier_runs: deliveries begun and not finished. A delivery that finds
-//     it above zero follows one that died with its worker (lease expiry).
-//   - courier_alone: of those, the ones that ran alone in their worker. A
-//     task whose deliveries died twice is a suspect: its next deliveries run
-//     alone (no other send in that worker), and only deaths while alone can
-//     make it poison. A crash elsewhere in the worker does not.
+//     it above zero follows one that died with its worker (lease expiry); too
+//     many make the task poison.
 //
 // Reading the record and counting the run take one script at the start of a
 // delivery (the send gate is asked apart, only when a part is to be sent,
@@ -36,7 +33,6 @@ type records struct {
 const (
 	fieldResult = "result"
 	fieldRuns   = "courier_runs"
-	fieldAlone  = "courier_alone"
 )
 
 // taskKey is asynq's key of a task's hash (its base.TaskKey).
@@ -48,28 +44,24 @@ func taskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }
 const unconfirmedID = "\x00unconfirmed"
 
 var beginScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
 local runs = redis.call('HINCRBY', KEYS[1], 'courier_runs', 1)
 local result = redis.call('HGET', KEYS[1], 'result') or ''
-local alone = tonumber(redis.call('HGET', KEYS[1], 'courier_alone') or '0')
-return {runs, result, alone}
+return {runs, result}
 `)
 
 // begun is what the start of a delivery finds.
 type begun struct {
 	sent []string // the parts already delivered ("" for one not yet)
 	died int      // earlier deliveries that never finished
-	// diedAlone counts those of them that ran alone in their worker (a
-	// suspect's): only these can be blamed on the message.
-	diedAlone int
-	gone      bool // the task's hash is missing
+	gone bool     // the task's hash is missing
 }
 
 // begin reads the parts already delivered and counts this delivery as
 // running, in one round trip.
 func (r *records) begin(ctx context.Context, queue, id string) (begun, error) {
 	res, err := beginScript.Run(ctx, r.rdb, []string{taskKey(queue, id)}).Slice()
-	if err == nil && len(res) != 3 {
+	if err == nil && len(res) != 2 {
 		err = fmt.Errorf("unexpected answer %v", res)
 	}
 	if err != nil {
@@ -79,8 +71,7 @@ func (r *records) begin(ctx context.Context, queue, id string) (begun, error) {
 	if runs < 0 {
 		return begun{gone: true}, nil
 	}
-	alone, _ := res[2].(int64)
-	b := begun{died: int(runs) - 1, diedAlone: int(alone)}
+	b := begun{died: int(runs) - 1}
 	if s, _ := res[1].(string); s != "" {
 		var tr TaskResult
 		if json.Unmarshal([]byte(s), &tr) == nil {
@@ -124,7 +115,7 @@ func (r *records) markSent(ctx context.Context, queue, id string, sent []string,
 	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.HSet(ctx, taskKey(queue, id), fieldResult, b)
 		if finished {
-			p.HDel(ctx, taskKey(queue, id), fieldRuns, fieldAlone)
+			p.HDel(ctx, taskKey(queue, id), fieldRuns)
 		}
 		if also != nil {
 			also(p)
@@ -139,16 +130,8 @@ func (r *records) markSent(ctx context.Context, queue, id string, sent []string,
 
 // end marks the run finished (the delivery returned, whatever its outcome).
 func (r *records) end(ctx context.Context, queue, id string) error {
-	if err := r.rdb.HDel(ctx, taskKey(queue, id), fieldRuns, fieldAlone).Err(); err != nil {
+	if err := r.rdb.HDel(ctx, taskKey(queue, id), fieldRuns).Err(); err != nil {
 		return fmt.Errorf("end delivery run: %w", err)
-	}
-	return nil
-}
-
-// alone counts this run as one running alone in its worker.
-func (r *records) alone(ctx context.Context, queue, id string) error {
-	if err := r.rdb.HIncrBy(ctx, taskKey(queue, id), fieldAlone, 1).Err(); err != nil {
-		return fmt.Errorf("mark delivery run alone: %w", err)
 	}
 	return nil
 }

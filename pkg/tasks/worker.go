@@ -61,10 +61,8 @@ type WorkerConfig struct {
 	// DelayedTaskCheckInterval is how often scheduled and retried tasks are
 	// made due. Default 1s.
 	DelayedTaskCheckInterval time.Duration
-	// PoisonLimit dead-letters a task after this many of its deliveries
-	// died with their worker while running alone in it (a task whose
-	// deliveries died twice runs alone from then on, so a poison message is
-	// dead-lettered after 2 + PoisonLimit deaths in all). Default 3.
+	// PoisonLimit dead-letters a task after this many deliveries died with
+	// their worker (lease expiry). Default 3.
 	PoisonLimit int
 	// UnauthorizedDelay is how long tasks of a bot whose token is rejected
 	// wait, and how often one of them probes the token. Default 5m.

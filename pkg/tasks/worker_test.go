@@ -359,60 +359,22 @@ func TestTwoBots(t *testing.T) {
 	}
 }
 
-// Poison: a task whose deliveries kept dying while it ran alone in its
-// worker is archived, never posted.
+// Poison: a task whose deliveries keep dying with their worker is archived.
 func TestPoison(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, webextest.Options{})
 	id := e.enqueue(text("r", "x"), Key("poison-1"))
-	// Five earlier deliveries began and never finished, the last three alone.
-	if err := e.rdb.HSet(context.Background(), taskKey(e.queue, id), fieldRuns, 5, fieldAlone, 3).Err(); err != nil {
+	// Three earlier deliveries began and never finished.
+	if err := e.rdb.HSet(context.Background(), taskKey(e.queue, id), fieldRuns, 3).Err(); err != nil {
 		t.Fatal(err)
 	}
 	e.start(nil)
 	info := e.waitState(id, asynq.TaskStateArchived, 10*time.Second)
-	if !strings.Contains(info.LastErr, "poison: 5 deliveries died with their worker, 3 of them running alone") {
+	if !strings.Contains(info.LastErr, "poison: 3 deliveries died with their worker") {
 		t.Fatalf("LastErr %q", info.LastErr)
 	}
 	if req, _ := e.sim.Counts("r"); req != 0 {
 		t.Fatal("a poison task was posted")
-	}
-}
-
-// Item 5 of issue 14: deaths while other deliveries ran beside it do not make
-// a message poison; a suspect (two deaths) sends alone in its worker, and is
-// delivered.
-func TestSuspectDeliversAlone(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, webextest.Options{})
-	e.sim.AddFault(webextest.Fault{Room: "s", Delay: webextest.Duration(300 * time.Millisecond)})
-	e.sim.AddFault(webextest.Fault{Room: "n", Delay: webextest.Duration(100 * time.Millisecond)})
-	suspect := e.enqueue(text("s", "x"))
-	// Three earlier deliveries died: two beside others, one alone (an
-	// unrelated crash of its worker).
-	if err := e.rdb.HSet(context.Background(), taskKey(e.queue, suspect), fieldRuns, 3, fieldAlone, 1).Err(); err != nil {
-		t.Fatal(err)
-	}
-	var others []string
-	for range 6 {
-		others = append(others, e.enqueue(text("n", "y")))
-	}
-	e.start(nil)
-	e.waitState(suspect, asynq.TaskStateCompleted, 10*time.Second)
-	for _, id := range others {
-		e.waitState(id, asynq.TaskStateCompleted, 10*time.Second)
-	}
-	s := e.sim.Requests("s")
-	if len(s) != 1 {
-		t.Fatalf("suspect requests %+v", s)
-	}
-	for _, r := range e.sim.Requests("n") {
-		if r.Start.Before(s[0].Time) && r.Time.After(s[0].Start) {
-			t.Fatalf("a send (%v–%v) ran beside the suspect's (%v–%v)", r.Start, r.Time, s[0].Start, s[0].Time)
-		}
-	}
-	if !strings.Contains(e.logs.String(), "delivering alone") {
-		t.Fatalf("log:\n%s", e.logs.String())
 	}
 }
 
