@@ -5,6 +5,8 @@
 //	go run ./cmd/courierbench run               # everything, results as markdown
 //	go run ./cmd/courierbench chaos -short      # the chaos run, CI's short form
 //	go run ./cmd/courierbench cli-latency       # enqueue → Webex latency through `enqueue --jsonl -`
+//	go run ./cmd/courierbench chaos -redis-down 5s -kill-every 0   # Redis down 5s, no worker kills
+//	go run ./cmd/courierbench chaos -kill-every 2s -kills 30 -messages 2000  # a crash storm
 package main
 
 import (
@@ -101,12 +103,17 @@ func run(cmd string, args []string) error {
 		fs.IntVar(&o.Messages, "messages", o.Messages, "messages (unique keys)")
 		fs.DurationVar(&o.KillEvery, "kill-every", o.KillEvery, "SIGKILL a random worker this often")
 		fs.IntVar(&o.Kills, "kills", o.Kills, "worker kills")
+		fs.DurationVar(&o.RedisDown, "redis-down", time.Second, "how long Redis stays down after it is killed")
+		fs.IntVar(&o.Workers, "workers", o.Workers, "worker processes")
+		fs.DurationVar(&o.Latency, "latency", o.Latency, "the simulator's answer time (longer: more deliveries in flight at each kill)")
 		verbose := fs.Bool("v", false, "show the workers' output")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
 		if *short {
-			o = bench.ShortChaos()
+			s := bench.ShortChaos()
+			s.RedisDown = o.RedisDown
+			o = s
 		}
 		if *verbose {
 			o.Log = os.Stderr
