@@ -132,17 +132,3 @@ func TestLoadNeverPrintsRedisPassword(t *testing.T) {
 		}
 	}
 }
-
-// "worker ready" probes the default admin address when COURIER_ADMIN_ADDR
-// is unset, and nothing when it is set empty (admin server off).
-func TestProbeAddr(t *testing.T) {
-	if got := ProbeAddr(env(nil)); got != DefaultAdminAddr {
-		t.Errorf("unset: %q", got)
-	}
-	if got := ProbeAddr(env(map[string]string{"COURIER_ADMIN_ADDR": "0.0.0.0:9090"})); got != "0.0.0.0:9090" {
-		t.Errorf("set: %q", got)
-	}
-	if got := ProbeAddr(env(map[string]string{"COURIER_ADMIN_ADDR": ""})); got != "" {
-		t.Errorf("empty: %q", got)
-	}
-}
