@@ -38,21 +38,24 @@ var ErrDeadLettered = errors.New("idempotency key names a dead-lettered task")
 // DuplicateError reports a keyed enqueue that found its task already there.
 type DuplicateError struct {
 	Key, Queue string
-	// State is asynq's state of the existing task: "pending", "scheduled",
-	// "active", "retry", "completed" or "archived" ("" if it vanished).
-	State string
+	// State is asynq's state of the existing task; 0 if the task vanished
+	// before it could be read.
+	State asynq.TaskState
 }
 
 func (e *DuplicateError) Error() string {
-	if e.State == "archived" {
+	switch e.State {
+	case asynq.TaskStateArchived:
 		return fmt.Sprintf("key %q in queue %q: dead-lettered earlier", e.Key, e.Queue)
+	case 0:
+		return fmt.Sprintf("key %q in queue %q: duplicate (task gone)", e.Key, e.Queue)
 	}
-	return fmt.Sprintf("key %q in queue %q: duplicate (task %s)", e.Key, e.Queue, cmp.Or(e.State, "gone"))
+	return fmt.Sprintf("key %q in queue %q: duplicate (task %s)", e.Key, e.Queue, e.State)
 }
 
 // Is matches ErrDuplicate, and ErrDeadLettered for an archived task.
 func (e *DuplicateError) Is(target error) bool {
-	return target == ErrDuplicate || (target == ErrDeadLettered && e.State == "archived")
+	return target == ErrDuplicate || (target == ErrDeadLettered && e.State == asynq.TaskStateArchived)
 }
 
 // ProducerConfig configures a Producer. Zero fields take the defaults.
@@ -89,6 +92,23 @@ func (c ProducerConfig) withDefaults() ProducerConfig {
 	return c
 }
 
+// validate reports every problem at once.
+func (c ProducerConfig) validate() error {
+	var errs []error
+	for _, f := range []struct {
+		field string
+		v     int64
+	}{{"MaxRedeliveries", int64(c.MaxRedeliveries)}, {"MaxInlineBytes", int64(c.MaxInlineBytes)}} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Errorf("%s is %d: must not be negative", f.field, f.v))
+		}
+	}
+	if c.KeyedRetention < 0 {
+		errs = append(errs, fmt.Errorf("KeyedRetention is %v: must not be negative", c.KeyedRetention))
+	}
+	return errors.Join(errs...)
+}
+
 // Producer enqueues send tasks. It is safe for concurrent use.
 type Producer struct {
 	cfg       ProducerConfig
@@ -100,8 +120,8 @@ type Producer struct {
 // keeps and closes).
 func NewProducer(rdb redis.UniversalClient, cfg ProducerConfig) (*Producer, error) {
 	cfg = cfg.withDefaults()
-	if cfg.MaxRedeliveries < 0 || cfg.MaxInlineBytes < 0 || cfg.KeyedRetention < 0 {
-		return nil, errors.New("tasks: MaxRedeliveries, MaxInlineBytes and KeyedRetention must not be negative")
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("producer config: %w", err)
 	}
 	return &Producer{cfg: cfg, client: asynq.NewClientFromRedisClient(rdb), inspector: asynq.NewInspectorFromRedisClient(rdb)}, nil
 }
@@ -264,7 +284,7 @@ const retryHeadroom = 1
 func (p *Producer) duplicate(key, queue string) error {
 	dup := &DuplicateError{Key: key, Queue: queue}
 	if info, err := p.inspector.GetTaskInfo(queue, key); err == nil {
-		dup.State = info.State.String()
+		dup.State = info.State
 	}
 	return dup
 }
