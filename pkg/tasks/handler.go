@@ -263,7 +263,7 @@ func (h *Handler) failure(ctx context.Context, b *bot, err error, retried, maxRe
 	var held *GateError
 	switch {
 	case errors.Is(err, context.Canceled) && ctx.Err() == nil, // our stop, not the task's end
-		errors.Is(err, ErrTombstoned), // taken over: the worker exits unless Fence has no Halt
+		errors.Is(err, ErrTombstoned),   // taken over: the worker exits unless Fence has no Halt
 		errors.Is(err, errFenceUnknown): // Redis cannot say whether it was taken over: not the message's fault
 		de.Outcome, de.Delay = Interrupted, retrypolicy.QueueDelay(0)
 	case errors.As(err, &held) && held.Kind == gateBreaker:
