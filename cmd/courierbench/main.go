@@ -75,12 +75,18 @@ func run(cmd string, args []string) error {
 		fs.IntVar(&o.Messages, "messages", o.Messages, "messages (unique keys)")
 		fs.DurationVar(&o.KillEvery, "kill-every", o.KillEvery, "SIGKILL a random worker this often")
 		fs.IntVar(&o.Kills, "kills", o.Kills, "worker kills")
+		recoveryAfter := fs.Duration("recovery-after", o.RecoveryAfter, "the workers' COURIER_RECOVERY_AFTER; 0: asynq's own recovery")
+		maxDelay := fs.Duration("max-delay", -1, "fail when a message waits longer from enqueue to delivery; 0: no limit (default: the measured limit of the form run)")
 		verbose := fs.Bool("v", false, "show the workers' output")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
 		if *short {
 			o = bench.ShortChaos()
+		}
+		o.RecoveryAfter = *recoveryAfter
+		if *maxDelay >= 0 {
+			o.MaxDelay = *maxDelay
 		}
 		if *verbose {
 			o.Log = os.Stderr
