@@ -229,11 +229,11 @@ func Chaos(o ChaosOptions) (*ChaosReport, error) {
 	}
 settled:
 	rep.Took = time.Since(start)
-	return rep, rep.account(sim, insp, queue, enqueued, killTimes)
+	return rep, rep.account(sim, insp, queue, enqueued, killTimes, o.Latency)
 }
 
 // account counts deliveries per key and explains every duplicate.
-func (rep *ChaosReport) account(sim *webextest.Sim, insp *asynq.Inspector, queue string, enqueued map[string]time.Time, kills []time.Time) error {
+func (rep *ChaosReport) account(sim *webextest.Sim, insp *asynq.Inspector, queue string, enqueued map[string]time.Time, kills []time.Time, latency time.Duration) error {
 	delivered := map[string][]webextest.Stored{}
 	for _, m := range sim.Messages("") {
 		delivered[m.Text] = append(delivered[m.Text], m)
@@ -241,7 +241,9 @@ func (rep *ChaosReport) account(sim *webextest.Sim, insp *asynq.Inspector, queue
 	droppedAfter := map[string]int{}
 	cut := map[string]time.Time{} // message → the kill that cut its request
 	for _, r := range sim.Requests("") {
-		if k, ok := strings.CutPrefix(r.Room, "room-"); ok && r.Outcome == webextest.DroppedBefore {
+		// A request the kill cut ends while the simulator still holds it for
+		// its latency; a simulated drop ends after.
+		if k, ok := strings.CutPrefix(r.Room, "room-"); ok && r.Outcome == webextest.DroppedBefore && r.Time.Sub(r.Start) < latency {
 			for _, kt := range kills { // the kill closes the connection at once
 				if d := r.Time.Sub(kt); d >= 0 && d < 500*time.Millisecond {
 					cut[k] = kt
@@ -303,10 +305,7 @@ func (rep *ChaosReport) account(sim *webextest.Sim, insp *asynq.Inspector, queue
 	var afterKill []time.Duration
 	for k, kt := range cut {
 		for _, m := range delivered[k] {
-			// Sooner than 5 s, the cut request was another worker's (a
-			// simulated drop): a killed worker's task is held by its lease
-			// until recovery, at the earliest 6 s later.
-			if m.Created.After(kt.Add(5 * time.Second)) {
+			if m.Created.After(kt) {
 				afterKill = append(afterKill, m.Created.Sub(kt))
 				break
 			}

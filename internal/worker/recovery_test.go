@@ -79,7 +79,9 @@ func TestSIGKILLRecoveredWithin15s(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 30*time.Second, "delivery by the other worker", func() bool { _, acc := s.sim.Counts("slow"); return acc >= 1 })
-	if took := time.Since(killed); took > 15*time.Second {
+	took := time.Since(killed)
+	t.Logf("delivered %v after the kill", took.Round(time.Millisecond))
+	if took > 15*time.Second {
 		t.Fatalf("delivered %v after the kill, want within 15s", took.Round(time.Millisecond))
 	}
 	waitFor(t, 10*time.Second, "completion", func() bool { st, _ := s.state(id); return st == asynq.TaskStateCompleted })
@@ -114,11 +116,22 @@ func TestLongCallOnLiveWorkerNotTakenOver(t *testing.T) {
 }
 
 // A worker paused (SIGSTOP) while it waits between in-process attempts is
-// found dead; its task is delivered by the other worker. Resumed after 30 s,
-// it finds its tombstone and exits with ExitTombstoned before posting, and
-// asynq records nothing for it: the task stays completed, once.
+// found dead; its task is delivered by the other worker. Resumed, it finds
+// its tombstone and exits with ExitTombstoned before posting, and asynq
+// records nothing for it: the task stays completed, once. Resumed after
+// 30 s its own lease has expired too; resumed as soon as the task is
+// delivered, its lease is still valid and only the tombstone stops asynq.
 func TestSIGSTOPWorkerResumedDoesNotPost(t *testing.T) {
 	t.Parallel()
+	for name, pause := range map[string]time.Duration{"after 30s": 30 * time.Second, "while its lease is valid": 0} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			pausedWorkerPostsNothing(t, pause)
+		})
+	}
+}
+
+func pausedWorkerPostsNothing(t *testing.T, pause time.Duration) {
 	s := sharedSetup(t)
 	s.sim.AddFault(webextest.Fault{Room: "paused", Status: 503, Count: 1})
 	ws := s.warm(t, 2, "COURIER_INITIAL_DELAY=12s", "COURIER_JITTER=none", "COURIER_BUDGET=15s")
@@ -131,10 +144,11 @@ func TestSIGSTOPWorkerResumedDoesNotPost(t *testing.T) {
 	stopped := time.Now()
 	waitFor(t, 30*time.Second, "delivery by the other worker", func() bool { _, acc := s.sim.Counts("paused"); return acc == 1 })
 	waitFor(t, 10*time.Second, "completion", func() bool { st, _ := s.state(id); return st == asynq.TaskStateCompleted })
-	waitFor(t, 35*time.Second, "30 s of pause", func() bool { return time.Since(stopped) > 30*time.Second })
+	waitFor(t, pause+5*time.Second, "the pause", func() bool { return time.Since(stopped) >= pause })
 	if err := paused.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("resumed after %v", time.Since(stopped).Round(time.Millisecond))
 	err := paused.wait(t, 10*time.Second)
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != worker.ExitTombstoned {
@@ -167,7 +181,7 @@ func TestRedisOutageTakesNothingOver(t *testing.T) {
 	s.sim.AddFault(webextest.Fault{Room: "long", Delay: webextest.Duration(14 * time.Second), Count: 1})
 	ws := s.warm(t, 2)
 	id := s.enqueue(t, "long", "spans the outage")
-	waitFor(t, 10*time.Second, "the request to reach Webex", func() bool { st, _ := s.state(id); return st == asynq.TaskStateActive })
+	s.holder(t, id, ws) // listed at a heartbeat: its request, sent on fetch, is under way
 	srv.Kill()
 	down := time.Now()
 	waitFor(t, 7*time.Second, "5 s of outage", func() bool { return time.Since(down) > 5*time.Second })
@@ -192,5 +206,33 @@ func TestRedisOutageTakesNothingOver(t *testing.T) {
 			t.Fatalf("a worker exited: %v", err)
 		default:
 		}
+	}
+}
+
+// A worker killed together with Redis (restarted from its AOF a second
+// later): once Redis has been up for the window + 5 s, the dead worker's
+// task goes to the other worker.
+func TestSIGKILLWithRedisRestart(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t, true)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	s := newSetup(t, rdb, "redis://"+srv.Addr+"/0")
+	s.sim.AddFault(webextest.Fault{Room: "slow", Delay: webextest.Duration(time.Minute), Count: 1})
+	ws := s.warm(t, 2)
+	id := s.enqueue(t, "slow", "survives both crashes")
+	dead := s.holder(t, id, ws)
+	killed := time.Now()
+	if err := dead.cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	srv.Kill()
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 45*time.Second, "delivery by the other worker", func() bool { _, acc := s.sim.Counts("slow"); return acc >= 1 })
+	t.Logf("delivered %v after the kill", time.Since(killed).Round(time.Millisecond))
+	if out := other(ws, dead).out.String(); !strings.Contains(out, movedLog) {
+		t.Fatalf("not taken over by the detector:\n%s", out)
 	}
 }

@@ -20,8 +20,10 @@ import (
 //   - asynq:{q}:t:<id> — HASH of the task; field "state" ("active",
 //     "pending", …).
 //   - asynq:servers — ZSET of "asynq:servers:{host:pid:sid}" members, scored
-//     with their expiry; the member stays after a crash (only a clean stop
-//     removes it). The key itself is written at every heartbeat with a 10s TTL.
+//     with their expiry. A crashed server's member stays until a clean stop
+//     or asynq's Inspector (asynqmon, the metrics exporter) removes expired
+//     ones, so recovery remembers the servers it saw. The key itself is
+//     written at every heartbeat with a 10s TTL.
 //   - asynq:workers — ZSET of "asynq:workers:{host:pid:sid}"; that key is a
 //     HASH task id → worker info, rewritten at every heartbeat, 10s TTL. A
 //     task fetched since the last heartbeat is not in it yet.

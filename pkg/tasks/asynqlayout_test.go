@@ -94,7 +94,7 @@ func TestAsynqRequeueLayout(t *testing.T) {
 	second := e.enqueue(text("r", "second"))
 	dead := fakeDeadHolder(t, e.rdb, e.queue, second)
 	r := newTestRecovery(t, e.rdb, e.queue)
-	v, err := r.look(ctx)
+	v, err := r.look(ctx, map[string]float64{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,10 +125,16 @@ func TestAsynqRequeueLayout(t *testing.T) {
 // above pins), and counts the run as the handler's begin does. It returns
 // the dead server's host:pid:sid.
 func fakeDeadHolder(t *testing.T, rdb *redis.Client, queue, id string) string {
+	return fakeDeadHolderSince(t, rdb, queue, id, 0)
+}
+
+// fakeDeadHolderSince is fakeDeadHolder for a server whose last heartbeat,
+// which set the task's lease, was ago.
+func fakeDeadHolderSince(t *testing.T, rdb *redis.Client, queue, id string, ago time.Duration) string {
 	t.Helper()
 	ctx := context.Background()
 	srv := "deadhost:4242:" + queue + "-" + id
-	now := time.Now()
+	now := time.Now().Add(-ago)
 	_, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 		p.LRem(ctx, pendingKey(queue), 0, id)
 		p.LPush(ctx, activeKey(queue), id)

@@ -29,9 +29,8 @@ const (
 	// lease moves at every heartbeat.
 	MinRecoveryAfter = asynqHeartbeat + time.Second
 	tombstoneTTL     = 24 * time.Hour
-	// listHorizon bounds how far back dead servers are listed (asynq never
-	// removes a crashed server from asynq:servers); it is also the clock
-	// skew between workers that listing tolerates.
+	// listHorizon bounds how far back servers are listed and remembered;
+	// it is also the clock skew between workers that listing tolerates.
 	listHorizon = time.Hour
 )
 
@@ -133,7 +132,7 @@ func NewRecovery(rdb redis.UniversalClient, cfg RecoveryConfig) (*Recovery, erro
 // worker's own tombstone: then it calls Halt and returns ErrTombstoned.
 // Redis errors are not returned: they restart the observation window.
 func (r *Recovery) Run(ctx context.Context) error {
-	s := &scan{seen: map[taskRef]sighting{}, owner: map[string]string{}}
+	s := &scan{seen: map[taskRef]sighting{}, owner: map[string]string{}, servers: map[string]float64{}}
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {
@@ -189,10 +188,17 @@ type sighting struct {
 
 // scan is what the detector has seen, continuously, since watching.
 type scan struct {
-	watching time.Time // start of the current unbroken observation
-	last     time.Time
+	// watching is the start of the current unbroken observation: a failed
+	// read of Redis restarts it. A slow or paused detector does not: lease
+	// scores only grow, so one seen unchanged did not move in between.
+	watching time.Time
 	seen     map[taskRef]sighting
 	owner    map[string]string // task id → the server last seen listing it
+	// servers are the servers seen in asynq:servers, with their expiry.
+	// Kept across restarts of the watch: asynq's Inspector (asynqmon, the
+	// metrics exporter) removes expired servers from asynq:servers, so a dead
+	// server may be known only here.
+	servers map[string]float64
 }
 
 func (s *scan) reset(now time.Time) {
@@ -212,10 +218,9 @@ type view struct {
 
 func (r *Recovery) tick(ctx context.Context, s *scan) error {
 	now := time.Now()
-	if s.last.IsZero() || now.Sub(s.last) > 2*r.cfg.Interval+time.Second { // not watching in between (a pause)
+	if s.watching.IsZero() {
 		s.reset(now)
 	}
-	s.last = now
 	if err := r.checkSelf(ctx); err != nil {
 		if errors.Is(err, ErrTombstoned) {
 			return err
@@ -223,7 +228,7 @@ func (r *Recovery) tick(ctx context.Context, s *scan) error {
 		s.reset(now)
 		return nil
 	}
-	v, err := r.look(ctx)
+	v, err := r.look(ctx, s.servers)
 	if err != nil {
 		r.cfg.Logger.Debug("recovery: cannot read Redis; watching again from scratch", "error", err.Error())
 		s.reset(now)
@@ -268,9 +273,11 @@ func (r *Recovery) checkSelf(ctx context.Context) error {
 }
 
 // look reads the leases of the watched queues, the live servers' task
-// lists and the dead servers, in two round trips.
-func (r *Recovery) look(ctx context.Context) (*view, error) {
-	since := strconv.FormatInt(time.Now().Add(-listHorizon).Unix(), 10)
+// lists and which servers are dead, in two round trips. It adds the servers
+// of asynq:servers to known.
+func (r *Recovery) look(ctx context.Context, known map[string]float64) (*view, error) {
+	horizon := time.Now().Add(-listHorizon).Unix()
+	since := strconv.FormatInt(horizon, 10)
 	p := r.rdb.Pipeline()
 	info := p.Info(ctx, "server")
 	leases := make([]*redis.ZSliceCmd, len(r.cfg.Queues))
@@ -296,12 +303,18 @@ func (r *Recovery) look(ctx context.Context) (*view, error) {
 			lists[srv] = p.HKeys(ctx, m)
 		}
 	}
-	exists := map[string]*redis.IntCmd{}
-	expiry := map[string]float64{}
 	for _, z := range servers.Val() {
 		if srv := serverOf(fmt.Sprint(z.Member)); srv != "" {
-			exists[srv], expiry[srv] = p.Exists(ctx, serverKey(srv)), z.Score
+			known[srv] = max(known[srv], z.Score)
 		}
+	}
+	exists := map[string]*redis.IntCmd{}
+	for srv, exp := range known {
+		if exp < float64(horizon) {
+			delete(known, srv)
+			continue
+		}
+		exists[srv] = p.Exists(ctx, serverKey(srv))
 	}
 	if _, err := p.Exec(ctx); err != nil {
 		return nil, err
@@ -315,7 +328,7 @@ func (r *Recovery) look(ctx context.Context) (*view, error) {
 		if n.Val() > 0 {
 			v.live[srv] = true
 		} else {
-			v.dead[srv] = expiry[srv]
+			v.dead[srv] = known[srv]
 		}
 	}
 	return v, nil

@@ -206,3 +206,27 @@ func TestTombstonedWorkerPostsNothing(t *testing.T) {
 		t.Fatalf("task %+v %v: want it back in the queue, no redelivery used", info, err)
 	}
 }
+
+// asynq's Inspector (asynqmon, the metrics exporter) removes expired servers
+// from asynq:servers; a dead server the detector saw is still found.
+func TestRecoveryRemembersServersTheInspectorPrunes(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	id := e.enqueue(text("r", "orphan"))
+	dead := fakeDeadHolderSince(t, e.rdb, e.queue, id, asynqServerStateTTL) // its key expired just now
+	r := newTestRecovery(t, e.rdb, e.queue)
+	start := time.Now()
+	r.run(t)
+	waitFor(t, 5*time.Second, "a few scans and the server's expiry to pass", func() bool { return time.Since(start) > 2*time.Second })
+	if _, err := e.inspector.Servers(); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.rdb.ZScore(ctx, asynqServers, serverKey(dead)).Err(); !errors.Is(err, redis.Nil) {
+		t.Fatalf("asynq's Inspector no longer prunes expired servers (%v): this test no longer covers what it should", err)
+	}
+	waitFor(t, 20*time.Second, "the task back in pending", func() bool { return e.taskState(id) == asynq.TaskStatePending })
+	if !strings.Contains(r.logs.String(), dead) {
+		t.Fatalf("log does not name %s:\n%s", dead, r.logs.String())
+	}
+}
