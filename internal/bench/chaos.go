@@ -294,7 +294,16 @@ func (rep *ChaosReport) account(sim *webextest.Sim, insp *asynq.Inspector, queue
 			case !rep.RedisKilledAt.IsZero() && ms[extra-1].Created.Sub(rep.RedisKilledAt).Abs() < 5*time.Second:
 				rep.Duplicates["Redis killed before the dedup record was written"]++
 			default:
-				rep.Unexplained = append(rep.Unexplained, fmt.Sprintf("%s delivered %d times", k, len(ms)))
+				var at []string
+				for _, m := range ms {
+					at = append(at, m.Created.Format("15:04:05.000"))
+				}
+				var ks []string
+				for _, kt := range kills {
+					ks = append(ks, kt.Format("15:04:05.000"))
+				}
+				rep.Unexplained = append(rep.Unexplained, fmt.Sprintf("%s delivered %d times (at %s; worker kills at %s; dropped after accepting %d times)",
+					k, len(ms), strings.Join(at, ", "), strings.Join(ks, ", "), droppedAfter[k]))
 			}
 		}
 	}
