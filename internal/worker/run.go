@@ -27,12 +27,20 @@ const (
 	ExitOK      = 0 // stopped by SIGINT or SIGTERM
 	ExitFailure = 1 // a part failed to start, or stopped by itself
 	ExitConfig  = 2 // Load refused the configuration
+	// ExitTombstoned: another worker found this one dead and took its tasks
+	// over (it was paused or cut off long enough to look dead). It exits at
+	// once, so that asynq records nothing for those tasks, and its
+	// supervisor restarts it.
+	ExitTombstoned = 3
 )
 
 // ExitCode is the exit code for Run's error.
 func ExitCode(err error) int {
-	if err == nil {
+	switch {
+	case err == nil:
 		return ExitOK
+	case errors.Is(err, tasks.ErrTombstoned):
+		return ExitTombstoned
 	}
 	return ExitFailure
 }
@@ -65,6 +73,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return nil
 	}})
 	g.Add(p.deliveryPart())
+	if p.cfg.recoveryOn() {
+		g.Add(p.detectorPart())
+	}
 	if p.cfg.RelayAddr != "" {
 		g.Add(p.relayPart())
 	}
@@ -84,6 +95,8 @@ type process struct {
 	clients map[string]*webex.Client
 	dead    *tasks.DeadLetters
 	w       *tasks.Worker
+	// recovery is the crash-recovery detector; nil when it is off.
+	recovery *tasks.Recovery
 	// adminAddr is where the admin server listens ("" when off).
 	adminAddr string
 }
@@ -155,8 +168,15 @@ func (p *process) build(ctx context.Context) error {
 	if p.log.Enabled(ctx, slog.LevelDebug) {
 		wcfg.AttemptLogger = p.log // each in-process attempt, at debug
 	}
+	recovery, err := newRecovery(&p.cfg, p.rdb, p.reg, p.log)
+	if err != nil {
+		return err
+	}
+	if recovery != nil {
+		wcfg.Fence = recovery.Fence
+	}
 	w, err := tasks.NewWorker(p.rdb, wcfg)
-	p.w = w
+	p.w, p.recovery = w, recovery
 	return err
 }
 
@@ -227,6 +247,17 @@ func (p *process) deliveryPart() lifecycle.Part {
 		// Fetching stops, in-process waits end, requests under way finish,
 		// and what is left is requeued within the shutdown timeout.
 		Interrupt: func() { p.w.Shutdown() },
+	}
+}
+
+// detectorPart finds workers that died and hands their tasks back at once.
+// When it finds this worker's own tombstone, Halt exits the process with
+// ExitTombstoned before anything else runs.
+func (p *process) detectorPart() lifecycle.Part {
+	ctx, cancel := context.WithCancel(context.Background())
+	return lifecycle.Part{Name: "crash-recovery detector",
+		Run:       func() error { return p.recovery.Run(ctx) },
+		Interrupt: cancel,
 	}
 }
 

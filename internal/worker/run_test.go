@@ -14,6 +14,7 @@ import (
 	"github.com/courier-dev/courier/internal/lifecycle"
 	"github.com/courier-dev/courier/internal/redistest"
 	"github.com/courier-dev/courier/internal/worker"
+	"github.com/courier-dev/courier/pkg/tasks"
 )
 
 // takenAddr is an address something else already listens on.
@@ -145,5 +146,21 @@ func TestPartFailureExits1(t *testing.T) {
 				t.Fatalf("output:\n%s", out)
 			}
 		})
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		err  error
+		want int
+	}{
+		{nil, worker.ExitOK},
+		{&lifecycle.PartError{Part: "relay", Start: true, Err: errors.New("bind")}, worker.ExitFailure},
+		{&lifecycle.PartError{Part: "crash-recovery detector", Err: tasks.ErrTombstoned}, worker.ExitTombstoned},
+	} {
+		if got := worker.ExitCode(c.err); got != c.want {
+			t.Errorf("ExitCode(%v) = %d, want %d", c.err, got, c.want)
+		}
 	}
 }
