@@ -1,6 +1,3 @@
-// Package worker is the courier worker process: its configuration (flags and
-// environment), start-up checks, the asynq worker, the admin server and a
-// graceful stop. cmd/worker only calls Load and Run.
 package worker
 
 import (
