@@ -31,7 +31,7 @@ func main() {
 	}
 	ctx, stop := signals.Context(context.Background(), func(s os.Signal) {
 		fmt.Fprintf(os.Stderr, "worker: second %v: exiting now\n", s)
-		os.Exit(1)
+		os.Exit(worker.ExitFailure)
 	})
 	err = worker.Run(ctx, cfg, worker.NewLogger(os.Stderr, cfg.LogFormat, cfg.LogLevel))
 	if err != nil {
