@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -43,6 +44,10 @@ type DeadLetter struct {
 	Error   string    `json:"error"`
 	Time    time.Time `json:"time"`
 	Payload []byte    `json:"-"`
+	// Behind lists the ordered messages (task ids, the first 100) that were
+	// waiting behind this one in its sequence when it was dead-lettered;
+	// the first of them was released in its place.
+	Behind []string `json:"behind,omitempty"`
 }
 
 // Add appends a dead letter.
@@ -50,7 +55,7 @@ func (d *DeadLetters) Add(ctx context.Context, dl DeadLetter) error {
 	err := d.rdb.XAdd(ctx, &redis.XAddArgs{
 		Stream: d.stream, MaxLen: d.max, Approx: true,
 		Values: []any{"task_id", dl.TaskID, "queue", dl.Queue, "outcome", dl.Outcome, "error", dl.Error,
-			"time", strconv.FormatInt(dl.Time.UnixMilli(), 10), "payload", dl.Payload},
+			"time", strconv.FormatInt(dl.Time.UnixMilli(), 10), "payload", dl.Payload, "behind", strings.Join(dl.Behind, " ")},
 	}).Err()
 	if err != nil {
 		return fmt.Errorf("record dead letter: %w", err)
@@ -104,6 +109,9 @@ func (d *DeadLetters) Requeue(ctx context.Context, id string, p *Producer) (*Enq
 	if pl.Key != "" {
 		opts = append(opts, Key(pl.Key))
 	}
+	if pl.OrderingKey != "" { // re-enters at the end of its sequence
+		opts = append(opts, OrderingKey(pl.OrderingKey))
+	}
 	return p.Enqueue(ctx, pl.Message, opts...)
 }
 
@@ -111,5 +119,5 @@ func fromStream(m redis.XMessage) DeadLetter {
 	str := func(k string) string { s, _ := m.Values[k].(string); return s }
 	ms, _ := strconv.ParseInt(str("time"), 10, 64)
 	return DeadLetter{ID: m.ID, TaskID: str("task_id"), Queue: str("queue"), Outcome: str("outcome"), Error: str("error"),
-		Time: time.UnixMilli(ms).UTC(), Payload: []byte(str("payload"))}
+		Time: time.UnixMilli(ms).UTC(), Payload: []byte(str("payload")), Behind: strings.Fields(str("behind"))}
 }

@@ -33,11 +33,12 @@ type TaskResult struct {
 // with NewHandler to run it under an asynq.Server of your own (then also set
 // the server's RetryDelayFunc, IsFailure and ErrorHandler from Hooks).
 type Handler struct {
-	cfg  WorkerConfig
-	rec  *records
-	bots map[string]*bot
-	stop context.Context // ends when the worker stops: in-process waits end
-	gate *gate
+	cfg   WorkerConfig
+	rec   *records
+	bots  map[string]*bot
+	stop  context.Context // ends when the worker stops: in-process waits end
+	gate  *gate
+	order *ordering
 
 	// afterRecord, when set (tests), runs after each dedup record is written.
 	afterRecord func(taskID string, part int) error
@@ -114,7 +115,7 @@ func (h *Handler) RejectedBots() map[string]time.Time {
 
 // ProcessTask delivers one task. It returns nil when the message is
 // delivered (or was already), else a *DeliveryError.
-func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 	id, _ := asynq.GetTaskID(ctx)
 	queue, _ := asynq.GetQueueName(ctx)
 	retried, _ := asynq.GetRetryCount(ctx)
@@ -127,6 +128,16 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		return &DeliveryError{Outcome: Deferred, Err: err, Delay: retrypolicy.QueueDelay(h.cfg.DeferDelay)}
 	case err != nil:
 		return &DeliveryError{Outcome: Corrupt, Err: err}
+	}
+	if p.OrderingKey != "" { // only the head of its sequence goes; once delivered, the next one
+		if de := h.order.claim(ctx, queue, id, p.OrderingKey, retried, h.cfg.Schedule); de != nil {
+			return de
+		}
+		defer func() {
+			if err == nil {
+				h.order.release(ctx, queue, id, p.OrderingKey)
+			}
+		}()
 	}
 	b := h.bots[p.Bot]
 	if b == nil {

@@ -108,6 +108,9 @@ type Payload struct {
 	// ExpiresAt, when set, is when an undelivered message stops being worth
 	// posting: it is dead-lettered as expired instead.
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	// OrderingKey, when set, makes the message ordered: it is delivered
+	// after the ordered messages enqueued before it with the same key.
+	OrderingKey string `json:"ordering_key,omitempty"`
 }
 
 // ErrCorruptPayload matches a payload that cannot be decoded.
