@@ -58,8 +58,9 @@ Examples:
 
 JSON lines use Webex's field names (roomId, toPersonId, toPersonEmail,
 parentId, text, markdown, attachments) plus files (local paths, or
-http(s) URLs), key, bot, queue, in ("10m"), at (RFC 3339), expiresIn ("2h")
-and maxRedeliveries.
+http(s) URLs), key, bot, queue, in ("10m"), at (RFC 3339), expiresIn ("2h"),
+maxRedeliveries, ordered (true) and orderingKey. Ordered lines with the same
+destination (or orderingKey) are delivered in the order of the input.
 
 Exit status: 0 every message enqueued (duplicates count); 2 bad input only
 (invalid lines reported with their number, valid lines enqueued); 1 Redis or
@@ -85,6 +86,8 @@ type Line struct {
 	At              string             `json:"at"`
 	ExpiresIn       string             `json:"expiresIn"`
 	MaxRedeliveries *int               `json:"maxRedeliveries"`
+	Ordered         bool               `json:"ordered"`
+	OrderingKey     string             `json:"orderingKey"`
 }
 
 // outcome of one message, printed as a line.
@@ -187,6 +190,8 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*o
 	fs.StringVar(&l.In, "in", "", "deliver after this delay, e.g. 10m")
 	fs.StringVar(&l.At, "at", "", "deliver at this time, RFC 3339")
 	fs.StringVar(&l.ExpiresIn, "expires-in", "", "dead-letter as expired if not delivered within, e.g. 2h")
+	fs.BoolVar(&l.Ordered, "ordered", false, "deliver after the ordered messages enqueued before it to the same destination")
+	fs.StringVar(&l.OrderingKey, "ordering-key", "", "order by this key instead of the destination (implies --ordered)")
 	fs.Func("max-redeliveries", "redeliveries after transient failures (default 30)", func(v string) error {
 		var n int
 		if _, err := fmt.Sscan(v, &n); err != nil {
@@ -308,6 +313,9 @@ func build(n int, l Line, extraFiles []string, cardFile string) pending {
 	}
 	if l.MaxRedeliveries != nil {
 		opts = append(opts, tasks.MaxRedeliveries(*l.MaxRedeliveries))
+	}
+	if l.Ordered || l.OrderingKey != "" {
+		opts = append(opts, tasks.OrderingKey(l.OrderingKey))
 	}
 	p.req = tasks.Request{Message: m, Options: opts}
 	p.err = errors.Join(errs...)

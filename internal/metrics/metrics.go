@@ -30,6 +30,7 @@ type Metrics struct {
 	throttled     *prometheus.CounterVec
 	breaker       *prometheus.GaugeVec
 	transitions   *prometheus.CounterVec
+	released      *prometheus.CounterVec
 }
 
 var _ tasks.Observer = (*Metrics)(nil)
@@ -76,8 +77,9 @@ func New(reg prometheus.Registerer, inspector *asynq.Inspector) *Metrics {
 			Name: "courier_circuit_transitions_total",
 			Help: "Circuit breaker transitions this worker caused, by bot and to (open, closed).",
 		}, []string{"bot", "to"}),
+		released: newReleased(),
 	}
-	reg.MustRegister(m.deliveries, m.attempts, m.waited, m.latency, m.requests, m.tokenRejected, m.throttled, m.breaker, m.transitions)
+	reg.MustRegister(m.deliveries, m.attempts, m.waited, m.latency, m.requests, m.tokenRejected, m.throttled, m.breaker, m.transitions, m.released)
 	if inspector != nil {
 		reg.MustRegister(asynqmetrics.NewQueueMetricsCollector(inspector))
 	}
