@@ -4,6 +4,7 @@
 //
 //	go run ./cmd/courierbench run               # everything, results as markdown
 //	go run ./cmd/courierbench chaos -short      # the chaos run, CI's short form
+//	go run ./cmd/courierbench chaos -ordered -messages 5000 -rooms 50   # ordered delivery under chaos
 package main
 
 import (
@@ -75,12 +76,17 @@ func run(cmd string, args []string) error {
 		fs.IntVar(&o.Messages, "messages", o.Messages, "messages (unique keys)")
 		fs.DurationVar(&o.KillEvery, "kill-every", o.KillEvery, "SIGKILL a random worker this often")
 		fs.IntVar(&o.Kills, "kills", o.Kills, "worker kills")
+		ordered := fs.Bool("ordered", false, "enqueue every message ordered, over -rooms rooms, and check each room's order")
+		rooms := fs.Int("rooms", 50, "rooms of the ordered mode")
 		verbose := fs.Bool("v", false, "show the workers' output")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
 		if *short {
 			o = bench.ShortChaos()
+		}
+		if *ordered {
+			o.Ordered, o.Rooms = true, *rooms
 		}
 		if *verbose {
 			o.Log = os.Stderr

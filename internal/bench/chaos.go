@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -30,6 +31,12 @@ type ChaosOptions struct {
 	Quiesce     time.Duration // how long to wait for every task to settle
 	Latency     time.Duration // the simulator's answer time, so that deliveries span the kills
 	Log         io.Writer
+	// Ordered enqueues every message ordered (tasks.Ordered) over Rooms
+	// rooms, and the report checks each room's order.
+	Ordered bool
+	Rooms   int // rooms the messages go to; default 20
+	// KeepRedis leaves Redis running (and skips the fsync measurements).
+	KeepRedis bool
 }
 
 // DefaultChaos is the full run of docs/RELIABILITY.md.
@@ -57,6 +64,9 @@ type ChaosReport struct {
 	RedisKilledAt                           time.Time
 	Took                                    time.Duration
 	Everysec, Always                        FsyncLoss
+	Ordered                                 bool
+	Rooms                                   int
+	OrderViolations                         []string // ordered mode: a room's messages out of enqueue order
 }
 
 // FsyncLoss is what a Redis crash lost of acknowledged enqueues.
@@ -75,13 +85,16 @@ func Chaos(o ChaosOptions) (*ChaosReport, error) {
 		o.Log = io.Discard
 	}
 	start := time.Now()
-	rep := &ChaosReport{Messages: o.Messages, Duplicates: map[string]int{}}
+	o.Rooms = cmp.Or(o.Rooms, 20)
+	rep := &ChaosReport{Messages: o.Messages, Duplicates: map[string]int{}, Ordered: o.Ordered, Rooms: o.Rooms}
 	var err error
-	if rep.Everysec, err = fsyncLoss("everysec"); err != nil {
-		return nil, err
-	}
-	if rep.Always, err = fsyncLoss("always"); err != nil {
-		return nil, err
+	if !o.KeepRedis {
+		if rep.Everysec, err = fsyncLoss("everysec"); err != nil {
+			return nil, err
+		}
+		if rep.Always, err = fsyncLoss("always"); err != nil {
+			return nil, err
+		}
 	}
 	e, err := NewEnv(o.Log, "always")
 	if err != nil {
@@ -106,11 +119,14 @@ func Chaos(o ChaosOptions) (*ChaosReport, error) {
 	reqs := make([]tasks.Request, o.Messages)
 	key := func(i int) string { return fmt.Sprintf("chaos-%05d", i) }
 	for i := range reqs {
-		room := fmt.Sprintf("chaos-room-%02d", i%20)
+		room := fmt.Sprintf("chaos-room-%02d", i%o.Rooms)
 		if i%50 == 7 { // 2%
 			room = chaos404Room
 		}
 		reqs[i] = tasks.Request{Message: tasks.Message{Message: webex.Message{RoomID: room, Text: key(i)}}, Options: []tasks.Option{tasks.Key(key(i))}}
+		if o.Ordered {
+			reqs[i].Options = append(reqs[i].Options, tasks.Ordered())
+		}
 	}
 	t0 := time.Now()
 	for i, r := range p.EnqueueMany(context.Background(), reqs) {
@@ -172,7 +188,7 @@ func Chaos(o ChaosOptions) (*ChaosReport, error) {
 			return nil, err
 		}
 		rep.WorkerKills++
-		if k == 0 {
+		if k == 0 && !o.KeepRedis {
 			rep.RedisKilledAt = time.Now()
 			e.Redis.Kill()
 			time.Sleep(time.Second)
@@ -208,6 +224,9 @@ func Chaos(o ChaosOptions) (*ChaosReport, error) {
 	}
 settled:
 	rep.Took = time.Since(start)
+	if o.Ordered {
+		rep.OrderViolations = orderViolations(sim.Messages(""))
+	}
 	return rep, rep.account(sim, insp, queue, enqueued, killTimes)
 }
 
@@ -342,7 +361,15 @@ func fsyncLoss(policy string) (FsyncLoss, error) {
 
 // Print writes the report as markdown.
 func (rep *ChaosReport) Print(w io.Writer) {
-	fmt.Fprintf(w, "## Chaos run: %d messages, %d worker kills, Redis killed once (appendfsync always)\n\n", rep.Messages, rep.WorkerKills)
+	redisKill := "Redis killed once (appendfsync always)"
+	if rep.RedisKilledAt.IsZero() {
+		redisKill = "Redis left running"
+	}
+	ordered := ""
+	if rep.Ordered {
+		ordered = fmt.Sprintf(", ordered over %d rooms", rep.Rooms)
+	}
+	fmt.Fprintf(w, "## Chaos run: %d messages%s, %d worker kills, %s\n\n", rep.Messages, ordered, rep.WorkerKills, redisKill)
 	fmt.Fprintf(w, "| outcome | messages |\n|---|---|\n| delivered | %d |\n| dead-lettered with a permanent reason (the 404 room) | %d |\n| **lost** | **%d** |\n",
 		rep.Delivered, rep.DeadLettered, rep.Lost)
 	total := 0
@@ -357,15 +384,24 @@ func (rep *ChaosReport) Print(w io.Writer) {
 		fmt.Fprintf(w, "- UNEXPLAINED: %s\n", u)
 	}
 	fmt.Fprintf(w, "\nDelivery delay from enqueue: p99 %s, max %s. Run took %s.\n", rep.P99Delay.Round(time.Millisecond), rep.MaxDelay.Round(time.Millisecond), rep.Took.Round(time.Second))
-	fmt.Fprintf(w, "\nAcknowledged enqueues lost when Redis was SIGKILLed mid-stream: appendfsync always %d of %d; everysec %d of %d.\n",
-		rep.Always.Lost, rep.Always.Acknowledged, rep.Everysec.Lost, rep.Everysec.Acknowledged)
+	if rep.Ordered {
+		fmt.Fprintf(w, "\nRooms whose messages arrived out of enqueue order: %d.\n", len(rep.OrderViolations))
+		for _, v := range rep.OrderViolations {
+			fmt.Fprintf(w, "- OUT OF ORDER: %s\n", v)
+		}
+	}
+	if rep.Always.Acknowledged > 0 {
+		fmt.Fprintf(w, "\nAcknowledged enqueues lost when Redis was SIGKILLed mid-stream: appendfsync always %d of %d; everysec %d of %d.\n",
+			rep.Always.Lost, rep.Always.Acknowledged, rep.Everysec.Lost, rep.Everysec.Acknowledged)
+	}
 }
 
 // Check fails when anything was lost or a duplicate has no explanation, or
 // when appendfsync always lost an acknowledged enqueue.
 func (rep *ChaosReport) Check() error {
-	if rep.Lost > 0 || len(rep.Unexplained) > 0 || rep.Always.Lost > 0 {
-		return fmt.Errorf("chaos: %d lost, %d unexplained, %d acknowledged enqueues lost with appendfsync always", rep.Lost, len(rep.Unexplained), rep.Always.Lost)
+	if rep.Lost > 0 || len(rep.Unexplained) > 0 || rep.Always.Lost > 0 || len(rep.OrderViolations) > 0 {
+		return fmt.Errorf("chaos: %d lost, %d unexplained, %d acknowledged enqueues lost with appendfsync always, %d rooms out of order",
+			rep.Lost, len(rep.Unexplained), rep.Always.Lost, len(rep.OrderViolations))
 	}
 	return nil
 }
