@@ -5,6 +5,7 @@
 //	go run ./cmd/courierbench run               # everything, results as markdown
 //	go run ./cmd/courierbench chaos -short      # the chaos run, CI's short form
 //	go run ./cmd/courierbench chaos -ordered -messages 5000 -rooms 50   # ordered delivery under chaos
+//	go run ./cmd/courierbench ordered -runs 1   # ordered vs unordered throughput
 package main
 
 import (
@@ -25,7 +26,7 @@ import (
 func main() {
 	redis.SetLogger(quiet{}) // Redis is killed on purpose; its client's dial errors are expected
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: courierbench run|chaos [flags]")
+		fmt.Fprintln(os.Stderr, "usage: courierbench run|chaos|ordered [flags]")
 		os.Exit(2)
 	}
 	if err := run(os.Args[1], os.Args[2:]); err != nil {
@@ -70,6 +71,29 @@ func run(cmd string, args []string) error {
 		defer env.Close()
 		return env.Run(os.Stdout, bench.Options{Messages: *n, Concurrency: ints(*conc), Runs: *runs, EnqueueN: *enq,
 			Rates: ints(*rates), RateDuration: *per, IdleFor: *idle, PlotPath: *plot})
+	case "ordered":
+		o := bench.OrderedOptions{}
+		fs.IntVar(&o.Messages, "messages", 5000, "messages per drain run")
+		rooms := fs.String("rooms", "50,1", "room counts to compare at")
+		fs.IntVar(&o.Concurrency, "concurrency", 10, "the worker's concurrency")
+		fs.IntVar(&o.Runs, "runs", 3, "alternating pairs per room count")
+		latency := fs.Duration("latency", 0, "the simulator's answer time")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		o.Rooms = ints(*rooms)
+		env, err := bench.NewEnv(io.Discard, "")
+		if err != nil {
+			return err
+		}
+		defer env.Close()
+		env.Sim.SetLatency(*latency)
+		res, err := env.CompareOrdered(o)
+		if err != nil {
+			return err
+		}
+		bench.PrintOrdered(os.Stdout, o, res)
+		return nil
 	case "chaos":
 		o := bench.DefaultChaos()
 		short := fs.Bool("short", false, "CI's short form: about 1,000 messages and 2 worker kills")
@@ -100,7 +124,7 @@ func run(cmd string, args []string) error {
 		}
 		return rep.Check()
 	}
-	return fmt.Errorf("unknown command %q: want run or chaos", cmd)
+	return fmt.Errorf("unknown command %q: want run, chaos or ordered", cmd)
 }
 
 type quiet struct{}
