@@ -31,6 +31,7 @@ type Metrics struct {
 	breaker       *prometheus.GaugeVec
 	transitions   *prometheus.CounterVec
 	released      *prometheus.CounterVec
+	unthreaded    prometheus.Counter
 }
 
 var _ tasks.Observer = (*Metrics)(nil)
@@ -77,9 +78,10 @@ func New(reg prometheus.Registerer, inspector *asynq.Inspector) *Metrics {
 			Name: "courier_circuit_transitions_total",
 			Help: "Circuit breaker transitions this worker caused, by bot and to (open, closed).",
 		}, []string{"bot", "to"}),
-		released: newReleased(),
+		released:   newReleased(),
+		unthreaded: newUnthreaded(),
 	}
-	reg.MustRegister(m.deliveries, m.attempts, m.waited, m.latency, m.requests, m.tokenRejected, m.throttled, m.breaker, m.transitions, m.released)
+	reg.MustRegister(m.deliveries, m.attempts, m.waited, m.latency, m.requests, m.tokenRejected, m.throttled, m.breaker, m.transitions, m.released, m.unthreaded)
 	if inspector != nil {
 		reg.MustRegister(asynqmetrics.NewQueueMetricsCollector(inspector))
 	}

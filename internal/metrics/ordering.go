@@ -17,6 +17,17 @@ func newReleased() *prometheus.CounterVec {
 	}, []string{"queue", "reason"})
 }
 
+// newUnthreaded is the counter of replies sent outside their thread.
+func newUnthreaded() prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "courier_replies_unthreaded_total",
+		Help: "Replies to a relayed message sent without a thread because the parent had no Webex id (dead-lettered, no longer retained, or unknown).",
+	})
+}
+
+// ReplyUnthreaded counts a reply sent outside its parent's thread.
+func (m *Metrics) ReplyUnthreaded(string) { m.unthreaded.Inc() }
+
 // SuccessorReleased counts an ordered message released past a head that was
 // not delivered.
 func (m *Metrics) SuccessorReleased(queue, reason string) {

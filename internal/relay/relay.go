@@ -41,6 +41,10 @@ type Config struct {
 	Inspector *asynq.Inspector
 	// Queue is where messages go. Default tasks.DefaultQueue.
 	Queue string
+	// Unordered delivers without per-destination order. By default every
+	// message is ordered by its destination (tasks.Ordered), as a bot that
+	// called Webex synchronously saw its messages arrive.
+	Unordered bool
 	// MaxBodyBytes refuses larger bodies with 413 before reading them.
 	// Default: the inline file cap plus 256 KiB.
 	MaxBodyBytes int64
@@ -179,6 +183,12 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	}
 	at := s.cfg.Now().UTC().Truncate(time.Millisecond)
 	opts := []tasks.Option{tasks.Queue(s.cfg.Queue), tasks.Bot(bot), tasks.Source("relay"), tasks.EnqueuedAt(at)}
+	if !s.cfg.Unordered {
+		opts = append(opts, tasks.Ordered())
+	}
+	if queue, parent, ok := ParseRelayID(msg.ParentID); ok && queue == s.cfg.Queue {
+		opts = append(opts, tasks.ReplyTo(parent)) // sent with the parent's Webex id once it is delivered
+	}
 	key := r.Header.Get("Idempotency-Key")
 	if key != "" {
 		key = "relay/" + cmp.Or(bot, "default") + "/" + key
@@ -189,7 +199,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	var ve *webex.ValidationError
 	switch {
 	case errors.As(err, &dup):
-		s.repeat(w, dup)
+		s.repeat(r.Context(), w, dup)
 		return
 	case errors.As(err, &ve):
 		writeValidation(w, err)
@@ -204,13 +214,16 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 }
 
 // repeat answers a repeated Idempotency-Key with the first request's answer.
-func (s *Server) repeat(w http.ResponseWriter, dup *tasks.DuplicateError) {
-	info, err := s.cfg.Inspector.GetTaskInfo(dup.Queue, dup.Key)
-	if err != nil {
-		writeError(w, http.StatusConflict, "This Idempotency-Key was used, and its message is no longer retained.")
-		return
+func (s *Server) repeat(ctx context.Context, w http.ResponseWriter, dup *tasks.DuplicateError) {
+	p, err := s.cfg.Producer.Waiting(ctx, dup.Queue, dup.Key)
+	if errors.Is(err, tasks.ErrNotWaiting) {
+		var info *asynq.TaskInfo
+		if info, err = s.cfg.Inspector.GetTaskInfo(dup.Queue, dup.Key); err != nil {
+			writeError(w, http.StatusConflict, "This Idempotency-Key was used, and its message is no longer retained.")
+			return
+		}
+		p, err = tasks.DecodePayload(info.Payload)
 	}
-	p, err := tasks.DecodePayload(info.Payload)
 	if err != nil {
 		writeError(w, http.StatusConflict, "This Idempotency-Key names an unreadable message.")
 		return
@@ -246,6 +259,10 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	queue, taskID, ok := ParseRelayID(id)
 	if !ok {
 		writeError(w, http.StatusNotFound, "The requested resource could not be found.")
+		return
+	}
+	if p, err := s.cfg.Producer.Waiting(r.Context(), queue, taskID); err == nil && p.Bot == botOf(r) { // ordered, behind others
+		writeJSON(w, http.StatusOK, Status{ID: id, TaskID: taskID, Queue: queue, State: "queued", Created: p.EnqueuedAt.UTC().Format("2006-01-02T15:04:05.000Z")})
 		return
 	}
 	info, err := s.cfg.Inspector.GetTaskInfo(queue, taskID)

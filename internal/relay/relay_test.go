@@ -35,6 +35,7 @@ type env struct {
 	srv   *httptest.Server
 	queue string
 	insp  *asynq.Inspector
+	prod  *tasks.Producer
 	t     *testing.T
 }
 
@@ -53,7 +54,7 @@ func newEnv(t *testing.T, maxBody int64) *env {
 		Queue: queue, MaxBodyBytes: maxBody, Logger: slog.New(slog.DiscardHandler)})
 	srv := httptest.NewServer(rl)
 	t.Cleanup(srv.Close)
-	return &env{srv: srv, queue: queue, insp: insp, t: t}
+	return &env{srv: srv, queue: queue, insp: insp, prod: p, t: t}
 }
 
 func (e *env) do(method, path, token, contentType string, body []byte, header map[string]string) (int, http.Header, []byte) {
@@ -110,6 +111,9 @@ func (e *env) payload(id string) *tasks.Payload {
 	queue, taskID, ok := relay.ParseRelayID(id)
 	if !ok || queue != e.queue {
 		e.t.Fatalf("relay id %q names %q/%q", id, queue, taskID)
+	}
+	if p, err := e.prod.Waiting(context.Background(), queue, taskID); err == nil { // ordered, behind another message
+		return p
 	}
 	info, err := e.insp.GetTaskInfo(queue, taskID)
 	if err != nil {

@@ -139,6 +139,11 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 			}
 		}()
 	}
+	if p.ParentTask != "" { // a reply: to its parent's Webex message, once delivered
+		if de := h.threadReply(ctx, queue, id, p, retried); de != nil {
+			return de
+		}
+	}
 	b := h.bots[p.Bot]
 	if b == nil {
 		return &DeliveryError{Outcome: Permanent, Bot: p.Bot, Err: fmt.Errorf("unknown bot %q: this worker knows %s", p.Bot, h.cfg.botNames())}

@@ -28,6 +28,7 @@ import (
 //	courier:{<queue>}:heads         hash: ordering key → the head's task id
 //	courier:{<queue>}:seq:<key>     list: the task ids behind the head, in order
 //	courier:{<queue>}:seqmsg:<key>  hash: task id → its encoded asynq message
+//	courier:{<queue>}:waiting       hash: task id → ordering key, of every message behind a head
 //
 // A sequence that drains leaves nothing behind (Redis deletes empty lists
 // and hashes, and the head's field goes), so an idle key costs no memory.
@@ -102,10 +103,14 @@ func validateOrdering(o *enqueueOptions) error {
 // sequence names the keys of one sequence.
 type sequence struct{ queue, key string }
 
-func (s sequence) heads() string  { return headsKey(s.queue) }
-func (s sequence) list() string   { return "courier:{" + s.queue + "}:seq:" + s.key }
-func (s sequence) msgs() string   { return "courier:{" + s.queue + "}:seqmsg:" + s.key }
-func (s sequence) prefix() string { return "asynq:{" + s.queue + "}:" }
+func (s sequence) heads() string   { return headsKey(s.queue) }
+func (s sequence) list() string    { return "courier:{" + s.queue + "}:seq:" + s.key }
+func (s sequence) msgs() string    { return "courier:{" + s.queue + "}:seqmsg:" + s.key }
+func (s sequence) prefix() string  { return "asynq:{" + s.queue + "}:" }
+func (s sequence) waiting() string { return waitingKey(s.queue) }
+
+// waitingKey is the hash naming the sequence of each message behind a head.
+func waitingKey(queue string) string { return "courier:{" + queue + "}:waiting" }
 
 // headsKey is the hash of a queue's sequence heads.
 func headsKey(queue string) string { return "courier:{" + queue + "}:heads" }
@@ -124,6 +129,7 @@ if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
 end
 redis.call('RPUSH', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[6], ARGV[2], ARGV[1])
 return 2
 `)
 
@@ -142,7 +148,7 @@ func (p *Producer) enqueueOrdered(ctx context.Context, task *asynq.Task, o *enqu
 		}
 		p.queues.Store(o.queue, true)
 	}
-	n, err := enqueueOrderedScript.Run(ctx, p.rdb, []string{s.heads(), s.list(), s.msgs(), taskKey(o.queue, id), s.prefix() + "pending"},
+	n, err := enqueueOrderedScript.Run(ctx, p.rdb, []string{s.heads(), s.list(), s.msgs(), taskKey(o.queue, id), s.prefix() + "pending", s.waiting()},
 		o.orderingKey, id, msg, p.cfg.Now().UnixNano()).Int()
 	if err != nil {
 		return nil, fmt.Errorf("enqueue: %w", err)
@@ -198,8 +204,8 @@ if not redis.call('LPOS', KEYS[2], ARGV[2]) then redis.call('RPUSH', KEYS[2], AR
 return 0
 `)
 
-// releaseLua defines release(heads, list, msgs, key, head, prefix, now,
-// behind): if head is still the head of the sequence, the next message
+// releaseLua defines release(heads, list, msgs, waiting, key, head, prefix,
+// now, behind): if head is still the head of the sequence, the next message
 // becomes the head and goes into asynq's pending list. It returns
 // {released, the next head (empty when none), messages behind, the first
 // 'behind' ids}.
@@ -207,7 +213,7 @@ return 0
 // become the head where they are, pulled forward when they are waiting for
 // a retry; ones that were deleted or finished meanwhile are passed over.
 const releaseLua = `
-local function release(heads, list, msgs, key, head, prefix, now, behind)
+local function release(heads, list, msgs, waiting, key, head, prefix, now, behind)
   if redis.call('HGET', heads, key) ~= head then return {0, '', 0} end
   local waiting = redis.call('LLEN', list)
   local out = {1, '', waiting}
@@ -224,6 +230,7 @@ local function release(heads, list, msgs, key, head, prefix, now, behind)
     local msg = redis.call('HGET', msgs, id)
     if msg then
       redis.call('HDEL', msgs, id)
+      redis.call('HDEL', waiting, id)
       if redis.call('EXISTS', tk) == 0 then
         redis.call('HSET', tk, 'msg', msg, 'state', 'pending', 'pending_since', now)
         redis.call('LPUSH', prefix .. 'pending', id)
@@ -251,7 +258,7 @@ end
 `
 
 var releaseScript = redis.NewScript(releaseLua + `
-return release(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]))
+return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]))
 `)
 
 // reconcileScript releases a sequence whose head left asynq's live states
@@ -263,7 +270,7 @@ local head = redis.call('HGET', KEYS[1], ARGV[1])
 if not head then return {0, '', 0} end
 local state = redis.call('HGET', ARGV[2] .. 't:' .. head, 'state') or ''
 if state == 'pending' or state == 'active' or state == 'retry' or state == 'scheduled' then return {0, '', 0} end
-local out = release(KEYS[1], KEYS[2], KEYS[3], ARGV[1], head, ARGV[2], ARGV[3], 0)
+local out = release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], head, ARGV[2], ARGV[3], 0)
 return {head, state, out[1], out[2], out[3]}
 `)
 
@@ -303,6 +310,9 @@ type OrderingObserver interface {
 	// head before it left without being delivered; reason is "dead_letter"
 	// or, when the Reconciler found it, "reconciled".
 	SuccessorReleased(queue, reason string)
+	// ReplyUnthreaded is called when a reply (ReplyTo) is sent outside its
+	// parent's thread because the parent has no Webex id to give.
+	ReplyUnthreaded(queue string)
 }
 
 // ordering is the handler's side of ordered delivery.
@@ -341,7 +351,7 @@ func (o *ordering) release(ctx context.Context, queue, id, key string) {
 }
 
 func (o *ordering) run(ctx context.Context, s sequence, head string, behind int) (released, error) {
-	v, err := releaseScript.Run(ctx, o.rdb, []string{s.heads(), s.list(), s.msgs()}, s.key, head, s.prefix(), o.now().UnixNano(), behind).Slice()
+	v, err := releaseScript.Run(ctx, o.rdb, []string{s.heads(), s.list(), s.msgs(), s.waiting()}, s.key, head, s.prefix(), o.now().UnixNano(), behind).Slice()
 	if err != nil {
 		return released{}, fmt.Errorf("release the next message: %w", err)
 	}
@@ -375,4 +385,33 @@ func (o *ordering) successorReleased(queue, reason, head string, r released, att
 	if obs, ok := o.obs.(OrderingObserver); ok {
 		obs.SuccessorReleased(queue, reason)
 	}
+}
+
+// ErrNotWaiting matches a task that is not waiting behind the head of a
+// sequence.
+var ErrNotWaiting = errors.New("not waiting in a sequence")
+
+// Waiting returns the payload of an ordered message waiting behind the head
+// of its sequence (not yet an asynq task), or an error matching
+// ErrNotWaiting.
+func (p *Producer) Waiting(ctx context.Context, queue, taskID string) (*Payload, error) {
+	key, err := p.rdb.HGet(ctx, waitingKey(queue), taskID).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("task %s: %w", taskID, ErrNotWaiting)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read waiting task %s: %w", taskID, err)
+	}
+	msg, err := p.rdb.HGet(ctx, sequence{queue, key}.msgs(), taskID).Bytes()
+	if errors.Is(err, redis.Nil) { // released meanwhile
+		return nil, fmt.Errorf("task %s: %w", taskID, ErrNotWaiting)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read waiting task %s: %w", taskID, err)
+	}
+	b, err := payloadOf(msg)
+	if err != nil {
+		return nil, fmt.Errorf("read waiting task %s: %w", taskID, err)
+	}
+	return DecodePayload(b)
 }

@@ -32,8 +32,10 @@ func (e *env) sequenceKeys() []string {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if n, _ := e.rdb.HLen(context.Background(), headsKey(e.queue)).Result(); n > 0 {
-		keys = append(keys, fmt.Sprintf("%s (%d heads)", headsKey(e.queue), n))
+	for _, k := range []string{headsKey(e.queue), waitingKey(e.queue)} {
+		if n, _ := e.rdb.HLen(context.Background(), k).Result(); n > 0 {
+			keys = append(keys, fmt.Sprintf("%s (%d fields)", k, n))
+		}
 	}
 	return keys
 }
@@ -61,9 +63,15 @@ func TestOrderedHeadIsAnAsynqTask(t *testing.T) {
 	if err != nil || p.Message.Text != "head" || p.OrderingKey != "r" || p.Key != "head" {
 		t.Fatalf("payload %+v, %v", p, err)
 	}
-	// The message behind the head is not in asynq yet.
+	// The message behind the head is not in asynq yet; Waiting reads it.
 	if _, err := e.inspector.GetTaskInfo(e.queue, behind); !errors.Is(err, asynq.ErrTaskNotFound) {
 		t.Fatalf("message behind the head: %v", err)
+	}
+	if w, err := e.producer.Waiting(context.Background(), e.queue, behind); err != nil || w.Message.Text != "behind" || w.OrderingKey != "r" {
+		t.Fatalf("waiting %+v, %v", w, err)
+	}
+	if _, err := e.producer.Waiting(context.Background(), e.queue, head); !errors.Is(err, ErrNotWaiting) {
+		t.Fatalf("the head is not waiting: %v", err)
 	}
 	// Keys are duplicates whether the task is the head or behind it.
 	if _, err := e.producer.Enqueue(context.Background(), text("r", "again"), Key("head"), Ordered()); !errors.Is(err, ErrDuplicate) {
@@ -255,8 +263,15 @@ func TestEnqueueManyKeepsOrder(t *testing.T) {
 // releaseCounter counts released successors by reason.
 type releaseCounter struct {
 	nopObserver
-	mu sync.Mutex
-	n  map[string]int
+	mu         sync.Mutex
+	n          map[string]int
+	unthreaded int
+}
+
+func (r *releaseCounter) ReplyUnthreaded(string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.unthreaded++
 }
 
 var _ OrderingObserver = (*releaseCounter)(nil)

@@ -111,6 +111,9 @@ type Payload struct {
 	// OrderingKey, when set, makes the message ordered: it is delivered
 	// after the ordered messages enqueued before it with the same key.
 	OrderingKey string `json:"ordering_key,omitempty"`
+	// ParentTask, when set, names the task (same queue) whose delivered
+	// message this one replies to: its Webex id becomes the parentId.
+	ParentTask string `json:"parent_task,omitempty"`
 }
 
 // ErrCorruptPayload matches a payload that cannot be decoded.

@@ -125,6 +125,7 @@ type enqueueOptions struct {
 	enqueuedAt      time.Time
 	ordered         bool
 	orderingKey     string         // the given key, then the one in use
+	parentTask      string         // ReplyTo
 	asynq           []asynq.Option // built from the above
 	maxRetry        int            // asynq's MaxRetry
 	keep            int64          // asynq's retention in seconds
@@ -218,7 +219,7 @@ func (p *Producer) build(msg Message, opts []Option) (*asynq.Task, *enqueueOptio
 	if !o.enqueuedAt.IsZero() {
 		now = o.enqueuedAt
 	}
-	pl := Payload{Version: PayloadVersion, Message: msg, Bot: o.bot, Key: o.key, Source: cmp.Or(o.source, p.cfg.Source), EnqueuedAt: now.UTC(), OrderingKey: o.orderingKey}
+	pl := Payload{Version: PayloadVersion, Message: msg, Bot: o.bot, Key: o.key, Source: cmp.Or(o.source, p.cfg.Source), EnqueuedAt: now.UTC(), OrderingKey: o.orderingKey, ParentTask: o.parentTask}
 	if o.expiresIn > 0 {
 		o.expiresAt = now.Add(o.expiresIn)
 	}

@@ -102,7 +102,7 @@ func (r *Reconciler) Reconcile(ctx context.Context) (int, error) {
 
 // repair moves one sequence on if its head has left.
 func (r *Reconciler) repair(ctx context.Context, s sequence) (bool, error) {
-	v, err := reconcileScript.Run(ctx, r.rdb, []string{s.heads(), s.list(), s.msgs()}, s.key, s.prefix(), r.cfg.Now().UnixNano()).Slice()
+	v, err := reconcileScript.Run(ctx, r.rdb, []string{s.heads(), s.list(), s.msgs(), s.waiting()}, s.key, s.prefix(), r.cfg.Now().UnixNano()).Slice()
 	if err != nil {
 		return false, err
 	}

@@ -60,3 +60,27 @@ func encodeTaskMessage(m taskMessage) []byte {
 	varint(fieldRetention, m.retention)
 	return b
 }
+
+// payloadOf reads the payload field of an encoded asynq task message.
+func payloadOf(b []byte) ([]byte, error) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		b = b[n:]
+		if num == fieldPayload && typ == protowire.BytesType {
+			v, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return nil, protowire.ParseError(n)
+			}
+			return v, nil
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return nil, protowire.ParseError(n)
+		}
+		b = b[n:]
+	}
+	return nil, nil
+}
