@@ -39,7 +39,8 @@ var ErrDeadLettered = errors.New("idempotency key names a dead-lettered task")
 type DuplicateError struct {
 	Key, Queue string
 	// State is asynq's state of the existing task: "pending", "scheduled",
-	// "active", "retry", "completed" or "archived" ("" if it vanished).
+	// "active", "retry", "completed" or "archived" ("" if it vanished), or
+	// "waiting" for an ordered message behind the head of its sequence.
 	State string
 }
 
