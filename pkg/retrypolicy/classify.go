@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sethvargo/go-retry"
 )
 
 // Class is what an error means for retrying.
@@ -151,7 +153,8 @@ var transientPatterns = []string{
 //
 //  1. context.Canceled: permanent (the caller gave up);
 //  2. markers attached with MarkPermanent, MarkTransient, MarkRetryAfter, and
-//     errors implementing [Classifier];
+//     errors implementing [Classifier]; go-retry's RetryableError marker
+//     (transient), so code moved over from go-retry keeps its meaning;
 //  3. the caller's rules, when given;
 //  4. typed errors: net.Error timeouts, socket errors (ECONNRESET,
 //     ECONNREFUSED, ECONNABORTED, EPIPE, ETIMEDOUT, EHOSTUNREACH, ENETUNREACH),
@@ -178,6 +181,9 @@ func Classify(err error, rules *Rules) Decision {
 		}
 		return Decision{Class: class, RetryAfter: max(d, 0), Reason: reason}
 	}
+	if isGoRetryMarker(err) {
+		return Decision{Class: Transient, Reason: "go-retry marker"}
+	}
 	if class, ok := rules.match(err); ok {
 		return Decision{Class: class, Reason: "caller rule"}
 	}
@@ -188,6 +194,16 @@ func Classify(err error, rules *Rules) Decision {
 		return Decision{Class: Transient, Reason: fmt.Sprintf("pattern %q", p)}
 	}
 	return Decision{Class: Permanent, Reason: "unclassified"}
+}
+
+// isGoRetryMarker reports whether err carries go-retry's RetryableError
+// marker. Its type is unexported, so go-retry itself is asked: it consults the
+// backoff only for a marked error.
+func isGoRetryMarker(err error) bool {
+	asked := false
+	stop := retry.BackoffFunc(func() (time.Duration, bool) { asked = true; return 0, true })
+	_ = retry.Do(context.Background(), stop, func(context.Context) error { return err })
+	return asked
 }
 
 // typedTransient recognises the standard library's transient error types.

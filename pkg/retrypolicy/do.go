@@ -54,9 +54,12 @@ type options struct {
 	onFailure func(err error, attempts int)
 }
 
-// WithLogger logs each retry, the success after a retry and the final failure
-// through l. Without it nothing is logged: the error is returned, and whoever
-// handles it logs it once.
+// WithLogger logs each retry (warn, "attempt failed, retrying") and the
+// success after a retry (info, "succeeded after retrying") through l, with
+// the details in fields (op, attempt, max_attempts, delay, class, reason,
+// error). The end of a failed call is logged at debug only ("giving up"): the
+// error is returned, and whoever handles it logs it once. Without a logger
+// nothing is logged.
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
 
 // WithName names the operation in log records ("op").
@@ -68,7 +71,9 @@ func WithRules(r *Rules) Option { return func(o *options) { o.rules = r } }
 
 // WithMaxWait bounds the total time spent waiting between attempts. A delay
 // that would cross it ends the call with a [*BudgetError] instead. The
-// context's deadline bounds it too; 0 means no bound besides the deadline.
+// context's deadline bounds it too. 0 (the default) means no bound besides the
+// deadline; with neither, no single wait exceeds the policy's MaxDelay (a
+// longer Retry-After ends the call with a [*BudgetError]).
 func WithMaxWait(d time.Duration) Option { return func(o *options) { o.maxWait = d } }
 
 // OnRetry is called before each wait with the failed attempt's number (from
@@ -114,8 +119,10 @@ func DoValue[T any](ctx context.Context, p Policy, fn func(context.Context) (T, 
 		}
 		d, stop := r.failed(ctx, err)
 		if stop != nil {
+			// go-retry must not see stop itself: fn may have returned
+			// go-retry's own retryable marker, which would make it go on.
 			final = stop
-			return zero, stop
+			return zero, errStop
 		}
 		delay = d
 		return zero, retry.RetryableError(err)
@@ -129,6 +136,9 @@ func DoValue[T any](ctx context.Context, p Policy, fn func(context.Context) (T, 
 		return zero, r.canceled(ctx)
 	}
 }
+
+// errStop tells go-retry to stop; Do returns the real error instead.
+var errStop = errors.New("retrypolicy: stop")
 
 // run is the state of one retried call, shared by Do and Loop.
 type run struct {
@@ -152,8 +162,7 @@ func newRun(p Policy, opts []Option) (*run, error) {
 
 func (r *run) succeeded() {
 	if r.attempt > 1 && r.o.logger != nil {
-		r.o.logger.Info(fmt.Sprintf("succeeded on attempt %d/%d", r.attempt, r.p.MaxAttempts),
-			"op", r.o.name, "attempt", r.attempt, "max_attempts", r.p.MaxAttempts)
+		r.o.logger.Info(msgSucceeded, "op", r.o.name, "attempt", r.attempt, "max_attempts", r.p.MaxAttempts)
 	}
 }
 
@@ -166,11 +175,11 @@ func (r *run) failed(ctx context.Context, err error) (time.Duration, error) {
 	}
 	dec := Classify(err, r.o.rules)
 	if !dec.Class.Retryable() {
-		r.giveUp(err, "non-retryable error", dec)
+		r.giveUp(err, stopPermanent, dec)
 		return 0, err
 	}
 	if r.attempt >= r.p.MaxAttempts {
-		r.giveUp(err, fmt.Sprintf("failed after %d attempts", r.attempt), dec)
+		r.giveUp(err, stopAttempts, dec)
 		return 0, err
 	}
 	delay := r.p.Delay(r.attempt)
@@ -179,35 +188,57 @@ func (r *run) failed(ctx context.Context, err error) (time.Duration, error) {
 	}
 	if r.overBudget(ctx, delay) {
 		berr := &BudgetError{Err: err, Attempts: r.attempt, Wait: delay, Decision: dec}
-		r.giveUp(berr, fmt.Sprintf("attempt %d/%d failed, next wait %.2fs exceeds the budget", r.attempt, r.p.MaxAttempts, delay.Seconds()), dec)
+		r.giveUp(berr, stopBudget, dec)
 		return 0, berr
 	}
 	if r.o.onRetry != nil {
 		r.o.onRetry(r.attempt, err, delay)
 	}
 	if r.o.logger != nil {
-		r.o.logger.Warn(fmt.Sprintf("attempt %d/%d failed, retrying in %.2fs", r.attempt, r.p.MaxAttempts, delay.Seconds()),
-			"op", r.o.name, "attempt", r.attempt, "max_attempts", r.p.MaxAttempts, "delay", delay,
+		r.o.logger.Warn(msgRetrying, "op", r.o.name, "attempt", r.attempt, "max_attempts", r.p.MaxAttempts, "delay", delay,
 			"class", dec.Class.String(), "reason", dec.Reason, "error", err.Error())
 	}
 	r.waited += delay
 	return delay, nil
 }
 
+// overBudget reports whether delay does not fit. The budget is WithMaxWait
+// and the context's deadline; with neither, no single wait may exceed the
+// policy's MaxDelay, so a server's long Retry-After ends the call instead of
+// blocking it for up to an hour.
 func (r *run) overBudget(ctx context.Context, delay time.Duration) bool {
 	if r.o.maxWait > 0 && r.waited+delay > r.o.maxWait {
 		return true
 	}
 	deadline, ok := ctx.Deadline()
-	return ok && time.Until(deadline) < delay
+	if ok {
+		return time.Until(deadline) < delay
+	}
+	return r.o.maxWait <= 0 && delay > r.p.MaxDelay
 }
 
-func (r *run) giveUp(err error, msg string, dec Decision) {
+// Log messages of Do and Loop: constant, with the details in fields.
+const (
+	msgRetrying  = "attempt failed, retrying"
+	msgSucceeded = "succeeded after retrying"
+	msgGaveUp    = "giving up"
+)
+
+// Why a call gave up, in the "stop" field of the msgGaveUp record.
+const (
+	stopPermanent = "not retryable"
+	stopAttempts  = "attempts exhausted"
+	stopBudget    = "next wait exceeds the budget"
+)
+
+// giveUp reports the end of the call. The error is returned to the caller,
+// who handles it (logs it once), so the record here is at debug level only.
+func (r *run) giveUp(err error, stop string, dec Decision) {
 	if r.o.onFailure != nil {
 		r.o.onFailure(err, r.attempt)
 	}
 	if r.o.logger != nil {
-		r.o.logger.Error(msg, "op", r.o.name, "attempt", r.attempt, "max_attempts", r.p.MaxAttempts,
+		r.o.logger.Debug(msgGaveUp, "op", r.o.name, "stop", stop, "attempt", r.attempt, "max_attempts", r.p.MaxAttempts,
 			"class", dec.Class.String(), "reason", dec.Reason, "error", err.Error())
 	}
 }

@@ -9,7 +9,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sethvargo/go-retry"
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // fast is a policy of exact millisecond delays for tests.
 var fast = Policy{MaxAttempts: 3, InitialDelay: time.Millisecond, MaxDelay: 4 * time.Millisecond, Multiplier: 2, Jitter: JitterNone}
@@ -126,16 +131,76 @@ func TestDoBudget(t *testing.T) {
 	})
 }
 
+// The context ends while Do waits an hour between attempts: Do returns at
+// once, with both the cancellation and the last error, and makes no further
+// attempt. OnRetry runs after the attempt was judged worth retrying and just
+// before the wait, so cancelling there reaches the wait itself.
 func TestDoCanceledDuringWait(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	p := Policy{MaxAttempts: 3, InitialDelay: time.Hour, MaxDelay: time.Hour, Multiplier: 1, Jitter: JitterNone}
+	calls, waits := 0, 0
 	err := Do(ctx, p, func(context.Context) error {
-		cancel()
+		calls++
 		return syscall.ECONNRESET
-	})
+	}, OnRetry(func(_ int, _ error, d time.Duration) {
+		waits++
+		if d != time.Hour {
+			t.Errorf("wait = %v, want 1h", d)
+		}
+		cancel()
+	}))
 	if !errors.Is(err, context.Canceled) || !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("err = %v, want both the cancellation and the last error", err)
+	}
+	if calls != 1 || waits != 1 {
+		t.Fatalf("calls = %d, waits = %d, want 1 and 1", calls, waits)
+	}
+}
+
+// go-retry's marker (from code moved over from go-retry) counts as transient
+// and never lets go-retry run past MaxAttempts.
+func TestDoGoRetryMarker(t *testing.T) {
+	t.Parallel()
+	inner := errors.New("flaky backend")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	calls := 0
+	err := Do(ctx, fast, func(context.Context) error {
+		calls++
+		return retry.RetryableError(inner)
+	})
+	if calls != fast.MaxAttempts || !errors.Is(err, inner) {
+		t.Fatalf("calls = %d, err = %v; want %d calls and the last error", calls, err, fast.MaxAttempts)
+	}
+	calls = 0
+	if err := Do(ctx, fast, failing(&calls, retry.RetryableError(inner))); err != nil || calls != 2 {
+		t.Fatalf("marked once: err = %v after %d calls, want success on the 2nd", err, calls)
+	}
+	if d := Classify(retry.RetryableError(inner), nil); d.Class != Transient || d.Reason != "go-retry marker" {
+		t.Fatalf("Classify(go-retry marker) = %+v", d)
+	}
+}
+
+// Without a budget (no WithMaxWait, no deadline) a Retry-After longer than
+// the policy's MaxDelay ends the call at once instead of blocking it.
+func TestDoRetryAfterBoundedWithoutBudget(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop := time.AfterFunc(10*time.Second, cancel) // a failing Do would wait an hour
+	defer stop.Stop()
+	calls := 0
+	err := Do(ctx, fast, failing(&calls, MarkRetryAfter(errors.New("429"), time.Hour)))
+	var be *BudgetError
+	if !errors.As(err, &be) || be.Wait != time.Hour || calls != 1 {
+		t.Fatalf("err = %v after %d calls, want a BudgetError asking for 1h after 1 call", err, calls)
+	}
+	// Within MaxDelay the Retry-After is waited out in-process.
+	calls = 0
+	if err := Do(ctx, fast, failing(&calls, MarkRetryAfter(errors.New("429"), fast.MaxDelay))); err != nil || calls != 2 {
+		t.Fatalf("err = %v after %d calls", err, calls)
 	}
 }
 
@@ -191,19 +256,24 @@ func TestDoLogs(t *testing.T) {
 	_ = Do(context.Background(), fast, failing(new(int), errors.New("invalid room")), WithLogger(log), WithName("send_chart"))
 	out := buf.String()
 	for _, want := range []string{
-		`level=WARN msg="attempt 1/3 failed, retrying in 0.00s" op=send_chart`,
-		`level=INFO msg="succeeded on attempt 2/3"`,
-		`level=ERROR msg="failed after 3 attempts"`,
-		`level=ERROR msg="non-retryable error"`,
-		`reason="syscall ECONNRESET"`,
+		`level=WARN msg="attempt failed, retrying" op=send_chart attempt=1 max_attempts=3 delay=1ms class=transient reason="syscall ECONNRESET"`,
+		`level=INFO msg="succeeded after retrying" op=send_chart attempt=2 max_attempts=3`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("log lacks %q:\n%s", want, out)
 		}
 	}
-	// The last attempt never announces a retry that will not happen.
-	if strings.Contains(out, "attempt 3/3 failed, retrying") {
-		t.Errorf("log announces a retry after the last attempt:\n%s", out)
+	// The last attempt never announces a retry that will not happen, and the
+	// returned error is not logged as well (the caller handles it once).
+	if strings.Contains(out, "attempt=3 max_attempts=3 delay") || strings.Contains(out, "level=ERROR") {
+		t.Errorf("log announces a retry after the last attempt or logs the returned error:\n%s", out)
+	}
+	// At debug level the end of the call is traced, with why it stopped.
+	buf.Reset()
+	debug := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	_ = Do(context.Background(), fast, failing(new(int), errors.New("invalid room")), WithLogger(debug), WithName("send_chart"))
+	if want := `level=DEBUG msg="giving up" op=send_chart stop="not retryable" attempt=1`; !strings.Contains(buf.String(), want) {
+		t.Errorf("debug log lacks %q:\n%s", want, buf.String())
 	}
 }
 

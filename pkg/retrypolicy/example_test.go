@@ -76,3 +76,65 @@ func ExampleLoop() {
 	// attempt 2
 	// err: <nil>
 }
+
+func ExampleDoValue() {
+	p := retrypolicy.Policy{MaxAttempts: 3, InitialDelay: time.Millisecond, MaxDelay: time.Millisecond, Multiplier: 2, Jitter: retrypolicy.JitterNone}
+	calls := 0
+	id, err := retrypolicy.DoValue(context.Background(), p, func(context.Context) (string, error) {
+		calls++
+		if calls == 1 {
+			return "", retrypolicy.MarkTransient(errors.New("flaky"))
+		}
+		return "msg-42", nil
+	})
+	fmt.Println(id, err, calls)
+	// Output: msg-42 <nil> 2
+}
+
+// A Retry-After longer than the budget ends the call at once with a
+// BudgetError that keeps the last error and the wait the server asked for.
+func ExampleWithMaxWait() {
+	err := retrypolicy.Do(context.Background(), retrypolicy.Webex, func(context.Context) error {
+		return retrypolicy.MarkRetryAfter(errors.New("429 Too Many Requests"), 10*time.Minute)
+	}, retrypolicy.WithMaxWait(2*time.Minute))
+	var be *retrypolicy.BudgetError
+	if errors.As(err, &be) {
+		fmt.Println(be.Attempts, be.Wait, be.Decision.Class, errors.Is(err, retrypolicy.ErrBudgetExhausted))
+	}
+	// Output: 1 10m0s rate_limited true
+}
+
+func ExampleMarkPermanent() {
+	calls := 0
+	err := retrypolicy.Do(context.Background(), retrypolicy.Webex, func(context.Context) error {
+		calls++
+		return retrypolicy.MarkPermanent(errors.New("room archived"))
+	})
+	fmt.Println(err, calls)
+	// Output: room archived 1
+}
+
+func ExampleRules() {
+	errQuota := errors.New("quota exceeded")
+	rules := &retrypolicy.Rules{NonRetryable: []error{errQuota}, Retryable: []error{syscall.EAGAIN}}
+	fmt.Println(retrypolicy.Classify(fmt.Errorf("upload: %w", errQuota), rules).Class)
+	fmt.Println(retrypolicy.Classify(syscall.EAGAIN, rules).Class)
+	// Output:
+	// permanent
+	// transient
+}
+
+func ExamplePolicy_Backoff() {
+	p := retrypolicy.Webex
+	for n := 1; n <= 5; n++ {
+		fmt.Print(p.Backoff(n), " ")
+	}
+	fmt.Println()
+	// Output: 2s 4s 8s 16s 30s
+}
+
+func ExampleQueueDelay() {
+	// asynq stores due times as whole seconds and truncates: round up, plus one.
+	fmt.Println(retrypolicy.QueueDelay(2500*time.Millisecond), retrypolicy.QueueDelay(0))
+	// Output: 4s 1s
+}

@@ -75,8 +75,14 @@ func (m *Message) Validate(maxInline int) error {
 	}
 	var errs []error
 	total := 0
-	for _, f := range m.Uploads {
+	for i, f := range m.Uploads {
 		total += len(f.Data)
+		if f.Open != nil {
+			// Only Data travels in a task's payload: a streamed file would
+			// arrive empty.
+			errs = append(errs, &webex.ValidationError{Field: fmt.Sprintf("uploads[%d]", i),
+				Problem: "a streamed file (Open) cannot be queued: load its bytes into Data, or send it by URL"})
+		}
 	}
 	if total > maxInline {
 		errs = append(errs, &webex.ValidationError{Field: "uploads",

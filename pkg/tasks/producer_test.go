@@ -3,6 +3,7 @@ package tasks
 import (
 	"context"
 	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -31,6 +32,7 @@ func TestEnqueueRejectsInvalid(t *testing.T) {
 		{"past expiry", text("r", "x"), []Option{ExpiresAt(time.Now().Add(-time.Minute))}, []string{"expires_at: "}},
 		{"negative redeliveries", text("r", "x"), []Option{MaxRedeliveries(-1)}, []string{"max_redeliveries: is -1"}},
 		{"several problems", Message{Message: webex.Message{Markdown: strings.Repeat("x", 8000)}}, []Option{Key("a b")}, []string{"roomId: ", "markdown: is 8000 bytes", "key: "}},
+		{"streamed file", Message{Message: webex.Message{RoomID: "r"}, Uploads: []webex.File{{Name: "a", Size: 1, Open: func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("a")), nil }}}}, nil, []string{"uploads[0]: a streamed file (Open) cannot be queued"}},
 		{"second file invalid", Message{Message: webex.Message{RoomID: "r", Text: "x"}, Uploads: []webex.File{{Name: "a", Data: []byte("a")}, {Data: []byte("b")}}}, nil, []string{"file 2: files: a local file needs a name"}},
 	}
 	for _, tt := range tests {

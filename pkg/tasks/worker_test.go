@@ -427,8 +427,8 @@ func TestAttemptsLoggedAtDebug(t *testing.T) {
 	id := e.enqueue(text("r", "x"))
 	e.waitState(id, asynq.TaskStateCompleted, 10*time.Second)
 	logs := e.logs.String()
-	if !strings.Contains(logs, `level=DEBUG msg="attempt 1/3 failed, retrying in 0.00s" op=deliver`) ||
-		!strings.Contains(logs, `level=DEBUG msg="succeeded on attempt 2/3"`) || strings.Contains(logs, "level=WARN msg=\"attempt") {
+	if !strings.Contains(logs, `level=DEBUG msg="attempt failed, retrying" op=deliver attempt=1`) ||
+		!strings.Contains(logs, `level=DEBUG msg="succeeded after retrying" op=deliver attempt=2`) || strings.Contains(logs, "level=WARN msg=\"attempt") {
 		t.Fatalf("attempt records:\n%s", logs)
 	}
 }

@@ -1,7 +1,6 @@
 package webex
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -9,10 +8,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"mime/multipart"
 	"net"
 	"net/http"
-	"net/textproto"
+	"net/url"
+	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -39,9 +39,13 @@ type Config struct {
 	Token string
 	// HTTPClient sends the requests. Default: a client with DefaultTimeout
 	// per request, 5s to connect, 5s for the TLS handshake, 15s to the
-	// response headers.
+	// response headers. Redirects are never followed (a 3xx answer is an
+	// *APIError): a client without CheckRedirect gets one that refuses them,
+	// since a 301 would silently turn a POST into a GET.
 	HTTPClient *http.Client
-	// UserAgent is sent with every request. Default "courier".
+	// UserAgent is sent with every request. Default "courier/<module
+	// version>", e.g. "courier/v1.4.0" ("courier/devel" in a development
+	// build).
 	UserAgent string
 	// Logger receives a debug record per request. Nil: nothing is logged.
 	Logger *slog.Logger
@@ -65,11 +69,41 @@ func New(cfg Config) (*Client, error) {
 	if !strings.HasPrefix(base, "http://") && !strings.HasPrefix(base, "https://") {
 		return nil, fmt.Errorf("webex: BaseURL %q must start with http:// or https://", cfg.BaseURL)
 	}
-	hc := cfg.HTTPClient
-	if hc == nil {
-		hc = DefaultHTTPClient()
+	hc := DefaultHTTPClient()
+	if cfg.HTTPClient != nil {
+		own := *cfg.HTTPClient // a copy: the caller's client is left as it is
+		if own.CheckRedirect == nil {
+			own.CheckRedirect = noRedirects
+		}
+		hc = &own
 	}
-	return &Client{base: base, token: cfg.Token, http: hc, ua: cmp.Or(cfg.UserAgent, "courier"), logger: cfg.Logger}, nil
+	return &Client{base: base, token: cfg.Token, http: hc, ua: cmp.Or(cfg.UserAgent, defaultUserAgent()), logger: cfg.Logger}, nil
+}
+
+// noRedirects makes the HTTP client return a 3xx answer as it is.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+// modulePath is courier's module, whose version goes into the User-Agent.
+const modulePath = "github.com/courier-dev/courier"
+
+// defaultUserAgent is "courier/" and the module's version from the build
+// information (the main module's, or courier's as a dependency).
+func defaultUserAgent() string {
+	version := ""
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		if bi.Main.Path == modulePath {
+			version = bi.Main.Version
+		}
+		for _, d := range bi.Deps {
+			if d.Path == modulePath {
+				version = d.Version
+			}
+		}
+	}
+	if version == "" || version == "(devel)" {
+		version = "devel"
+	}
+	return "courier/" + version
 }
 
 // DefaultHTTPClient is the HTTP client New uses when none is given.
@@ -79,7 +113,7 @@ func DefaultHTTPClient() *http.Client {
 	t.TLSHandshakeTimeout = 5 * time.Second
 	t.ResponseHeaderTimeout = 15 * time.Second
 	t.MaxIdleConnsPerHost = 64
-	return &http.Client{Timeout: DefaultTimeout, Transport: t}
+	return &http.Client{Timeout: DefaultTimeout, Transport: t, CheckRedirect: noRedirects}
 }
 
 // BaseURL is the API base the client talks to.
@@ -100,6 +134,47 @@ type Sent struct {
 	PersonID      string       `json:"personId,omitempty"`
 	PersonEmail   string       `json:"personEmail,omitempty"`
 	Created       time.Time    `json:"created"`
+	// Response is what the answer said besides its body.
+	Response Response `json:"-"`
+}
+
+// Response is what a successful answer says in its headers.
+type Response struct {
+	// StatusCode is the 2xx status.
+	StatusCode int
+	// TrackingID is the TrackingID header: quote it to Webex support.
+	TrackingID string
+	// RateLimit is the answer's X-RateLimit-* headers, when it sent them.
+	RateLimit RateLimit
+}
+
+// RateLimit is the X-RateLimit-Limit, X-RateLimit-Remaining and
+// X-RateLimit-Reset headers of an answer.
+type RateLimit struct {
+	// Known is true when the answer carried X-RateLimit-Limit or
+	// X-RateLimit-Remaining; the other fields are zero otherwise.
+	Known bool
+	// Limit is the number of requests allowed in the current window.
+	Limit int
+	// Remaining is the number of requests left in the current window.
+	Remaining int
+	// Reset is the time until the window resets (the header's seconds).
+	Reset time.Duration
+}
+
+func parseResponse(resp *http.Response) Response {
+	r := Response{StatusCode: resp.StatusCode, TrackingID: resp.Header.Get("TrackingID")}
+	header := func(k string) (int, bool) {
+		n, err := strconv.Atoi(strings.TrimSpace(resp.Header.Get(k)))
+		return max(n, 0), err == nil
+	}
+	limit, okLimit := header("X-RateLimit-Limit")
+	remaining, okRemaining := header("X-RateLimit-Remaining")
+	if okLimit || okRemaining {
+		reset, _ := header("X-RateLimit-Reset")
+		r.RateLimit = RateLimit{Known: true, Limit: limit, Remaining: remaining, Reset: time.Duration(reset) * time.Second}
+	}
+	return r
 }
 
 // Person is the identity behind a token.
@@ -113,105 +188,120 @@ type Person struct {
 // matching ErrUnauthorized.
 func (c *Client) Me(ctx context.Context) (*Person, error) {
 	var p Person
-	if err := c.do(ctx, http.MethodGet, "/people/me", nil, "", &p); err != nil {
+	if _, err := c.do(ctx, http.MethodGet, "/people/me", nil, &p); err != nil {
 		return nil, fmt.Errorf("check token: %w", err)
 	}
 	return &p, nil
 }
 
 // CreateMessage posts one message, once: JSON, or multipart/form-data when
-// m.File is set. An invalid message fails before any request.
+// m.File is set (streamed from m.File.Open when given). An invalid message,
+// or a local file over MaxFileBytes, fails before any request.
+//
+// A 2xx answer whose body cannot be read or decoded gives an
+// *UnconfirmedError: the message exists, and must not be posted again.
 func (c *Client) CreateMessage(ctx context.Context, m Message) (*Sent, error) {
 	if err := m.Validate(); err != nil {
 		return nil, fmt.Errorf("create message: %w", err)
 	}
-	body, ct, err := encodeMessage(&m)
+	body, err := encodeMessage(&m)
 	if err != nil {
 		return nil, fmt.Errorf("create message: %w", err)
 	}
 	var s Sent
-	if err := c.do(ctx, http.MethodPost, "/messages", body, ct, &s); err != nil {
+	resp, err := c.do(ctx, http.MethodPost, "/messages", body, &s)
+	if err != nil {
 		return nil, fmt.Errorf("create message: %w", err)
 	}
+	s.Response = resp
 	return &s, nil
 }
 
 // GetMessage reads one message by id.
 func (c *Client) GetMessage(ctx context.Context, id string) (*Sent, error) {
+	if id == "" {
+		return nil, errors.New("get message: the message id is required")
+	}
 	var s Sent
-	if err := c.do(ctx, http.MethodGet, "/messages/"+id, nil, "", &s); err != nil {
+	resp, err := c.do(ctx, http.MethodGet, "/messages/"+url.PathEscape(id), nil, &s)
+	if err != nil {
 		return nil, fmt.Errorf("get message: %w", err)
 	}
+	s.Response = resp
 	return &s, nil
 }
 
-func encodeMessage(m *Message) ([]byte, string, error) {
-	if m.File == nil {
-		b, err := json.Marshal(m)
-		return b, "application/json", err
+// DeleteMessage deletes one message by id (Webex answers 204). A message
+// that does not exist (any more) gives an *APIError with status 404.
+func (c *Client) DeleteMessage(ctx context.Context, id string) error {
+	if id == "" {
+		return errors.New("delete message: the message id is required")
 	}
-	var buf bytes.Buffer
-	w := multipart.NewWriter(&buf)
-	for _, f := range [][2]string{
-		{"roomId", m.RoomID}, {"toPersonId", m.ToPersonID}, {"toPersonEmail", m.ToPersonEmail},
-		{"parentId", m.ParentID}, {"text", m.Text}, {"markdown", m.Markdown},
-	} {
-		if f[1] != "" {
-			if err := w.WriteField(f[0], f[1]); err != nil {
-				return nil, "", err
-			}
-		}
+	if _, err := c.do(ctx, http.MethodDelete, "/messages/"+url.PathEscape(id), nil, nil); err != nil {
+		return fmt.Errorf("delete message: %w", err)
 	}
-	h := make(textproto.MIMEHeader)
-	h.Set("Content-Disposition", multipart.FileContentDisposition("files", m.File.Name))
-	h.Set("Content-Type", cmp.Or(m.File.ContentType, "application/octet-stream"))
-	part, err := w.CreatePart(h)
-	if err != nil {
-		return nil, "", err
-	}
-	if _, err := part.Write(m.File.Data); err != nil {
-		return nil, "", err
-	}
-	if err := w.Close(); err != nil {
-		return nil, "", err
-	}
-	return buf.Bytes(), w.FormDataContentType(), nil
+	return nil
 }
 
-// do sends one request and decodes a 2xx JSON answer into out.
-func (c *Client) do(ctx context.Context, method, path string, body []byte, ct string, out any) error {
+// do sends one request and decodes a 2xx JSON answer into out (nil: the
+// answer's body is ignored).
+func (c *Client) do(ctx context.Context, method, path string, body *requestBody, out any) (Response, error) {
+	return c.doURL(ctx, method, c.base+path, path, body, out, nil)
+}
+
+// doURL is do for a full URL; path names the request in logs; headers, when
+// given, sees a 2xx answer's headers.
+func (c *Client) doURL(ctx context.Context, method, target, path string, body *requestBody, out any, headers func(http.Header)) (Response, error) {
 	var rd io.Reader
 	if body != nil {
-		rd = bytes.NewReader(body)
+		r, err := body.open()
+		if err != nil {
+			return Response{}, err
+		}
+		rd = r
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, target, rd)
 	if err != nil {
-		return err
+		if closer, ok := rd.(io.Closer); ok {
+			closer.Close()
+		}
+		return Response{}, err
+	}
+	if body != nil {
+		req.ContentLength = body.size
+		req.GetBody = body.open
+		req.Header.Set("Content-Type", body.contentType)
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.ua)
-	if ct != "" {
-		req.Header.Set("Content-Type", ct)
-	}
 	start := time.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
 		c.debug(ctx, method, path, 0, start, "", err)
-		return err
+		return Response{}, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode/100 != 2 {
 		apiErr := parseAPIError(resp, time.Now())
 		c.debug(ctx, method, path, resp.StatusCode, start, apiErr.TrackingID, nil)
-		return apiErr
+		return Response{}, apiErr
 	}
-	tracking := resp.Header.Get("TrackingID")
-	c.debug(ctx, method, path, resp.StatusCode, start, tracking, nil)
+	r := parseResponse(resp)
+	c.debug(ctx, method, path, resp.StatusCode, start, r.TrackingID, nil)
+	if headers != nil {
+		headers(resp.Header)
+	}
+	if out == nil {
+		return r, nil
+	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, maxResponseBody)).Decode(out); err != nil {
-		return &UnconfirmedError{StatusCode: resp.StatusCode, TrackingID: tracking, Err: err}
+		if method == http.MethodPost {
+			return r, &UnconfirmedError{StatusCode: resp.StatusCode, TrackingID: r.TrackingID, Err: err}
+		}
+		return r, fmt.Errorf("read %d answer: %w", resp.StatusCode, err)
 	}
-	return nil
+	return r, nil
 }
 
 func (c *Client) debug(ctx context.Context, method, path string, status int, start time.Time, tracking string, err error) {

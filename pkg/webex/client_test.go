@@ -10,15 +10,20 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/courier-dev/courier/pkg/retrypolicy"
 	"github.com/courier-dev/courier/pkg/webex"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
+	"go.uber.org/goleak"
 )
 
 const secret = "s3cr3t-token-do-not-log"
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // fastPolicy keeps helper retries in milliseconds.
 var fastPolicy = retrypolicy.Policy{MaxAttempts: 3, InitialDelay: time.Millisecond, MaxDelay: 5 * time.Millisecond, Multiplier: 2, Jitter: retrypolicy.JitterNone}
@@ -143,6 +148,13 @@ func TestAPIErrors(t *testing.T) {
 		{"500", 500, "", webexBody, retrypolicy.Transient, 0, "500"},
 		{"423", 423, "2", webexBody, retrypolicy.Transient, 2 * time.Second, "423"},
 		{"408", 408, "", webexBody, retrypolicy.Transient, 0, "408"},
+		{"501", 501, "", webexBody, retrypolicy.Transient, 0, "501"},
+		{"505", 505, "", webexBody, retrypolicy.Transient, 0, "505"},
+		{"520 cdn unknown", 520, "", "<html>origin error</html>", retrypolicy.Transient, 0, "520"},
+		{"522 cdn timeout", 522, "", "", retrypolicy.Transient, 0, "522"},
+		{"524 cdn timeout", 524, "", "", retrypolicy.Transient, 0, "524"},
+		{"529 overloaded", 529, "30", webexBody, retrypolicy.Transient, 30 * time.Second, "529"},
+		{"599", 599, "", "", retrypolicy.Transient, 0, "599"},
 		{"400", 400, "", webexBody, retrypolicy.Permanent, 0, "400 Bad Request: Boom"},
 		{"401", 401, "", webexBody, retrypolicy.Permanent, 0, "401"},
 		{"403", 403, "", webexBody, retrypolicy.Permanent, 0, "403"},
@@ -195,12 +207,29 @@ func TestParseRetryAfter(t *testing.T) {
 		{now.Add(90 * time.Second).Format(http.TimeFormat), 90 * time.Second},
 		{now.Add(-time.Minute).Format(http.TimeFormat), 0},
 		{now.Add(48 * time.Hour).Format(http.TimeFormat), webex.MaxRetryAfter},
-		{"99999999999999999999", 0},
+		{"999999999999", webex.MaxRetryAfter},
+		{"99999999999999999999", webex.MaxRetryAfter}, // beyond int64: saturates
+		{"-99999999999999999999", 0},
+		{"Sat, 28 Nov 2026 10:02:00 GMT", 2 * time.Minute}, // the HTTP-date form
+		{"Saturday, 28-Nov-26 10:00:30 GMT", 30 * time.Second},
 	}
 	for _, tt := range tests {
 		if got := webex.ParseRetryAfter(tt.in, now); got != tt.want {
 			t.Errorf("ParseRetryAfter(%q) = %v, want %v", tt.in, got, tt.want)
 		}
+	}
+}
+
+// A non-JSON error page is cut to a short excerpt without splitting a
+// character.
+func TestErrorExcerptKeepsUTF8(t *testing.T) {
+	t.Parallel()
+	page := "<html><body><p>x" + strings.Repeat("é", 150) + "</p></body></html>"
+	srv, _ := captureServer(t, 502, page)
+	_, err := newClient(t, srv.URL, nil).CreateMessage(context.Background(), webex.Message{RoomID: "r", Text: "x"})
+	var ae *webex.APIError
+	if !errors.As(err, &ae) || !utf8.ValidString(ae.Message) || !strings.HasSuffix(ae.Message, "é…") || len(ae.Message) > 204 {
+		t.Fatalf("excerpt %q (valid UTF-8: %v)", ae.Message, utf8.ValidString(ae.Message))
 	}
 }
 
@@ -267,5 +296,130 @@ func TestNewRejectsBadConfig(t *testing.T) {
 	}
 	if _, err := webex.New(webex.Config{Token: "x", BaseURL: "ftp://x"}); err == nil || !strings.Contains(err.Error(), "BaseURL") {
 		t.Errorf("bad base: %v", err)
+	}
+}
+
+// The id is one path segment, whatever it holds.
+func TestGetMessageEscapesID(t *testing.T) {
+	t.Parallel()
+	srv, got := captureServer(t, 200, `{"id":"abc?x=1/../y"}`)
+	s, err := newClient(t, srv.URL, nil).GetMessage(context.Background(), "abc?x=1/../y")
+	if err != nil || s.ID != "abc?x=1/../y" {
+		t.Fatalf("GetMessage = %+v, %v", s, err)
+	}
+	if got.req.URL.Path != "/messages/abc?x=1/../y" || got.req.URL.RawQuery != "" {
+		t.Fatalf("requested path %q query %q", got.req.URL.EscapedPath(), got.req.URL.RawQuery)
+	}
+	if _, err := newClient(t, srv.URL, nil).GetMessage(context.Background(), ""); err == nil {
+		t.Fatal("an empty id was requested")
+	}
+}
+
+// A redirect is never followed: a 301 on a POST would silently become a GET
+// to the new place. It comes back as a permanent *APIError.
+func TestRedirectNotFollowed(t *testing.T) {
+	t.Parallel()
+	var followed atomic.Int32
+	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		followed.Add(1)
+		_, _ = io.WriteString(w, `{"id":"m1"}`)
+	}))
+	t.Cleanup(target.Close)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, target.URL+r.URL.Path, http.StatusMovedPermanently)
+	}))
+	t.Cleanup(srv.Close)
+	own := &http.Client{} // a caller's client without CheckRedirect
+	for name, c := range map[string]*webex.Client{
+		"default client": newClient(t, srv.URL, nil),
+		"caller's client": func() *webex.Client {
+			c, _ := webex.New(webex.Config{BaseURL: srv.URL, Token: secret, HTTPClient: own})
+			return c
+		}(),
+	} {
+		_, err := c.CreateMessage(context.Background(), webex.Message{RoomID: "r", Text: "x"})
+		var ae *webex.APIError
+		if !errors.As(err, &ae) || ae.StatusCode != 301 || retrypolicy.Classify(err, nil).Class != retrypolicy.Permanent {
+			t.Errorf("%s: err = %v", name, err)
+		}
+	}
+	if followed.Load() != 0 || own.CheckRedirect != nil {
+		t.Fatalf("redirect followed %d times; caller's client changed: %v", followed.Load(), own.CheckRedirect != nil)
+	}
+}
+
+func TestUserAgentHasVersion(t *testing.T) {
+	t.Parallel()
+	srv, got := captureServer(t, 200, `{"id":"m1"}`)
+	if _, err := newClient(t, srv.URL, nil).CreateMessage(context.Background(), webex.Message{RoomID: "r", Text: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	ua := got.req.Header.Get("User-Agent")
+	if version, ok := strings.CutPrefix(ua, "courier/"); !ok || version == "" {
+		t.Fatalf("User-Agent %q, want courier/<version>", ua)
+	}
+}
+
+// A successful answer's tracking id and rate-limit headers reach the caller.
+func TestSuccessResponseHeaders(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("TrackingID", "TID-OK")
+		w.Header().Set("X-RateLimit-Limit", "600")
+		w.Header().Set("X-RateLimit-Remaining", "0")
+		w.Header().Set("X-RateLimit-Reset", "42")
+		_, _ = io.WriteString(w, `{"id":"m1"}`)
+	}))
+	t.Cleanup(srv.Close)
+	s, err := newClient(t, srv.URL, nil).CreateMessage(context.Background(), webex.Message{RoomID: "r", Text: "x"})
+	want := webex.Response{StatusCode: 200, TrackingID: "TID-OK", RateLimit: webex.RateLimit{Known: true, Limit: 600, Remaining: 0, Reset: 42 * time.Second}}
+	if err != nil || s.Response != want {
+		t.Fatalf("Response = %+v, %v; want %+v", s.Response, err, want)
+	}
+}
+
+// With a nil Config.Logger, SafeSend logs nothing, not even to slog's
+// default logger. Not parallel: it replaces the default logger.
+func TestSafeSendNilLoggerLogsNothing(t *testing.T) {
+	var logs bytes.Buffer
+	prev := slog.Default()
+	slog.SetDefault(slog.New(slog.NewTextHandler(&logs, nil)))
+	t.Cleanup(func() { slog.SetDefault(prev) })
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusForbidden) }))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL, nil)
+	if c.SafeSend(context.Background(), webex.Message{RoomID: "r", Text: "x"}, webex.WithPolicy(fastPolicy)) {
+		t.Fatal("SafeSend reported a 403 as delivered")
+	}
+	var nilClient *webex.Client
+	if nilClient.SafeSend(context.Background(), webex.Message{RoomID: "r", Text: "x"}) {
+		t.Fatal("nil client reported success")
+	}
+	if logs.Len() != 0 {
+		t.Fatalf("SafeSend logged to slog's default with a nil Logger:\n%s", logs.String())
+	}
+}
+
+// A Link to another host is never followed: the token goes only to the base.
+func TestNextMessagesStaysUnderBase(t *testing.T) {
+	t.Parallel()
+	var foreign atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { foreign.Add(1) }))
+	t.Cleanup(other.Close)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", `<`+other.URL+`/messages?roomId=r&beforeMessage=m1>; rel="next", <x>; rel="prev"`)
+		_, _ = io.WriteString(w, `{"items":[{"id":"m1"}]}`)
+	}))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL, nil)
+	page, err := c.ListMessages(context.Background(), webex.ListQuery{RoomID: "r"})
+	if err != nil || len(page.Items) != 1 || !page.HasNext() {
+		t.Fatalf("page = %+v, %v", page, err)
+	}
+	if _, err := c.NextMessages(context.Background(), page); err == nil || !strings.Contains(err.Error(), "not under the base URL") || foreign.Load() != 0 {
+		t.Fatalf("err = %v, requests to the other host %d", err, foreign.Load())
+	}
+	if _, err := c.ListMessages(context.Background(), webex.ListQuery{}); err == nil || !strings.Contains(err.Error(), "RoomID is required") {
+		t.Fatalf("no room: %v", err)
 	}
 }

@@ -1,15 +1,20 @@
 // Package webex is a small client for the Webex Messages API and the
 // synchronous send helpers built on it.
 //
-// [Client] posts messages (JSON, or multipart/form-data when a local file is
-// attached), checks a token with GET /people/me, and turns Webex's error
-// answers into [*APIError], which classifies itself for pkg/retrypolicy: 429
-// is rate-limited with its Retry-After, 408/423/500/502/503/504 transient,
-// other 4xx permanent. [ErrUnauthorized] matches a rejected token.
+// [Client] creates messages (JSON, or multipart/form-data streamed from a
+// local [File] when one is attached), reads, lists (paged, newest first) and
+// deletes them, and checks a token with GET /people/me. Successful answers
+// carry a [Response] (status, tracking id, rate-limit headers). Webex's error
+// answers become [*APIError], which classifies itself for pkg/retrypolicy:
+// 429 is rate-limited with its Retry-After, 408, 423 and every 5xx transient,
+// other statuses permanent. [ErrUnauthorized] matches a rejected token. A 2xx
+// answer whose body cannot be read gives [*UnconfirmedError]: the message
+// exists and must not be posted again.
 //
 // [Message.Validate] enforces Webex's rules before any request, as
-// [*ValidationError]s that name the field and the limit; the worker, the
-// producers and the simulator share it.
+// [*ValidationError]s that name the field and the limit; the worker and the
+// producers share it (the simulator in webextest checks the same rules with
+// its own code).
 //
 // # What Webex renders
 //
@@ -29,10 +34,11 @@
 // The helpers [Client.Send], [Client.SendFiles], [Client.SendCard] and
 // [Client.SafeSend] are the Go form of the old send_message,
 // send_message_with_files, send_card and safe_send_message: synchronous, with
-// in-process retry (the Webex preset of pkg/retrypolicy by default). For
-// delivery that survives a crash, enqueue with pkg/tasks instead.
+// in-process retry (the Webex preset of pkg/retrypolicy by default) within
+// [DefaultWaitBudget] of waiting. For delivery that survives a crash, enqueue
+// with pkg/tasks instead.
 //
-// The client never retries on its own: a POST that timed out may have been
-// accepted, and retrying inside the client would hide the duplicate risk that
-// callers (and courier's dedup records) must own.
+// The client never retries on its own and never follows redirects: a POST
+// that timed out may have been accepted, and retrying inside the client would
+// hide the duplicate risk that callers (and courier's dedup records) must own.
 package webex

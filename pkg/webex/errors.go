@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/courier-dev/courier/pkg/retrypolicy"
 )
@@ -72,14 +74,17 @@ func (e *APIError) Is(target error) bool {
 }
 
 // RetryClass classifies the answer for pkg/retrypolicy: 429 rate-limited;
-// 408, 423, 500, 502, 503, 504 transient (with their Retry-After, if any);
-// everything else permanent.
+// 408, 423 and every 5xx transient (with their Retry-After, if any): besides
+// Webex's own 500/502/503/504, CDNs and proxies in front of it answer
+// 520–530, and none of the 5xx says the request itself is wrong. Everything
+// else (the other 4xx, and 1xx/3xx that should not reach a caller) is
+// permanent.
 func (e *APIError) RetryClass() (retrypolicy.Class, time.Duration) {
-	switch e.StatusCode {
-	case http.StatusTooManyRequests:
+	switch {
+	case e.StatusCode == http.StatusTooManyRequests:
 		return retrypolicy.RateLimited, e.RetryAfter
-	case http.StatusRequestTimeout, http.StatusLocked, http.StatusInternalServerError,
-		http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+	case e.StatusCode == http.StatusRequestTimeout, e.StatusCode == http.StatusLocked,
+		e.StatusCode >= 500 && e.StatusCode <= 599:
 		return retrypolicy.Transient, e.RetryAfter
 	}
 	return retrypolicy.Permanent, 0
@@ -167,22 +172,37 @@ func excerpt(raw []byte) string {
 		}
 	}
 	s := strings.Join(strings.Fields(b.String()), " ")
-	if len(s) > 200 {
-		s = s[:200] + "…"
+	if len(s) <= maxExcerpt {
+		return s
 	}
-	return s
+	cut := maxExcerpt
+	for cut > 0 && !utf8.RuneStart(s[cut]) { // never split a character
+		cut--
+	}
+	return s[:cut] + "…"
 }
+
+// maxExcerpt bounds an error excerpt, in bytes.
+const maxExcerpt = 200
 
 // ParseRetryAfter reads a Retry-After header: whole seconds or an HTTP date.
 // Missing, malformed or past values give 0; values are capped at
-// MaxRetryAfter. It never fails.
+// MaxRetryAfter, including a number of seconds too large for any integer
+// type. It never fails.
 func ParseRetryAfter(v string, now time.Time) time.Duration {
 	v = strings.TrimSpace(v)
 	if v == "" {
 		return 0
 	}
 	var d time.Duration
-	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+	secs, err := strconv.ParseInt(v, 10, 64)
+	if errors.Is(err, strconv.ErrRange) { // all digits, beyond int64: saturate
+		secs, err = math.MaxInt64, nil
+		if strings.HasPrefix(v, "-") {
+			secs = math.MinInt64
+		}
+	}
+	if err == nil {
 		if secs <= 0 {
 			return 0
 		}

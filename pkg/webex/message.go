@@ -7,8 +7,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
-	"os"
-	"path/filepath"
+	"net/url"
 	"time"
 
 	"github.com/courier-dev/courier/pkg/retrypolicy"
@@ -25,7 +24,8 @@ const (
 // Message is a message to create, in the Messages API's field names. Exactly
 // one destination (RoomID, ToPersonID, ToPersonEmail); at least one of Text,
 // Markdown, a file. A file is either a public URL in Files or local bytes in
-// File (sent as multipart/form-data), never more than one per message.
+// File (sent as multipart/form-data), never more than one per message; a
+// URL must be http or https, a local file at most MaxFileBytes.
 type Message struct {
 	RoomID        string       `json:"roomId,omitempty"`
 	ToPersonID    string       `json:"toPersonId,omitempty"`
@@ -44,28 +44,6 @@ type Message struct {
 type Attachment struct {
 	ContentType string          `json:"contentType"`
 	Content     json.RawMessage `json:"content"`
-}
-
-// File is a local file to upload.
-type File struct {
-	Name        string `json:"name"`
-	ContentType string `json:"contentType,omitempty"`
-	Data        []byte `json:"data"`
-}
-
-// ReadFile loads a local file, taking its content type from the extension,
-// else from its first bytes.
-func ReadFile(path string) (File, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return File{}, fmt.Errorf("read file: %w", err)
-	}
-	name := filepath.Base(path)
-	ct := mime.TypeByExtension(filepath.Ext(name))
-	if ct == "" {
-		ct = http.DetectContentType(data)
-	}
-	return File{Name: name, ContentType: ct, Data: data}, nil
 }
 
 // Destination is the message's one destination, for logs and per-room keys.
@@ -130,6 +108,21 @@ func (m *Message) Validate() error {
 	if m.File != nil && m.File.Name == "" {
 		bad("files", "a local file needs a name")
 	}
+	if f := m.File; f != nil {
+		switch {
+		case f.Open != nil && f.Data != nil:
+			bad("files", "a local file has Data or Open, not both")
+		case f.Size < 0:
+			bad("files", "a local file's Size is %d, must not be negative", f.Size)
+		case f.Len() > MaxFileBytes:
+			bad("files", "%q is %d bytes, the limit is %d", f.Name, f.Len(), MaxFileBytes)
+		}
+	}
+	for i, u := range m.Files {
+		if problem := fileURLProblem(u); problem != "" {
+			bad("files", "entry %d %s, must be an http or https URL", i+1, problem)
+		}
+	}
 	if len(m.Attachments) > 1 {
 		bad("attachments", "has %d cards, the limit is 1 per message", len(m.Attachments))
 	}
@@ -148,6 +141,24 @@ func (m *Message) Validate() error {
 		bad("attachments", "a card cannot be sent with a local file (multipart carries no cards)")
 	}
 	return errors.Join(errs...)
+}
+
+// fileURLProblem says what keeps u from being a file URL Webex fetches, or "".
+// It never quotes the URL, which may carry a signed query.
+func fileURLProblem(u string) string {
+	p, err := url.Parse(u)
+	switch {
+	case err != nil:
+		return "is not a URL"
+	case p.Scheme != "http" && p.Scheme != "https":
+		if p.Scheme == "" {
+			return "has no scheme"
+		}
+		return fmt.Sprintf("has scheme %q", p.Scheme)
+	case p.Host == "":
+		return "has no host"
+	}
+	return ""
 }
 
 // DecodeRequest reads a create-message request as the Messages API accepts

@@ -26,7 +26,8 @@ type Stats struct {
 //	DELETE /_sim/faults     clear faults and the rate limit
 //	PUT    /_sim/ratelimit  set a RateLimit (JSON body)
 //	PUT    /_sim/tokens     replace the accepted tokens ({"token": "bot"})
-//	POST   /_sim/reset      forget messages, log, faults and the rate limit
+//	POST   /_sim/reset      forget messages, log and counts; clear faults,
+//	                        the rate limit and the latency
 //	GET    /_sim/requests   the request log (?room= to filter)
 //	GET    /_sim/messages   accepted messages (?room= to filter)
 //	GET    /_sim/stats      {"total": Stats, "rooms": {room: Stats}}
@@ -37,8 +38,8 @@ func (s *Sim) ControlHandler() http.Handler {
 		if !decode(w, r, &f) {
 			return
 		}
-		if f.Drop != "" && f.Drop != "before" && f.Drop != "after" {
-			http.Error(w, `drop: want "before" or "after"`, http.StatusBadRequest)
+		if f.Drop != "" && f.Drop != "before" && f.Drop != "after" && f.Drop != "partial" {
+			http.Error(w, `drop: want "before", "after" or "partial"`, http.StatusBadRequest)
 			return
 		}
 		s.AddFault(f)
@@ -75,24 +76,7 @@ func (s *Sim) ControlHandler() http.Handler {
 		writeJSON(w, http.StatusOK, nonNil(s.Messages(r.URL.Query().Get("room"))))
 	})
 	mux.HandleFunc("GET /_sim/stats", func(w http.ResponseWriter, r *http.Request) {
-		rooms := map[string]*Stats{}
-		var total Stats
-		for _, req := range s.Requests("") {
-			if req.Method != http.MethodPost {
-				continue
-			}
-			st := rooms[req.Room]
-			if st == nil {
-				st = &Stats{}
-				rooms[req.Room] = st
-			}
-			st.Requests++
-			total.Requests++
-			if req.Outcome == Accepted || req.Outcome == DroppedAfter {
-				st.Accepted++
-				total.Accepted++
-			}
-		}
+		total, rooms := s.Stats()
 		writeJSON(w, http.StatusOK, map[string]any{"total": total, "rooms": rooms})
 	})
 	return mux

@@ -7,12 +7,25 @@
 // GET /messages?roomId=, GET /messages/{id}, GET /people/me. Paths are served
 // at the root and under /v1. Rooms are open (any id) unless declared.
 //
+// It checks Webex's rules with its own code, not pkg/webex's, so a bug in the
+// client's validation shows up as a 400 here: text and markdown at most 7439
+// bytes each, one destination, one file (URL or upload, an upload at most
+// 100 MiB, a larger one gets 413), http(s) file URLs, one card with a
+// fallback, a parentId shaped like an id. DELETE /messages/{id} deletes;
+// GET /messages lists newest first, max per page, with a Link header to the
+// next page.
+//
 // Faults are injected per room or globally (AddFault): a status for the next
 // N requests or with a probability, a Retry-After, a dropped connection
-// before or after the message is accepted, a slow answer; SetRateLimit adds a
-// token bucket answering 429. A request log with timestamps and per-room
-// counts let tests check exactly-once delivery and back-off timing. The same
-// controls are served over HTTP under /_sim/ (see ControlHandler).
+// before or after the message is accepted or in the middle of the answer, a
+// slow answer; SetRateLimit adds a token bucket answering 429. A request log
+// with timestamps and per-room counts let tests check exactly-once delivery
+// and back-off timing. The same controls are served over HTTP under /_sim/
+// (see ControlHandler).
+//
+// Memory is bounded: the newest Options.MaxMessages messages,
+// Options.MaxRequests log entries and Options.MaxUploadBytes of uploaded
+// bytes are kept (older file bytes are dropped first; their size stays).
 package webextest
 
 import (
@@ -25,6 +38,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,8 +54,12 @@ import (
 // DefaultToken is accepted, as bot "bot", when Options.Tokens is empty.
 const DefaultToken = "test-token"
 
-// maxBody bounds a request body the simulator reads.
-const maxBody = 16 << 20
+// Defaults of the memory bounds.
+const (
+	DefaultMaxMessages    = 100_000
+	DefaultMaxRequests    = 200_000
+	DefaultMaxUploadBytes = 256 << 20
+)
 
 // Options configures a simulator.
 type Options struct {
@@ -53,6 +72,17 @@ type Options struct {
 	// Logger receives a warning per message whose markdown Webex would
 	// show literally (see FindLiterals). Default: slog.Default().
 	Logger *slog.Logger
+	// MaxMessages is how many accepted messages are kept (the newest).
+	// Default DefaultMaxMessages (100,000).
+	MaxMessages int
+	// MaxRequests is how many request log entries are kept (the newest);
+	// Counts and Totals count every request regardless. Default
+	// DefaultMaxRequests (200,000).
+	MaxRequests int
+	// MaxUploadBytes is how many bytes of uploaded files are kept, over all
+	// messages; the oldest files' bytes are dropped first (FileSize stays).
+	// Default DefaultMaxUploadBytes (256 MiB).
+	MaxUploadBytes int64
 }
 
 // Stored is a message the simulator accepted.
@@ -61,9 +91,11 @@ type Stored struct {
 	// Bot is the name of the token that posted it.
 	Bot         string             `json:"bot"`
 	Attachments []webex.Attachment `json:"attachments,omitempty"`
-	// FileName, FileType and FileData describe an uploaded (multipart) file.
+	// FileName, FileType, FileSize and FileData describe an uploaded
+	// (multipart) file. FileData is nil once the memory bound dropped it.
 	FileName string `json:"fileName,omitempty"`
 	FileType string `json:"fileType,omitempty"`
+	FileSize int64  `json:"fileSize,omitempty"`
 	FileData []byte `json:"-"`
 	// Literals is the markdown Webex would show as typed (tables, raw
 	// HTML, images); empty when Webex renders all of it.
@@ -76,6 +108,7 @@ const (
 	Rejected      = "rejected"       // answered with an error status
 	DroppedBefore = "dropped_before" // connection closed before accepting
 	DroppedAfter  = "dropped_after"  // accepted, then connection closed
+	CutOff        = "cut_off"        // accepted, answer cut off after its headers
 )
 
 // Request is one entry of the request log.
@@ -99,8 +132,11 @@ type Fault struct {
 	Status int `json:"status,omitempty"`
 	// RetryAfter is sent as the Retry-After header, in whole seconds.
 	RetryAfter Duration `json:"retryAfter,omitempty"`
-	// Drop closes the connection: "before" accepting the message, or
-	// "after" accepting it (the lost-response case that can duplicate).
+	// Drop closes the connection: "before" accepting the message, "after"
+	// accepting it (the lost-response case that can duplicate), or
+	// "partial": accepted, a 200 with its headers (TrackingID included) and
+	// the start of the body, then closed (an accepted message whose answer
+	// cannot be read).
 	Drop string `json:"drop,omitempty"`
 	// Delay holds the answer this long first.
 	Delay Duration `json:"delay,omitempty"`
@@ -138,26 +174,34 @@ func (d *Duration) UnmarshalJSON(b []byte) error {
 // Sim is the simulator; it is an http.Handler.
 type Sim struct {
 	mux *http.ServeMux
+	max Options // the memory bounds, defaults filled
 
-	mu        sync.Mutex
-	tokens    map[string]string
-	rooms     map[string]bool
-	messages  []*Stored
-	byID      map[string]*Stored
-	log       []Request
-	faults    []*Fault
-	limiter   *rate.Limiter
-	limitWait time.Duration
-	seq       int
-	requests  int // POST /messages answered or dropped
-	accepted  int
-	latency   time.Duration
-	logger    *slog.Logger
+	mu          sync.Mutex
+	tokens      map[string]string
+	rooms       map[string]bool
+	messages    []*Stored // oldest first, at most max.MaxMessages
+	byID        map[string]*Stored
+	withData    []*Stored // messages holding file bytes, oldest first
+	uploadBytes int64     // bytes held in withData
+	log         []Request // oldest first, at most max.MaxRequests
+	counts      map[string]*Stats
+	total       Stats
+	faults      []*Fault
+	limiter     *rate.Limiter
+	limitWait   time.Duration
+	seq         int
+	latency     time.Duration
+	logger      *slog.Logger
 }
 
 // New returns a simulator.
 func New(opts Options) *Sim {
-	s := &Sim{tokens: opts.Tokens, byID: map[string]*Stored{}, logger: cmp.Or(opts.Logger, slog.Default())}
+	s := &Sim{tokens: opts.Tokens, byID: map[string]*Stored{}, counts: map[string]*Stats{}, logger: cmp.Or(opts.Logger, slog.Default())}
+	s.max = Options{
+		MaxMessages:    cmp.Or(max(opts.MaxMessages, 0), DefaultMaxMessages),
+		MaxRequests:    cmp.Or(max(opts.MaxRequests, 0), DefaultMaxRequests),
+		MaxUploadBytes: cmp.Or(max(opts.MaxUploadBytes, 0), DefaultMaxUploadBytes),
+	}
 	if len(s.tokens) == 0 {
 		s.tokens = map[string]string{DefaultToken: "bot"}
 	}
@@ -171,6 +215,7 @@ func New(opts Options) *Sim {
 	s.mux.HandleFunc("POST /messages", s.auth(s.createMessage))
 	s.mux.HandleFunc("GET /messages", s.auth(s.listMessages))
 	s.mux.HandleFunc("GET /messages/{id}", s.auth(s.getMessage))
+	s.mux.HandleFunc("DELETE /messages/{id}", s.auth(s.deleteMessage))
 	s.mux.HandleFunc("GET /people/me", s.auth(s.me))
 	s.mux.Handle("/_sim/", s.ControlHandler())
 	return s
@@ -178,8 +223,10 @@ func New(opts Options) *Sim {
 
 // ServeHTTP serves the API at the root and under /v1.
 func (s *Sim) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	r.Header.Del(prefixHeader)
 	if p, ok := strings.CutPrefix(r.URL.Path, "/v1/"); ok {
 		r.URL.Path = "/" + p
+		r.Header.Set(prefixHeader, "/v1")
 	}
 	s.mux.ServeHTTP(w, r)
 }
@@ -255,12 +302,15 @@ func (s *Sim) SetTokens(tokens map[string]string) {
 	s.tokens = tokens
 }
 
-// Reset forgets messages, the request log, faults and the rate limit.
+// Reset forgets messages, the request log and counts, and clears every
+// fault control: faults, the rate limit and the latency. Tokens and rooms
+// stay.
 func (s *Sim) Reset() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.messages, s.byID, s.log, s.faults, s.limiter = nil, map[string]*Stored{}, nil, nil, nil
-	s.requests, s.accepted = 0, 0
+	s.messages, s.byID, s.withData, s.uploadBytes = nil, map[string]*Stored{}, nil, 0
+	s.log, s.counts, s.total = nil, map[string]*Stats{}, Stats{}
+	s.faults, s.limiter, s.limitWait, s.latency = nil, nil, 0, 0
 }
 
 // Messages returns the accepted messages to a destination (room, person id
@@ -291,30 +341,60 @@ func (s *Sim) Requests(dest string) []Request {
 }
 
 // Counts returns how many POST /messages requests a destination received
-// and how many messages it accepted; "" counts all.
+// and how many messages it accepted; "" counts all. It counts every request
+// since the last Reset, including those the log no longer holds.
 func (s *Sim) Counts(dest string) (requests, accepted int) {
-	for _, r := range s.Requests(dest) {
-		if r.Method == http.MethodPost {
-			requests++
-			if r.Outcome == Accepted || r.Outcome == DroppedAfter {
-				accepted++
-			}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := &s.total
+	if dest != "" {
+		if st = s.counts[dest]; st == nil {
+			return 0, 0
 		}
 	}
-	return requests, accepted
+	return st.Requests, st.Accepted
+}
+
+// Stats returns the counts per destination (as Counts) and in total.
+func (s *Sim) Stats() (total Stats, rooms map[string]Stats) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	rooms = make(map[string]Stats, len(s.counts))
+	for d, st := range s.counts {
+		rooms[d] = *st
+	}
+	return s.total, rooms
 }
 
 func (s *Sim) record(r Request) {
 	r.Time = time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.log = append(s.log, r)
-	if r.Method == http.MethodPost {
-		s.requests++
-		if r.Outcome == Accepted || r.Outcome == DroppedAfter {
-			s.accepted++
-		}
+	s.log = appendBounded(s.log, r, s.max.MaxRequests)
+	if r.Method != http.MethodPost {
+		return
 	}
+	st := s.counts[r.Room]
+	if st == nil {
+		st = &Stats{}
+		s.counts[r.Room] = st
+	}
+	st.Requests++
+	s.total.Requests++
+	if r.Outcome == Accepted || r.Outcome == DroppedAfter || r.Outcome == CutOff {
+		st.Accepted++
+		s.total.Accepted++
+	}
+}
+
+// appendBounded appends v and drops the oldest entries beyond limit.
+func appendBounded[T any](list []T, v T, limit int) []T {
+	list = append(list, v)
+	if over := len(list) - limit; over > 0 {
+		clear(list[:over]) // let the dropped entries be collected
+		list = list[over:]
+	}
+	return list
 }
 
 // Totals returns the POST /messages requests and accepted messages so far,
@@ -322,7 +402,7 @@ func (s *Sim) record(r Request) {
 func (s *Sim) Totals() (requests, accepted int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.requests, s.accepted
+	return s.total.Requests, s.total.Accepted
 }
 
 func (s *Sim) nextID(prefix string) string {
@@ -376,26 +456,21 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// decodeMessage reads a JSON or multipart POST /messages body; a second
-// file part is counted (as a name) so that validation refuses it.
-func decodeMessage(r *http.Request) (webex.Message, error) {
-	r.Body = http.MaxBytesReader(nil, r.Body, maxBody)
-	m, files, err := webex.DecodeRequest(r, maxBody)
-	for i := range files {
-		if i == 0 {
-			m.File = &files[0]
-		} else {
-			m.Files = append(m.Files, files[i].Name)
-		}
-	}
-	return m, err
-}
+// maxBody bounds a POST /messages body: one file at Webex's limit plus the
+// other fields.
+const maxBody = maxFileBytes + 2*maxFieldBytes
 
 func (s *Sim) createMessage(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	entry := Request{Start: start, Method: r.Method, Path: "/messages", Bot: botOf(r)}
-	m, err := decodeMessage(r)
-	entry.Room = m.Destination()
+	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+	s.mu.Lock()
+	keep := s.max.MaxUploadBytes
+	s.mu.Unlock()
+	q, err := readRequest(r, keep)
+	if q != nil {
+		entry.Room = q.destination()
+	}
 	reject := func(status int, retryAfter time.Duration, msg string, details ...string) {
 		s.writeError(w, status, retryAfter, msg, details...)
 		entry.Status, entry.Outcome = status, Rejected
@@ -403,51 +478,38 @@ func (s *Sim) createMessage(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
+		if errors.As(err, &tooBig) || errors.Is(err, errTooLarge) {
 			reject(http.StatusRequestEntityTooLarge, 0, "The request body is too large.")
 			return
 		}
 		reject(http.StatusBadRequest, 0, "Unable to parse the request body: "+err.Error())
 		return
 	}
-	if verr := m.Validate(); verr != nil {
-		details := strings.Split(verr.Error(), "\n")
-		reject(http.StatusBadRequest, 0, details[0], details...)
+	if problems := q.check(); len(problems) > 0 {
+		reject(http.StatusBadRequest, 0, problems[0], problems...)
 		return
 	}
-	if s.rooms != nil && m.RoomID != "" && !s.rooms[m.RoomID] {
+	if s.rooms != nil && q.RoomID != "" && !s.rooms[q.RoomID] {
 		reject(http.StatusNotFound, 0, "Could not find a room with provided ID.")
 		return
 	}
 	s.mu.Lock()
 	limiter, limitWait, latency := s.limiter, s.limitWait, s.latency
 	s.mu.Unlock()
-	if latency > 0 {
-		t := time.NewTimer(latency)
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			t.Stop()
-			entry.Outcome = DroppedBefore
-			s.record(entry)
-			return
-		}
+	if latency > 0 && !wait(r.Context(), latency) {
+		entry.Outcome = DroppedBefore
+		s.record(entry)
+		return
 	}
 	if limiter != nil && !limiter.Allow() {
 		reject(http.StatusTooManyRequests, limitWait, "Too Many Requests")
 		return
 	}
 	f := s.takeFault(entry.Room)
-	if f != nil && f.Delay > 0 {
-		t := time.NewTimer(time.Duration(f.Delay))
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			t.Stop()
-			entry.Outcome = DroppedBefore
-			s.record(entry)
-			return
-		}
+	if f != nil && f.Delay > 0 && !wait(r.Context(), time.Duration(f.Delay)) {
+		entry.Outcome = DroppedBefore
+		s.record(entry)
+		return
 	}
 	if f != nil && f.Drop == "before" {
 		entry.Outcome = DroppedBefore
@@ -459,7 +521,7 @@ func (s *Sim) createMessage(w http.ResponseWriter, r *http.Request) {
 		reject(f.Status, time.Duration(f.RetryAfter), fmt.Sprintf("Simulated %d %s", f.Status, http.StatusText(f.Status)))
 		return
 	}
-	stored := s.store(m, entry.Bot)
+	stored := s.store(q, entry.Bot)
 	entry.MessageID = stored.ID
 	if f != nil && f.Drop == "after" {
 		entry.Outcome = DroppedAfter
@@ -467,10 +529,29 @@ func (s *Sim) createMessage(w http.ResponseWriter, r *http.Request) {
 		hangUp(w)
 		return
 	}
-	w.Header().Set("TrackingID", s.nextID("SIM_"))
+	tracking := s.nextID("SIM_")
+	if f != nil && f.Drop == "partial" {
+		entry.Status, entry.Outcome = http.StatusOK, CutOff
+		s.record(entry)
+		cutOff(w, tracking)
+		return
+	}
+	w.Header().Set("TrackingID", tracking)
 	entry.Status, entry.Outcome = http.StatusOK, Accepted
 	s.record(entry)
 	writeJSON(w, http.StatusOK, stored)
+}
+
+// wait holds a request d; false when the client went away first.
+func wait(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // takeFault returns the first fault that applies to a request to room.
@@ -496,31 +577,76 @@ func (s *Sim) takeFault(room string) *Fault {
 	return nil
 }
 
-func (s *Sim) store(m webex.Message, bot string) *Stored {
+func (s *Sim) store(q *request, bot string) *Stored {
 	id := s.nextID("sim-msg-")
 	st := &Stored{
 		Sent: webex.Sent{
-			ID: id, RoomID: m.RoomID, ToPersonID: m.ToPersonID, ToPersonEmail: m.ToPersonEmail,
-			ParentID: m.ParentID, Text: m.Text, Markdown: m.Markdown, Files: m.Files,
+			ID: id, RoomID: q.RoomID, ToPersonID: q.ToPersonID, ToPersonEmail: q.ToPersonEmail,
+			ParentID: q.ParentID, Text: q.Text, Markdown: q.Markdown, Files: q.Files,
 			PersonEmail: bot + "@webex.bot", Created: time.Now().UTC(),
 		},
-		Bot: bot, Attachments: m.Attachments,
+		Bot: bot,
+	}
+	for _, a := range q.Attachments {
+		st.Attachments = append(st.Attachments, webex.Attachment{ContentType: a.ContentType, Content: a.Content})
 	}
 	if st.RoomID == "" {
 		st.RoomType = "direct"
 	} else {
 		st.RoomType = "group"
 	}
-	if m.File != nil {
-		st.FileName, st.FileType, st.FileData = m.File.Name, m.File.ContentType, m.File.Data
-		st.Files = append(st.Files, "sim://files/"+id+"/"+m.File.Name)
+	if len(q.uploads) == 1 {
+		u := q.uploads[0]
+		st.FileName, st.FileType, st.FileSize, st.FileData = u.name, u.contentType, u.size, u.data
+		st.Files = append(st.Files, "sim://files/"+id+"/"+u.name)
 	}
 	st.Literals = s.findLiterals(st)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.messages = append(s.messages, st)
+	if len(s.messages) == s.max.MaxMessages {
+		old := s.messages[0]
+		delete(s.byID, old.ID)
+		s.dropData(old)
+	}
+	s.messages = appendBounded(s.messages, st, s.max.MaxMessages)
 	s.byID[id] = st
+	if st.FileData != nil {
+		s.withData = append(s.withData, st)
+		s.uploadBytes += int64(len(st.FileData))
+		for s.uploadBytes > s.max.MaxUploadBytes && len(s.withData) > 0 {
+			s.dropData(s.withData[0])
+		}
+	}
 	return st
+}
+
+// dropData forgets a stored message's file bytes (it keeps their size).
+// Callers hold s.mu.
+func (s *Sim) dropData(m *Stored) {
+	if m.FileData == nil {
+		return
+	}
+	s.uploadBytes -= int64(len(m.FileData))
+	m.FileData = nil
+	if i := slices.Index(s.withData, m); i >= 0 {
+		s.withData = slices.Delete(s.withData, i, i+1)
+	}
+}
+
+// cutOff answers 200 with the TrackingID header and the start of a body
+// that promises more, then closes the connection.
+func cutOff(w http.ResponseWriter, tracking string) {
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		panic(http.ErrAbortHandler)
+	}
+	conn, buf, err := hj.Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler)
+	}
+	defer conn.Close()
+	_, _ = fmt.Fprintf(buf, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTrackingID: %s\r\nContent-Length: 4096\r\n\r\n{\"id\":\"", tracking)
+	_ = buf.Flush()
 }
 
 // hangUp closes the connection without an answer.
@@ -534,28 +660,85 @@ func hangUp(w http.ResponseWriter) {
 	panic(http.ErrAbortHandler) // HTTP/2 or a recorder: abort the stream
 }
 
+// listMessages serves GET /messages?roomId=[&max=][&beforeMessage=]:
+// newest first, with a Link header to the next page when there is one.
 func (s *Sim) listMessages(w http.ResponseWriter, r *http.Request) {
-	room := r.URL.Query().Get("roomId")
+	q := r.URL.Query()
+	room := q.Get("roomId")
 	if room == "" {
 		s.writeError(w, http.StatusBadRequest, 0, "roomId is required.")
 		return
 	}
-	items := s.Messages(room)
-	if items == nil {
-		items = []Stored{}
+	limit := 50
+	if v := q.Get("max"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			s.writeError(w, http.StatusBadRequest, 0, "max must be a number from 1 to 1000.")
+			return
+		}
+		limit = n
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"items": items})
+	all := s.Messages(room)
+	slices.Reverse(all)
+	if before := q.Get("beforeMessage"); before != "" {
+		i := slices.IndexFunc(all, func(m Stored) bool { return m.ID == before })
+		if i < 0 {
+			s.writeError(w, http.StatusNotFound, 0, "The beforeMessage could not be found.")
+			return
+		}
+		all = all[i+1:]
+	}
+	page := all[:min(limit, len(all))]
+	if len(all) > limit {
+		next := url.Values{"roomId": {room}, "max": {strconv.Itoa(limit)}, "beforeMessage": {page[len(page)-1].ID}}
+		w.Header().Set("Link", fmt.Sprintf(`<%s%s?%s>; rel="next"`, baseOf(r), r.URL.Path, next.Encode()))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"items": nonNil(page)})
 }
+
+// baseOf is the scheme and host the request was sent to.
+func baseOf(r *http.Request) string {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host + strings.TrimSuffix(r.Header.Get(prefixHeader), "/")
+}
+
+// prefixHeader carries the path prefix (/v1) that ServeHTTP stripped.
+const prefixHeader = "X-Sim-Prefix"
 
 func (s *Sim) getMessage(w http.ResponseWriter, r *http.Request) {
 	s.mu.Lock()
 	m, ok := s.byID[r.PathValue("id")]
+	var copied Stored
+	if ok {
+		copied = *m
+	}
 	s.mu.Unlock()
 	if !ok {
 		s.writeError(w, http.StatusNotFound, 0, "The requested resource could not be found.")
 		return
 	}
-	writeJSON(w, http.StatusOK, m)
+	writeJSON(w, http.StatusOK, copied)
+}
+
+func (s *Sim) deleteMessage(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	s.mu.Lock()
+	m, ok := s.byID[id]
+	if ok {
+		delete(s.byID, id)
+		s.dropData(m)
+		s.messages = slices.DeleteFunc(s.messages, func(x *Stored) bool { return x == m })
+	}
+	s.mu.Unlock()
+	if !ok {
+		s.writeError(w, http.StatusNotFound, 0, "The requested resource could not be found.")
+		return
+	}
+	w.Header().Set("TrackingID", s.nextID("SIM_"))
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (s *Sim) me(w http.ResponseWriter, r *http.Request) {

@@ -1,10 +1,15 @@
 package webextest_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"mime/multipart"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +17,10 @@ import (
 	"github.com/courier-dev/courier/pkg/retrypolicy"
 	"github.com/courier-dev/courier/pkg/webex"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func post(t *testing.T, c *webex.Client, room string) error {
 	t.Helper()
@@ -110,7 +118,7 @@ func TestControlAPI(t *testing.T) {
 		t.Fatalf("bad fault accepted: %d", r.StatusCode)
 	}
 	a := s.Client(t, "tok-a")
-	if err := post(t, a, "r"); status(err) != 429 {
+	if err := post(t, a, "r"); status(err) != 429 || retrypolicy.Classify(err, nil).RetryAfter != 3*time.Second {
 		t.Fatalf("fault over HTTP not applied: %v", err)
 	}
 	if err := post(t, s.Client(t, "tok-b"), "r"); err != nil {
@@ -129,18 +137,55 @@ func TestControlAPI(t *testing.T) {
 	if len(msgs) != 1 || msgs[0].Bot != "reports" {
 		t.Fatalf("messages = %+v", msgs)
 	}
+	var reqs []webextest.Request
+	_ = json.NewDecoder(do("GET", "/_sim/requests?room=r", "").Body).Decode(&reqs)
+	if len(reqs) != 2 || reqs[0].Status != 429 || reqs[1].Outcome != webextest.Accepted {
+		t.Fatalf("requests = %+v", reqs)
+	}
+
+	// A fault until cleared, then DELETE /_sim/faults clears it.
+	do("POST", "/_sim/faults", `{"status":503}`)
+	if status(post(t, a, "r")) != 503 {
+		t.Fatal("fault without count not applied")
+	}
+	if r := do("DELETE", "/_sim/faults", ""); r.StatusCode != 204 || post(t, a, "r") != nil {
+		t.Fatal("DELETE /_sim/faults left the fault")
+	}
+
+	// The rate limit takes effect: burst 1, then 429 with its Retry-After.
+	if r := do("PUT", "/_sim/ratelimit", `{"rps":0.001,"burst":1,"retryAfter":2}`); r.StatusCode != 204 {
+		t.Fatal("ratelimit")
+	}
+	_ = post(t, a, "limited")
+	if err := post(t, a, "limited"); status(err) != 429 || retrypolicy.Classify(err, nil).RetryAfter != 2*time.Second {
+		t.Fatalf("rate limit over HTTP not applied: %v", err)
+	}
+
+	// Reset clears every fault control, latency included, and the state.
+	s.SetLatency(time.Hour)
+	do("POST", "/_sim/faults", `{"status":500}`)
+	if r := do("POST", "/_sim/reset", ""); r.StatusCode != 204 {
+		t.Fatal("reset")
+	}
+	if len(s.Messages("")) != 0 || len(s.Requests("")) != 0 {
+		t.Fatal("reset kept state")
+	}
+	if req, acc := s.Counts(""); req != 0 || acc != 0 {
+		t.Fatalf("reset kept counts %d %d", req, acc)
+	}
+	quick, _ := webex.New(webex.Config{BaseURL: s.URL, Token: "tok-a", HTTPClient: &http.Client{Timeout: 5 * time.Second}})
+	for range 3 { // neither the latency, the fault nor the rate limit is left
+		if err := post(t, quick, "limited"); err != nil {
+			t.Fatalf("after reset: %v", err)
+		}
+	}
+
+	// Tokens replaced over HTTP: the old one is refused.
 	if r := do("PUT", "/_sim/tokens", `{"tok-new":"alerts"}`); r.StatusCode != 204 {
 		t.Fatal("tokens")
 	}
 	if _, err := a.Me(context.Background()); !errors.Is(err, webex.ErrUnauthorized) {
 		t.Fatalf("revoked token still accepted: %v", err)
-	}
-	if r := do("PUT", "/_sim/ratelimit", `{"rps":1,"burst":1,"retryAfter":2}`); r.StatusCode != 204 {
-		t.Fatal("ratelimit")
-	}
-	do("POST", "/_sim/reset", "")
-	if len(s.Messages("")) != 0 || len(s.Requests("")) != 0 {
-		t.Fatal("reset kept state")
 	}
 }
 
@@ -187,5 +232,213 @@ func TestValidationAnswer(t *testing.T) {
 	if resp.StatusCode != 400 || !strings.Contains(body.Message, "text: is 8000 bytes, the limit is 7439") ||
 		body.TrackingID == "" || resp.Header.Get("TrackingID") != body.TrackingID || len(body.Errors) == 0 {
 		t.Fatalf("%d %+v", resp.StatusCode, body)
+	}
+}
+
+// rawPost sends a create-message body as is, bypassing the client's own
+// validation, and returns the status and the error descriptions, one a line.
+func rawPost(t *testing.T, s *webextest.Server, contentType string, body io.Reader, length int64) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", s.URL+"/messages", body)
+	req.ContentLength = length
+	req.Header.Set("Authorization", "Bearer "+webextest.DefaultToken)
+	req.Header.Set("Content-Type", contentType)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var answer struct {
+		Errors []struct{ Description string }
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&answer)
+	var descs []string
+	for _, e := range answer.Errors {
+		descs = append(descs, e.Description)
+	}
+	return resp.StatusCode, strings.Join(descs, "\n")
+}
+
+func jsonPost(t *testing.T, s *webextest.Server, body string) (int, string) {
+	t.Helper()
+	return rawPost(t, s, "application/json", strings.NewReader(body), int64(len(body)))
+}
+
+// multipartBody is a form with fields, then file parts of the given sizes
+// (zeros, streamed), and its exact length.
+func multipartBody(fields map[string]string, files ...int64) (string, io.Reader, int64) {
+	var head bytes.Buffer
+	w := multipart.NewWriter(&head)
+	for k, v := range fields {
+		_ = w.WriteField(k, v)
+	}
+	var readers []io.Reader
+	var length int64
+	for i, size := range files {
+		_, _ = w.CreateFormFile("files", fmt.Sprintf("f%d.bin", i))
+		part := bytes.Clone(head.Bytes())
+		head.Reset()
+		readers = append(readers, bytes.NewReader(part), io.LimitReader(zeroReader{}, size))
+		length += int64(len(part)) + size
+	}
+	_ = w.Close()
+	readers = append(readers, bytes.NewReader(bytes.Clone(head.Bytes())))
+	length += int64(head.Len())
+	return w.FormDataContentType(), io.MultiReader(readers...), length
+}
+
+type zeroReader struct{}
+
+func (zeroReader) Read(p []byte) (int, error) { clear(p); return len(p), nil }
+
+// The simulator checks Webex's rules itself: requests sent past the client's
+// validation get the answer Webex would give.
+func TestSimValidatesOnItsOwn(t *testing.T) {
+	t.Parallel()
+	s := webextest.NewServer(t, webextest.Options{MaxUploadBytes: 1})
+	exact := strings.Repeat("é", 3719) + "x" // 7439 bytes, 3720 characters
+	tests := []struct {
+		name   string
+		body   string
+		status int
+		want   string
+	}{
+		{"text at the byte limit", `{"roomId":"r","text":"` + exact + `"}`, 200, ""},
+		{"text a byte over, in characters under", `{"roomId":"r","text":"` + exact + `x"}`, 400, "text: is 7440 bytes, the limit is 7439"},
+		{"markdown a byte over", `{"roomId":"r","markdown":"` + strings.Repeat("é", 3720) + `"}`, 400, "markdown: is 7440 bytes"},
+		{"no destination", `{"text":"x"}`, 400, "roomId: exactly one of"},
+		{"two destinations", `{"roomId":"r","toPersonEmail":"a@b.c","text":"x"}`, 400, "got 2"},
+		{"nothing to send", `{"roomId":"r"}`, 400, "text: one of text, markdown or a file"},
+		{"two file urls", `{"roomId":"r","files":["https://x/a","https://x/b"]}`, 400, "files: has 2 files"},
+		{"file path", `{"roomId":"r","files":["/etc/passwd"]}`, 400, "files: entry 1 must be an http or https URL"},
+		{"ftp url", `{"roomId":"r","files":["ftp://x/a"]}`, 400, "files: entry 1 must be an http or https URL"},
+		{"https url", `{"roomId":"r","files":["https://x/a.png"]}`, 200, ""},
+		{"two cards", `{"roomId":"r","text":"fb","attachments":[{"contentType":"application/vnd.microsoft.card.adaptive","content":{}},{"contentType":"application/vnd.microsoft.card.adaptive","content":{}}]}`, 400, "attachments: has 2 cards"},
+		{"card type", `{"roomId":"r","text":"fb","attachments":[{"contentType":"text/html","content":{}}]}`, 400, "attachments: contentType is"},
+		{"card without fallback", `{"roomId":"r","attachments":[{"contentType":"application/vnd.microsoft.card.adaptive","content":{}}]}`, 400, "text: a card needs a text or markdown fallback"},
+		{"parent id shape", `{"roomId":"r","text":"x","parentId":"a b/../c"}`, 400, "parentId: is not a message id"},
+		{"parent id", `{"roomId":"r","text":"x","parentId":"Y2lzY29zcGFyazovL3VzL01FU1NBR0UvMTIz"}`, 200, ""},
+	}
+	for _, tt := range tests {
+		code, desc := jsonPost(t, s, tt.body)
+		if code != tt.status || !strings.Contains(desc, tt.want) {
+			t.Errorf("%s: %d %q, want %d %q", tt.name, code, desc, tt.status, tt.want)
+		}
+	}
+	// Uploads: one file per message; up to 100 MiB taken (a 20 MiB one used
+	// to get 413), beyond it 413.
+	ct, body, n := multipartBody(map[string]string{"roomId": "r"}, 1, 1)
+	if code, desc := rawPost(t, s, ct, body, n); code != 400 || !strings.Contains(desc, "files: has 2 files") {
+		t.Errorf("two file parts: %d %q", code, desc)
+	}
+	ct, body, n = multipartBody(map[string]string{"roomId": "r", "files": "https://x/a"}, 1)
+	if code, desc := rawPost(t, s, ct, body, n); code != 400 || !strings.Contains(desc, "files: has 2 files") {
+		t.Errorf("a file part and a URL: %d %q", code, desc)
+	}
+	ct, body, n = multipartBody(map[string]string{"roomId": "r"}, 20<<20)
+	if code, desc := rawPost(t, s, ct, body, n); code != 200 {
+		t.Errorf("20 MiB upload: %d %q", code, desc)
+	}
+	ct, body, n = multipartBody(map[string]string{"roomId": "r"}, 100<<20+1)
+	if code, _ := rawPost(t, s, ct, body, n); code != 413 {
+		t.Errorf("100 MiB + 1 upload: %d, want 413", code)
+	}
+	if msgs := s.Messages("r"); msgs[len(msgs)-1].FileSize != 20<<20 || msgs[len(msgs)-1].FileData != nil {
+		t.Errorf("the 20 MiB upload: size %d, %d bytes held over a 1-byte bound", msgs[len(msgs)-1].FileSize, len(msgs[len(msgs)-1].FileData))
+	}
+}
+
+// Stored messages, the request log and upload bytes stay within their
+// bounds; counts still count everything.
+func TestSimMemoryBounded(t *testing.T) {
+	t.Parallel()
+	s := webextest.NewServer(t, webextest.Options{MaxMessages: 3, MaxRequests: 4, MaxUploadBytes: 10})
+	c := s.Client(t, webextest.DefaultToken)
+	var ids []string
+	for i := range 5 {
+		sent, err := c.CreateMessage(context.Background(), webex.Message{RoomID: "r", File: &webex.File{Name: fmt.Sprint(i), Data: []byte("abcd")}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, sent.ID)
+	}
+	msgs := s.Messages("r")
+	if len(msgs) != 3 || msgs[0].ID != ids[2] || msgs[2].ID != ids[4] {
+		t.Fatalf("kept %d messages, want the newest 3", len(msgs))
+	}
+	if msgs[0].FileData != nil || string(msgs[1].FileData) != "abcd" || string(msgs[2].FileData) != "abcd" || msgs[0].FileSize != 4 {
+		t.Fatalf("file bytes held: %q %q %q (size %d), want only the newest 8 of a 10-byte bound", msgs[0].FileData, msgs[1].FileData, msgs[2].FileData, msgs[0].FileSize)
+	}
+	if n := len(s.Requests("")); n != 4 {
+		t.Fatalf("request log holds %d entries, bound 4", n)
+	}
+	if req, acc := s.Counts("r"); req != 5 || acc != 5 {
+		t.Fatalf("counts %d %d, want 5 5", req, acc)
+	}
+	if _, err := c.GetMessage(context.Background(), ids[0]); status(err) != 404 {
+		t.Fatalf("an evicted message is still served: %v", err)
+	}
+}
+
+// A "partial" drop: accepted, the answer cut off after its headers. The
+// client reports an accepted but unconfirmed message, once.
+func TestDropPartial(t *testing.T) {
+	t.Parallel()
+	s := webextest.NewServer(t, webextest.Options{})
+	c := s.Client(t, webextest.DefaultToken)
+	s.AddFault(webextest.Fault{Room: "r", Drop: "partial", Count: 1})
+	_, err := c.Send(context.Background(), webex.Message{RoomID: "r", Text: "x"})
+	var ue *webex.UnconfirmedError
+	if !errors.As(err, &ue) || ue.StatusCode != 200 || !strings.HasPrefix(ue.TrackingID, "SIM_") {
+		t.Fatalf("err = %v", err)
+	}
+	reqs := s.Requests("r")
+	if req, acc := s.Counts("r"); req != 1 || acc != 1 || len(s.Messages("r")) != 1 || reqs[0].Outcome != webextest.CutOff {
+		t.Fatalf("%d requests %d accepted, log %+v", req, acc, reqs)
+	}
+}
+
+func TestListPagesAndDelete(t *testing.T) {
+	t.Parallel()
+	s := webextest.NewServer(t, webextest.Options{})
+	ctx := context.Background()
+	for _, base := range []string{s.URL, s.URL + "/v1"} {
+		c, _ := webex.New(webex.Config{BaseURL: base, Token: webextest.DefaultToken})
+		room := "list-" + base[len(base)-2:]
+		var ids []string
+		for i := range 5 {
+			sent, err := c.CreateMessage(ctx, webex.Message{RoomID: room, Text: fmt.Sprint(i)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, sent.ID)
+		}
+		var got []string
+		page, err := c.ListMessages(ctx, webex.ListQuery{RoomID: room, Max: 2})
+		for pages := 1; err == nil; pages++ {
+			for _, m := range page.Items {
+				got = append(got, m.ID)
+			}
+			if !page.HasNext() || pages > 5 {
+				break
+			}
+			page, err = c.NextMessages(ctx, page)
+		}
+		slices.Reverse(ids) // newest first
+		if err != nil || !slices.Equal(got, ids) {
+			t.Fatalf("%s: listed %v, %v; want %v", base, got, err, ids)
+		}
+		if err := c.DeleteMessage(ctx, ids[0]); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.GetMessage(ctx, ids[0]); status(err) != 404 {
+			t.Fatalf("deleted message still served: %v", err)
+		}
+		if err := c.DeleteMessage(ctx, ids[0]); status(err) != 404 {
+			t.Fatalf("second delete: %v", err)
+		}
+		if page, err := c.ListMessages(ctx, webex.ListQuery{RoomID: room}); err != nil || len(page.Items) != 4 || page.HasNext() {
+			t.Fatalf("after delete: %+v, %v", page, err)
+		}
 	}
 }
