@@ -215,8 +215,7 @@ return 0
 const releaseLua = `
 local function release(heads, list, msgs, waiting, key, head, prefix, now, behind)
   if redis.call('HGET', heads, key) ~= head then return {0, '', 0} end
-  local waiting = redis.call('LLEN', list)
-  local out = {1, '', waiting}
+  local out = {1, '', redis.call('LLEN', list)}
   if behind > 0 then
     for _, id in ipairs(redis.call('LRANGE', list, 0, behind - 1)) do table.insert(out, id) end
   end

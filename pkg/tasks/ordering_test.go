@@ -124,7 +124,7 @@ func TestOrderedWaitsForRedeliveredHead(t *testing.T) {
 	if info := e.waitState(ids[0], asynq.TaskStateCompleted, 5*time.Second); info.Retried != 1 {
 		t.Fatalf("the head was redelivered %d times, want 1", info.Retried)
 	}
-	waitFor(t, 5*time.Second, "the sequence's keys to go", func() bool { return len(e.sequenceKeys()) == 0 })
+	e.waitKeysGone()
 }
 
 // A dead-lettered head releases the next message, visibly: a log line, a
@@ -229,7 +229,7 @@ func TestRerunDeadLetterReentersAtEnd(t *testing.T) {
 	if bInfo.Retried < 1 || !strings.Contains(e.logs.String(), "outcome=behind_head") {
 		t.Fatalf("b retried %d; logs:\n%s", bInfo.Retried, e.logs.String())
 	}
-	waitFor(t, 5*time.Second, "the sequence's keys to go", func() bool { return len(e.sequenceKeys()) == 0 })
+	e.waitKeysGone()
 }
 
 // EnqueueMany keeps the order of ordered messages with the same key, while
@@ -294,4 +294,17 @@ func (r *releaseCounter) count(reason string) int {
 // logger writes to the test's log buffer.
 func (e *env) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// waitKeysGone waits until no sequence of the test's queue holds a key.
+func (e *env) waitKeysGone() {
+	e.t.Helper()
+	var keys []string
+	deadline := time.Now().Add(5 * time.Second)
+	for keys = e.sequenceKeys(); len(keys) > 0; keys = e.sequenceKeys() {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("a drained sequence left %v", keys)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
