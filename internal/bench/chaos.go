@@ -67,6 +67,7 @@ type ChaosReport struct {
 	Ordered                                 bool
 	Rooms                                   int
 	OrderViolations                         []string // ordered mode: a room's messages out of enqueue order
+	SequenceKeysLeft                        []string // ordered mode: keys of drained sequences still in Redis
 }
 
 // FsyncLoss is what a Redis crash lost of acknowledged enqueues.
@@ -226,6 +227,9 @@ settled:
 	rep.Took = time.Since(start)
 	if o.Ordered {
 		rep.OrderViolations = orderViolations(sim.Messages(""))
+		if rep.SequenceKeysLeft, err = sequenceKeys(rdb, queue); err != nil {
+			return rep, err
+		}
 	}
 	return rep, rep.account(sim, insp, queue, enqueued, killTimes)
 }
@@ -385,7 +389,8 @@ func (rep *ChaosReport) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "\nDelivery delay from enqueue: p99 %s, max %s. Run took %s.\n", rep.P99Delay.Round(time.Millisecond), rep.MaxDelay.Round(time.Millisecond), rep.Took.Round(time.Second))
 	if rep.Ordered {
-		fmt.Fprintf(w, "\nRooms whose messages arrived out of enqueue order: %d.\n", len(rep.OrderViolations))
+		fmt.Fprintf(w, "\nRooms whose messages arrived out of enqueue order: %d. Sequence keys left in Redis after the run: %d.\n",
+			len(rep.OrderViolations), len(rep.SequenceKeysLeft))
 		for _, v := range rep.OrderViolations {
 			fmt.Fprintf(w, "- OUT OF ORDER: %s\n", v)
 		}
@@ -399,9 +404,9 @@ func (rep *ChaosReport) Print(w io.Writer) {
 // Check fails when anything was lost or a duplicate has no explanation, or
 // when appendfsync always lost an acknowledged enqueue.
 func (rep *ChaosReport) Check() error {
-	if rep.Lost > 0 || len(rep.Unexplained) > 0 || rep.Always.Lost > 0 || len(rep.OrderViolations) > 0 {
-		return fmt.Errorf("chaos: %d lost, %d unexplained, %d acknowledged enqueues lost with appendfsync always, %d rooms out of order",
-			rep.Lost, len(rep.Unexplained), rep.Always.Lost, len(rep.OrderViolations))
+	if rep.Lost > 0 || len(rep.Unexplained) > 0 || rep.Always.Lost > 0 || len(rep.OrderViolations) > 0 || len(rep.SequenceKeysLeft) > 0 {
+		return fmt.Errorf("chaos: %d lost, %d unexplained, %d acknowledged enqueues lost with appendfsync always, %d rooms out of order, sequence keys left: %v",
+			rep.Lost, len(rep.Unexplained), rep.Always.Lost, len(rep.OrderViolations), rep.SequenceKeysLeft)
 	}
 	return nil
 }

@@ -1,8 +1,11 @@
 package bench
 
 import (
+	"context"
 	"fmt"
 	"sort"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
@@ -28,4 +31,25 @@ func orderViolations(msgs []webextest.Stored) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// sequenceKeys lists the ordering keys of queue still in Redis: none once
+// every sequence has drained (an idle key costs no memory).
+func sequenceKeys(rdb *redis.Client, queue string) ([]string, error) {
+	ctx := context.Background()
+	var out []string
+	for _, k := range []string{"courier:{" + queue + "}:heads", "courier:{" + queue + "}:waiting"} {
+		if n, err := rdb.HLen(ctx, k).Result(); err != nil || n > 0 {
+			out = append(out, fmt.Sprintf("%s (%d fields)", k, n))
+		}
+	}
+	iter := rdb.Scan(ctx, 0, "courier:{"+queue+"}:seq*", 1000).Iterator()
+	for iter.Next(ctx) {
+		out = append(out, iter.Val())
+	}
+	if err := iter.Err(); err != nil {
+		return nil, fmt.Errorf("list sequence keys: %w", err)
+	}
+	sort.Strings(out)
+	return out, nil
 }
