@@ -308,3 +308,32 @@ func (e *env) waitKeysGone() {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// A multi-file ordered message delivers all its parts, in order, before the
+// next ordered message starts, also when a part meets an outage.
+func TestOrderedMultiPart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	w := e.start(nil)
+	var once sync.Once
+	w.handler.afterRecord = func(_ string, part int) error {
+		if part == 0 {
+			once.Do(func() { e.sim.AddFault(webextest.Fault{Room: "r", Status: 502, Count: 3}) }) // the second part's attempts
+		}
+		return nil
+	}
+	m := Message{Message: webex.Message{RoomID: "r", Markdown: "charts"}, Uploads: []webex.File{
+		{Name: "a.png", ContentType: "image/png", Data: []byte("A")},
+		{Name: "b.png", ContentType: "image/png", Data: []byte("B")},
+	}}
+	e.enqueue(m, Ordered())
+	e.enqueue(text("r", "after the charts"), Ordered())
+	waitFor(t, 20*time.Second, "three messages", func() bool { return len(e.sim.Messages("r")) >= 3 })
+	var got []string
+	for _, s := range e.sim.Messages("r") {
+		got = append(got, s.FileName+s.Text)
+	}
+	if !slices.Equal(got, []string{"a.png", "b.png", "after the charts"}) {
+		t.Fatalf("delivered %v", got)
+	}
+}
