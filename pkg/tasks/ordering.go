@@ -44,10 +44,6 @@ import (
 // (a dead letter re-run from asynqmon, a task run early by an operator)
 // joins the end of its sequence and is handed back until its turn comes.
 
-// ErrOrderedSchedule matches an ordered message that also asks for a later
-// delivery: the messages behind it would wait for it, which is rarely meant.
-var ErrOrderedSchedule = errors.New("an ordered message cannot be scheduled")
-
 // Ordered marks the message ordered: it is delivered after every ordered
 // message enqueued before it with the same ordering key (by default its
 // destination: the room, person id or email) in the same queue.
@@ -86,7 +82,8 @@ func validateOrdering(o *enqueueOptions) error {
 	}
 	var errs []error
 	if !o.processAt.IsZero() || o.processIn > 0 {
-		errs = append(errs, &webex.ValidationError{Field: "ordered", Problem: ErrOrderedSchedule.Error() + " (drop process-at/process-in, or the ordering)"})
+		// The messages behind it would wait for it, which is rarely meant.
+		errs = append(errs, &webex.ValidationError{Field: "ordered", Problem: "cannot be combined with a later delivery (process-at/process-in)"})
 	}
 	if len(o.orderingKey) > MaxKeyBytes {
 		errs = append(errs, &webex.ValidationError{Field: "ordering_key", Problem: fmt.Sprintf("is %d bytes, the limit is %d", len(o.orderingKey), MaxKeyBytes)})
