@@ -337,3 +337,38 @@ func TestOrderedMultiPart(t *testing.T) {
 		t.Fatalf("delivered %v", got)
 	}
 }
+
+// An expired head is dead-lettered and the sequence moves on; requeued from
+// the durable record, it re-enters at the end of its sequence.
+func TestOrderedExpiredAndRequeued(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	dls := NewDeadLetters(e.rdb, "courier:{"+e.queue+"}:deadletters", 100)
+	hourAgo, err := NewProducer(e.rdb, ProducerConfig{Queue: e.queue, Now: func() time.Time { return time.Now().Add(-time.Hour) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := hourAgo.Enqueue(context.Background(), text("r", "late"), Ordered(), ExpiresIn(time.Minute)) // expired 59 minutes ago
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := r.TaskID
+	e.enqueue(text("r", "on time"), Ordered())
+	e.start(func(c *WorkerConfig) { c.DeadLetters = dls })
+	e.waitState(late, asynq.TaskStateArchived, 10*time.Second)
+	waitFor(t, 10*time.Second, "the message behind the expired one", func() bool { return len(e.sim.Messages("r")) == 1 })
+	list, err := dls.List(context.Background(), 10)
+	if err != nil || len(list) != 1 || list[0].Outcome != string(Expired) {
+		t.Fatalf("dead letters %+v, %v", list, err)
+	}
+	e.enqueue(text("r", "enqueued before the requeue"), Ordered())
+	r, err = dls.Requeue(context.Background(), list[0].ID, e.producer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(r.TaskID, asynq.TaskStateCompleted, 10*time.Second)
+	if got := texts(e.sim.Messages("r")); !slices.Equal(got, []string{"on time", "enqueued before the requeue", "late"}) {
+		t.Fatalf("delivered %v", got)
+	}
+	e.waitKeysGone()
+}
