@@ -357,6 +357,9 @@ func (o *ordering) run(ctx context.Context, s sequence, head string, behind int)
 // releaseDeadLetter hands the sequence on after its head was dead-lettered,
 // loudly, and returns the ids of the messages that were behind it.
 func (o *ordering) releaseDeadLetter(ctx context.Context, t *asynq.Task, queue, id string) []string {
+	if o == nil {
+		return nil
+	}
 	p, err := DecodePayload(t.Payload())
 	if err != nil || p.OrderingKey == "" {
 		return nil // unordered, or unreadable: the Reconciler finds its sequence
