@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/courier-dev/courier/pkg/webex"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
@@ -371,4 +372,73 @@ func TestOrderedExpiredAndRequeued(t *testing.T) {
 		t.Fatalf("delivered %v", got)
 	}
 	e.waitKeysGone()
+}
+
+// commandLog records the commands a Redis client sends.
+type commandLog struct {
+	mu   sync.Mutex
+	cmds []string
+}
+
+func (l *commandLog) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (l *commandLog) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		l.add(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (l *commandLog) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			l.add(c)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func (l *commandLog) add(cmd redis.Cmder) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cmds = append(l.cmds, fmt.Sprint(cmd.Args()...))
+}
+
+// Unordered messages cost nothing extra: neither enqueueing nor delivering
+// one runs an ordering script or touches a sequence's keys.
+func TestUnorderedTouchesNoSequence(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	log := &commandLog{}
+	rdb := redis.NewClient(e.rdb.Options())
+	rdb.AddHook(log)
+	t.Cleanup(func() { _ = rdb.Close() })
+	p, err := NewProducer(rdb, ProducerConfig{Queue: e.queue})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := p.Enqueue(context.Background(), text("r", "unordered"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewWorker(rdb, WorkerConfig{Bots: map[string]Sender{"": e.client(token)}, Queues: map[string]int{e.queue: 1},
+		TaskCheckInterval: 10 * time.Millisecond, Logger: e.logger(), Gate: GateConfig{Namespace: "courier:{" + e.queue + "}"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(r.TaskID, asynq.TaskStateCompleted, 10*time.Second)
+	w.Shutdown()
+	ordering := []string{enqueueOrderedScript.Hash(), claimScript.Hash(), releaseScript.Hash(), parentScript.Hash(), ":seq", ":heads", ":waiting"}
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	for _, c := range log.cmds {
+		for _, o := range ordering {
+			if strings.Contains(c, o) && !strings.Contains(c, "hscan") { // the reconciler's periodic scan is not on the message's path
+				t.Errorf("an unordered message's path ran %q", c)
+			}
+		}
+	}
 }
