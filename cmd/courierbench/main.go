@@ -77,7 +77,7 @@ func run(cmd string, args []string) error {
 		rooms := fs.String("rooms", "50,1", "room counts to compare at")
 		fs.IntVar(&o.Concurrency, "concurrency", 10, "the worker's concurrency")
 		fs.IntVar(&o.Runs, "runs", 3, "alternating pairs per room count")
-		latency := fs.Duration("latency", 0, "the simulator's answer time")
+		fs.DurationVar(&o.Latency, "latency", 0, "the simulator's answer time")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
@@ -87,7 +87,6 @@ func run(cmd string, args []string) error {
 			return err
 		}
 		defer env.Close()
-		env.Sim.SetLatency(*latency)
 		res, err := env.CompareOrdered(o)
 		if err != nil {
 			return err

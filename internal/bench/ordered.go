@@ -16,6 +16,8 @@ type OrderedOptions struct {
 	Rooms       []int // room counts to compare at
 	Concurrency int   // of the one worker
 	Runs        int   // alternating pairs per room count; the median is reported
+	// Latency is the simulator's answer time (0: at once).
+	Latency time.Duration
 }
 
 // OrderedResult is one room count's drain rates, messages per second.
@@ -33,7 +35,7 @@ func (e *Env) CompareOrdered(o OrderedOptions) ([]OrderedResult, error) {
 		var un, ord []float64
 		for range o.Runs {
 			for _, ordered := range []bool{false, true} {
-				r, err := e.drainRooms(ordered, o.Messages, rooms, o.Concurrency)
+				r, err := e.drainRooms(ordered, o.Messages, rooms, o.Concurrency, o.Latency)
 				if err != nil {
 					return nil, err
 				}
@@ -52,7 +54,7 @@ func (e *Env) CompareOrdered(o OrderedOptions) ([]OrderedResult, error) {
 // drainRooms fills a queue with n messages over rooms rooms and measures a
 // courier worker's messages per second from the first request to the last
 // acceptance.
-func (e *Env) drainRooms(ordered bool, n, rooms, concurrency int) (float64, error) {
+func (e *Env) drainRooms(ordered bool, n, rooms, concurrency int, latency time.Duration) (float64, error) {
 	queue := fmt.Sprintf("bench-ordered-%t-%d", ordered, time.Now().UnixNano())
 	defer e.dropQueue(queue)
 	p, done, err := e.producer(queue)
@@ -74,6 +76,7 @@ func (e *Env) drainRooms(ordered bool, n, rooms, concurrency int) (float64, erro
 		}
 	}
 	e.Sim.Reset()
+	e.Sim.SetLatency(latency)
 	w, err := e.StartWorker(Courier, queue, concurrency)
 	if err != nil {
 		return 0, err
@@ -97,8 +100,8 @@ func (e *Env) drainRooms(ordered bool, n, rooms, concurrency int) (float64, erro
 
 // PrintOrdered writes the comparison as a markdown table.
 func PrintOrdered(w io.Writer, o OrderedOptions, res []OrderedResult) {
-	fmt.Fprintf(w, "### Ordered vs unordered: %d messages, one worker, concurrency %d, messages/s (median of %d runs each, alternating)\n\n",
-		o.Messages, o.Concurrency, o.Runs)
+	fmt.Fprintf(w, "### Ordered vs unordered: %d messages, one worker, concurrency %d, Webex answering in %v, messages/s (median of %d runs each, alternating)\n\n",
+		o.Messages, o.Concurrency, o.Latency, o.Runs)
 	fmt.Fprintf(w, "| rooms | unordered | ordered | ordered / unordered |\n|---|---|---|---|\n")
 	for _, r := range res {
 		fmt.Fprintf(w, "| %d | %.0f | %.0f | %.2f |\n", r.Rooms, r.Unordered, r.Ordered, r.Ordered/r.Unordered)
