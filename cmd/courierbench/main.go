@@ -4,6 +4,7 @@
 //
 //	go run ./cmd/courierbench run               # everything, results as markdown
 //	go run ./cmd/courierbench chaos -short      # the chaos run, CI's short form
+//	go run ./cmd/courierbench cli-latency       # enqueue → Webex latency through `enqueue --jsonl -`
 //	go run ./cmd/courierbench chaos -ordered -messages 5000 -rooms 50   # ordered delivery under chaos
 //	go run ./cmd/courierbench ordered -runs 1   # ordered vs unordered throughput
 package main
@@ -26,7 +27,7 @@ import (
 func main() {
 	redis.SetLogger(quiet{}) // Redis is killed on purpose; its client's dial errors are expected
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: courierbench run|chaos|ordered [flags]")
+		fmt.Fprintln(os.Stderr, "usage: courierbench run|chaos|cli-latency|ordered [flags]")
 		os.Exit(2)
 	}
 	if err := run(os.Args[1], os.Args[2:]); err != nil {
@@ -71,6 +72,31 @@ func run(cmd string, args []string) error {
 		defer env.Close()
 		return env.Run(os.Stdout, bench.Options{Messages: *n, Concurrency: ints(*conc), Runs: *runs, EnqueueN: *enq,
 			Rates: ints(*rates), RateDuration: *per, IdleFor: *idle, PlotPath: *plot})
+	case "cli-latency": // enqueue → Webex latency through `enqueue --jsonl -` kept open
+		rate := fs.Int("rate", 500, "lines per second")
+		d := fs.Duration("duration", 10*time.Second, "time at the rate")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		env, err := bench.NewEnv(io.Discard, "")
+		if err != nil {
+			return err
+		}
+		defer env.Close()
+		// The Go producer right after, under the same machine load.
+		fmt.Println("| producer | rate/s | messages | p50 | p99 | max |\n|---|---|---|---|---|---|")
+		for _, side := range []string{"enqueue --jsonl - (kept open)", "Go Producer"} {
+			measure := func() (bench.LatencyResult, error) { return env.CLILatency(*rate, *d) }
+			if side == "Go Producer" {
+				measure = func() (bench.LatencyResult, error) { return env.Latency(bench.Courier, *rate, *d) }
+			}
+			r, err := measure()
+			if err != nil {
+				return err
+			}
+			fmt.Printf("| %s | %d | %d | %.1f ms | %.1f ms | %.1f ms |\n", side, r.Rate, r.N, float64(r.P50)/1e6, float64(r.P99)/1e6, float64(r.Max)/1e6)
+		}
+		return nil
 	case "ordered":
 		o := bench.OrderedOptions{}
 		fs.IntVar(&o.Messages, "messages", 5000, "messages per drain run")
@@ -123,7 +149,7 @@ func run(cmd string, args []string) error {
 		}
 		return rep.Check()
 	}
-	return fmt.Errorf("unknown command %q: want run, chaos or ordered", cmd)
+	return fmt.Errorf("unknown command %q: want run, chaos, cli-latency or ordered", cmd)
 }
 
 type quiet struct{}

@@ -4,15 +4,18 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/courier-dev/courier/internal/enqueue"
+	"github.com/courier-dev/courier/internal/signals"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signals.Context(context.Background(), func(s os.Signal) {
+		fmt.Fprintf(os.Stderr, "enqueue: second %v: exiting now\n", s)
+		os.Exit(enqueue.ExitFailure)
+	})
 	code := enqueue.Run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, nil)
 	stop()
 	os.Exit(code)

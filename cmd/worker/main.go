@@ -10,15 +10,14 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/signal"
-	"syscall"
 
+	"github.com/courier-dev/courier/internal/signals"
 	"github.com/courier-dev/courier/internal/worker"
 )
 
 func main() {
 	if len(os.Args) == 2 && os.Args[1] == "ready" { // container health check
-		os.Exit(worker.Probe(os.Getenv("COURIER_ADMIN_ADDR")))
+		os.Exit(worker.Probe(worker.ProbeAddr(os.LookupEnv)))
 	}
 	cfg, err := worker.Load(os.Args[1:], nil)
 	if errors.Is(err, flag.ErrHelp) {
@@ -30,7 +29,10 @@ func main() {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		os.Exit(2)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	ctx, stop := signals.Context(context.Background(), func(s os.Signal) {
+		fmt.Fprintf(os.Stderr, "worker: second %v: exiting now\n", s)
+		os.Exit(1)
+	})
 	defer stop()
 	if err := worker.Run(ctx, cfg, worker.NewLogger(os.Stderr, cfg.LogFormat, cfg.LogLevel)); err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)

@@ -4,7 +4,9 @@
 // It binds to loopback by default. asynqmon is read-only unless Writable.
 // Basic auth, when configured, guards everything but /healthz and /readyz
 // (orchestrators probe those without credentials); it is required when the
-// server binds beyond loopback with asynqmon writable.
+// server binds beyond loopback with asynqmon writable. Cross-origin browser
+// requests that change state (a form posted from another site) are refused
+// with 403 (net/http's CrossOriginProtection).
 package admin
 
 import (
@@ -120,9 +122,11 @@ func Handler(cfg Config) (h http.Handler, closeFn func() error) {
 			}
 		})
 	}
-	var handler http.Handler = mux
+	// Browsers send cross-site form posts (and cached basic-auth
+	// credentials) to any address: refuse non-safe cross-origin requests.
+	var handler http.Handler = http.NewCrossOriginProtection().Handler(mux)
 	if cfg.User != "" {
-		handler = basicAuth(mux, cfg.User, cfg.Password)
+		handler = basicAuth(handler, cfg.User, cfg.Password)
 	}
 	return handler, mon.Close
 }

@@ -227,9 +227,49 @@ type LatencyResult struct {
 }
 
 // Latency starts a worker of side (its default configuration, concurrency
-// 10), enqueues at rate per second for d, and measures enqueue-to-accepted
-// latency at the simulator.
+// 10), enqueues with a Producer at rate per second for d, and measures
+// enqueue-to-accepted latency at the simulator.
 func (e *Env) Latency(side Side, rate int, d time.Duration) (LatencyResult, error) {
+	return e.latency(side, rate, d, func(queue string) (func(int) error, func() error, error) {
+		prod, done, err := e.producer(queue)
+		if err != nil {
+			return nil, nil, err
+		}
+		send := func(i int) error { _, err := prod.Enqueue(context.Background(), message(i)); return err }
+		return send, func() error { done(); return nil }, nil
+	})
+}
+
+// CLILatency is Latency through the enqueue command: one process kept open,
+// one JSON line written per message to its standard input (a producer
+// piping events), a courier worker delivering.
+func (e *Env) CLILatency(rate int, d time.Duration) (LatencyResult, error) {
+	return e.latency(Courier, rate, d, func(queue string) (func(int) error, func() error, error) {
+		cmd := exec.Command(e.EnqBin, "--jsonl", "-", "--queue", queue, "--json")
+		cmd.Env = append(os.Environ(), "REDIS_URL=redis://"+e.Redis.Addr+"/0")
+		cmd.Stdout, cmd.Stderr = e.Log, e.Log
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := cmd.Start(); err != nil {
+			return nil, nil, err
+		}
+		send := func(i int) error {
+			b, err := json.Marshal(message(i).Message)
+			if err != nil {
+				return err
+			}
+			_, err = stdin.Write(append(b, '\n'))
+			return err
+		}
+		return send, func() error { _ = stdin.Close(); return cmd.Wait() }, nil
+	})
+}
+
+// latency runs a worker of side, sends at rate per second for d through the
+// sender newSender makes for the queue, and measures enqueue-to-accepted.
+func (e *Env) latency(side Side, rate int, d time.Duration, newSender func(queue string) (send func(int) error, done func() error, err error)) (LatencyResult, error) {
 	queue := fmt.Sprintf("bench-lat-%s-%d", side, time.Now().UnixNano())
 	defer e.dropQueue(queue)
 	p, err := e.StartWorker(side, queue, 10)
@@ -237,14 +277,14 @@ func (e *Env) Latency(side Side, rate int, d time.Duration) (LatencyResult, erro
 		return LatencyResult{}, err
 	}
 	defer p.Stop(30 * time.Second)
-	prod, done, err := e.producer(queue)
+	send, done, err := newSender(queue)
 	if err != nil {
 		return LatencyResult{}, err
 	}
-	defer done()
+	defer func() { _ = done() }()
 	// Warm up: one message through, so the worker is fetching.
 	e.Sim.Reset()
-	if _, err := prod.Enqueue(context.Background(), message(999999)); err != nil {
+	if err := send(999999); err != nil {
 		return LatencyResult{}, err
 	}
 	if err := e.waitAccepted(1, 30*time.Second); err != nil {
@@ -260,7 +300,7 @@ func (e *Env) Latency(side Side, rate int, d time.Duration) (LatencyResult, erro
 			time.Sleep(wait)
 		}
 		sent[i] = time.Now()
-		if _, err := prod.Enqueue(context.Background(), message(i)); err != nil {
+		if err := send(i); err != nil {
 			return LatencyResult{}, err
 		}
 	}

@@ -4,22 +4,19 @@
 package enqueue
 
 import (
-	"bufio"
-	"bytes"
-	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/pkg/tasks"
 	"github.com/courier-dev/courier/pkg/webex"
 )
@@ -30,9 +27,6 @@ const (
 	ExitFailure = 1 // Redis or another failure, or a key that was dead-lettered; wins over ExitInput
 	ExitInput   = 2 // bad input only: nothing of an invalid line was enqueued, valid lines were
 )
-
-// batchSize bounds how many JSON lines are held and enqueued at once.
-const batchSize = 500
 
 const usage = `Usage: enqueue [flags]            one message from flags
        enqueue --jsonl FILE|-     one message per JSON line
@@ -57,10 +51,19 @@ Examples:
   jq -c '.[] | {roomId: .room, markdown: .summary, key: .id}' teams.json | enqueue --jsonl -
 
 JSON lines use Webex's field names (roomId, toPersonId, toPersonEmail,
-parentId, text, markdown, attachments) plus files (local paths, or
-http(s) URLs), key, bot, queue, in ("10m"), at (RFC 3339), expiresIn ("2h"),
-maxRedeliveries, ordered (true) and orderingKey. Ordered lines with the same
-destination (or orderingKey) are delivered in the order of the input.
+parentId, text, markdown, attachments) plus files (http(s) URLs; local
+paths only with --files-dir DIR, read under DIR), key, bot, queue, in
+("10m"), at (RFC 3339), expiresIn ("2h"), maxRedeliveries, ordered (true)
+and orderingKey (ordered lines with the same destination, or orderingKey,
+are delivered in the order of the input). Each line
+gets its own verdict: a line with anything after its object, or over
+16 MiB, is invalid and reading goes on. Lines are enqueued as soon as the
+input pauses and each result is printed when known, so a producer can keep
+the pipe open and wait for a line's acknowledgement. Local files: regular
+files only, at most the 1 MiB inline cap each.
+
+SIGINT/SIGTERM: stop reading, enqueue and report the lines already read;
+a second signal ends the process at once.
 
 Exit status: 0 every message enqueued (duplicates count); 2 bad input only
 (invalid lines reported with their number, valid lines enqueued); 1 Redis or
@@ -113,6 +116,7 @@ type options struct {
 	files     []string
 	card      string
 	jsonl     string
+	filesDir  string
 	jsonOut   bool
 	timeout   time.Duration
 	redisURL  string
@@ -132,9 +136,9 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintln(stderr, "enqueue:", err)
 		return ExitInput
 	}
-	ropt, err := redis.ParseURL(o.redisURL)
+	ropt, err := redisurl.Parse(o.redisURL)
 	if err != nil {
-		fmt.Fprintf(stderr, "enqueue: REDIS_URL %s: invalid\n", redact(o.redisURL))
+		fmt.Fprintf(stderr, "enqueue: REDIS_URL %s: %v\n", redisurl.Redact(o.redisURL), err)
 		return ExitInput
 	}
 	ropt.DialTimeout, ropt.ReadTimeout, ropt.WriteTimeout = min(o.timeout, 5*time.Second), o.timeout, o.timeout
@@ -145,7 +149,7 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	err = rdb.Ping(pingCtx).Err()
 	cancel()
 	if err != nil {
-		fmt.Fprintf(stderr, "enqueue: redis at %s: no answer within %v: %v\n", redact(o.redisURL), o.timeout, err)
+		fmt.Fprintf(stderr, "enqueue: redis at %s: no answer within %v: %s\n", redisurl.Redact(o.redisURL), o.timeout, redisurl.Scrub(err.Error(), o.redisURL))
 		return ExitFailure
 	}
 	cfg := tasks.ProducerConfig{Source: "enqueue", KeyedRetention: o.retention}
@@ -156,9 +160,19 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 	out := &printer{w: stdout, json: o.jsonOut}
 	if o.jsonl == "" {
-		out.run(ctx, p, o.timeout, []pending{build(0, o.line, o.files, o.card)})
+		out.run(ctx, p, o.timeout, []pending{build(0, o.line, o.files, o.card, &fileReader{any: true, max: tasks.DefaultMaxInlineBytes})})
 	} else {
-		if err := out.stream(ctx, p, o, stdin); err != nil {
+		files := &fileReader{max: tasks.DefaultMaxInlineBytes}
+		if o.filesDir != "" {
+			root, err := os.OpenRoot(o.filesDir)
+			if err != nil {
+				fmt.Fprintln(stderr, "enqueue: --files-dir:", err)
+				return ExitInput
+			}
+			defer root.Close()
+			files.root = root
+		}
+		if err := out.stream(ctx, p, o, stdin, files); err != nil {
 			fmt.Fprintln(stderr, "enqueue:", err)
 			out.exit = ExitFailure
 		}
@@ -201,6 +215,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*o
 		return nil
 	})
 	fs.StringVar(&o.jsonl, "jsonl", "", "read one message per JSON line from FILE, or - for standard input")
+	fs.StringVar(&o.filesDir, "files-dir", "", "with --jsonl: read the lines' local files under this directory only (default: no local files, URLs only)")
 	fs.BoolVar(&o.jsonOut, "json", false, "print one JSON object per message and a summary")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "give up on an unreachable or silent Redis after this long")
 	fs.DurationVar(&o.retention, "keyed-retention", tasks.DefaultKeyedRetention, "keep delivered keyed messages (and so their keys) this long (env COURIER_KEYED_RETENTION)")
@@ -224,8 +239,11 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*o
 	if o.timeout <= 0 {
 		return nil, errors.New("--timeout must be greater than 0")
 	}
-	if o.jsonl != "" && fs.NFlag() > countSet(fs, "jsonl", "json", "timeout", "keyed-retention", "queue", "bot") {
-		return nil, errors.New("--jsonl reads every message from JSON lines: only --queue and --bot (defaults for the lines), --json and --timeout go with it")
+	if o.jsonl != "" && fs.NFlag() > countSet(fs, "jsonl", "json", "timeout", "keyed-retention", "queue", "bot", "files-dir") {
+		return nil, errors.New("--jsonl reads every message from JSON lines: only --queue and --bot (defaults for the lines), --files-dir, --json and --timeout go with it")
+	}
+	if o.filesDir != "" && o.jsonl == "" {
+		return nil, errors.New("--files-dir goes with --jsonl (files named by --file are read as given)")
 	}
 	return o, nil
 }
@@ -250,8 +268,9 @@ type pending struct {
 	err  error
 }
 
-// build turns a line of input into a request, reading its files and card.
-func build(n int, l Line, extraFiles []string, cardFile string) pending {
+// build turns a line of input into a request, reading its files and card
+// through files.
+func build(n int, l Line, extraFiles []string, cardFile string, files *fileReader) pending {
 	p := pending{line: n}
 	m := tasks.Message{Message: webex.Message{RoomID: l.RoomID, ToPersonID: l.ToPersonID, ToPersonEmail: l.ToPersonEmail,
 		ParentID: l.ParentID, Text: l.Text, Markdown: l.Markdown, Attachments: l.Attachments}}
@@ -261,7 +280,7 @@ func build(n int, l Line, extraFiles []string, cardFile string) pending {
 			m.Files = append(m.Files, f)
 			continue
 		}
-		file, err := webex.ReadFile(f)
+		file, err := files.read(f)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("files: %w", err))
 			continue
@@ -269,7 +288,8 @@ func build(n int, l Line, extraFiles []string, cardFile string) pending {
 		m.Uploads = append(m.Uploads, file)
 	}
 	if cardFile != "" {
-		b, err := os.ReadFile(cardFile)
+		card, err := files.read(cardFile)
+		b := card.Data
 		switch {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("card: %w", err))
@@ -338,48 +358,6 @@ func (pr *printer) code() int {
 		return ExitInput
 	}
 	return ExitOK
-}
-
-// stream reads JSON lines in batches and enqueues each batch.
-func (pr *printer) stream(ctx context.Context, p *tasks.Producer, o *options, stdin io.Reader) error {
-	var r io.Reader = stdin
-	if o.jsonl != "-" {
-		f, err := os.Open(o.jsonl)
-		if err != nil {
-			return fmt.Errorf("--jsonl: %w", err)
-		}
-		defer f.Close()
-		r = f
-	}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 16<<20)
-	var batch []pending
-	n := 0
-	for sc.Scan() {
-		n++
-		raw := bytes.TrimSpace(sc.Bytes())
-		if len(raw) == 0 || raw[0] == '#' {
-			continue
-		}
-		var l Line
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&l); err != nil {
-			batch = append(batch, pending{line: n, err: fmt.Errorf("not a message object: %v", err)})
-		} else {
-			l.Queue, l.Bot = cmp.Or(l.Queue, o.line.Queue), cmp.Or(l.Bot, o.line.Bot)
-			batch = append(batch, build(n, l, nil, ""))
-		}
-		if len(batch) == batchSize {
-			pr.run(ctx, p, o.timeout, batch)
-			batch = batch[:0]
-		}
-	}
-	pr.run(ctx, p, o.timeout, batch)
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("read line %d: %w", n+1, err)
-	}
-	return nil
 }
 
 // run enqueues the valid messages of a batch concurrently and reports every one.
@@ -465,12 +443,4 @@ func (pr *printer) summary() {
 	}
 	fmt.Fprintf(pr.w, "%d message(s): %d enqueued, %d duplicate, %d dead-lettered earlier, %d invalid, %d failed\n",
 		s.Messages, s.Enqueued, s.Duplicates, s.DeadLettered, s.Invalid, s.Failed)
-}
-
-func redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparseable URL)"
-	}
-	return u.Redacted()
 }

@@ -133,7 +133,7 @@ func TestValidationMessages(t *testing.T) {
 		{[]string{"--room", "r", "--to-email", "a@b.c", "--text", "x"}, "got 2"},
 		{[]string{"--room", "r"}, "text: one of text, markdown or a file is required"},
 		{[]string{"--room", "r", "--markdown", strings.Repeat("x", 7440)}, "markdown: is 7440 bytes, the limit is 7439"},
-		{[]string{"--room", "r", "--text", "x", "--file", "/nonexistent/file.png"}, "files: read file:"},
+		{[]string{"--room", "r", "--text", "x", "--file", "/nonexistent/file.png"}, "files: open /nonexistent/file.png"},
 		{[]string{"--room", "r", "--card", writeFile(t, "bad.json", "{")}, "is not JSON"},
 		{[]string{"--room", "r", "--card", writeFile(t, "c.json", `{"type":"AdaptiveCard"}`)}, "a card needs a text or markdown fallback"},
 		{[]string{"--room", "r", "--text", "x", "--key", "has space"}, "key: contains ' '"},

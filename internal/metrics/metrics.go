@@ -8,6 +8,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -32,6 +33,9 @@ type Metrics struct {
 	transitions   *prometheus.CounterVec
 	released      *prometheus.CounterVec
 	unthreaded    prometheus.Counter
+
+	mu   sync.RWMutex
+	bots map[string]bool // registered by Bot: the only bot label values besides "unknown"
 }
 
 var _ tasks.Observer = (*Metrics)(nil)
@@ -40,6 +44,7 @@ var _ tasks.Observer = (*Metrics)(nil)
 // inspector, when not nil) and the Go runtime's on reg.
 func New(reg prometheus.Registerer, inspector *asynq.Inspector) *Metrics {
 	m := &Metrics{
+		bots: map[string]bool{},
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "courier_deliveries_total",
 			Help: "Deliveries by bot and outcome: delivered, deduplicated, transient (redelivered), rate_limited, unauthorized, interrupted, deferred, behind_head, and the dead letters permanent, exhausted, expired, corrupt, poison.",
@@ -90,10 +95,27 @@ func New(reg prometheus.Registerer, inspector *asynq.Inspector) *Metrics {
 }
 
 // Bot registers a bot so its token gauge reads 0 before anything happens.
-func (m *Metrics) Bot(name string) { m.tokenRejected.WithLabelValues(label(name)).Set(0) }
+// Only registered bots get a label of their own: any other bot name (a
+// producer may put anything in a payload) is counted as "unknown", so the
+// number of series stays bounded.
+func (m *Metrics) Bot(name string) {
+	m.mu.Lock()
+	m.bots[name] = true
+	m.mu.Unlock()
+	m.tokenRejected.WithLabelValues(m.label(name)).Set(0)
+}
 
-func label(bot string) string {
-	if bot == "" {
+// UnknownBot is the bot label of every bot name the worker does not know.
+const UnknownBot = "unknown"
+
+func (m *Metrics) label(bot string) string {
+	m.mu.RLock()
+	known := m.bots[bot]
+	m.mu.RUnlock()
+	switch {
+	case !known:
+		return UnknownBot
+	case bot == "":
 		return "default"
 	}
 	return bot
@@ -101,7 +123,7 @@ func label(bot string) string {
 
 // Outcome counts a delivery.
 func (m *Metrics) Outcome(bot string, o tasks.Outcome) {
-	m.deliveries.WithLabelValues(label(bot), string(o)).Inc()
+	m.deliveries.WithLabelValues(m.label(bot), string(o)).Inc()
 }
 
 // Attempt counts a request to Webex.
@@ -109,14 +131,16 @@ func (m *Metrics) Attempt(bot string, err error) {
 	result := "accepted"
 	var ae *webex.APIError
 	switch {
-	case errors.As(err, &ae):
+	case errors.As(err, &ae) && ae.StatusCode >= 100 && ae.StatusCode <= 599:
 		result = strconv.Itoa(ae.StatusCode)
+	case errors.As(err, &ae):
+		result = "other"
 	case err != nil:
 		result = "error"
 	}
-	m.attempts.WithLabelValues(label(bot), result).Inc()
+	m.attempts.WithLabelValues(m.label(bot), result).Inc()
 	if err == nil {
-		m.breaker.WithLabelValues(label(bot)).Set(0)
+		m.breaker.WithLabelValues(m.label(bot)).Set(0)
 	}
 }
 
@@ -132,14 +156,14 @@ func (m *Metrics) TokenRejected(bot string, rejected bool) {
 	if rejected {
 		v = 1
 	}
-	m.tokenRejected.WithLabelValues(label(bot)).Set(v)
+	m.tokenRejected.WithLabelValues(m.label(bot)).Set(v)
 }
 
 // Throttled counts a send the gate held back.
 func (m *Metrics) Throttled(bot, reason string) {
-	m.throttled.WithLabelValues(label(bot), reason).Inc()
+	m.throttled.WithLabelValues(m.label(bot), reason).Inc()
 	if reason == "circuit_open" {
-		m.breaker.WithLabelValues(label(bot)).Set(1)
+		m.breaker.WithLabelValues(m.label(bot)).Set(1)
 	}
 }
 
@@ -149,8 +173,8 @@ func (m *Metrics) Breaker(bot string, open bool) {
 	if open {
 		to, v = "open", 1
 	}
-	m.transitions.WithLabelValues(label(bot), to).Inc()
-	m.breaker.WithLabelValues(label(bot)).Set(v)
+	m.transitions.WithLabelValues(m.label(bot), to).Inc()
+	m.breaker.WithLabelValues(m.label(bot)).Set(v)
 }
 
 // Transport wraps rt to observe each Webex request's latency by status class.

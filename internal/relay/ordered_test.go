@@ -30,6 +30,10 @@ func TestRelayOrderAndThreads(t *testing.T) {
 	opened := post(`{"roomId":"ops","text":"incident opened"}`)
 	reply := post(`{"roomId":"ops","text":"on it","parentId":"` + opened + `"}`)
 	post(`{"roomId":"ops","text":"incident resolved"}`)
+	// Another token may not reply under this token's message.
+	if code, _, b := e.do("POST", "/v1/messages", otherToken, "application/json", []byte(`{"roomId":"ops","text":"me too","parentId":"`+opened+`"}`), nil); code != 400 {
+		t.Fatalf("another token's reply: %d %s", code, b)
+	}
 	var st relay.Status
 	if c, _, b := e.do("GET", "/v1/messages/"+reply, relayToken, "", nil, nil); c != 200 || json.Unmarshal(b, &st) != nil || st.State != "queued" {
 		t.Fatalf("status of a message behind another: %d %s", c, b)

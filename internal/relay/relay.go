@@ -6,13 +6,17 @@
 //
 // Callers authenticate with relay tokens, each mapped to a bot; the bot's
 // real Webex token stays in the worker's configuration and never enters
-// Redis. Answers never wait on Webex, only on Redis.
+// Redis. Each token sees only its own messages: idempotency keys and GET are
+// scoped to the token (by TokenID, never the token itself) and to the
+// relay's queue. Answers never wait on Webex, only on Redis.
 package relay
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
@@ -21,6 +25,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,7 +40,8 @@ import (
 // Config configures the relay.
 type Config struct {
 	// Tokens maps each relay token to the bot it sends as ("" is the
-	// default bot).
+	// default bot). Several tokens may share a bot; they do not see each
+	// other's messages.
 	Tokens map[string]string
 	// Producer enqueues; Inspector reads delivery state.
 	Producer  *tasks.Producer
@@ -77,7 +84,7 @@ func New(cfg Config) *Server {
 	s := &Server{cfg: cfg, mux: http.NewServeMux()}
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "courier_relay_requests_total",
-		Help: "Relay requests by method and answered status.",
+		Help: "Relay requests by method (GET, POST, other) and answered status.",
 	}, []string{"method", "status"})
 	if cfg.Registerer != nil {
 		cfg.Registerer.MustRegister(s.requests)
@@ -94,9 +101,33 @@ func New(cfg Config) *Server {
 
 // ServeHTTP counts and serves a request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("TrackingID", trackingID(r))
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 	s.mux.ServeHTTP(rec, r)
-	s.requests.WithLabelValues(r.Method, fmt.Sprint(rec.status)).Inc()
+	s.requests.WithLabelValues(methodLabel(r.Method), strconv.Itoa(rec.status)).Inc()
+}
+
+// trackingID is the request's own trackingid header (Webex's SDKs send one),
+// so that the bot's logs and the relay's match; else a new one. A header
+// that is too long or not printable ASCII is replaced.
+func trackingID(r *http.Request) string {
+	tid := r.Header.Get("Trackingid")
+	if tid != "" && len(tid) <= 256 && strings.IndexFunc(tid, func(c rune) bool { return c <= ' ' || c > '~' }) < 0 {
+		return tid
+	}
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "COURIER_RELAY_" + hex.EncodeToString(b)
+}
+
+// methodLabel maps any request method onto a closed set, so that a caller
+// cannot grow the metric's series (the 404 is counted before any auth).
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodPost:
+		return m
+	}
+	return "other"
 }
 
 type statusRecorder struct {
@@ -109,16 +140,42 @@ func (r *statusRecorder) WriteHeader(code int) {
 	r.ResponseWriter.WriteHeader(code)
 }
 
-type botKey struct{}
+type callerKey struct{}
 
-// auth maps the relay token to its bot; an unknown token gets Webex's 401.
+// caller is the relay token a request came with: the bot it sends as and
+// the token's id, which scopes idempotency keys and what the caller may read.
+type caller struct {
+	bot string
+	id  string
+}
+
+// source is the payload's Source of the caller's messages: the relay and the
+// token's id (never the token itself: payloads show in asynqmon).
+func (c caller) source() string { return "relay/" + c.id }
+
+// TokenID names a relay token without revealing it: the first 12 hex
+// digits of its SHA-256. Task ids and payloads carry this, never the token.
+func TokenID(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:6])
+}
+
+// bearer reads the token of an "Authorization: Bearer <token>" header; the
+// scheme is case-insensitive (RFC 9110).
+func bearer(h string) (string, bool) {
+	scheme, tok, ok := strings.Cut(strings.TrimSpace(h), " ")
+	tok = strings.TrimSpace(tok)
+	return tok, ok && strings.EqualFold(scheme, "Bearer") && tok != ""
+}
+
+// auth maps the relay token to its caller; an unknown token gets Webex's 401.
 func (s *Server) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if ok {
+		if tok, ok := bearer(r.Header.Get("Authorization")); ok {
 			for known, bot := range s.cfg.Tokens {
 				if subtle.ConstantTimeCompare([]byte(tok), []byte(known)) == 1 {
-					h(w, r.WithContext(context.WithValue(r.Context(), botKey{}, bot)))
+					c := caller{bot: bot, id: TokenID(known)}
+					h(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, c)))
 					return
 				}
 			}
@@ -158,10 +215,11 @@ func ParseRelayID(id string) (queue, taskID string, ok bool) {
 	return queue, taskID, ok && queue != "" && taskID != ""
 }
 
-func botOf(r *http.Request) string { b, _ := r.Context().Value(botKey{}).(string); return b }
+func callerOf(r *http.Request) caller { c, _ := r.Context().Value(callerKey{}).(caller); return c }
 
 func (s *Server) create(w http.ResponseWriter, r *http.Request) {
-	bot := botOf(r)
+	c := callerOf(r)
+	bot := c.bot
 	if r.ContentLength > s.cfg.MaxBodyBytes {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("The request body is %d bytes; the limit is %d.", r.ContentLength, s.cfg.MaxBodyBytes))
 		return
@@ -182,16 +240,20 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	at := s.cfg.Now().UTC().Truncate(time.Millisecond)
-	opts := []tasks.Option{tasks.Queue(s.cfg.Queue), tasks.Bot(bot), tasks.Source("relay"), tasks.EnqueuedAt(at)}
+	opts := []tasks.Option{tasks.Queue(s.cfg.Queue), tasks.Bot(bot), tasks.Source(c.source()), tasks.EnqueuedAt(at)}
 	if !s.cfg.Unordered {
 		opts = append(opts, tasks.Ordered())
 	}
-	if queue, parent, ok := ParseRelayID(msg.ParentID); ok && queue == s.cfg.Queue {
+	if parent, ok := s.parentTask(r.Context(), c, msg.ParentID); ok {
 		opts = append(opts, tasks.ReplyTo(parent)) // sent with the parent's Webex id once it is delivered
+	} else if parent != "" {
+		writeValidation(w, &webex.ValidationError{Field: "parentId", Problem: "names a message this relay does not hold for this token " +
+			"(another token's, or no longer retained): reply with the Webex id from GET /v1/messages/{id} (messageIds)"})
+		return
 	}
 	key := r.Header.Get("Idempotency-Key")
-	if key != "" {
-		key = "relay/" + cmp.Or(bot, "default") + "/" + key
+	if key != "" { // scoped to the token: another token's key is another message
+		key = c.source() + "/" + key
 		opts = append(opts, tasks.Key(key))
 	}
 	res, err := s.cfg.Producer.Enqueue(r.Context(), msg, opts...)
@@ -199,36 +261,46 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	var ve *webex.ValidationError
 	switch {
 	case errors.As(err, &dup):
-		s.repeat(r.Context(), w, dup)
+		s.repeat(r.Context(), w, c, dup, msg)
 		return
 	case errors.As(err, &ve):
 		writeValidation(w, err)
 		return
 	case err != nil:
-		s.cfg.Logger.Error("relay: enqueue failed", "bot", cmp.Or(bot, "default"), "error", err.Error())
-		writeError(w, http.StatusServiceUnavailable, "The message could not be queued; try again.")
+		s.cfg.Logger.Error("relay: enqueue failed", "bot", cmp.Or(bot, "default"), "tracking_id", w.Header().Get("TrackingID"), "error", err.Error())
+		w.Header().Set("Retry-After", strconv.Itoa(RetryAfterSeconds))
+		writeError(w, http.StatusServiceUnavailable, fmt.Sprintf("The message could not be queued: retry the request after %d seconds.", RetryAfterSeconds))
 		return
 	}
-	s.cfg.Logger.Info("relay: queued", "task_id", res.TaskID, "queue", res.Queue, "bot", cmp.Or(bot, "default"), "keyed", key != "")
+	s.cfg.Logger.Info("relay: queued", "task_id", res.TaskID, "queue", res.Queue, "bot", cmp.Or(bot, "default"), "keyed", key != "",
+		"tracking_id", w.Header().Get("TrackingID"))
 	writeJSON(w, http.StatusOK, answer(RelayID(res.Queue, res.TaskID), &tasks.Payload{Message: msg, EnqueuedAt: at}))
 }
 
-// repeat answers a repeated Idempotency-Key with the first request's answer.
-func (s *Server) repeat(ctx context.Context, w http.ResponseWriter, dup *tasks.DuplicateError) {
-	p, err := s.cfg.Producer.Waiting(ctx, dup.Queue, dup.Key)
-	if errors.Is(err, tasks.ErrNotWaiting) {
-		var info *asynq.TaskInfo
-		if info, err = s.cfg.Inspector.GetTaskInfo(dup.Queue, dup.Key); err != nil {
-			writeError(w, http.StatusConflict, "This Idempotency-Key was used, and its message is no longer retained.")
-			return
-		}
-		p, err = tasks.DecodePayload(info.Payload)
+// repeat answers a repeated Idempotency-Key with the first request's
+// answer; the key with another message is refused with 422.
+func (s *Server) repeat(ctx context.Context, w http.ResponseWriter, c caller, dup *tasks.DuplicateError, msg tasks.Message) {
+	p, err := s.payload(ctx, dup.Queue, dup.Key)
+	if errors.Is(err, errGone) {
+		writeError(w, http.StatusConflict, "This Idempotency-Key was used, and its message is no longer retained.")
+		return
 	}
-	if err != nil {
-		writeError(w, http.StatusConflict, "This Idempotency-Key names an unreadable message.")
+	if err != nil || p.Source != c.source() {
+		writeError(w, http.StatusConflict, "This Idempotency-Key names a message this token cannot read.")
+		return
+	}
+	if !sameMessage(p.Message, msg) {
+		writeError(w, http.StatusUnprocessableEntity, "This Idempotency-Key was used for a different message: use a new key for a new message.")
 		return
 	}
 	writeJSON(w, http.StatusOK, answer(RelayID(dup.Queue, dup.Key), p))
+}
+
+// sameMessage compares two messages as they are stored.
+func sameMessage(a, b tasks.Message) bool {
+	ja, erra := json.Marshal(a)
+	jb, errb := json.Marshal(b)
+	return erra == nil && errb == nil && bytes.Equal(ja, jb)
 }
 
 // Status is the answer of GET /v1/messages/{id}.
@@ -261,7 +333,11 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "The requested resource could not be found.")
 		return
 	}
-	if p, err := s.cfg.Producer.Waiting(r.Context(), queue, taskID); err == nil && p.Bot == botOf(r) { // ordered, behind others
+	if queue != s.cfg.Queue {
+		writeError(w, http.StatusNotFound, "The requested resource could not be found.")
+		return
+	}
+	if p, err := s.cfg.Producer.Waiting(r.Context(), queue, taskID); err == nil && p.Source == callerOf(r).source() { // ordered, behind others
 		writeJSON(w, http.StatusOK, Status{ID: id, TaskID: taskID, Queue: queue, State: "queued", Created: p.EnqueuedAt.UTC().Format("2006-01-02T15:04:05.000Z")})
 		return
 	}
@@ -271,7 +347,10 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, err := tasks.DecodePayload(info.Payload)
-	if err != nil || p.Bot != botOf(r) { // another bot's message is none of this token's business
+	// Only the relay's queue, and only this token's messages: another
+	// token's (even of the same bot) or another producer's are none of its
+	// business.
+	if err != nil || p.Source != callerOf(r).source() {
 		writeError(w, http.StatusNotFound, "The requested resource could not be found.")
 		return
 	}
@@ -299,10 +378,35 @@ func validate(m tasks.Message, maxInline int) error {
 			wm.Files = append(wm.Files, m.Uploads[i].Name)
 		}
 	}
+	var errs []error
+	for _, f := range m.Files { // Webex fetches file URLs itself: a path or another scheme gets its 400
+		if !isHTTPURL(f) {
+			errs = append(errs, &webex.ValidationError{Field: "files", Problem: fmt.Sprintf("%q is not an http(s) URL: send a local file as a multipart part", clip(f))})
+		}
+	}
 	if err := wm.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
 		return err
 	}
 	return m.Validate(maxInline)
+}
+
+// RetryAfterSeconds is the Retry-After of a 503 (Redis unreachable).
+const RetryAfterSeconds = 5
+
+func isHTTPURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
+}
+
+// clip shortens a caller's value quoted in an error.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
 }
 
 // decode reads Webex's JSON or multipart form of a message.
@@ -316,11 +420,9 @@ func writeValidation(w http.ResponseWriter, err error) {
 	writeError(w, http.StatusBadRequest, lines[0], lines...)
 }
 
-// writeError answers in Webex's error shape, with a tracking id.
+// writeError answers in Webex's error shape, with the request's tracking id.
 func writeError(w http.ResponseWriter, status int, msg string, details ...string) {
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	tid := "COURIER_RELAY_" + hex.EncodeToString(b)
+	tid := w.Header().Get("TrackingID")
 	if len(details) == 0 {
 		details = []string{msg}
 	}
@@ -328,7 +430,6 @@ func writeError(w http.ResponseWriter, status int, msg string, details ...string
 	for i, d := range details {
 		errs[i] = map[string]string{"description": d}
 	}
-	w.Header().Set("TrackingID", tid)
 	writeJSON(w, status, map[string]any{"message": msg, "errors": errs, "trackingId": tid})
 }
 
@@ -336,4 +437,37 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json;charset=UTF-8")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// errGone matches a relayed message no longer held (delivered and past its
+// retention, or deleted).
+var errGone = errors.New("message no longer held")
+
+// payload reads a relayed message's payload, whether it waits behind another
+// ordered message or is an asynq task; errGone when neither.
+func (s *Server) payload(ctx context.Context, queue, taskID string) (*tasks.Payload, error) {
+	p, err := s.cfg.Producer.Waiting(ctx, queue, taskID)
+	if !errors.Is(err, tasks.ErrNotWaiting) {
+		return p, err
+	}
+	info, err := s.cfg.Inspector.GetTaskInfo(queue, taskID)
+	if err != nil {
+		return nil, errGone
+	}
+	return tasks.DecodePayload(info.Payload)
+}
+
+// parentTask reads a parentId that is a relay id: the task id of a message
+// this caller relayed to this queue (ok), or the id it names that the
+// caller may not reply to (not ok). An ordinary Webex id gives "", false.
+func (s *Server) parentTask(ctx context.Context, c caller, parentID string) (string, bool) {
+	queue, taskID, isRelay := ParseRelayID(parentID)
+	if !isRelay {
+		return "", false
+	}
+	if queue != s.cfg.Queue {
+		return taskID, false
+	}
+	p, err := s.payload(ctx, queue, taskID)
+	return taskID, err == nil && p.Source == c.source()
 }

@@ -16,16 +16,20 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/courier-dev/courier/internal/redistest"
 	"github.com/courier-dev/courier/internal/relay"
 	"github.com/courier-dev/courier/pkg/tasks"
+	"github.com/courier-dev/courier/pkg/webex"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
 
 const (
 	relayToken  = "relay-token-alerts"
 	otherToken  = "relay-token-reports"
+	sameBotTok  = "relay-token-alerts-2" // a second token of relayToken's bot
 	pngBytes    = "\x89PNG\r\n\x1a\nnot-really-an-image"
 	pythonBound = "6f1d3c0e9b2a4d7f8e5c1b0a9d8e7f6a"                   // uuid4().hex, as requests_toolbelt's MultipartEncoder
 	jsBound     = "--------------------------418239573650122876345902" // as the form-data package
@@ -50,7 +54,7 @@ func newEnv(t *testing.T, maxBody int64) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rl := relay.New(relay.Config{Tokens: map[string]string{relayToken: "", otherToken: "reports"}, Producer: p, Inspector: insp,
+	rl := relay.New(relay.Config{Tokens: map[string]string{relayToken: "", sameBotTok: "", otherToken: "reports"}, Producer: p, Inspector: insp,
 		Queue: queue, MaxBodyBytes: maxBody, Logger: slog.New(slog.DiscardHandler)})
 	srv := httptest.NewServer(rl)
 	t.Cleanup(srv.Close)
@@ -157,6 +161,15 @@ func TestSDKRequestForms(t *testing.T) {
 				u := p.Message.Uploads
 				return len(u) == 1 && u[0].Name == "report.pdf" && string(u[0].Data) == "%PDF-1.7" && p.Message.Markdown == "report"
 			}},
+		// The JS SDK sends files: [Buffer] as a part without a filename.
+		{"js sdk buffer", "multipart/form-data; boundary=" + jsBound,
+			[]byte("--" + jsBound + "\r\nContent-Disposition: form-data; name=\"roomId\"\r\n\r\nroom-1\r\n" +
+				"--" + jsBound + "\r\nContent-Disposition: form-data; name=\"files\"\r\nContent-Type: application/octet-stream\r\n\r\n" + pngBytes + "\r\n" +
+				"--" + jsBound + "--\r\n"),
+			func(p *tasks.Payload) bool {
+				u := p.Message.Uploads
+				return len(p.Message.Files) == 0 && len(u) == 1 && u[0].Name != "" && string(u[0].Data) == pngBytes
+			}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -169,7 +182,7 @@ func TestSDKRequestForms(t *testing.T) {
 				t.Fatalf("answer %+v", a)
 			}
 			p := e.payload(a.ID)
-			if !tt.check(p) || p.Bot != "" || p.Source != "relay" {
+			if !tt.check(p) || p.Bot != "" || p.Source != "relay/"+relay.TokenID(relayToken) {
 				t.Fatalf("payload %+v", p)
 			}
 		})
@@ -190,6 +203,16 @@ func TestValidationAnswers(t *testing.T) {
 		{"two file urls", "application/json", []byte(`{"roomId":"r","files":["https://a/1","https://a/2"]}`), "files: has 2 files, the limit is 1 per message"},
 		{"card without fallback", "application/json", []byte(`{"roomId":"r","attachments":[{"contentType":"application/vnd.microsoft.card.adaptive","content":{}}]}`), "text: a card needs a text or markdown fallback"},
 		{"not json", "application/json", []byte(`{"roomId":`), "Unable to parse the request body"},
+		{"two objects", "application/json", []byte(`{"roomId":"r","text":"x"}{"roomId":"s","text":"y"}`), "data after the JSON object"},
+		{"trailing garbage", "application/json", []byte(`{"roomId":"r","text":"x"} rm -rf`), "data after the JSON object"},
+		{"local path", "application/json", []byte(`{"roomId":"r","files":["/tmp/report.pdf"]}`), `files: \"/tmp/report.pdf\" is not an http(s) URL`},
+		{"file scheme", "application/json", []byte(`{"roomId":"r","files":["file:///etc/passwd"]}`), "is not an http(s) URL"},
+		{"multipart local path", "multipart/form-data; boundary=" + jsBound, multipart(jsBound, [][2]string{{"roomId", "r"}, {"text", "t"}, {"files", "https://a/1"}}, "x.txt", "text/plain", "x"),
+			"files: has 2 files, the limit is 1 per message"},
+		{"parent is another queue's relay id", "application/json", []byte(`{"roomId":"r","text":"x","parentId":"` + relay.RelayID("default", "abc") + `"}`),
+			"parentId: names a message this relay does not hold for this token"},
+		{"parent is an unknown relay id", "application/json", []byte(`{"roomId":"r","text":"x","parentId":"` + relay.RelayID(e.queue, "abc") + `"}`),
+			"parentId: names a message this relay does not hold for this token"},
 	}
 	for _, tt := range tests {
 		code, h, body := e.do("POST", "/v1/messages", relayToken, tt.ct, tt.body, nil)
@@ -267,6 +290,64 @@ func TestIdempotentRepeat(t *testing.T) {
 	c3, _, b3 := e.do("POST", "/v1/messages", otherToken, "application/json", []byte(`{"roomId":"r","text":"once"}`), h)
 	if c3 != 200 || string(b3) == string(b1) {
 		t.Fatalf("other bot: %d %s", c3, b3)
+	}
+}
+
+// Tokens of one bot do not see each other: a key is scoped to its token, a
+// reused key with another message is refused, and GET reads only the
+// token's own messages in the relay's queue.
+func TestTokensAreIsolated(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 0)
+	h := map[string]string{"Idempotency-Key": "build-4711"}
+	ca, _, ba := e.do("POST", "/v1/messages", relayToken, "application/json", []byte(`{"roomId":"room-a","markdown":"secret of A"}`), h)
+	cb, _, bb := e.do("POST", "/v1/messages", sameBotTok, "application/json", []byte(`{"roomId":"room-b","markdown":"message of B"}`), h)
+	if ca != 200 || cb != 200 {
+		t.Fatalf("%d %s / %d %s", ca, ba, cb, bb)
+	}
+	a, b := decodeAnswer(t, ba), decodeAnswer(t, bb)
+	if b.ID == a.ID || b.RoomID != "room-b" || strings.Contains(string(bb), "secret of A") {
+		t.Fatalf("the second token got %s", bb)
+	}
+	if p := e.payload(b.ID); p.Message.Markdown != "message of B" || strings.Contains(p.Key+p.Source, sameBotTok) {
+		t.Fatalf("B's message not queued as sent, or its token in the payload: %+v", p)
+	}
+	// The same key and token with another message.
+	c, _, body := e.do("POST", "/v1/messages", relayToken, "application/json", []byte(`{"roomId":"room-a","markdown":"changed"}`), h)
+	if c != 422 || !strings.Contains(string(body), "different message") {
+		t.Fatalf("reused key, other message: %d %s", c, body)
+	}
+	get := func(tok, id string) int {
+		c, _, _ := e.do("GET", "/v1/messages/"+id, tok, "", nil, nil)
+		return c
+	}
+	if get(relayToken, a.ID) != 200 || get(sameBotTok, a.ID) != 404 || get(otherToken, a.ID) != 404 {
+		t.Fatal("a message is readable by its own token only")
+	}
+	// A message another producer queued (cmd/enqueue) under a guessable key.
+	if _, err := e.prod.Enqueue(context.Background(), tasks.Message{Message: webex.Message{RoomID: "r", Text: "private"}},
+		tasks.Key("nightly"), tasks.Source("enqueue")); err != nil {
+		t.Fatal(err)
+	}
+	if c := get(relayToken, relay.RelayID(e.queue, "nightly")); c != 404 {
+		t.Fatalf("another producer's message: %d", c)
+	}
+	// A relay id naming another queue.
+	if c := get(relayToken, relay.RelayID("critical", strings.SplitN(a.ID, "/", 2)[0])); c != 404 {
+		t.Fatalf("another queue: %d", c)
+	}
+}
+
+// The Authorization scheme is case-insensitive.
+func TestBearerSchemeCaseInsensitive(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 0)
+	for _, scheme := range []string{"bearer", "BEARER", "Bearer"} {
+		c, _, body := e.do("POST", "/v1/messages", "", "application/json", []byte(`{"roomId":"r","text":"x"}`),
+			map[string]string{"Authorization": scheme + " " + relayToken})
+		if c != 200 {
+			t.Errorf("%s: %d %s", scheme, c, body)
+		}
 	}
 }
 
@@ -351,4 +432,71 @@ func BenchmarkRelayCreate(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "req/s")
+}
+
+// Any request method, even before auth, is counted under GET, POST or
+// other: callers cannot grow the metric's series.
+func TestMethodLabelIsBounded(t *testing.T) {
+	t.Parallel()
+	reg := prometheus.NewRegistry()
+	srv := httptest.NewServer(relay.New(relay.Config{Tokens: map[string]string{relayToken: ""}, Registerer: reg,
+		Logger: slog.New(slog.DiscardHandler)}))
+	t.Cleanup(srv.Close)
+	for i := range 50 {
+		req, _ := http.NewRequest(fmt.Sprintf("M%d%s", i, strings.Repeat("X", 200)), srv.URL+"/anything", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	methods := map[string]bool{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "method" {
+					methods[l.GetValue()] = true
+				}
+			}
+		}
+	}
+	if len(methods) != 1 || !methods["other"] {
+		t.Fatalf("method labels %v, want only other", methods)
+	}
+}
+
+// A 503 (Redis down) tells the bot when to retry, and an answer carries the
+// SDK's own tracking id so that its logs and the relay's match.
+func TestUnavailableAndTrackingID(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now
+	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	t.Cleanup(func() { _ = rdb.Close() })
+	p, err := tasks.NewProducer(rdb, tasks.ProducerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(relay.New(relay.Config{Tokens: map[string]string{relayToken: ""}, Producer: p,
+		Inspector: asynq.NewInspectorFromRedisClient(rdb), Logger: slog.New(slog.DiscardHandler)}))
+	t.Cleanup(srv.Close)
+	e := &env{srv: srv, t: t}
+	const tid = "webex-js-sdk_6f1d3c0e-9b2a-4d7f-8e5c-1b0a9d8e7f6a_1"
+	code, h, body := e.do("POST", "/v1/messages", relayToken, "application/json", []byte(`{"roomId":"r","text":"x"}`), map[string]string{"trackingid": tid})
+	if code != 503 || h.Get("Retry-After") == "" || h.Get("TrackingID") != tid || !strings.Contains(string(body), `"trackingId":"`+tid+`"`) {
+		t.Fatalf("%d Retry-After %q TrackingID %q %s", code, h.Get("Retry-After"), h.Get("TrackingID"), body)
+	}
+	// A hostile tracking id is not echoed.
+	_, h, _ = e.do("POST", "/v1/messages", relayToken, "application/json", nil, map[string]string{"trackingid": strings.Repeat("x", 300)})
+	if !strings.HasPrefix(h.Get("TrackingID"), "COURIER_RELAY_") {
+		t.Fatalf("tracking id %q", h.Get("TrackingID"))
+	}
 }

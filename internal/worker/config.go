@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"regexp"
 	"sort"
@@ -15,14 +14,16 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/courier-dev/courier/internal/admin"
+	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/internal/settings"
 	"github.com/courier-dev/courier/pkg/retrypolicy"
 	"github.com/courier-dev/courier/pkg/tasks"
 	"github.com/courier-dev/courier/pkg/webex"
 )
+
+// DefaultAdminAddr is where the admin server listens unless configured.
+const DefaultAdminAddr = "127.0.0.1:8080"
 
 // Config is the worker's whole configuration.
 type Config struct {
@@ -184,7 +185,7 @@ func flags(c *Config) *settings.Set {
 	s.String(&c.Gate.Namespace, "gate-namespace", "COURIER_GATE_NAMESPACE", "courier", "Redis key prefix of the shared gate: workers sharing it share each bot's limits")
 	s.String(&c.LogFormat, "log-format", "COURIER_LOG_FORMAT", "auto", "auto (colour text on a terminal, JSON otherwise), text or json")
 	s.String(&c.LogLevel, "log-level", "COURIER_LOG_LEVEL", "info", "debug, info, warn or error")
-	s.String(&c.AdminAddr, "admin-addr", "COURIER_ADMIN_ADDR", "127.0.0.1:8080", "admin HTTP server (health, metrics, asynqmon); empty: off")
+	s.String(&c.AdminAddr, "admin-addr", "COURIER_ADMIN_ADDR", DefaultAdminAddr, "admin HTTP server (health, metrics, asynqmon); empty: off")
 	s.Bool(&c.AdminWritable, "admin-writable", "COURIER_ADMIN_WRITABLE", false, "let asynqmon and /deadletters re-run and delete tasks")
 	s.String(&c.AdminUser, "admin-user", "COURIER_ADMIN_USER", "", "HTTP basic auth user for the admin server (password: COURIER_ADMIN_PASSWORD or _FILE)")
 	s.Int(&c.DeadLetterMax, "deadletter-max", "COURIER_DEADLETTER_MAX", tasks.DefaultDeadLetterMax, "dead letters kept in the courier:deadletters stream beyond asynq's archive")
@@ -294,8 +295,8 @@ func readToken(getenv func(string) string, env, fileEnv string) (string, error) 
 
 func (c *Config) validate() []error {
 	var errs []error
-	if _, err := redis.ParseURL(c.RedisURL); err != nil {
-		errs = append(errs, fmt.Errorf("REDIS_URL %s: %v", RedactURL(c.RedisURL), redactErr(err, c.RedisURL)))
+	if _, err := redisurl.Parse(c.RedisURL); err != nil {
+		errs = append(errs, fmt.Errorf("REDIS_URL %s: %w", redisurl.Redact(c.RedisURL), err))
 	}
 	if c.RedisTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("COURIER_REDIS_TIMEOUT is %v: must be greater than 0", c.RedisTimeout))
@@ -341,24 +342,4 @@ func (c *Config) workerConfig(bots map[string]tasks.Sender) tasks.WorkerConfig {
 		ShutdownTimeout: c.ShutdownTimeout, TaskCheckInterval: c.TaskCheckInterval, DelayedTaskCheckInterval: c.DelayedInterval,
 		PoisonLimit: c.PoisonLimit, UnauthorizedDelay: c.UnauthorizedDelay, Gate: c.Gate, ReconcileInterval: c.ReconcileInterval,
 	}
-}
-
-// RedactURL hides the password of a Redis URL ("redis://user:xxxxx@host").
-func RedactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(unparseable URL)"
-	}
-	return u.Redacted()
-}
-
-// redactErr removes the password from an error's text.
-func redactErr(err error, raw string) string {
-	msg := err.Error()
-	if u, perr := url.Parse(raw); perr == nil && u.User != nil {
-		if pw, ok := u.User.Password(); ok && pw != "" {
-			msg = strings.ReplaceAll(msg, pw, "xxxxx")
-		}
-	}
-	return msg
 }

@@ -116,3 +116,33 @@ func TestEmptyVariableTurnsAdminOff(t *testing.T) {
 		t.Fatalf("admin addr %q, %v", c.AdminAddr, err)
 	}
 }
+
+// A REDIS_URL whose password breaks the URL is reported without any part
+// of the password.
+func TestLoadNeverPrintsRedisPassword(t *testing.T) {
+	for _, u := range []string{"redis://u:Zq%9pWv@db:6379/0", "redis://u:Zq7/Wv9Kx@db:6379/0", "redis://u:8613#4429@db:6379/0"} {
+		_, err := Load(nil, env(map[string]string{"WEBEX_TOKEN": "t", "REDIS_URL": u}))
+		if err == nil || !strings.Contains(err.Error(), "REDIS_URL") {
+			t.Fatalf("%s: %v", u, err)
+		}
+		for _, piece := range []string{"%9p", "Zq7", "Wv9", "8613", "4429"} {
+			if strings.Contains(err.Error(), piece) {
+				t.Errorf("%s: the error shows %q: %v", u, piece, err)
+			}
+		}
+	}
+}
+
+// "worker ready" probes the default admin address when COURIER_ADMIN_ADDR
+// is unset, and nothing when it is set empty (admin server off).
+func TestProbeAddr(t *testing.T) {
+	if got := ProbeAddr(env(nil)); got != DefaultAdminAddr {
+		t.Errorf("unset: %q", got)
+	}
+	if got := ProbeAddr(env(map[string]string{"COURIER_ADMIN_ADDR": "0.0.0.0:9090"})); got != "0.0.0.0:9090" {
+		t.Errorf("set: %q", got)
+	}
+	if got := ProbeAddr(env(map[string]string{"COURIER_ADMIN_ADDR": ""})); got != "" {
+		t.Errorf("empty: %q", got)
+	}
+}

@@ -53,8 +53,13 @@ func TestComposeFile(t *testing.T) {
 			}
 		}
 		if profile == "prod" {
-			if w.Environment["WEBEX_TOKEN"] != nil || len(w.Secrets) != 1 {
+			if w.Environment["WEBEX_TOKEN"] != nil || len(w.Secrets) != 2 {
 				t.Errorf("the production worker must take its token from a secret")
+			}
+			// It listens on the compose network: message text and pprof
+			// behind basic auth, the password from a secret.
+			if w.Environment["COURIER_ADMIN_USER"] == nil || w.Environment["COURIER_ADMIN_PASSWORD_FILE"] == nil || w.Environment["COURIER_ADMIN_PASSWORD"] != nil {
+				t.Errorf("the production admin server needs basic auth with a password file: %v", w.Environment)
 			}
 			continue
 		}
@@ -68,6 +73,27 @@ func TestComposeFile(t *testing.T) {
 					t.Errorf("%s sets %s, which it does not read", svc, key)
 				}
 			}
+		}
+	}
+}
+
+// The build context leaves out ./secrets/ (COPY . . would put the tokens in
+// an image layer) and the git history.
+func TestDockerignore(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile("../../.dockerignore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var entries []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			entries = append(entries, strings.Trim(l, "/"))
+		}
+	}
+	for _, want := range []string{"secrets", ".git"} {
+		if !slices.Contains(entries, want) {
+			t.Errorf(".dockerignore lacks %s: %q", want, entries)
 		}
 	}
 }

@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -366,5 +368,81 @@ func TestRelayThroughTheWorker(t *testing.T) {
 	msgs := s.sim.Messages("relay-room")
 	if len(msgs) != 1 || msgs[0].Markdown != "**via the relay**" || len(st.MessageIDs) != 1 || st.MessageIDs[0] != msgs[0].ID {
 		t.Fatalf("relay status %+v, simulator %+v", st, msgs)
+	}
+}
+
+// silentWebex accepts connections and never answers; it counts the
+// connections open at once.
+func silentWebex(t *testing.T) (url string, open func() int) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return "http://" + ln.Addr().String() + "/v1", func() int { mu.Lock(); defer mu.Unlock(); return len(conns) }
+}
+
+// With Webex silent, the admin server answers while the tokens are being
+// checked, and the bots' checks run at once.
+func TestStartUpAdminFirstTokensConcurrently(t *testing.T) {
+	t.Parallel()
+	s := sharedSetup(t)
+	webexURL, open := silentWebex(t)
+	p := startWorker(t, "REDIS_URL="+s.url, "COURIER_LOG_FORMAT=json", "WEBEX_BASE_URL="+webexURL, "WEBEX_TOKEN=a",
+		"COURIER_BOTS=second", "COURIER_BOT_SECOND_TOKEN=b", "COURIER_QUEUES="+s.queue+":1")
+	waitFor(t, 10*time.Second, "both token checks under way at once", func() bool { return open() >= 2 })
+	m := regexp.MustCompile(`"url":"(http://127\.0\.0\.1:\d+)"`).FindStringSubmatch(p.out.String())
+	if m == nil {
+		t.Fatalf("the admin server is not listening while the tokens are checked:\n%s", p.out.String())
+	}
+	if code, _ := get(t, m[1]+"/healthz", "", ""); code != 200 {
+		t.Fatalf("/healthz: %d", code)
+	}
+	if strings.Contains(p.out.String(), "could not check the bot's token") {
+		t.Fatal("a token check ended before the test looked (Webex is silent: they should still wait)")
+	}
+}
+
+// An unreachable Redis is reported by its real cause, and go-redis's own
+// lines come out as JSON records like the rest.
+func TestRedisUnreachableLogsJSON(t *testing.T) {
+	t.Parallel()
+	port, err := redistest.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := startWorker(t, fmt.Sprintf("REDIS_URL=redis://127.0.0.1:%d/0", port), "COURIER_REDIS_TIMEOUT=2s", "COURIER_LOG_FORMAT=json", "WEBEX_TOKEN=a")
+	if err := p.wait(t, 30*time.Second); err == nil {
+		t.Fatal("worker started without Redis")
+	}
+	out := p.out.String()
+	if !strings.Contains(out, "connection refused") || strings.Contains(out, "deadline exceeded") {
+		t.Errorf("the cause is not named:\n%s", out)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		if !json.Valid([]byte(line)) && !strings.HasPrefix(line, "worker: ") {
+			t.Errorf("not a JSON record: %q", line)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/courier-dev/courier/internal/admin"
 	"github.com/courier-dev/courier/internal/metrics"
+	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/internal/relay"
 	"github.com/courier-dev/courier/pkg/tasks"
 	"github.com/courier-dev/courier/pkg/webex"
@@ -62,16 +64,17 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		}
 		defer dev.close()
 	}
-	opt, err := redis.ParseURL(cfg.RedisURL)
+	redis.SetLogger(redisLogger{log}) // go-redis's own lines, as structured records
+	opt, err := redisurl.Parse(cfg.RedisURL)
 	if err != nil {
-		return fmt.Errorf("REDIS_URL %s: %s", RedactURL(cfg.RedisURL), redactErr(err, cfg.RedisURL))
+		return fmt.Errorf("REDIS_URL %s: %w", redisurl.Redact(cfg.RedisURL), err)
 	}
 	rdb := redis.NewClient(opt)
 	defer rdb.Close()
-	if err := waitForRedis(ctx, rdb, cfg.RedisTimeout); err != nil {
-		return fmt.Errorf("redis at %s: %s", RedactURL(cfg.RedisURL), redactErr(err, cfg.RedisURL))
+	if err := waitForRedis(ctx, opt, cfg.RedisTimeout); err != nil {
+		return fmt.Errorf("redis at %s: %s", redisurl.Redact(cfg.RedisURL), redisurl.Scrub(err.Error(), cfg.RedisURL))
 	}
-	log.Info("redis reachable", "redis", RedactURL(cfg.RedisURL))
+	log.Info("redis reachable", "redis", redisurl.Redact(cfg.RedisURL))
 	if !cfg.Dev {
 		checkRedisSettings(ctx, rdb, log)
 	}
@@ -100,10 +103,6 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	for name, c := range clients {
-		checkToken(ctx, name, c, w.Handler(), log)
-	}
-
 	var adminSrv *http.Server
 	if cfg.AdminAddr != "" {
 		producer, err := tasks.NewProducer(rdb, tasks.ProducerConfig{KeyedRetention: cfg.KeyedRetention, Source: "admin"})
@@ -140,6 +139,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		log.Info("admin server listening", "url", "http://"+cfg.AdminAddr, "asynqmon", "http://"+cfg.AdminAddr+admin.MonitoringPath,
 			"asynqmon_writable", cfg.AdminWritable, "basic_auth", cfg.AdminUser != "")
 	}
+	// After the admin server listens (/healthz answers while Webex is
+	// slow), before delivery starts: a rejected token holds its bot's tasks.
+	checkTokens(ctx, clients, w.Handler(), log)
 	var relaySrv *http.Server
 	if cfg.RelayAddr != "" {
 		producer, err := tasks.NewProducer(rdb, tasks.ProducerConfig{KeyedRetention: cfg.KeyedRetention, Source: "relay"})
@@ -180,6 +182,16 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 	log.Info("stopped")
 	return nil
+}
+
+// ProbeAddr is the admin address "worker ready" probes: COURIER_ADMIN_ADDR,
+// or the default address when it is unset ("" when it is set empty: the
+// admin server is off and nothing can be probed).
+func ProbeAddr(lookupEnv func(string) (string, bool)) string {
+	if addr, ok := lookupEnv("COURIER_ADMIN_ADDR"); ok {
+		return addr
+	}
+	return DefaultAdminAddr
 }
 
 // Probe asks a worker's admin server whether it is ready (for container
@@ -224,18 +236,33 @@ func botLabel(name string) string {
 	return name
 }
 
-// waitForRedis pings until Redis answers or timeout passes.
-func waitForRedis(ctx context.Context, rdb *redis.Client, timeout time.Duration) error {
+// waitForRedis pings until Redis answers or timeout passes, and then
+// reports the last real cause (a refused connection, a wrong password), not
+// the deadline that cut the last ping short.
+func waitForRedis(ctx context.Context, opt *redis.Options, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var err error
+	// A client of its own that neither retries commands nor dials: go-redis's
+	// retries would run into the deadline and hide the cause behind it.
+	probe := *opt
+	probe.MaxRetries, probe.DialerRetries = -1, 1
+	rdb := redis.NewClient(&probe)
+	defer rdb.Close()
+	var cause error
 	for {
-		if err = rdb.Ping(ctx).Err(); err == nil {
+		err := rdb.Ping(ctx).Err()
+		if err == nil {
 			return nil
+		}
+		if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+			cause = err
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("unreachable after %v: %w", timeout, err)
+			if cause == nil {
+				return fmt.Errorf("no answer within %v", timeout)
+			}
+			return fmt.Errorf("unreachable after %v: %w", timeout, cause)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -258,6 +285,15 @@ func checkRedisSettings(ctx context.Context, rdb *redis.Client, log *slog.Logger
 	if aof["appendonly"] != "yes" && strings.TrimSpace(save["save"]) == "" {
 		log.Warn("Redis persistence is off (no AOF, no snapshots): a Redis restart loses every queued task")
 	}
+}
+
+// checkTokens checks every bot's token at once.
+func checkTokens(ctx context.Context, clients map[string]*webex.Client, h *tasks.Handler, log *slog.Logger) {
+	var wg sync.WaitGroup
+	for name, c := range clients {
+		wg.Go(func() { checkToken(ctx, name, c, h, log) })
+	}
+	wg.Wait()
 }
 
 // checkToken asks Webex who the bot is. A rejected token does not stop the

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"mime"
 	"net/http"
 	"net/url"
@@ -162,41 +161,17 @@ func fileURLProblem(u string) string {
 }
 
 // DecodeRequest reads a create-message request as the Messages API accepts
-// it: JSON, or multipart/form-data with the fields roomId, toPersonId,
-// toPersonEmail, parentId, text, markdown and files (file parts, or URLs as
-// plain values). The file parts are returned apart, in order, so a caller
-// decides how many it allows; m.File is left nil. The body should already be
-// limited (http.MaxBytesReader); maxMemory bounds multipart parsing in memory.
+// it: one JSON object (nothing after it), or multipart/form-data with the
+// fields roomId, toPersonId, toPersonEmail, parentId, text, markdown and
+// files (file parts, or URLs as plain values; see decodeMultipart). The file
+// parts are returned apart, in order, so a caller decides how many it allows;
+// m.File is left nil. The body should already be limited
+// (http.MaxBytesReader); maxMemory bounds the multipart bytes read.
 func DecodeRequest(r *http.Request, maxMemory int64) (m Message, files []File, err error) {
 	ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if ct != "multipart/form-data" {
-		err = json.NewDecoder(r.Body).Decode(&m)
+		m, err = decodeJSON(r.Body)
 		return m, nil, err
 	}
-	if err := r.ParseMultipartForm(maxMemory); err != nil {
-		return m, nil, err
-	}
-	defer r.MultipartForm.RemoveAll()
-	get := func(k string) string {
-		if v := r.MultipartForm.Value[k]; len(v) > 0 {
-			return v[0]
-		}
-		return ""
-	}
-	m.RoomID, m.ToPersonID, m.ToPersonEmail = get("roomId"), get("toPersonId"), get("toPersonEmail")
-	m.ParentID, m.Text, m.Markdown = get("parentId"), get("text"), get("markdown")
-	m.Files = r.MultipartForm.Value["files"]
-	for _, fh := range r.MultipartForm.File["files"] {
-		f, err := fh.Open()
-		if err != nil {
-			return m, nil, err
-		}
-		data, err := io.ReadAll(f)
-		f.Close()
-		if err != nil {
-			return m, nil, err
-		}
-		files = append(files, File{Name: fh.Filename, ContentType: fh.Header.Get("Content-Type"), Data: data})
-	}
-	return m, files, nil
+	return decodeMultipart(r, maxMemory)
 }

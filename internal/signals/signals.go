@@ -1,0 +1,42 @@
+// Package signals turns SIGINT and SIGTERM into a graceful stop: the first
+// cancels a context, a second ends the process at once (a stop that waits on
+// something stuck can always be cut short).
+package signals
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Context returns a context cancelled by the first SIGINT or SIGTERM; a
+// second calls exit (in main: print a line and os.Exit). stop releases the
+// signals and ends the watching goroutine.
+func Context(parent context.Context, exit func(os.Signal)) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithCancel(parent)
+	ch := make(chan os.Signal, 2)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		select {
+		case <-ch:
+			cancel()
+		case <-done:
+			return
+		}
+		select {
+		case sig := <-ch:
+			exit(sig)
+		case <-done:
+		}
+	}()
+	return ctx, func() {
+		signal.Stop(ch)
+		close(done)
+		<-finished
+		cancel()
+	}
+}
