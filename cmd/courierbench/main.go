@@ -7,6 +7,8 @@
 //	go run ./cmd/courierbench cli-latency       # enqueue → Webex latency through `enqueue --jsonl -`
 //	go run ./cmd/courierbench chaos -ordered -messages 5000 -rooms 50   # ordered delivery under chaos
 //	go run ./cmd/courierbench ordered -runs 1   # ordered vs unordered throughput
+//	go run ./cmd/courierbench chaos -redis-down 5s -kill-every 0   # Redis down 5s, no worker kills
+//	go run ./cmd/courierbench chaos -kill-every 2s -kills 30 -messages 2000  # a crash storm
 package main
 
 import (
@@ -127,12 +129,17 @@ func run(cmd string, args []string) error {
 		fs.IntVar(&o.Kills, "kills", o.Kills, "worker kills")
 		ordered := fs.Bool("ordered", false, "enqueue every message ordered, over -rooms rooms, and check each room's order")
 		rooms := fs.Int("rooms", 50, "rooms of the ordered mode")
+		fs.DurationVar(&o.RedisDown, "redis-down", time.Second, "how long Redis stays down after it is killed")
+		fs.IntVar(&o.Workers, "workers", o.Workers, "worker processes")
+		fs.DurationVar(&o.Latency, "latency", o.Latency, "the simulator's answer time (longer: more deliveries in flight at each kill)")
 		verbose := fs.Bool("v", false, "show the workers' output")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
 		if *short {
-			o = bench.ShortChaos()
+			s := bench.ShortChaos()
+			s.RedisDown = o.RedisDown
+			o = s
 		}
 		if *ordered {
 			o.Ordered, o.Rooms = true, *rooms

@@ -370,15 +370,21 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 // message, where courier's own producers may send several), then courier's
 // inline cap.
 func validate(m tasks.Message, maxInline int) error {
-	wm := m.Message
-	for i := range m.Uploads {
-		if wm.File == nil {
-			wm.File = &m.Uploads[i]
-		} else {
-			wm.Files = append(wm.Files, m.Uploads[i].Name)
-		}
-	}
 	var errs []error
+	// Webex takes one file per message, whether a URL or an upload: the
+	// count is checked here, each URL below (quoted for the caller), and the
+	// rest by Validate on the message with its first file only.
+	if n := len(m.Files) + len(m.Uploads); n > 1 {
+		errs = append(errs, &webex.ValidationError{Field: "files", Problem: fmt.Sprintf("has %d files, the limit is 1 per message", n)})
+	}
+	wm := m.Message
+	wm.Files, wm.File = nil, nil
+	switch {
+	case len(m.Uploads) > 0:
+		wm.File = &m.Uploads[0]
+	case len(m.Files) > 0:
+		wm.Files = []string{"https://file.invalid/"} // stands for m.Files, checked below
+	}
 	for _, f := range m.Files { // Webex fetches file URLs itself: a path or another scheme gets its 400
 		if !isHTTPURL(f) {
 			errs = append(errs, &webex.ValidationError{Field: "files", Problem: fmt.Sprintf("%q is not an http(s) URL: send a local file as a multipart part", clip(f))})

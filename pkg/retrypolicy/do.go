@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 
 	"github.com/sethvargo/go-retry"
@@ -50,6 +51,7 @@ type options struct {
 	name      string
 	rules     *Rules
 	maxWait   time.Duration
+	waited    *time.Duration
 	onRetry   func(attempt int, err error, delay time.Duration)
 	onFailure func(err error, attempts int)
 }
@@ -75,6 +77,12 @@ func WithRules(r *Rules) Option { return func(o *options) { o.rules = r } }
 // deadline; with neither, no single wait exceeds the policy's MaxDelay (a
 // longer Retry-After ends the call with a [*BudgetError]).
 func WithMaxWait(d time.Duration) Option { return func(o *options) { o.maxWait = d } }
+
+// WithWaitedSoFar shares one WithMaxWait budget between successive calls:
+// the call counts *waited as already spent and adds its own waits to it, so
+// calls given the same pointer wait at most WithMaxWait in all. The calls must
+// not run at the same time.
+func WithWaitedSoFar(waited *time.Duration) Option { return func(o *options) { o.waited = waited } }
 
 // OnRetry is called before each wait with the failed attempt's number (from
 // 1), its error and the delay to come.
@@ -157,6 +165,9 @@ func newRun(p Policy, opts []Option) (*run, error) {
 	for _, opt := range opts {
 		opt(&r.o)
 	}
+	if r.o.waited != nil {
+		r.waited = max(*r.o.waited, 0)
+	}
 	return r, nil
 }
 
@@ -198,7 +209,10 @@ func (r *run) failed(ctx context.Context, err error) (time.Duration, error) {
 		r.o.logger.Warn(msgRetrying, "op", r.o.name, "attempt", r.attempt, "max_attempts", r.p.MaxAttempts, "delay", delay,
 			"class", dec.Class.String(), "reason", dec.Reason, "error", err.Error())
 	}
-	r.waited += delay
+	r.waited = addSat(r.waited, delay)
+	if r.o.waited != nil {
+		*r.o.waited = r.waited
+	}
 	return delay, nil
 }
 
@@ -207,7 +221,9 @@ func (r *run) failed(ctx context.Context, err error) (time.Duration, error) {
 // policy's MaxDelay, so a server's long Retry-After ends the call instead of
 // blocking it for up to an hour.
 func (r *run) overBudget(ctx context.Context, delay time.Duration) bool {
-	if r.o.maxWait > 0 && r.waited+delay > r.o.maxWait {
+	// Compared as a difference: waited+delay can overflow for a server's
+	// huge Retry-After, and a wrapped sum would pass the check.
+	if r.o.maxWait > 0 && delay > r.o.maxWait-r.waited {
 		return true
 	}
 	deadline, ok := ctx.Deadline()
@@ -215,6 +231,14 @@ func (r *run) overBudget(ctx context.Context, delay time.Duration) bool {
 		return time.Until(deadline) < delay
 	}
 	return r.o.maxWait <= 0 && delay > r.p.MaxDelay
+}
+
+// addSat is a+b for non-negative durations, saturating instead of wrapping.
+func addSat(a, b time.Duration) time.Duration {
+	if b > math.MaxInt64-a {
+		return math.MaxInt64
+	}
+	return a + b
 }
 
 // Log messages of Do and Loop: constant, with the details in fields.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"math"
 	"strings"
 	"syscall"
 	"testing"
@@ -106,6 +107,43 @@ func TestDoBudget(t *testing.T) {
 		// 1ms fits, 1+2 = 3ms does not: two attempts.
 		if calls != 2 || be.Attempts != 2 || be.Wait != 2*time.Millisecond {
 			t.Fatalf("calls = %d, BudgetError = %+v", calls, be)
+		}
+	})
+	t.Run("huge retry after does not wrap the budget", func(t *testing.T) {
+		t.Parallel()
+		// waited+delay would overflow to a negative sum and pass a naive
+		// check: the call would then wait for ~292 years.
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		calls := 0
+		err := Do(ctx, fast, failing(&calls,
+			MarkRetryAfter(errors.New("429"), time.Millisecond),
+			MarkRetryAfter(errors.New("429"), time.Duration(math.MaxInt64))),
+			WithMaxWait(time.Second),
+			OnRetry(func(_ int, _ error, d time.Duration) {
+				if d > time.Second {
+					cancel() // the budget let it through: end the wait at once
+				}
+			}))
+		var be *BudgetError
+		if !errors.As(err, &be) || be.Wait != time.Duration(math.MaxInt64) || calls != 2 {
+			t.Fatalf("err = %v calls = %d, want a BudgetError after 2 calls", err, calls)
+		}
+	})
+	t.Run("waited so far shares one budget between calls", func(t *testing.T) {
+		t.Parallel()
+		// Each call alone fits (1ms + 2ms of 4ms); the second call starts
+		// with 3ms spent, so its 2ms wait no longer fits.
+		var waited time.Duration
+		first, second := 0, 0
+		opts := []Option{WithMaxWait(4 * time.Millisecond), WithWaitedSoFar(&waited)}
+		if err := Do(context.Background(), fast, failing(&first, reset, reset), opts...); err != nil || waited != 3*time.Millisecond {
+			t.Fatalf("first call: err = %v, waited %v, want nil after 3ms", err, waited)
+		}
+		err := Do(context.Background(), fast, failing(&second, reset, reset), opts...)
+		var be *BudgetError
+		if !errors.As(err, &be) || second != 2 || waited != 4*time.Millisecond {
+			t.Fatalf("second call: err = %v, calls %d, waited %v; want a BudgetError after 1ms more", err, second, waited)
 		}
 	})
 	t.Run("retry after beyond deadline", func(t *testing.T) {

@@ -104,6 +104,26 @@ func ExampleWithMaxWait() {
 	// Output: 1 10m0s rate_limited true
 }
 
+func ExampleWithWaitedSoFar() {
+	// Two calls share one 10ms budget: the first waits 6ms, so the second's
+	// 6ms wait no longer fits.
+	var waited time.Duration
+	p := retrypolicy.Policy{MaxAttempts: 2, InitialDelay: 6 * time.Millisecond, MaxDelay: time.Second, Multiplier: 1, Jitter: retrypolicy.JitterNone}
+	for i := range 2 {
+		calls := 0
+		err := retrypolicy.Do(context.Background(), p, func(context.Context) error {
+			if calls++; calls == 1 {
+				return retrypolicy.MarkTransient(errors.New("503"))
+			}
+			return nil
+		}, retrypolicy.WithMaxWait(10*time.Millisecond), retrypolicy.WithWaitedSoFar(&waited))
+		fmt.Println(i+1, calls, waited, errors.Is(err, retrypolicy.ErrBudgetExhausted))
+	}
+	// Output:
+	// 1 2 6ms false
+	// 2 1 6ms true
+}
+
 func ExampleMarkPermanent() {
 	calls := 0
 	err := retrypolicy.Do(context.Background(), retrypolicy.Webex, func(context.Context) error {

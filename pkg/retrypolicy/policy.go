@@ -53,6 +53,7 @@ func (j Jitter) apply(d time.Duration) time.Duration {
 	if d <= 0 {
 		return 0
 	}
+	d = min(d, math.MaxInt64-1) // rand.Int64N(d+1) must not overflow
 	switch j {
 	case JitterFull:
 		return time.Duration(rand.Int64N(int64(d) + 1))

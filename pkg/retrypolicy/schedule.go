@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -86,7 +87,11 @@ func (s Schedule) Delay(retried int, err error) time.Duration {
 func (s Schedule) Survives(n int) time.Duration {
 	var total time.Duration
 	for i := range n {
-		total += s.guaranteed(i)
+		g := s.guaranteed(i)
+		if total > math.MaxInt64-g { // saturate: huge caps must not wrap around
+			return math.MaxInt64
+		}
+		total += g
 	}
 	return total
 }

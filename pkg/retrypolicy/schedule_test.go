@@ -2,6 +2,7 @@ package retrypolicy
 
 import (
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -105,6 +106,30 @@ func TestScheduleValidate(t *testing.T) {
 	for _, f := range []string{"Base", "Cap", "Multiplier", "MaxRetryAfter", "Jitter"} {
 		if err == nil || !strings.Contains(err.Error(), f) {
 			t.Errorf("error does not name %s: %v", f, err)
+		}
+	}
+}
+
+// Item 9 of issue 14: the largest caps neither panic nor wrap around.
+func TestHugeCapsSaturate(t *testing.T) {
+	for _, j := range []Jitter{JitterEqual, JitterFull, JitterNone} {
+		s := Schedule{Base: time.Second, Cap: math.MaxInt64, Multiplier: 2, Jitter: j, MaxRetryAfter: time.Hour}
+		if err := s.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		for retried := range 80 {
+			if d := s.Delay(retried, errors.New("x")); d <= 0 {
+				t.Fatalf("jitter %v: delay %v at %d", j, d, retried)
+			}
+		}
+		if got := s.Survives(200); got < s.Survives(100) || got < 0 {
+			t.Fatalf("jitter %v: Survives wrapped around: %v", j, got)
+		}
+		p := Policy{MaxAttempts: 80, InitialDelay: time.Second, MaxDelay: math.MaxInt64, Multiplier: 2, Jitter: j}
+		for attempt := range 80 {
+			if d := p.Delay(attempt + 1); d < 0 {
+				t.Fatalf("jitter %v: %v", j, d)
+			}
 		}
 	}
 }

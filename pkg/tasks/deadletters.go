@@ -3,6 +3,7 @@ package tasks
 import (
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -43,7 +44,10 @@ type DeadLetter struct {
 	Outcome string    `json:"outcome"`
 	Error   string    `json:"error"`
 	Time    time.Time `json:"time"`
-	Payload []byte    `json:"-"`
+	// Result names the parts Webex accepted before the task was
+	// dead-lettered (nil: none); Requeue does not send them again.
+	Result  *TaskResult `json:"result,omitempty"`
+	Payload []byte      `json:"-"`
 	// Behind lists the ordered messages (task ids, the first 100) that were
 	// waiting behind this one in its sequence when it was dead-lettered;
 	// the first of them was released in its place.
@@ -52,11 +56,19 @@ type DeadLetter struct {
 
 // Add appends a dead letter.
 func (d *DeadLetters) Add(ctx context.Context, dl DeadLetter) error {
-	err := d.rdb.XAdd(ctx, &redis.XAddArgs{
-		Stream: d.stream, MaxLen: d.max, Approx: true,
-		Values: []any{"task_id", dl.TaskID, "queue", dl.Queue, "outcome", dl.Outcome, "error", dl.Error,
-			"time", strconv.FormatInt(dl.Time.UnixMilli(), 10), "payload", dl.Payload, "behind", strings.Join(dl.Behind, " ")},
-	}).Err()
+	values := []any{"task_id", dl.TaskID, "queue", dl.Queue, "outcome", dl.Outcome, "error", dl.Error,
+		"time", strconv.FormatInt(dl.Time.UnixMilli(), 10), "payload", dl.Payload}
+	if len(dl.Behind) > 0 {
+		values = append(values, "behind", strings.Join(dl.Behind, " "))
+	}
+	if dl.Result != nil {
+		b, err := json.Marshal(dl.Result)
+		if err != nil {
+			return fmt.Errorf("record dead letter: %w", err)
+		}
+		values = append(values, "result", b)
+	}
+	err := d.rdb.XAdd(ctx, &redis.XAddArgs{Stream: d.stream, MaxLen: d.max, Approx: true, Values: values}).Err()
 	if err != nil {
 		return fmt.Errorf("record dead letter: %w", err)
 	}
@@ -93,9 +105,10 @@ func (d *DeadLetters) Get(ctx context.Context, id string) (*DeadLetter, error) {
 var ErrNotFound = errors.New("not found")
 
 // Requeue enqueues a recorded dead letter again with p, under its original
-// key, bot and queue (an expiry is dropped: re-running means "send it now").
-// If asynq's archive still holds the task, the key is taken: re-run it from
-// the archive instead (asynqmon, or Inspector.RunArchivedTask).
+// key, bot and queue (an expiry is dropped: re-running means "send it now"),
+// without the parts Webex had accepted. If asynq's archive still holds the
+// task, the key is taken: re-run it from the archive instead (asynqmon, or
+// Inspector.RunArchivedTask).
 func (d *DeadLetters) Requeue(ctx context.Context, id string, p *Producer) (*Enqueued, error) {
 	dl, err := d.Get(ctx, id)
 	if err != nil {
@@ -105,6 +118,12 @@ func (d *DeadLetters) Requeue(ctx context.Context, id string, p *Producer) (*Enq
 	if err != nil {
 		return nil, fmt.Errorf("requeue %s: %w", id, err)
 	}
+	m := pl.Message
+	if dl.Result != nil {
+		if m, err = m.without(dl.Result.sent()); err != nil {
+			return nil, fmt.Errorf("requeue %s: %w", id, err)
+		}
+	}
 	opts := []Option{Queue(dl.Queue), Bot(pl.Bot), Source(pl.Source)}
 	if pl.Key != "" {
 		opts = append(opts, Key(pl.Key))
@@ -112,12 +131,51 @@ func (d *DeadLetters) Requeue(ctx context.Context, id string, p *Producer) (*Enq
 	if pl.OrderingKey != "" { // re-enters at the end of its sequence
 		opts = append(opts, OrderingKey(pl.OrderingKey))
 	}
-	return p.Enqueue(ctx, pl.Message, opts...)
+	return p.Enqueue(ctx, m, opts...)
+}
+
+// ErrAllDelivered: every part of a dead letter was delivered; nothing to
+// send again.
+var ErrAllDelivered = errors.New("every part was delivered")
+
+// without is m less the parts sent names as delivered. The text, markdown
+// and card ride on the first part: they go with it, or stay on the first
+// part still to send.
+func (m Message) without(sent []string) (Message, error) {
+	parts := m.Parts()
+	if len(sent) != len(parts) || delivered(sent) == 0 {
+		return m, nil
+	}
+	if delivered(sent) == len(parts) {
+		return m, ErrAllDelivered
+	}
+	out := m
+	out.Files, out.Uploads = nil, nil
+	if sent[0] != "" {
+		out.Text, out.Markdown, out.Attachments = "", "", nil
+	}
+	for i, s := range sent {
+		switch {
+		case s != "":
+		case i < len(m.Files):
+			out.Files = append(out.Files, m.Files[i])
+		default:
+			out.Uploads = append(out.Uploads, m.Uploads[i-len(m.Files)])
+		}
+	}
+	return out, nil
 }
 
 func fromStream(m redis.XMessage) DeadLetter {
 	str := func(k string) string { s, _ := m.Values[k].(string); return s }
 	ms, _ := strconv.ParseInt(str("time"), 10, 64)
-	return DeadLetter{ID: m.ID, TaskID: str("task_id"), Queue: str("queue"), Outcome: str("outcome"), Error: str("error"),
+	dl := DeadLetter{ID: m.ID, TaskID: str("task_id"), Queue: str("queue"), Outcome: str("outcome"), Error: str("error"),
 		Time: time.UnixMilli(ms).UTC(), Payload: []byte(str("payload")), Behind: strings.Fields(str("behind"))}
+	if r := str("result"); r != "" {
+		var tr TaskResult
+		if json.Unmarshal([]byte(r), &tr) == nil {
+			dl.Result = &tr
+		}
+	}
+	return dl
 }

@@ -46,6 +46,8 @@ type env struct {
 	inspector *asynq.Inspector
 	worker    *Worker
 	logs      *syncBuffer
+	// workerRdb, when set, is the worker's own client (through a proxy).
+	workerRdb *redis.Client
 }
 
 type syncBuffer struct {
@@ -112,7 +114,11 @@ func (e *env) start(adjust func(*WorkerConfig)) *Worker {
 	if adjust != nil {
 		adjust(&cfg)
 	}
-	w, err := NewWorker(e.rdb, cfg)
+	rdb := e.rdb
+	if e.workerRdb != nil {
+		rdb = e.workerRdb
+	}
+	w, err := NewWorker(rdb, cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}

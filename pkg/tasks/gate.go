@@ -243,11 +243,11 @@ func (g *gate) result(ctx context.Context, bot string, err error, probe bool) {
 			}
 		}
 	case errors.As(err, &ae) && ae.StatusCode == 429:
-		if rerr := cooldownScript.Run(ctx, g.rdb, []string{cooldown, fails}, dec.RetryAfter.Milliseconds()).Err(); rerr != nil {
+		if rerr := cooldownScript.Run(ctx, g.rdb, []string{cooldown, fails}, cooldownMS(dec.RetryAfter)).Err(); rerr != nil {
 			g.failOpen(rerr)
 		}
 	case errors.As(err, &ae) && dec.Class.Retryable() && dec.RetryAfter > 0 && (ae.StatusCode == 423 || ae.StatusCode == 503):
-		if rerr := cooldownScript.Run(ctx, g.rdb, []string{cooldown}, dec.RetryAfter.Milliseconds()).Err(); rerr != nil {
+		if rerr := cooldownScript.Run(ctx, g.rdb, []string{cooldown}, cooldownMS(dec.RetryAfter)).Err(); rerr != nil {
 			g.failOpen(rerr)
 		}
 		g.failure(ctx, bot, open, fails)
@@ -258,6 +258,15 @@ func (g *gate) result(ctx context.Context, bot string, err error, probe bool) {
 			g.failOpen(rerr)
 		}
 	}
+}
+
+// maxCooldown caps the shared cool-down a Retry-After asks for: a custom
+// Sender may name any wait, 0 included.
+const maxCooldown = time.Hour
+
+// cooldownMS is a Retry-After as the cool-down's PX argument: 1ms to 1h.
+func cooldownMS(d time.Duration) int64 {
+	return min(max(d, time.Millisecond), maxCooldown).Milliseconds()
 }
 
 func (g *gate) failure(ctx context.Context, bot, open, fails string) {
@@ -304,20 +313,16 @@ func (g *gate) failOpen(err error) {
 }
 
 // wait holds a send until the gate lets it through, waiting in-process up
-// to MaxWait at a time; a longer hold is a *GateError. first, when not nil,
-// is an answer already had (from the start of the delivery) and is used up.
-func (g *gate) wait(ctx context.Context, bot string, first **decision) (probe bool, err error) {
+// to MaxWait in all; a longer hold is a *GateError.
+func (g *gate) wait(ctx context.Context, bot string) (probe bool, err error) {
+	deadline := time.Now().Add(g.cfg.MaxWait)
 	for {
-		d := *first
-		*first = nil
-		if d == nil {
-			d = g.acquire(ctx, bot)
-		}
+		d := g.acquire(ctx, bot)
 		if d.kind == gateOpen {
 			return d.probe, nil
 		}
 		g.obs.Throttled(bot, d.kind.String())
-		if d.kind == gateBreaker || d.wait > g.cfg.MaxWait {
+		if d.kind == gateBreaker || time.Now().Add(d.wait).After(deadline) {
 			return false, &GateError{Kind: d.kind, Wait: d.wait}
 		}
 		t := time.NewTimer(d.wait)

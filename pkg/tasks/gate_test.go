@@ -2,6 +2,7 @@ package tasks
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -59,8 +60,7 @@ func TestGateCooldownOnlyExtends(t *testing.T) {
 	if d := g.acquire(ctx, "bot"); d.kind != gateCooldown || d.wait < 2500*time.Millisecond {
 		t.Fatalf("%+v, want the longer cool-down", d)
 	}
-	var none *decision
-	if _, err := g.wait(ctx, "bot", &none); err == nil || !strings.Contains(err.Error(), "shared cool-down after a 429") {
+	if _, err := g.wait(ctx, "bot"); err == nil || !strings.Contains(err.Error(), "shared cool-down after a 429") {
 		t.Fatalf("a cool-down beyond MaxWait must hand the task back: %v", err)
 	}
 }
@@ -101,8 +101,7 @@ func TestGateFailsOpen(t *testing.T) {
 	g, logs := newGate(t, rdb, GateConfig{Rate: 1, Timeout: 100 * time.Millisecond})
 	start := time.Now()
 	for range 5 {
-		var none *decision
-		if _, err := g.wait(context.Background(), "bot", &none); err != nil {
+		if _, err := g.wait(context.Background(), "bot"); err != nil {
 			t.Fatal(err)
 		}
 		g.result(context.Background(), "bot", &webex.APIError{StatusCode: 503}, false)
@@ -139,5 +138,58 @@ func TestGateBreakerNeedsARun(t *testing.T) {
 	}
 	if d := g.acquire(ctx, "bot"); d.kind != gateOpen {
 		t.Fatalf("scattered failures opened the breaker: %+v", d)
+	}
+}
+
+// Item 8 of issue 14: a custom Sender's Retry-After of 0 or of days is
+// capped, not an error of the gate's script.
+func TestGateCooldownCapped(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.Client(t)
+	g, logs := newGate(t, rdb, GateConfig{})
+	redistest.DeleteKeys(t, rdb, g.cfg.Namespace+":*")
+	ctx := context.Background()
+	g.result(ctx, "zero", &webex.APIError{StatusCode: 429}, false)
+	g.result(ctx, "days", &webex.APIError{StatusCode: 429, RetryAfter: 1000 * time.Hour}, false)
+	if d := g.acquire(ctx, "days"); d.kind != gateCooldown || d.wait > time.Hour {
+		t.Fatalf("%+v, want a cool-down of at most 1h", d)
+	}
+	if logs.String() != "" {
+		t.Fatalf("the gate failed:\n%s", logs.String())
+	}
+}
+
+// Item 8 of issue 14: short holds that keep coming (other workers' 429s)
+// hand the task back after MaxWait in all, not only per hold.
+func TestGateWaitBoundedInTotal(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.Client(t)
+	g, _ := newGate(t, rdb, GateConfig{MaxWait: time.Second})
+	redistest.DeleteKeys(t, rdb, g.cfg.Namespace+":*")
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Second)
+	defer cancel()
+	held429 := &webex.APIError{StatusCode: 429, RetryAfter: 300 * time.Millisecond}
+	g.result(ctx, "bot", held429, false)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() { // a 429 elsewhere every 200ms, each asking for 300ms
+		defer close(done)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			g.result(ctx, "bot", held429, false)
+		}
+	}()
+	_, err := g.wait(ctx, "bot")
+	close(stop)
+	<-done
+	var held *GateError
+	if !errors.As(err, &held) || held.Kind != gateCooldown {
+		t.Fatalf("wait = %v, want a *GateError (cool-down) before the context ends", err)
 	}
 }

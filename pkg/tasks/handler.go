@@ -27,6 +27,9 @@ var _ Sender = (*webex.Client)(nil)
 // retained; it is also the dedup record a redelivery reads.
 type TaskResult struct {
 	MessageIDs []string `json:"message_ids"`
+	// Unconfirmed lists the parts (from 0) Webex accepted whose id courier
+	// never learnt (a 2xx answer cut short): delivered, with an empty id.
+	Unconfirmed []int `json:"unconfirmed_parts,omitempty"`
 }
 
 // Handler delivers send tasks: an asynq.Handler. Build it with NewWorker, or
@@ -120,6 +123,11 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 	queue, _ := asynq.GetQueueName(ctx)
 	retried, _ := asynq.GetRetryCount(ctx)
 	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	defer func() {
+		if r := recover(); r != nil { // counted, through the limit like every counted outcome
+			err = h.counted(&DeliveryError{Outcome: Transient, Err: fmt.Errorf("panic: %v", r)}, retried, maxRetry)
+		}
+	}()
 	now := h.cfg.Now()
 
 	p, err := DecodePayload(t.Payload())
@@ -130,17 +138,20 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 		return &DeliveryError{Outcome: Corrupt, Err: err}
 	}
 	if p.OrderingKey != "" { // only the head of its sequence goes; once delivered, the next one
-		if de := h.order.claim(ctx, queue, id, p.OrderingKey, retried, h.cfg.Schedule); de != nil {
+		if de := h.order.claim(ctx, queue, id, p.OrderingKey); de != nil {
 			return de
 		}
 		defer func() {
+			if r := recover(); r != nil {
+				panic(r) // not delivered: the recovery above counts it; the sequence waits
+			}
 			if err == nil {
 				h.order.release(ctx, queue, id, p.OrderingKey)
 			}
 		}()
 	}
 	if p.ParentTask != "" { // a reply: to its parent's Webex message, once delivered
-		if de := h.threadReply(ctx, queue, id, p, retried); de != nil {
+		if de := h.threadReply(ctx, queue, id, p); de != nil {
 			return de
 		}
 	}
@@ -148,41 +159,43 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 	if b == nil {
 		return &DeliveryError{Outcome: Permanent, Bot: p.Bot, Err: fmt.Errorf("unknown bot %q: this worker knows %s", p.Bot, h.cfg.botNames())}
 	}
-	if p.ExpiresAt != nil && now.After(*p.ExpiresAt) {
-		return &DeliveryError{Outcome: Expired, Bot: b.name, Err: fmt.Errorf("expired at %s, not delivered", p.ExpiresAt.Format(time.RFC3339))}
-	}
 	if h.stopping() {
 		return &DeliveryError{Outcome: Interrupted, Bot: b.name, Err: errors.New("worker stopping"), Delay: retrypolicy.QueueDelay(0)}
 	}
-	sent, died, first, gone, err := h.rec.begin(ctx, queue, id, b.name)
+	st, err := h.rec.begin(ctx, queue, id)
 	switch {
-	case err != nil:
-		return &DeliveryError{Outcome: Transient, Bot: b.name, Err: err, Delay: h.cfg.Schedule.Delay(retried, err)}
-	case gone: // deleted while it ran: nothing to deliver, nothing to record
-		h.cfg.Logger.Warn("task deleted while being delivered; not posting", "task_id", id, "queue", queue)
-		return nil
+	case err != nil: // Redis's fault, not the message's: not counted
+		return &DeliveryError{Outcome: RedisUnavailable, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0)}
+	case st.gone: // asynq's retry rebuilds the hash from the message it holds
+		return &DeliveryError{Outcome: TaskMissing, Bot: b.name, Err: fmt.Errorf("task hash %s is missing (evicted or deleted?): not posting without a delivery record", taskKey(queue, id)), Delay: retrypolicy.QueueDelay(0)}
 	}
 	finished := false
 	defer func() {
 		if !finished {
-			ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-			defer cancel()
-			h.rec.end(ctx, queue, id)
+			h.endRun(ctx, queue, id)
 		}
 	}()
-	if died >= h.cfg.PoisonLimit {
-		return &DeliveryError{Outcome: Poison, Bot: b.name, Err: fmt.Errorf("%d deliveries died with their worker (limit %d)", died, h.cfg.PoisonLimit)}
-	}
 	parts := p.Message.Parts()
+	sent := st.sent
 	if len(sent) != len(parts) {
 		sent = make([]string, len(parts)) // no record yet (or a stale one): deliver every part
 	}
 	if delivered(sent) == len(parts) {
 		finished = true
-		h.rec.end(ctx, queue, id)
+		h.endRun(ctx, queue, id)
 		h.cfg.Logger.Info("already delivered, not posting again", "task_id", id, "queue", queue, "bot", botLabel(b.name), "outcome", Deduplicated)
 		h.cfg.Observer.Outcome(b.name, Deduplicated)
 		return nil
+	}
+	if p.ExpiresAt != nil && now.After(*p.ExpiresAt) {
+		what := ", not delivered"
+		if k := delivered(sent); k > 0 {
+			what = fmt.Sprintf(" after %d of %d parts", k, len(parts))
+		}
+		return &DeliveryError{Outcome: Expired, Bot: b.name, Sent: sent, Err: fmt.Errorf("expired at %s%s", p.ExpiresAt.Format(time.RFC3339), what)}
+	}
+	if st.died >= h.cfg.PoisonLimit {
+		return &DeliveryError{Outcome: Poison, Bot: b.name, Sent: sent, Err: fmt.Errorf("%d deliveries died with their worker (limit %d)", st.died, h.cfg.PoisonLimit)}
 	}
 	if wait, ok := b.gate(now, h.cfg.UnauthorizedDelay); !ok {
 		return &DeliveryError{Outcome: Unauthorized, Bot: b.name, Err: webex.ErrUnauthorized, Delay: retrypolicy.QueueDelay(wait)}
@@ -195,14 +208,14 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 	stopWaits := context.AfterFunc(h.stop, cancel)
 	defer stopWaits()
 
-	totalAttempts := 0
+	totalAttempts, unconfirmed := 0, 0
 	for i, part := range parts {
 		if sent[i] != "" {
 			continue
 		}
 		attempts := 0
 		s, err := retrypolicy.DoValue(waitCtx, h.cfg.Policy, func(waitCtx context.Context) (*webex.Sent, error) {
-			probe, err := h.gate.wait(waitCtx, b.name, &first)
+			probe, err := h.gate.wait(waitCtx, b.name)
 			if err != nil {
 				return nil, err
 			}
@@ -214,49 +227,107 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 		}, retrypolicy.WithMaxWait(h.cfg.Budget), retrypolicy.WithLogger(h.cfg.attemptLogger), retrypolicy.WithName("deliver"),
 			retrypolicy.OnRetry(func(_ int, _ error, d time.Duration) { h.cfg.Observer.Waited(d) }))
 		totalAttempts += attempts
-		if err != nil {
+		var unc *webex.UnconfirmedError
+		switch {
+		case errors.As(err, &unc): // the message exists: delivered, id unknown
+			sent[i] = unconfirmedID
+			unconfirmed++
+			attrs := []any{"task_id", id, "queue", queue, "bot", botLabel(b.name), "outcome", DeliveredUnconfirmed,
+				"status", unc.StatusCode, "error", err.Error()}
+			if unc.TrackingID != "" {
+				attrs = append(attrs, "tracking_id", unc.TrackingID)
+			}
+			if len(parts) > 1 {
+				attrs = append(attrs, "part", i+1, "parts", len(parts))
+			}
+			h.cfg.Logger.Warn("Webex accepted the message but its answer was unreadable: counted as delivered, id unknown", attrs...)
+		case err != nil:
 			de := h.failure(ctx, b, err, retried, maxRetry)
-			de.Attempts, de.Part, de.Parts = attempts, i+1, len(parts)
+			de.Attempts, de.Part, de.Parts, de.Sent = attempts, i+1, len(parts), sent
 			return de
+		default:
+			sent[i] = s.ID
 		}
 		if b.accept() {
 			h.cfg.Observer.TokenRejected(b.name, false)
 			h.cfg.Logger.Info("Webex accepts the bot's token again: delivering", "bot", botLabel(b.name))
 		}
-		sent[i] = s.ID
 		last := delivered(sent) == len(parts)
 		if err := h.record(ctx, queue, id, sent, last, b.name); err != nil {
-			return &DeliveryError{Outcome: Transient, Bot: b.name, Err: err, Delay: h.cfg.Schedule.Delay(retried, err), Part: i + 1, Parts: len(parts)}
+			// Only this worker knew the ids: the redelivery posts these parts again.
+			return &DeliveryError{Outcome: RedisUnavailable, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0), Part: i + 1, Parts: len(parts)}
 		}
 		finished = last
 		if h.afterRecord != nil {
 			if err := h.afterRecord(id, i); err != nil {
-				return &DeliveryError{Outcome: Transient, Bot: b.name, Err: err, Delay: h.cfg.Schedule.Delay(retried, err)}
+				return h.counted(&DeliveryError{Outcome: Transient, Bot: b.name, Err: err, Delay: h.cfg.Schedule.Delay(retried, err)}, retried, maxRetry)
 			}
 		}
 	}
+	outcome := Delivered
+	if unconfirmed > 0 {
+		outcome = DeliveredUnconfirmed
+	}
 	if h.cfg.Logger.Enabled(ctx, slog.LevelInfo) {
-		h.cfg.Logger.Info("delivered", "task_id", id, "queue", queue, "bot", botLabel(b.name), "outcome", Delivered,
+		h.cfg.Logger.Info("delivered", "task_id", id, "queue", queue, "bot", botLabel(b.name), "outcome", outcome,
 			"attempts", totalAttempts, "redeliveries", retried, "parts", len(parts))
 	}
-	h.cfg.Observer.Outcome(b.name, Delivered)
+	h.cfg.Observer.Outcome(b.name, outcome)
 	if !p.EnqueuedAt.IsZero() {
 		h.cfg.Observer.Delivered(h.cfg.Now().Sub(p.EnqueuedAt))
 	}
 	return nil
 }
 
-// record writes the dedup record, retrying Redis briefly: a message Webex
-// accepted but courier did not record would be posted again on redelivery.
-// It also ends the breaker's run of failures for the bot, in the same round
-// trip: a success means Webex answers.
+// record writes the dedup record. Only this worker knows the Webex ids: it
+// keeps trying, never counting a redelivery, until the handler's context
+// ends (asynq ends it when the task's lease expires, at its deadline or on
+// abort; a lease cannot be extended while Redis is down, so this outlasts
+// outages shorter than the lease, about 25s). It also ends the breaker's
+// run of failures for the bot, in the same round trip: a success means
+// Webex answers.
 func (h *Handler) record(ctx context.Context, queue, id string, sent []string, last bool, bot string) error {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	p := retrypolicy.Policy{MaxAttempts: 5, InitialDelay: 50 * time.Millisecond, MaxDelay: time.Second, Multiplier: 2}
-	return retrypolicy.Do(ctx, p, func(ctx context.Context) error {
-		return retrypolicy.MarkTransient(h.rec.markSent(ctx, queue, id, sent, last, h.gate.succeeded(ctx, bot)))
+	return h.untilDone(ctx, "delivery record not written: retrying while the task is held", queue, id, func(ctx context.Context) error {
+		return h.rec.markSent(ctx, queue, id, sent, last, h.gate.succeeded(ctx, bot))
 	})
+}
+
+// endRun ends the delivery's run, retrying like record (but for at most a
+// few seconds once the task's context has ended): a run left open would be
+// taken for a delivery that died with its worker.
+func (h *Handler) endRun(ctx context.Context, queue, id string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), endRunTimeout)
+	defer cancel()
+	err := h.untilDone(ctx, "delivery run not ended: retrying", queue, id, func(ctx context.Context) error { return h.rec.end(ctx, queue, id) })
+	if err != nil {
+		h.cfg.Logger.Warn("delivery run left open: a later delivery may take it for a crash", "task_id", id, "queue", queue, "error", err.Error())
+	}
+}
+
+// endRunTimeout bounds endRun.
+const endRunTimeout = 10 * time.Second
+
+// untilDone runs op until it succeeds or ctx ends, backing off from 50ms to
+// 1s; the first failure is logged at warn with msg.
+func (h *Handler) untilDone(ctx context.Context, msg, queue, id string, op func(context.Context) error) error {
+	delay := 50 * time.Millisecond
+	for n := 1; ; n++ {
+		err := op(ctx)
+		if err == nil {
+			return nil
+		}
+		if n == 1 {
+			h.cfg.Logger.Warn(msg, "task_id", id, "queue", queue, "error", err.Error())
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("gave up after %d tries (%w): %w", n, context.Cause(ctx), err)
+		case <-t.C:
+		}
+		delay = min(2*delay, time.Second)
+	}
 }
 
 // failure turns the error of a delivery's in-process attempts into the
@@ -282,11 +353,21 @@ func (h *Handler) failure(ctx context.Context, b *bot, err error, retried, maxRe
 	case dec.Class == retrypolicy.RateLimited,
 		errors.As(err, &budget) && dec.RetryAfter > 0: // the server named a wait beyond the budget
 		de.Outcome, de.Delay = RateLimited, h.cfg.Schedule.Delay(retried, err)
-	case retried >= h.redeliveryLimit(maxRetry):
-		de.Outcome = Exhausted
-		de.Err = fmt.Errorf("failed after %d redeliveries: %w", retried, err)
 	default:
 		de.Outcome, de.Delay = Transient, h.cfg.Schedule.Delay(retried, err)
+	}
+	return h.counted(de, retried, maxRetry)
+}
+
+// counted applies the redelivery limit to an outcome that uses up a
+// redelivery: at the limit it becomes Exhausted, a dead letter. Every
+// counted outcome goes through it, so that asynq's Retried never reaches
+// MaxRetry (where asynq archives whatever the outcome, even a rate limit,
+// and its recoverer archives without calling the error handler).
+func (h *Handler) counted(de *DeliveryError, retried, maxRetry int) *DeliveryError {
+	if de.Outcome == Transient && retried >= h.redeliveryLimit(maxRetry) {
+		de.Outcome, de.Delay = Exhausted, 0
+		de.Err = fmt.Errorf("failed after %d redeliveries: %w", retried, de.Err)
 	}
 	return de
 }

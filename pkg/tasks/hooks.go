@@ -42,15 +42,26 @@ func IsFailure(err error) bool {
 // redelivery count, outcome, Webex status and tracking id, and the next
 // delay. Never the token, and the message text never above debug level.
 func (h *Handler) HandleError(ctx context.Context, t *asynq.Task, err error) {
-	var de *DeliveryError
-	if !errors.As(err, &de) { // a panic or another unexpected error
-		de = &DeliveryError{Outcome: Transient, Err: err}
-	}
 	id, _ := asynq.GetTaskID(ctx)
 	queue, _ := asynq.GetQueueName(ctx)
 	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, _ := asynq.GetMaxRetry(ctx)
+	maxRetry, known := asynq.GetMaxRetry(ctx)
 	limit := h.redeliveryLimit(maxRetry)
+	var de *DeliveryError
+	switch {
+	case errors.As(err, &de):
+	case errors.Is(err, asynq.ErrLeaseExpired):
+		de = &DeliveryError{Outcome: LeaseExpired, Err: err, Delay: retrypolicy.QueueDelay(0)}
+	default: // asynq's own: the task's deadline passed
+		de = &DeliveryError{Outcome: Transient, Err: err, Delay: h.cfg.Schedule.Delay(retried, err)}
+	}
+	// asynq archives whatever the outcome once Retried reaches MaxRetry
+	// (the handler's limit keeps counted outcomes below it).
+	archived := errors.Is(err, asynq.SkipRetry) || known && retried >= maxRetry
+	if archived && !de.Outcome.DeadLetter() {
+		de = &DeliveryError{Outcome: Exhausted, Bot: de.Bot, Attempts: de.Attempts, Part: de.Part, Parts: de.Parts, Sent: de.Sent,
+			Err: fmt.Errorf("archived by asynq at %d of %d retries: %w", retried, maxRetry, de)}
+	}
 	h.cfg.Observer.Outcome(de.Bot, de.Outcome)
 
 	attrs := []any{"task_id", id, "queue", queue, "bot", botLabel(de.Bot), "outcome", string(de.Outcome),
@@ -69,7 +80,7 @@ func (h *Handler) HandleError(ctx context.Context, t *asynq.Task, err error) {
 	}
 	attrs = append(attrs, "error", errText(de.Err))
 	log := h.cfg.Logger
-	if errors.Is(err, asynq.SkipRetry) || retried >= maxRetry { // what asynq archives
+	if archived {
 		behind := h.order.releaseDeadLetter(ctx, t, queue, id)
 		h.recordDeadLetter(ctx, t, id, queue, de, behind, log)
 	}
@@ -81,6 +92,12 @@ func (h *Handler) HandleError(ctx context.Context, t *asynq.Task, err error) {
 	case de.Outcome == Transient:
 		log.Warn(fmt.Sprintf("delivery failed after %d/%d attempts, redelivery %d/%d in %s",
 			de.Attempts, h.cfg.Policy.MaxAttempts, retried+1, limit, de.Delay), attrs...)
+	case de.Outcome == LeaseExpired:
+		log.Warn("lease expired: the delivery outlived its lease (worker died, stalled or lost Redis); redelivered (not counted)", attrs...)
+	case de.Outcome == TaskMissing:
+		log.Error("task hash missing when its delivery began: not posted; asynq rebuilds it on redelivery (not counted)", attrs...)
+	case de.Outcome == RedisUnavailable:
+		log.Warn(fmt.Sprintf("Redis failed during the delivery, handed back in %s (not counted)", de.Delay), attrs...)
 	case de.Outcome == RateLimited:
 		log.Warn(fmt.Sprintf("rate-limited, redelivery in %s (not counted)", de.Delay), attrs...)
 	case de.Outcome == Unauthorized:
@@ -102,6 +119,10 @@ func (h *Handler) recordDeadLetter(ctx context.Context, t *asynq.Task, id, queue
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	dl := DeadLetter{TaskID: id, Queue: queue, Outcome: string(de.Outcome), Error: de.Error(), Time: h.cfg.Now(), Payload: t.Payload(), Behind: behind}
+	if delivered(de.Sent) > 0 {
+		r := newTaskResult(de.Sent)
+		dl.Result = &r
+	}
 	if err := h.cfg.DeadLetters.Add(ctx, dl); err != nil {
 		log.Error("dead letter not recorded beyond the archive", "task_id", id, "queue", queue, "error", err.Error())
 	}

@@ -323,13 +323,12 @@ type ordering struct {
 }
 
 // claim lets an ordered delivery go ahead (nil) or hands it back.
-func (o *ordering) claim(ctx context.Context, queue, id, key string, retried int, sched retrypolicy.Schedule) *DeliveryError {
+func (o *ordering) claim(ctx context.Context, queue, id, key string) *DeliveryError {
 	s := sequence{queue, key}
 	ok, err := claimScript.Run(ctx, o.rdb, []string{s.heads(), s.list()}, key, id).Int()
 	switch {
-	case err != nil:
-		err = fmt.Errorf("claim the head of the sequence: %w", err)
-		return &DeliveryError{Outcome: Transient, Err: err, Delay: sched.Delay(retried, err)}
+	case err != nil: // Redis's fault, not the message's: not counted
+		return &DeliveryError{Outcome: RedisUnavailable, Err: fmt.Errorf("claim the head of the sequence: %w", err), Delay: retrypolicy.QueueDelay(0)}
 	case ok == 0:
 		return &DeliveryError{Outcome: BehindHead, Err: errors.New("waiting for the messages ahead of it in its sequence"), Delay: retrypolicy.QueueDelay(o.wait)}
 	}

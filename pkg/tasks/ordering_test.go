@@ -442,3 +442,31 @@ func TestUnorderedTouchesNoSequence(t *testing.T) {
 		}
 	}
 }
+
+// panicOnce panics on the first message with a given text.
+type panicOnce struct {
+	Sender
+	text string
+	done sync.Once
+}
+
+func (p *panicOnce) CreateMessage(ctx context.Context, m webex.Message) (*webex.Sent, error) {
+	if m.Text == p.text {
+		p.done.Do(func() { panic("sender bug") })
+	}
+	return p.Sender.CreateMessage(ctx, m)
+}
+
+// A head whose delivery panics is not released: the message behind it
+// waits for its redelivery.
+func TestOrderedPanicKeepsHead(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	e.enqueue(text("r", "boom"), Ordered())
+	e.enqueue(text("r", "after"), Ordered())
+	e.start(func(c *WorkerConfig) { c.Bots = map[string]Sender{"": &panicOnce{Sender: e.client(token), text: "boom"}} })
+	waitFor(t, 20*time.Second, "both messages", func() bool { return len(e.sim.Messages("r")) >= 2 })
+	if got := texts(e.sim.Messages("r")); !slices.Equal(got, []string{"boom", "after"}) {
+		t.Fatalf("delivered %v", got)
+	}
+}

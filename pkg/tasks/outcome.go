@@ -14,11 +14,14 @@ import (
 // Outcome is what became of one delivery of a task.
 type Outcome string
 
-// Outcomes. The first two complete the task; the next six hand it back to
-// the queue; the rest dead-letter it (asynq's archive).
+// Outcomes. The first three complete the task; the next nine hand it back
+// to the queue; the rest dead-letter it (asynq's archive).
 const (
 	Delivered    Outcome = "delivered"
 	Deduplicated Outcome = "deduplicated" // delivered earlier; nothing posted
+	// DeliveredUnconfirmed: Webex answered 2xx but its answer could not be
+	// read; the message exists, its id is unknown. Never posted again.
+	DeliveredUnconfirmed Outcome = "delivered_unconfirmed"
 
 	Transient    Outcome = "transient"    // redelivered on the durable schedule; counts as a redelivery
 	RateLimited  Outcome = "rate_limited" // redelivered after Retry-After; does not count
@@ -26,6 +29,15 @@ const (
 	Interrupted  Outcome = "interrupted"  // the worker is stopping; does not count
 	Deferred     Outcome = "deferred"     // a newer payload version; left for a newer worker
 	CircuitOpen  Outcome = "circuit_open" // Webex is failing for every worker; waits for the probe, does not count
+	// RedisUnavailable: a Redis call the delivery needs failed; Redis's
+	// fault, not the message's: does not count.
+	RedisUnavailable Outcome = "redis_unavailable"
+	// TaskMissing: the task's hash was gone when its delivery began (evicted
+	// or deleted); asynq rebuilds it on redelivery. Does not count.
+	TaskMissing Outcome = "task_missing"
+	// LeaseExpired: the delivery outlived its lease (its worker died or lost
+	// Redis); asynq's recoverer redelivers it. Does not count.
+	LeaseExpired Outcome = "lease_expired"
 
 	Permanent Outcome = "permanent" // Webex refused the message for good
 	Exhausted Outcome = "exhausted" // transient failures outlasted the redeliveries
@@ -60,6 +72,10 @@ type DeliveryError struct {
 	Attempts int
 	// Part and Parts locate the failure in a multi-file message (from 1).
 	Part, Parts int
+	// Sent holds, per part, the Webex id of each part delivered ("" for one
+	// not delivered): the dead-letter record keeps it so that a re-run does
+	// not post those parts again.
+	Sent []string
 }
 
 func (e *DeliveryError) Error() string {

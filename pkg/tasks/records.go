@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -21,12 +22,12 @@ import (
 //     it above zero follows one that died with its worker (lease expiry); too
 //     many make the task poison.
 //
-// Reading the record, counting the run and asking the send gate take one
-// script at the start of a delivery; recording a part and ending the run
+// Reading the record and counting the run take one script at the start of a
+// delivery (the send gate is asked apart, only when a part is to be sent,
+// with its own timeout); recording a part and ending the run
 // take one pipeline after it.
 type records struct {
-	rdb  redis.UniversalClient
-	gate *gate
+	rdb redis.UniversalClient
 }
 
 const (
@@ -37,45 +38,77 @@ const (
 // taskKey is asynq's key of a task's hash (its base.TaskKey).
 func taskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }
 
-var beginScript = redis.NewScript(gateLua + `
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0, 0, 0} end
+// unconfirmedID marks, in memory, a part Webex accepted whose id courier
+// never learnt (a 2xx answer cut short). The record stores it as "" with the
+// part's index in TaskResult.Unconfirmed.
+const unconfirmedID = "\x00unconfirmed"
+
+var beginScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
 local runs = redis.call('HINCRBY', KEYS[1], 'courier_runs', 1)
 local result = redis.call('HGET', KEYS[1], 'result') or ''
-local k, w, p = gate(KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3])
-return {runs, result, k, w, p}
+return {runs, result}
 `)
 
-// begin reads the parts already delivered, counts this delivery as running
-// and asks the gate whether bot may send now. died is the number of earlier
-// deliveries that never finished; gone reports a task whose hash vanished
-// (deleted by an operator while it ran).
-func (r *records) begin(ctx context.Context, queue, id, bot string) (sent []string, died int, first *decision, gone bool, err error) {
-	cooldown, open, probe, rate, _ := r.gate.keys(bot)
-	res, err := beginScript.Run(ctx, r.rdb, []string{taskKey(queue, id), cooldown, open, probe, rate}, r.gate.args()...).Slice()
-	if err != nil || len(res) != 5 {
-		return nil, 0, nil, false, fmt.Errorf("read delivery record: %v", err)
+// begun is what the start of a delivery finds.
+type begun struct {
+	sent []string // the parts already delivered ("" for one not yet)
+	died int      // earlier deliveries that never finished
+	gone bool     // the task's hash is missing
+}
+
+// begin reads the parts already delivered and counts this delivery as
+// running, in one round trip.
+func (r *records) begin(ctx context.Context, queue, id string) (begun, error) {
+	res, err := beginScript.Run(ctx, r.rdb, []string{taskKey(queue, id)}).Slice()
+	if err == nil && len(res) != 2 {
+		err = fmt.Errorf("unexpected answer %v", res)
+	}
+	if err != nil {
+		return begun{}, fmt.Errorf("read delivery record: %w", err)
 	}
 	runs, _ := res[0].(int64)
 	if runs < 0 {
-		return nil, 0, nil, true, nil
+		return begun{gone: true}, nil
 	}
+	b := begun{died: int(runs) - 1}
 	if s, _ := res[1].(string); s != "" {
 		var tr TaskResult
 		if json.Unmarshal([]byte(s), &tr) == nil {
-			sent = tr.MessageIDs
+			b.sent = tr.sent()
 		}
 	}
-	kind, _ := res[2].(int64)
-	wait, _ := res[3].(int64)
-	pr, _ := res[4].(int64)
-	return sent, int(runs) - 1, newDecision(kind, wait, pr), false, nil
+	return b, nil
+}
+
+// sent is the in-memory form of the result: unconfirmed parts marked.
+func (tr TaskResult) sent() []string {
+	sent := slices.Clone(tr.MessageIDs)
+	for _, i := range tr.Unconfirmed {
+		if i >= 0 && i < len(sent) && sent[i] == "" {
+			sent[i] = unconfirmedID
+		}
+	}
+	return sent
+}
+
+// newTaskResult is the stored form of sent.
+func newTaskResult(sent []string) TaskResult {
+	tr := TaskResult{MessageIDs: slices.Clone(sent)}
+	for i, s := range sent {
+		if s == unconfirmedID {
+			tr.MessageIDs[i] = ""
+			tr.Unconfirmed = append(tr.Unconfirmed, i)
+		}
+	}
+	return tr
 }
 
 // markSent writes the result (the dedup record) after a part was accepted;
 // with finished it also ends the run. also, when set, adds commands to the
 // same round trip (the gate's end of the breaker's run of failures).
 func (r *records) markSent(ctx context.Context, queue, id string, sent []string, finished bool, also func(redis.Pipeliner)) error {
-	b, err := json.Marshal(TaskResult{MessageIDs: sent})
+	b, err := json.Marshal(newTaskResult(sent))
 	if err != nil {
 		return err
 	}
@@ -96,11 +129,14 @@ func (r *records) markSent(ctx context.Context, queue, id string, sent []string,
 }
 
 // end marks the run finished (the delivery returned, whatever its outcome).
-func (r *records) end(ctx context.Context, queue, id string) {
-	_ = r.rdb.HDel(ctx, taskKey(queue, id), fieldRuns).Err()
+func (r *records) end(ctx context.Context, queue, id string) error {
+	if err := r.rdb.HDel(ctx, taskKey(queue, id), fieldRuns).Err(); err != nil {
+		return fmt.Errorf("end delivery run: %w", err)
+	}
+	return nil
 }
 
-// delivered counts the parts sent holds.
+// delivered counts the parts sent holds (unconfirmed ones too).
 func delivered(sent []string) int {
 	n := 0
 	for _, s := range sent {

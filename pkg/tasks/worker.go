@@ -238,7 +238,7 @@ func NewWorker(rdb redis.UniversalClient, cfg WorkerConfig) (*Worker, error) {
 	}
 	stopCtx, stop := context.WithCancel(context.Background())
 	g := &gate{cfg: cfg.Gate, rdb: rdb, log: cfg.Logger, obs: cfg.Observer}
-	h := &Handler{cfg: cfg, rec: &records{rdb: rdb, gate: g}, bots: map[string]*bot{}, stop: stopCtx, gate: g,
+	h := &Handler{cfg: cfg, rec: &records{rdb: rdb}, bots: map[string]*bot{}, stop: stopCtx, gate: g,
 		order: &ordering{rdb: rdb, log: cfg.Logger, obs: cfg.Observer, now: cfg.Now, wait: cfg.DeferDelay}}
 	for name, s := range cfg.Bots {
 		h.bots[name] = &bot{name: name, sender: s}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -20,10 +21,16 @@ import (
 // DefaultBaseURL is the Webex API's public base.
 const DefaultBaseURL = "https://webexapis.com/v1"
 
-// DefaultTimeout bounds one request, from dial to the last byte of the
-// answer. It stays below the worker's default shutdown timeout, so an
-// in-flight request finishes before the worker has to give up on it.
+// DefaultTimeout bounds one request without a body to upload, from dial to
+// the last byte of the answer (Config.Timeout). It stays below the worker's
+// default shutdown timeout, so an in-flight request finishes before the
+// worker has to give up on it.
 const DefaultTimeout = 20 * time.Second
+
+// DefaultMinUploadRate is the slowest upload the client waits for, in bytes
+// per second (Config.MinUploadRate): 128 KiB/s, about 1 Mbit/s. A request
+// gets Timeout plus its body's size at this rate: a 100 MiB file 20s + 13m20s.
+const DefaultMinUploadRate = 128 << 10
 
 // maxResponseBody bounds how much of a success answer is read.
 const maxResponseBody = 1 << 20
@@ -37,9 +44,20 @@ type Config struct {
 	// Token is the bot's access token. Required. It is sent only in the
 	// Authorization header and never appears in errors or logs.
 	Token string
-	// HTTPClient sends the requests. Default: a client with DefaultTimeout
-	// per request, 5s to connect, 5s for the TLS handshake, 15s to the
-	// response headers. Redirects are never followed (a 3xx answer is an
+	// Timeout bounds one request, from dial to the last byte of the answer,
+	// plus the time to send its body at MinUploadRate: a whole-request
+	// bound that grows with the upload, so a large file on a slow link is
+	// not cut off at a fixed time. Default DefaultTimeout (20s); negative:
+	// no bound but ctx and the HTTPClient's own.
+	Timeout time.Duration
+	// MinUploadRate is the slowest upload, in bytes per second, that
+	// Timeout makes room for. Default DefaultMinUploadRate (128 KiB/s).
+	MinUploadRate int64
+	// HTTPClient sends the requests. Default DefaultHTTPClient: 5s to
+	// connect, 5s for the TLS handshake, 15s to the response headers once
+	// the body is sent, and no whole-request timeout of its own (Timeout
+	// bounds each request). An HTTPClient with its own Timeout bounds
+	// uploads too: leave it 0 to upload large files. Redirects are never followed (a 3xx answer is an
 	// *APIError): a client without CheckRedirect gets one that refuses them,
 	// since a 301 would silently turn a POST into a GET.
 	HTTPClient *http.Client
@@ -53,11 +71,13 @@ type Config struct {
 
 // Client talks to the Webex API as one bot.
 type Client struct {
-	base   string
-	token  string
-	http   *http.Client
-	ua     string
-	logger *slog.Logger
+	base    string
+	token   string
+	http    *http.Client
+	ua      string
+	logger  *slog.Logger
+	timeout time.Duration // <0: none
+	rate    int64         // bytes per second
 }
 
 // New returns a client, or an error naming what is wrong with cfg.
@@ -77,7 +97,11 @@ func New(cfg Config) (*Client, error) {
 		}
 		hc = &own
 	}
-	return &Client{base: base, token: cfg.Token, http: hc, ua: cmp.Or(cfg.UserAgent, defaultUserAgent()), logger: cfg.Logger}, nil
+	if cfg.MinUploadRate < 0 {
+		return nil, fmt.Errorf("webex: MinUploadRate %d must not be negative (bytes per second, 0 for the default)", cfg.MinUploadRate)
+	}
+	return &Client{base: base, token: cfg.Token, http: hc, ua: cmp.Or(cfg.UserAgent, defaultUserAgent()), logger: cfg.Logger,
+		timeout: cmp.Or(cfg.Timeout, DefaultTimeout), rate: cmp.Or(cfg.MinUploadRate, DefaultMinUploadRate)}, nil
 }
 
 // noRedirects makes the HTTP client return a 3xx answer as it is.
@@ -106,14 +130,17 @@ func defaultUserAgent() string {
 	return "courier/" + version
 }
 
-// DefaultHTTPClient is the HTTP client New uses when none is given.
+// DefaultHTTPClient is the HTTP client New uses when none is given. It has
+// no whole-request timeout (Config.Timeout bounds each request, scaled by
+// its upload); it bounds connecting, the TLS handshake, and the wait for the
+// answer's headers once the body is sent.
 func DefaultHTTPClient() *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.DialContext = (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext
 	t.TLSHandshakeTimeout = 5 * time.Second
 	t.ResponseHeaderTimeout = 15 * time.Second
 	t.MaxIdleConnsPerHost = 64
-	return &http.Client{Timeout: DefaultTimeout, Transport: t, CheckRedirect: noRedirects}
+	return &http.Client{Transport: t, CheckRedirect: noRedirects}
 }
 
 // BaseURL is the API base the client talks to.
@@ -198,8 +225,9 @@ func (c *Client) Me(ctx context.Context) (*Person, error) {
 // m.File is set (streamed from m.File.Open when given). An invalid message,
 // or a local file over MaxFileBytes, fails before any request.
 //
-// A 2xx answer whose body cannot be read or decoded gives an
-// *UnconfirmedError: the message exists, and must not be posted again.
+// A 2xx answer whose body cannot be read or decoded, or names no message id,
+// gives an *UnconfirmedError: the message exists, and must not be posted
+// again.
 func (c *Client) CreateMessage(ctx context.Context, m Message) (*Sent, error) {
 	if err := m.Validate(); err != nil {
 		return nil, fmt.Errorf("create message: %w", err)
@@ -212,6 +240,11 @@ func (c *Client) CreateMessage(ctx context.Context, m Message) (*Sent, error) {
 	resp, err := c.do(ctx, http.MethodPost, "/messages", body, &s)
 	if err != nil {
 		return nil, fmt.Errorf("create message: %w", err)
+	}
+	if s.ID == "" {
+		// An empty id would read as "not sent yet" to whoever stores it.
+		return nil, fmt.Errorf("create message: %w",
+			&UnconfirmedError{StatusCode: resp.StatusCode, TrackingID: resp.TrackingID, Err: ErrNoMessageID})
 	}
 	s.Response = resp
 	return &s, nil
@@ -252,6 +285,11 @@ func (c *Client) do(ctx context.Context, method, path string, body *requestBody,
 // doURL is do for a full URL; path names the request in logs; headers, when
 // given, sees a 2xx answer's headers.
 func (c *Client) doURL(ctx context.Context, method, target, path string, body *requestBody, out any, headers func(http.Header)) (Response, error) {
+	if limit := c.requestTimeout(body); limit > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, limit)
+		defer cancel() // after the answer is read: it is read here
+	}
 	var rd io.Reader
 	if body != nil {
 		r, err := body.open()
@@ -269,7 +307,7 @@ func (c *Client) doURL(ctx context.Context, method, target, path string, body *r
 	}
 	if body != nil {
 		req.ContentLength = body.size
-		req.GetBody = body.open
+		req.GetBody = func() (io.ReadCloser, error) { return &lazyBody{open: body.open}, nil }
 		req.Header.Set("Content-Type", body.contentType)
 	}
 	req.Header.Set("Authorization", "Bearer "+c.token)
@@ -277,6 +315,14 @@ func (c *Client) doURL(ctx context.Context, method, target, path string, body *r
 	req.Header.Set("User-Agent", c.ua)
 	start := time.Now()
 	resp, err := c.http.Do(req)
+	if body != nil && body.wrongSize.Load() && !errors.Is(err, ErrFileSize) {
+		// The upload was cut short: a server's answer to it (a 503, say)
+		// says nothing about the message, and retrying cannot help.
+		if resp != nil {
+			resp.Body.Close()
+		}
+		err, resp = ErrFileSize, nil
+	}
 	if err != nil {
 		c.debug(ctx, method, path, 0, start, "", err)
 		return Response{}, err
@@ -302,6 +348,22 @@ func (c *Client) doURL(ctx context.Context, method, target, path string, body *r
 		return r, fmt.Errorf("read %d answer: %w", resp.StatusCode, err)
 	}
 	return r, nil
+}
+
+// requestTimeout is the bound of one request: Timeout plus the time to send
+// its body at the minimum upload rate (0: none).
+func (c *Client) requestTimeout(body *requestBody) time.Duration {
+	if c.timeout < 0 {
+		return 0
+	}
+	if body == nil {
+		return c.timeout
+	}
+	upload := float64(body.size) / float64(c.rate) * float64(time.Second)
+	if upload >= float64(math.MaxInt64-c.timeout) {
+		return 0
+	}
+	return c.timeout + time.Duration(upload)
 }
 
 func (c *Client) debug(ctx context.Context, method, path string, status int, start time.Time, tracking string, err error) {

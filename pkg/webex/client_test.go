@@ -269,6 +269,36 @@ func TestAgainstSimulator(t *testing.T) {
 	}
 }
 
+// Text and markdown limits are in bytes, as Webex counts them: 7439 bytes of
+// two-byte characters reach the simulator intact; 7440 bytes (3720
+// characters, well under 7439) are refused before any request.
+func TestTextLimitInBytesAgainstSimulator(t *testing.T) {
+	t.Parallel()
+	sim := webextest.NewServer(t, webextest.Options{Tokens: map[string]string{secret: "alerts"}, Rooms: []string{"room-a"}})
+	c := newClient(t, sim.URL, nil)
+	exact := strings.Repeat("é", webex.MaxTextBytes/2) + "x" // 7439 bytes
+	over := strings.Repeat("é", webex.MaxTextBytes/2+1)      // 7440 bytes, 3720 characters
+	for _, m := range []webex.Message{{RoomID: "room-a", Text: exact}, {RoomID: "room-a", Markdown: exact}} {
+		if _, err := c.CreateMessage(context.Background(), m); err != nil {
+			t.Fatalf("7439 bytes refused: %v", err)
+		}
+	}
+	for _, tt := range []struct {
+		field string
+		m     webex.Message
+	}{{"text", webex.Message{RoomID: "room-a", Text: over}}, {"markdown", webex.Message{RoomID: "room-a", Markdown: over}}} {
+		_, err := c.CreateMessage(context.Background(), tt.m)
+		var ve *webex.ValidationError
+		if !errors.As(err, &ve) || !strings.Contains(err.Error(), tt.field+": is 7440 bytes, the limit is 7439") {
+			t.Errorf("%s of 3720 characters: err = %v", tt.field, err)
+		}
+	}
+	msgs := sim.Messages("room-a")
+	if requests, _ := sim.Counts("room-a"); requests != 2 || len(msgs) != 2 || msgs[0].Text != exact || msgs[1].Markdown != exact {
+		t.Fatalf("simulator saw %d requests, holds %d messages", requests, len(msgs))
+	}
+}
+
 func TestTransportErrorsAreTransient(t *testing.T) {
 	t.Parallel()
 	sim := webextest.NewServer(t, webextest.Options{Tokens: map[string]string{secret: "bot"}})

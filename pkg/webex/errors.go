@@ -90,9 +90,15 @@ func (e *APIError) RetryClass() (retrypolicy.Class, time.Duration) {
 	return retrypolicy.Permanent, 0
 }
 
+// ErrNoMessageID is matched (errors.Is) by the *UnconfirmedError of a
+// POST /messages answered 2xx with a body that names no message id ({},
+// null): the message was accepted, but which one it is is unknown.
+var ErrNoMessageID = errors.New("webex: the answer has no message id")
+
 // UnconfirmedError says Webex answered a request with a 2xx status whose
 // body could not be read or decoded (cut off, slower than the client's
-// timeout, over the response cap, not JSON). For a POST /messages the
+// timeout, over the response cap, not JSON), or, for a POST /messages, had
+// no message id (ErrNoMessageID). For a POST /messages the
 // message exists: posting it again would duplicate it. It is never retried
 // (its class is Permanent) and callers that deliver messages should treat it
 // as delivered with an unknown id, not as a failure.
@@ -101,7 +107,7 @@ type UnconfirmedError struct {
 	StatusCode int
 	// TrackingID is the TrackingID header of the answer, if any.
 	TrackingID string
-	// Err is why the body could not be read or decoded.
+	// Err is why the body could not be read or decoded, or ErrNoMessageID.
 	Err error
 }
 

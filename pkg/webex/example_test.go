@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -224,4 +227,47 @@ func ExampleAPIError() {
 		fmt.Println(ae.StatusCode, ae.RetryAfter, d.Class)
 	}
 	// Output: 429 5s rate_limited
+}
+
+func ExampleClient_NextMessages() {
+	_, c, stop := simulator()
+	defer stop()
+	ctx := context.Background()
+	for _, text := range []string{"one", "two", "three"} {
+		_, _ = c.CreateMessage(ctx, webex.Message{RoomID: "room-1", Text: text})
+	}
+	first, _ := c.ListMessages(ctx, webex.ListQuery{RoomID: "room-1", Max: 2})
+	second, err := c.NextMessages(ctx, first) // follows the Link header
+	fmt.Println(len(first.Items), first.HasNext(), len(second.Items), second.HasNext(), err)
+	fmt.Println(second.Items[0].Text)
+	// Output:
+	// 2 true 1 false <nil>
+	// one
+}
+
+func ExampleReadFile() {
+	dir, _ := os.MkdirTemp("", "example")
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "chart.png")
+	_ = os.WriteFile(path, []byte("\x89PNG\r\n\x1a\n"), 0o600)
+	f, err := webex.ReadFile(path) // in memory (Data), for small files; OpenFile streams
+	fmt.Println(f.Name, f.ContentType, f.Len(), err)
+	// Output: chart.png image/png 8 <nil>
+}
+
+func ExampleDefaultHTTPClient() {
+	// Start from the default client to add a transport wrapper (metrics,
+	// tracing) while keeping its timeouts and refusal of redirects.
+	hc := webex.DefaultHTTPClient()
+	hc.Transport = countingTransport{hc.Transport}
+	c, err := webex.New(webex.Config{Token: "…", HTTPClient: hc})
+	fmt.Println(c.BaseURL(), err, hc.Timeout)
+	// Output: https://webexapis.com/v1 <nil> 0s
+}
+
+// countingTransport stands for a metrics wrapper around a transport.
+type countingTransport struct{ next http.RoundTripper }
+
+func (t countingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	return t.next.RoundTrip(r)
 }

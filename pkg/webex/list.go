@@ -11,6 +11,9 @@ import (
 	"time"
 )
 
+// MaxListPage is the largest page Webex lists (ListQuery.Max).
+const MaxListPage = 1000
+
 // ListQuery selects the messages of one room, newest first, as Webex's
 // GET /messages does.
 type ListQuery struct {
@@ -22,7 +25,7 @@ type ListQuery struct {
 	Before time.Time
 	// BeforeMessage lists only messages sent before this message id.
 	BeforeMessage string
-	// Max is the page size (Webex's default when 0; Webex allows up to 1000).
+	// Max is the page size: Webex's default when 0, at most MaxListPage.
 	Max int
 }
 
@@ -53,8 +56,8 @@ func (c *Client) ListMessages(ctx context.Context, q ListQuery) (*MessagePage, e
 	if q.RoomID == "" {
 		return nil, errors.New("list messages: RoomID is required")
 	}
-	if q.Max < 0 {
-		return nil, fmt.Errorf("list messages: Max is %d, must not be negative", q.Max)
+	if q.Max < 0 || q.Max > MaxListPage {
+		return nil, fmt.Errorf("list messages: Max is %d, must be from 0 (Webex's default) to %d", q.Max, MaxListPage)
 	}
 	v := url.Values{"roomId": {q.RoomID}}
 	if q.ParentID != "" {

@@ -27,6 +27,8 @@ func TestValidate(t *testing.T) {
 		{"card with fallback", Message{RoomID: "r", Text: "fb", Attachments: []Attachment{{CardContentType, card}}}, "", ""},
 		{"exact limit", Message{RoomID: "r", Text: strings.Repeat("é", MaxTextBytes/2) + "x"}, "", ""}, // 7439 bytes
 		{"limit counts bytes not characters", Message{RoomID: "r", Markdown: strings.Repeat("é", MaxTextBytes/2+1)}, "markdown", "is 7440 bytes, the limit is 7439"},
+		{"text limit counts bytes not characters", Message{RoomID: "r", Text: strings.Repeat("é", MaxTextBytes/2+1)}, "text", "is 7440 bytes, the limit is 7439"}, // 3720 characters
+		{"markdown exact limit", Message{RoomID: "r", Markdown: strings.Repeat("é", MaxTextBytes/2) + "x"}, "", ""},
 		{"https file url", Message{RoomID: "r", Files: []string{"HTTPS://files.example.com/a.pdf?sig=s3cret"}}, "", ""},
 		{"file path not url", Message{RoomID: "r", Files: []string{"/tmp/report.pdf"}}, "files", "entry 1 has no scheme, must be an http or https URL"},
 		{"ftp file url", Message{RoomID: "r", Files: []string{"ftp://files.example.com/a.pdf"}}, "files", `entry 1 has scheme "ftp", must be an http or https URL`},

@@ -71,8 +71,9 @@ func (c *Client) send(ctx context.Context, name string, m Message, opts []SendOp
 // SendFiles posts m with files attached (send_message_with_files). Webex
 // takes one file per message: the first message carries m's text and the
 // first file, each further file follows as its own message, in order. Each
-// message is retried on its own; on failure the messages already sent are
-// returned with the error, and none is sent twice.
+// message is retried on its own, within one wait budget for the whole call
+// (DefaultWaitBudget, or WithMaxWait); on failure the messages already sent
+// are returned with the error, and none is sent twice.
 //
 // A message Webex accepted without a readable answer counts as sent: it
 // appears as a Sent with an empty ID (its Response holds the status and
@@ -82,6 +83,10 @@ func (c *Client) SendFiles(ctx context.Context, m Message, files []File, opts ..
 	parts := SplitFiles(m, files)
 	sent := make([]*Sent, 0, len(parts))
 	var unconfirmed []error
+	// One wait budget for the whole call: each message's waits count
+	// against what the earlier ones left.
+	var waited time.Duration
+	opts = append([]SendOption{WithRetryOptions(retrypolicy.WithWaitedSoFar(&waited))}, opts...)
 	for i, part := range parts {
 		s, err := c.send(ctx, "send_message_with_files", part, opts)
 		var ue *UnconfirmedError

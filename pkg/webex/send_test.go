@@ -4,8 +4,12 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -92,6 +96,40 @@ func TestSendFilesStopsAtFailure(t *testing.T) {
 	sent, err := c.SendFiles(context.Background(), webex.Message{RoomID: "r", Text: "x"}, files, webex.WithPolicy(fastPolicy))
 	if err == nil || len(sent) != 0 || !strings.Contains(err.Error(), "message 1 of 2") {
 		t.Fatalf("sent %d, err %v", len(sent), err)
+	}
+}
+
+// SendFiles' wait budget is for the whole call, not per message: each part's
+// first POST gets a 503 and a 10ms wait; a 15ms budget covers the first
+// part's wait but not the second's.
+func TestSendFilesOneBudget(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := r.ParseMultipartForm(1 << 20); err != nil {
+			t.Errorf("not multipart: %v", err)
+			return
+		}
+		name := r.MultipartForm.File["files"][0].Filename
+		mu.Lock()
+		first := !seen[name]
+		seen[name] = true
+		mu.Unlock()
+		if first {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, `{"id":"`+name+`"}`)
+	}))
+	t.Cleanup(srv.Close)
+	p := retrypolicy.Policy{MaxAttempts: 3, InitialDelay: 10 * time.Millisecond, MaxDelay: 10 * time.Millisecond, Multiplier: 2, Jitter: retrypolicy.JitterNone}
+	files := []webex.File{{Name: "a", Data: []byte("a")}, {Name: "b", Data: []byte("b")}, {Name: "c", Data: []byte("c")}}
+	sent, err := newClient(t, srv.URL, nil).SendFiles(context.Background(), webex.Message{RoomID: "r", Text: "x"}, files,
+		webex.WithPolicy(p), webex.WithRetryOptions(retrypolicy.WithMaxWait(15*time.Millisecond)))
+	var be *retrypolicy.BudgetError
+	if !errors.As(err, &be) || !strings.Contains(err.Error(), "message 2 of 3") || len(sent) != 1 || sent[0].ID != "a" {
+		t.Fatalf("sent %d, err %v; want message a sent, then a BudgetError on message 2", len(sent), err)
 	}
 }
 

@@ -18,7 +18,8 @@ import (
 )
 
 // unreadable2xx is a server that accepts every POST with 200 and then fails
-// to deliver a readable body, in one of three ways; it counts the POSTs.
+// to deliver a readable body naming the message, in one of several ways; it
+// counts the POSTs.
 func unreadable2xx(t *testing.T, how string) (*httptest.Server, *atomic.Int32) {
 	var posts atomic.Int32
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -39,6 +40,14 @@ func unreadable2xx(t *testing.T, how string) (*httptest.Server, *atomic.Int32) {
 		case "oversize": // valid JSON, longer than the client reads
 			w.WriteHeader(http.StatusOK)
 			_, _ = w.Write([]byte(`{"id":"m1","text":"` + strings.Repeat("x", 2<<20) + `"}`))
+		case "empty": // no body at all
+			w.WriteHeader(http.StatusOK)
+		case "no id": // valid JSON naming no message
+			w.WriteHeader(http.StatusOK)
+			_, _ = w.Write([]byte(`{}`))
+		case "null":
+			w.WriteHeader(http.StatusOK)
+			_, _ = w.Write([]byte(`null`))
 		}
 	}))
 	t.Cleanup(srv.Close)
@@ -76,7 +85,7 @@ func wantUnconfirmed(t *testing.T, err error) {
 func TestAcceptedButUnreadablePostedOnce(t *testing.T) {
 	t.Parallel()
 	msg := webex.Message{RoomID: "r", Text: "hello"}
-	for _, how := range []string{"cut off", "slow", "oversize"} {
+	for _, how := range []string{"cut off", "slow", "oversize", "empty", "no id", "null"} {
 		t.Run(how, func(t *testing.T) {
 			t.Parallel()
 			t.Run("CreateMessage", func(t *testing.T) {

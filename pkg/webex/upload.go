@@ -13,6 +13,11 @@ import (
 	"net/textproto"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/courier-dev/courier/pkg/retrypolicy"
 )
 
 // MaxFileBytes is Webex's limit on one uploaded file: 100 MB, taken as
@@ -94,7 +99,21 @@ func contentType(path string, head []byte) string {
 
 // ErrFileSize is matched (errors.Is) when a file's content is not the size
 // it declared (File.Size): it changed since it was described.
-var ErrFileSize = errors.New("webex: file content does not match its declared size")
+// It is permanent for pkg/retrypolicy, whatever else the request's error
+// says, and wins over the answer a server gave to the cut-short upload.
+var ErrFileSize error = permanentError("webex: file content does not match its declared size")
+
+// permanentError is a sentinel that pkg/retrypolicy classifies as permanent
+// by its type, not by its message (a message holding a port number such as
+// 50372 would match the old "503" pattern).
+type permanentError string
+
+func (e permanentError) Error() string { return string(e) }
+
+// RetryClass makes the error permanent.
+func (e permanentError) RetryClass() (retrypolicy.Class, time.Duration) {
+	return retrypolicy.Permanent, 0
+}
 
 // requestBody is a request body that can be opened again for each attempt,
 // with its exact length known in advance.
@@ -102,6 +121,9 @@ type requestBody struct {
 	contentType string
 	size        int64
 	open        func() (io.ReadCloser, error)
+	// wrongSize is set when a reader from open found the file's content not
+	// its declared size: the request was cut short, whatever came back.
+	wrongSize atomic.Bool
 }
 
 // encodeMessage is the JSON form of m, or a multipart/form-data stream when
@@ -142,18 +164,20 @@ func encodeMessage(m *Message) (*requestBody, error) {
 	}
 	tail := bytes.Clone(buf.Bytes())
 	file := *m.File
-	open := func() (io.ReadCloser, error) {
-		content, err := openContent(&file)
+	body := &requestBody{contentType: w.FormDataContentType(), size: int64(len(head)) + file.Len() + int64(len(tail))}
+	body.open = func() (io.ReadCloser, error) {
+		content, err := openContent(&file, &body.wrongSize)
 		if err != nil {
 			return nil, err
 		}
-		return readCloser{io.MultiReader(bytes.NewReader(head), content, bytes.NewReader(tail)), content}, nil
+		return &onceCloser{Reader: io.MultiReader(bytes.NewReader(head), content, bytes.NewReader(tail)), closer: content}, nil
 	}
-	return &requestBody{contentType: w.FormDataContentType(), size: int64(len(head)) + file.Len() + int64(len(tail)), open: open}, nil
+	return body, nil
 }
 
 // openContent opens a file's content, checked to be exactly its declared size.
-func openContent(f *File) (io.ReadCloser, error) {
+// A content of the wrong size sets wrong.
+func openContent(f *File, wrong *atomic.Bool) (io.ReadCloser, error) {
 	if f.Open == nil {
 		return io.NopCloser(bytes.NewReader(f.Data)), nil
 	}
@@ -161,19 +185,24 @@ func openContent(f *File) (io.ReadCloser, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open file %q: %w", f.Name, err)
 	}
-	return &exactReader{rc: rc, left: f.Size}, nil
+	if rc == nil { // reading it would panic in net/http's writer, beyond any recover
+		return nil, fmt.Errorf("open file %q: %w", f.Name, ErrNilReader)
+	}
+	return &exactReader{rc: rc, left: f.Size, wrong: wrong}, nil
 }
 
 // exactReader yields exactly left bytes of rc, or fails with ErrFileSize.
 type exactReader struct {
-	rc   io.ReadCloser
-	left int64
+	rc    io.ReadCloser
+	left  int64
+	wrong *atomic.Bool // set with ErrFileSize
 }
 
 func (r *exactReader) Read(p []byte) (int, error) {
 	if r.left == 0 {
 		var one [1]byte
 		if n, _ := r.rc.Read(one[:]); n > 0 {
+			r.wrong.Store(true)
 			return 0, ErrFileSize
 		}
 		return 0, io.EOF
@@ -181,6 +210,7 @@ func (r *exactReader) Read(p []byte) (int, error) {
 	n, err := r.rc.Read(p[:min(int64(len(p)), r.left)])
 	r.left -= int64(n)
 	if errors.Is(err, io.EOF) && r.left > 0 {
+		r.wrong.Store(true)
 		return n, ErrFileSize
 	}
 	if errors.Is(err, io.EOF) {
@@ -191,7 +221,57 @@ func (r *exactReader) Read(p []byte) (int, error) {
 
 func (r *exactReader) Close() error { return r.rc.Close() }
 
-type readCloser struct {
+// ErrNilReader is matched (errors.Is) when a File's Open returned neither a
+// reader nor an error.
+var ErrNilReader error = permanentError("webex: File.Open returned no reader and no error")
+
+// onceCloser is a request body whose Close reaches the file once, however
+// often net/http calls it (it does twice for a refused redirect).
+type onceCloser struct {
 	io.Reader
-	io.Closer
+	closer io.Closer
+	once   sync.Once
+	err    error
+}
+
+func (c *onceCloser) Close() error {
+	c.once.Do(func() { c.err = c.closer.Close() })
+	return c.err
+}
+
+// lazyBody opens a request body at its first Read. net/http calls GetBody
+// before it asks CheckRedirect whether to follow a 307/308 at all; a refused
+// redirect then closes a body it never read, which opens nothing.
+type lazyBody struct {
+	open func() (io.ReadCloser, error)
+	mu   sync.Mutex
+	rc   io.ReadCloser
+	err  error
+	done bool // Close was called
+}
+
+func (b *lazyBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	if b.rc == nil && b.err == nil && !b.done {
+		b.rc, b.err = b.open()
+	}
+	rc, err := b.rc, b.err
+	b.mu.Unlock()
+	if err != nil {
+		return 0, err
+	}
+	if rc == nil {
+		return 0, io.ErrClosedPipe
+	}
+	return rc.Read(p)
+}
+
+func (b *lazyBody) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.done = true
+	if b.rc == nil {
+		return nil
+	}
+	return b.rc.Close()
 }

@@ -13,6 +13,11 @@ type RateLimit struct {
 	RetryAfter Duration `json:"retryAfter"`
 }
 
+// Latency is the control API's latency setting (SetLatency).
+type Latency struct {
+	Latency Duration `json:"latency"` // 0 turns it off
+}
+
 // Stats is the control API's summary per destination.
 type Stats struct {
 	Requests int `json:"requests"`
@@ -25,6 +30,7 @@ type Stats struct {
 //	POST   /_sim/faults     add a Fault (JSON body)
 //	DELETE /_sim/faults     clear faults and the rate limit
 //	PUT    /_sim/ratelimit  set a RateLimit (JSON body)
+//	PUT    /_sim/latency    hold every POST /messages answer ({"latency": "2s"}; 0: off)
 //	PUT    /_sim/tokens     replace the accepted tokens ({"token": "bot"})
 //	POST   /_sim/reset      forget messages, log and counts; clear faults,
 //	                        the rate limit and the latency
@@ -55,6 +61,18 @@ func (s *Sim) ControlHandler() http.Handler {
 			return
 		}
 		s.SetRateLimit(rl.RPS, rl.Burst, rl.RetryAfter.D())
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("PUT /_sim/latency", func(w http.ResponseWriter, r *http.Request) {
+		var l Latency
+		if !decode(w, r, &l) {
+			return
+		}
+		if l.Latency < 0 {
+			http.Error(w, "latency: must not be negative", http.StatusBadRequest)
+			return
+		}
+		s.SetLatency(l.Latency.D())
 		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("PUT /_sim/tokens", func(w http.ResponseWriter, r *http.Request) {

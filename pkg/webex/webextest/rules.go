@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"mime/multipart"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -102,7 +103,7 @@ func readRequest(r *http.Request, keep int64) (*request, error) {
 		if err != nil {
 			return nil, err
 		}
-		if part.FormName() == "files" && part.FileName() != "" {
+		if part.FormName() == "files" && hasFileName(part) {
 			u, err := readUpload(part.FileName(), part.Header.Get("Content-Type"), part, keep)
 			if err != nil {
 				return nil, err
@@ -123,6 +124,15 @@ func readRequest(r *http.Request, keep int64) (*request, error) {
 			*f = string(value)
 		}
 	}
+}
+
+// hasFileName reports whether a part is an upload: its Content-Disposition
+// has a filename, even an empty one (which check then refuses), rather than
+// being a URL value.
+func hasFileName(part *multipart.Part) bool {
+	_, params, err := mime.ParseMediaType(part.Header.Get("Content-Disposition"))
+	_, ok := params["filename"]
+	return err == nil && ok
 }
 
 // readUpload reads one file part, holding at most keep of its bytes (a

@@ -660,8 +660,10 @@ func hangUp(w http.ResponseWriter) {
 	panic(http.ErrAbortHandler) // HTTP/2 or a recorder: abort the stream
 }
 
-// listMessages serves GET /messages?roomId=[&max=][&beforeMessage=]:
-// newest first, with a Link header to the next page when there is one.
+// listMessages serves GET /messages?roomId=[&parentId=][&before=]
+// [&beforeMessage=][&max=]: newest first, with a Link header to the next page
+// when there is one. parentId keeps one thread's replies, before (RFC 3339)
+// the messages created before that time.
 func (s *Sim) listMessages(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	room := q.Get("roomId")
@@ -678,7 +680,19 @@ func (s *Sim) listMessages(w http.ResponseWriter, r *http.Request) {
 		}
 		limit = n
 	}
-	all := s.Messages(room)
+	var before time.Time
+	if v := q.Get("before"); v != "" {
+		t, err := time.Parse(time.RFC3339Nano, v)
+		if err != nil {
+			s.writeError(w, http.StatusBadRequest, 0, "before must be an RFC 3339 time.")
+			return
+		}
+		before = t
+	}
+	parent := q.Get("parentId")
+	all := slices.DeleteFunc(s.Messages(room), func(m Stored) bool {
+		return (parent != "" && m.ParentID != parent) || (!before.IsZero() && !m.Created.Before(before))
+	})
 	slices.Reverse(all)
 	if before := q.Get("beforeMessage"); before != "" {
 		i := slices.IndexFunc(all, func(m Stored) bool { return m.ID == before })
@@ -691,6 +705,11 @@ func (s *Sim) listMessages(w http.ResponseWriter, r *http.Request) {
 	page := all[:min(limit, len(all))]
 	if len(all) > limit {
 		next := url.Values{"roomId": {room}, "max": {strconv.Itoa(limit)}, "beforeMessage": {page[len(page)-1].ID}}
+		for _, k := range []string{"parentId", "before"} {
+			if v := q.Get(k); v != "" {
+				next.Set(k, v)
+			}
+		}
 		w.Header().Set("Link", fmt.Sprintf(`<%s%s?%s>; rel="next"`, baseOf(r), r.URL.Path, next.Encode()))
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"items": nonNil(page)})

@@ -161,6 +161,23 @@ func TestControlAPI(t *testing.T) {
 		t.Fatalf("rate limit over HTTP not applied: %v", err)
 	}
 
+	// Latency over HTTP: an answer held an hour times out; 0 turns it off.
+	do("DELETE", "/_sim/faults", "") // and the rate limit
+	if r := do("PUT", "/_sim/latency", `{"latency":"1h"}`); r.StatusCode != 204 {
+		t.Fatalf("latency: %d", r.StatusCode)
+	}
+	if r := do("PUT", "/_sim/latency", `{"latency":"-1s"}`); r.StatusCode != 400 {
+		t.Fatalf("negative latency accepted: %d", r.StatusCode)
+	}
+	held, _ := webex.New(webex.Config{BaseURL: s.URL, Token: "tok-a", Timeout: 200 * time.Millisecond})
+	if err := post(t, held, "held"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("latency over HTTP not applied: %v", err)
+	}
+	do("PUT", "/_sim/latency", `{"latency":0}`)
+	if err := post(t, held, "held"); err != nil {
+		t.Fatalf("latency 0 left it on: %v", err)
+	}
+
 	// Reset clears every fault control, latency included, and the state.
 	s.SetLatency(time.Hour)
 	do("POST", "/_sim/faults", `{"status":500}`)
@@ -335,6 +352,17 @@ func TestSimValidatesOnItsOwn(t *testing.T) {
 	if code, desc := rawPost(t, s, ct, body, n); code != 400 || !strings.Contains(desc, "files: has 2 files") {
 		t.Errorf("a file part and a URL: %d %q", code, desc)
 	}
+	// A file part with an empty filename is an upload without a name, not
+	// a URL value.
+	var unnamed bytes.Buffer
+	mw := multipart.NewWriter(&unnamed)
+	_ = mw.WriteField("roomId", "r")
+	fw, _ := mw.CreateFormFile("files", "")
+	_, _ = fw.Write([]byte("data"))
+	_ = mw.Close()
+	if code, desc := rawPost(t, s, mw.FormDataContentType(), &unnamed, int64(unnamed.Len())); code != 400 || desc != "files: an uploaded file needs a name" {
+		t.Errorf("upload with an empty filename: %d %q", code, desc)
+	}
 	ct, body, n = multipartBody(map[string]string{"roomId": "r"}, 20<<20)
 	if code, desc := rawPost(t, s, ct, body, n); code != 200 {
 		t.Errorf("20 MiB upload: %d %q", code, desc)
@@ -395,6 +423,60 @@ func TestDropPartial(t *testing.T) {
 	reqs := s.Requests("r")
 	if req, acc := s.Counts("r"); req != 1 || acc != 1 || len(s.Messages("r")) != 1 || reqs[0].Outcome != webextest.CutOff {
 		t.Fatalf("%d requests %d accepted, log %+v", req, acc, reqs)
+	}
+}
+
+// GET /messages filters by thread (parentId) and time (before), and keeps
+// the filters in the next page's link.
+func TestListFilters(t *testing.T) {
+	t.Parallel()
+	s := webextest.NewServer(t, webextest.Options{})
+	c := s.Client(t, webextest.DefaultToken)
+	ctx := context.Background()
+	root, err := c.CreateMessage(ctx, webex.Message{RoomID: "r", Text: "root"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var replies []string
+	for i := range 3 {
+		sent, err := c.CreateMessage(ctx, webex.Message{RoomID: "r", ParentID: root.ID, Text: fmt.Sprint("reply ", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		replies = append(replies, sent.ID)
+		if _, err := c.CreateMessage(ctx, webex.Message{RoomID: "r", Text: "elsewhere"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all := func(q webex.ListQuery) []string {
+		t.Helper()
+		var ids []string
+		page, err := c.ListMessages(ctx, q)
+		for err == nil {
+			for _, m := range page.Items {
+				ids = append(ids, m.ID)
+			}
+			if !page.HasNext() {
+				return ids
+			}
+			page, err = c.NextMessages(ctx, page)
+		}
+		t.Fatalf("list %+v: %v", q, err)
+		return nil
+	}
+	slices.Reverse(replies) // newest first
+	if got := all(webex.ListQuery{RoomID: "r", ParentID: root.ID, Max: 1}); !slices.Equal(got, replies) {
+		t.Fatalf("thread listed %v, want %v", got, replies)
+	}
+	stored := s.Messages("r") // oldest first
+	if got := all(webex.ListQuery{RoomID: "r", Before: stored[2].Created, Max: 1}); !slices.Equal(got, []string{stored[1].ID, stored[0].ID}) {
+		t.Fatalf("before the third message listed %v, want the first two", got)
+	}
+	if got := all(webex.ListQuery{RoomID: "r", ParentID: root.ID, Before: stored[3].Created}); !slices.Equal(got, []string{stored[1].ID}) {
+		t.Fatalf("thread before the fourth message listed %v, want the first reply", got)
+	}
+	if _, err := c.ListMessages(ctx, webex.ListQuery{RoomID: "r", Max: webex.MaxListPage + 1}); err == nil || !strings.Contains(err.Error(), "Max is 1001") {
+		t.Fatalf("Max over 1000: %v", err)
 	}
 }
 

@@ -1,0 +1,135 @@
+package tasks
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/courier-dev/courier/internal/redisfault"
+	"github.com/courier-dev/courier/pkg/webex"
+	"github.com/courier-dev/courier/pkg/webex/webextest"
+)
+
+// TestRedisFaultMatrix fails each Redis round trip of a delivery once, and
+// cuts Redis for 3s at that point, and checks what a user sees: the
+// two-part message delivered exactly once, no redelivery counted for a
+// Redis fault, nothing dead-lettered, the right log record and outcome.
+//
+// Three cells need asynq's recoverer (a lease of 30s, a sweep every minute:
+// 60-120s): when asynq's own write after the handler fails (the completion,
+// or the hand-back of begin/cut, which meets the cut), asynq v0.26 retries
+// it with an already-cancelled context, so the task stays active until the
+// recoverer moves it to retry (without calling the error handler); the
+// redelivery then finds the dedup record. They run in parallel with the
+// others, so the matrix takes about two minutes; with -short they are
+// skipped.
+func TestRedisFaultMatrix(t *testing.T) {
+	t.Parallel()
+	type cell struct {
+		name  string
+		match func(e *env, id string) redisfault.Match
+		nth   int
+		cut   bool
+		long  bool
+		// log is a record the cell must produce; outcome the metric's.
+		log     string
+		outcome Outcome
+		// retried is the redeliveries the cell's own injected failure
+		// (not Redis's) counts.
+		retried int
+	}
+	begin := func(e *env, id string) redisfault.Match { return e.beginCmd(id) }
+	gateCmd := func(*env, string) redisfault.Match {
+		return redisfault.Match{Name: "evalsha", Args: []string{acquireScript.Hash()}}
+	}
+	record := func(e *env, id string) redisfault.Match { return e.recordCmd(id) }
+	// asynq's completion is the task's second script after ours (begin).
+	done := func(e *env, id string) redisfault.Match {
+		return redisfault.Match{Name: "evalsha", Args: []string{taskKey(e.queue, id)}}
+	}
+	// The end of a run: the first HDEL rides in the last record's pipeline,
+	// the second is the redelivery's own round trip.
+	end := func(e *env, id string) redisfault.Match {
+		return redisfault.Match{Name: "hdel", Args: []string{taskKey(e.queue, id), fieldRuns}}
+	}
+	cells := []cell{
+		{name: "begin/fail", match: begin, nth: 1, log: "level=WARN msg=\"Redis failed during the delivery", outcome: RedisUnavailable},
+		{name: "begin/cut", match: begin, nth: 1, cut: true, long: true, log: "level=WARN msg=\"Redis failed during the delivery", outcome: RedisUnavailable},
+		{name: "gate/fail", match: gateCmd, nth: 1, log: "level=WARN msg=\"Redis did not answer the send gate", outcome: Delivered},
+		{name: "gate/cut", match: gateCmd, nth: 1, cut: true, log: "level=WARN msg=\"Redis did not answer the send gate", outcome: Delivered},
+		{name: "part1-record/fail", match: record, nth: 1, log: "level=WARN msg=\"delivery record not written", outcome: Delivered},
+		{name: "part1-record/cut", match: record, nth: 1, cut: true, log: "level=WARN msg=\"delivery record not written", outcome: Delivered},
+		{name: "part2-record/fail", match: record, nth: 2, log: "level=WARN msg=\"delivery record not written", outcome: Delivered},
+		{name: "part2-record/cut", match: record, nth: 2, cut: true, log: "level=WARN msg=\"delivery record not written", outcome: Delivered},
+		{name: "end-of-run/fail", match: end, nth: 2, log: "level=WARN msg=\"delivery run not ended", outcome: Deduplicated, retried: 1},
+		{name: "end-of-run/cut", match: end, nth: 2, cut: true, log: "level=WARN msg=\"delivery run not ended", outcome: Deduplicated, retried: 1},
+		{name: "asynq-done/fail", match: done, nth: 2, long: true, log: "level=INFO msg=\"already delivered, not posting again", outcome: Deduplicated},
+		{name: "asynq-done/cut", match: done, nth: 2, cut: true, long: true, log: "level=INFO msg=\"already delivered, not posting again", outcome: Deduplicated},
+	}
+	for _, c := range cells {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			if c.long && testing.Short() {
+				t.Skip("needs asynq's recoverer (up to ~2 minutes): long form only")
+			}
+			e := newEnv(t, webextest.Options{})
+			proxy, err := redisfault.NewProxy(e.rdb.Options().Addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { _ = proxy.Close() })
+			opt := *e.rdb.Options()
+			opt.Addr = proxy.Addr
+			e.workerRdb = redis.NewClient(&opt)
+			t.Cleanup(func() { _ = e.workerRdb.Close() })
+			hook := &redisfault.Hook{}
+			e.workerRdb.AddHook(hook)
+			obs := &outcomes{}
+
+			id := e.enqueue(Message{Message: webex.Message{RoomID: "r", Markdown: "two parts"}, Uploads: []webex.File{
+				{Name: "a.png", ContentType: "image/png", Data: []byte("A")}, {Name: "b.png", ContentType: "image/png", Data: []byte("B")},
+			}}, MaxRedeliveries(c.retried)) // no redelivery to spare beyond what the cell counts
+			rule := &redisfault.Rule{Match: c.match(e, id), Nth: c.nth}
+			if c.cut {
+				rule.Do = func() { proxy.Cut(3 * time.Second) }
+			}
+			hook.Add(rule)
+			// The end of a run is only its own round trip on a redelivery
+			// that finds the message delivered: lose the first completion.
+			w := e.start(func(cfg *WorkerConfig) { cfg.Observer = obs })
+			if c.retried > 0 {
+				lost := false
+				w.handler.afterRecord = func(_ string, part int) error {
+					if part == 1 && !lost {
+						lost = true
+						return errInjected
+					}
+					return nil
+				}
+			}
+
+			timeout := 30 * time.Second
+			if c.long {
+				timeout = 150 * time.Second
+			}
+			info := e.waitState(id, asynq.TaskStateCompleted, timeout)
+			msgs := e.sim.Messages("r")
+			if len(msgs) != 2 || msgs[0].FileName != "a.png" || msgs[1].FileName != "b.png" {
+				t.Fatalf("posted %d messages, want a.png and b.png once each", len(msgs))
+			}
+			if info.Retried != c.retried || rule.Failed() != 1 {
+				t.Fatalf("retried %d (want %d), rule fired %d times", info.Retried, c.retried, rule.Failed())
+			}
+			logs := e.logs.String()
+			if !strings.Contains(logs, c.log) || strings.Contains(logs, ", dead-lettered") {
+				t.Fatalf("log lacks %q (or dead-letters)", c.log)
+			}
+			if !obs.has(c.outcome) || (c.retried == 0 && obs.has(Transient)) {
+				t.Fatalf("outcomes %v, want %v and no transient", obs.all(), c.outcome)
+			}
+		})
+	}
+}
