@@ -18,7 +18,7 @@ func TestOrderedChaos(t *testing.T) {
 	}
 	var log bytes.Buffer
 	o := ChaosOptions{Messages: 600, Rooms: 12, Workers: 3, Concurrency: 5, KillEvery: 4 * time.Second, Kills: 1,
-		Quiesce: 4 * time.Minute, Latency: 50 * time.Millisecond, Ordered: true, KeepRedis: true, Log: &log}
+		Quiesce: 4 * time.Minute, Latency: 50 * time.Millisecond, RecoveryAfter: 10 * time.Second, Ordered: true, KeepRedis: true, Log: &log}
 	rep, err := Chaos(o)
 	if rep != nil {
 		var out bytes.Buffer
