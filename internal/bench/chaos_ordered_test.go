@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"sync"
 	"testing"
 	"time"
 )
@@ -16,9 +17,9 @@ func TestOrderedChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a chaos run takes minutes")
 	}
-	var log bytes.Buffer
+	log := &lockedBuffer{}
 	o := ChaosOptions{Messages: 600, Rooms: 12, Workers: 3, Concurrency: 5, KillEvery: 4 * time.Second, Kills: 1,
-		Quiesce: 4 * time.Minute, Latency: 50 * time.Millisecond, RecoveryAfter: 10 * time.Second, Ordered: true, KeepRedis: true, Log: &log}
+		Quiesce: 4 * time.Minute, Latency: 50 * time.Millisecond, RecoveryAfter: 10 * time.Second, Ordered: true, KeepRedis: true, Log: log}
 	rep, err := Chaos(o)
 	if rep != nil {
 		var out bytes.Buffer
@@ -34,4 +35,16 @@ func TestOrderedChaos(t *testing.T) {
 	if rep.Delivered+rep.DeadLettered != o.Messages || rep.WorkerKills != 1 {
 		t.Fatalf("delivered %d + dead-lettered %d of %d, %d kills", rep.Delivered, rep.DeadLettered, o.Messages, rep.WorkerKills)
 	}
+}
+
+// lockedBuffer collects the output of several worker processes at once.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
 }

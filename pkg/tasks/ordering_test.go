@@ -464,7 +464,9 @@ func TestOrderedPanicKeepsHead(t *testing.T) {
 	e := newEnv(t, webextest.Options{})
 	e.enqueue(text("r", "boom"), Ordered())
 	e.enqueue(text("r", "after"), Ordered())
-	e.start(func(c *WorkerConfig) { c.Bots = map[string]Sender{"": &panicOnce{Sender: e.client(token), text: "boom"}} })
+	e.start(func(c *WorkerConfig) {
+		c.Bots = map[string]Sender{"": &panicOnce{Sender: e.client(token), text: "boom"}}
+	})
 	waitFor(t, 20*time.Second, "both messages", func() bool { return len(e.sim.Messages("r")) >= 2 })
 	if got := texts(e.sim.Messages("r")); !slices.Equal(got, []string{"boom", "after"}) {
 		t.Fatalf("delivered %v", got)
