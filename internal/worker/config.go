@@ -91,6 +91,10 @@ type Config struct {
 	// COURIER_PROBE_INTERVAL (default 5s), COURIER_GATE_NAMESPACE (Redis key
 	// prefix; default "courier").
 	Gate tasks.GateConfig
+	// ReconcileInterval is how often the worker moves on ordered sequences
+	// whose head left asynq unnoticed (COURIER_RECONCILE_INTERVAL). Default
+	// tasks.DefaultReconcileInterval (30s).
+	ReconcileInterval time.Duration
 	// RecoveryAfter: a dead worker's tasks go back to pending once their
 	// lease stood still this long (COURIER_RECOVERY_AFTER). Default
 	// tasks.DefaultRecoveryAfter (10s), at least tasks.MinRecoveryAfter
@@ -131,6 +135,10 @@ type Config struct {
 	// RelayTokens maps relay tokens to bot names ("" the default bot)
 	// (COURIER_RELAY_TOKENS or _FILE: token=bot,...). Required with RelayAddr.
 	RelayTokens map[string]string
+	// RelayUnordered turns off the relay's per-destination order
+	// (COURIER_RELAY_UNORDERED). Default false: each room's messages are
+	// delivered in the order posted.
+	RelayUnordered bool
 
 	// Dev runs everything in-process: miniredis, the Webex simulator and
 	// seeded demo messages (COURIER_DEV). Nothing is durable. Default false.
@@ -260,6 +268,8 @@ func flags(c *Config) *settings.Set {
 	s.Int(&c.DeadLetterMax, "deadletter-max", "COURIER_DEADLETTER_MAX", tasks.DefaultDeadLetterMax, "dead letters kept in the courier:deadletters stream beyond asynq's archive")
 	s.String(&c.RelayAddr, "relay-addr", "COURIER_RELAY_ADDR", "", "Webex-compatible relay listener (e.g. 127.0.0.1:8081); empty: off")
 	s.String(&c.RelayQueue, "relay-queue", "COURIER_RELAY_QUEUE", tasks.DefaultQueue, "queue the relay enqueues to")
+	s.Bool(&c.RelayUnordered, "relay-unordered", "COURIER_RELAY_UNORDERED", false, "relay without per-destination order (default: each room's messages in the order posted)")
+	s.Duration(&c.ReconcileInterval, "reconcile-interval", "COURIER_RECONCILE_INTERVAL", tasks.DefaultReconcileInterval, "how often ordered sequences whose head left unnoticed are moved on")
 	s.Bool(&c.Dev, "dev", "COURIER_DEV", false, "zero-install demo: embedded Redis (not durable), the Webex simulator, seeded messages")
 	return s
 }
@@ -405,6 +415,7 @@ var settingNames = map[string]string{
 	"DelayedTaskCheckInterval": "COURIER_DELAYED_TASK_CHECK_INTERVAL", "PoisonLimit": "COURIER_POISON_LIMIT",
 	"UnauthorizedDelay": "COURIER_UNAUTHORIZED_DELAY", "Gate.Rate": "COURIER_RATE", "Gate.Burst": "COURIER_BURST",
 	"Gate.MaxWait": "COURIER_GATE_MAX_WAIT", "Gate.BreakerWindow": "COURIER_BREAKER_WINDOW", "Gate.ProbeInterval": "COURIER_PROBE_INTERVAL",
+	"ReconcileInterval": "COURIER_RECONCILE_INTERVAL",
 }
 
 // settingName is the setting behind a tasks.WorkerConfig field, or the
@@ -427,6 +438,6 @@ func (c *Config) workerConfig(bots map[string]tasks.Sender) tasks.WorkerConfig {
 		Bots: bots, Queues: c.Queues, StrictPriority: c.StrictPriority, Concurrency: c.Concurrency,
 		Policy: c.Policy, Budget: c.Budget, Schedule: sched, MaxRedeliveries: c.MaxRedeliveries,
 		ShutdownTimeout: c.ShutdownTimeout, TaskCheckInterval: c.TaskCheckInterval, DelayedTaskCheckInterval: c.DelayedInterval,
-		PoisonLimit: c.PoisonLimit, UnauthorizedDelay: c.UnauthorizedDelay, Gate: c.Gate,
+		PoisonLimit: c.PoisonLimit, UnauthorizedDelay: c.UnauthorizedDelay, Gate: c.Gate, ReconcileInterval: c.ReconcileInterval,
 	}
 }

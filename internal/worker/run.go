@@ -48,7 +48,8 @@ func ExitCode(err error) int {
 // Run runs the worker's parts as one ordered group (internal/lifecycle) and
 // blocks until ctx ends or a part fails. In start order: the dev-mode
 // Redis and simulator, the Redis check, the admin server, the token checks,
-// the delivery server and the relay. Whatever ends the group (a signal, a
+// the delivery server, the ordering reconciler, the crash-recovery detector
+// and the relay. Whatever ends the group (a signal, a
 // part failing to start, a part stopping by itself), the started parts stop
 // in reverse order: the relay stops accepting; fetching stops, in-process
 // waits end, requests under way finish and what is left is requeued within
@@ -73,6 +74,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return nil
 	}})
 	g.Add(p.deliveryPart())
+	g.Add(p.reconcilerPart())
 	if p.cfg.recoveryOn() {
 		g.Add(p.detectorPart())
 	}
@@ -250,6 +252,15 @@ func (p *process) deliveryPart() lifecycle.Part {
 	}
 }
 
+// reconcilerPart moves on ordered sequences whose head left asynq unnoticed.
+func (p *process) reconcilerPart() lifecycle.Part {
+	ctx, cancel := context.WithCancel(context.Background())
+	return lifecycle.Part{Name: "ordering reconciler",
+		Run:       func() error { return p.w.Reconciler().Run(ctx) },
+		Interrupt: cancel,
+	}
+}
+
 // detectorPart finds workers that died and hands their tasks back at once.
 // When it finds this worker's own tombstone, Halt exits the process with
 // ExitTombstoned before anything else runs.
@@ -273,7 +284,7 @@ func (p *process) relayPart() lifecycle.Part {
 				return err
 			}
 			rl := relay.New(relay.Config{Tokens: p.cfg.RelayTokens, Producer: producer, Inspector: asynq.NewInspectorFromRedisClient(p.rdb),
-				Queue: p.cfg.RelayQueue, Logger: p.log, Registerer: p.reg})
+				Queue: p.cfg.RelayQueue, Unordered: p.cfg.RelayUnordered, Logger: p.log, Registerer: p.reg})
 			if ln, err = net.Listen("tcp", p.cfg.RelayAddr); err != nil {
 				return fmt.Errorf("listen on %s: %w", p.cfg.RelayAddr, err)
 			}

@@ -15,6 +15,7 @@ import (
 	"github.com/courier-dev/courier/internal/redistest"
 	"github.com/courier-dev/courier/internal/worker"
 	"github.com/courier-dev/courier/pkg/tasks"
+	"github.com/courier-dev/courier/pkg/webex"
 )
 
 // takenAddr is an address something else already listens on.
@@ -163,4 +164,29 @@ func TestExitCode(t *testing.T) {
 			t.Errorf("ExitCode(%v) = %d, want %d", c.err, got, c.want)
 		}
 	}
+}
+
+// The ordering reconciler is a part of the worker: a sequence whose head
+// was deleted before any worker saw it moves on.
+func TestReconcilerRunsInTheWorker(t *testing.T) {
+	t.Parallel()
+	s := sharedSetup(t)
+	ctx := context.Background()
+	var ids []string
+	for _, text := range []string{"a", "b"} {
+		r, err := s.producer.Enqueue(ctx, tasks.Message{Message: webex.Message{RoomID: "ordered", Text: text}}, tasks.Ordered())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.TaskID)
+	}
+	if err := s.inspector.DeleteTask(s.queue, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := adminConfig(t, s.url, s.sim.URL, s.queue, map[string]string{"COURIER_RECONCILE_INTERVAL": "100ms"})
+	runWorker(t, cfg)
+	waitFor(t, 15*time.Second, "the second message, once the reconciler moved its sequence on", func() bool {
+		msgs := s.sim.Messages("ordered")
+		return len(msgs) == 1 && msgs[0].Text == "b"
+	})
 }

@@ -80,6 +80,9 @@ type WorkerConfig struct {
 	// DeadLetters, when set, keeps a durable record of every dead letter
 	// beyond asynq's archive caps.
 	DeadLetters *DeadLetters
+	// ReconcileInterval is how often the worker's Reconciler checks that
+	// every ordered sequence's head is still in asynq. Default 30s.
+	ReconcileInterval time.Duration
 	// Now reads the clock. Default time.Now.
 	Now func() time.Time
 	// Fence, when set, is asked before each post to Webex and before a
@@ -108,6 +111,7 @@ func (c WorkerConfig) WithDefaults() WorkerConfig {
 	c.PoisonLimit = cmp.Or(c.PoisonLimit, DefaultPoisonLimit)
 	c.UnauthorizedDelay = cmp.Or(c.UnauthorizedDelay, DefaultUnauthorizedDelay)
 	c.DeferDelay = cmp.Or(c.DeferDelay, DefaultDeferDelay)
+	c.ReconcileInterval = cmp.Or(c.ReconcileInterval, DefaultReconcileInterval)
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	c.attemptLogger = discard
 	if c.AttemptLogger != nil {
@@ -168,7 +172,8 @@ func (c WorkerConfig) ValidateNamed(name func(path string) string) error {
 		field string
 		d     time.Duration
 	}{{"ShutdownTimeout", c.ShutdownTimeout}, {"TaskCheckInterval", c.TaskCheckInterval},
-		{"DelayedTaskCheckInterval", c.DelayedTaskCheckInterval}, {"UnauthorizedDelay", c.UnauthorizedDelay}, {"DeferDelay", c.DeferDelay}} {
+		{"DelayedTaskCheckInterval", c.DelayedTaskCheckInterval}, {"UnauthorizedDelay", c.UnauthorizedDelay}, {"DeferDelay", c.DeferDelay},
+		{"ReconcileInterval", c.ReconcileInterval}} {
 		if f.d <= 0 {
 			errs = append(errs, fmt.Errorf("%s is %v: must be greater than 0", name(f.field), f.d))
 		}

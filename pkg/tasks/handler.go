@@ -35,11 +35,12 @@ type TaskResult struct {
 // builds it; Worker.Handler returns it). Its RetryDelay, IsFailure and
 // HandleError are the asynq server's hooks (hooks.go).
 type Handler struct {
-	cfg  WorkerConfig
-	rec  *records
-	bots map[string]*bot
-	stop context.Context // ends when the worker stops: in-process waits end
-	gate *gate
+	cfg   WorkerConfig
+	rec   *records
+	bots  map[string]*bot
+	stop  context.Context // ends when the worker stops: in-process waits end
+	gate  *gate
+	order *ordering
 
 	// afterRecord, when set (tests), runs after each dedup record is written.
 	afterRecord func(taskID string, part int) error
@@ -73,6 +74,24 @@ func (h *Handler) deliver(ctx context.Context, t *asynq.Task) (err error) {
 		return &DeliveryError{Outcome: Deferred, Err: err, Delay: retrypolicy.QueueDelay(h.cfg.DeferDelay)}
 	case err != nil:
 		return &DeliveryError{Outcome: Corrupt, Err: err}
+	}
+	if p.OrderingKey != "" { // only the head of its sequence goes; once delivered, the next one
+		if de := h.order.claim(ctx, queue, id, p.OrderingKey); de != nil {
+			return de
+		}
+		defer func() {
+			if r := recover(); r != nil {
+				panic(r) // not delivered: the recovery above counts it; the sequence waits
+			}
+			if err == nil {
+				h.order.release(ctx, queue, id, p.OrderingKey)
+			}
+		}()
+	}
+	if p.ParentTask != "" { // a reply: to its parent's Webex message, once delivered
+		if de := h.threadReply(ctx, queue, id, p); de != nil {
+			return de
+		}
 	}
 	b := h.bots[p.Bot]
 	if b == nil {

@@ -38,24 +38,37 @@ var ErrDeadLettered = errors.New("idempotency key names a dead-lettered task")
 // DuplicateError reports a keyed enqueue that found its task already there.
 type DuplicateError struct {
 	Key, Queue string
-	// State is asynq's state of the existing task; 0 if the task vanished
-	// before it could be read.
-	State asynq.TaskState
+	// State is the state of the existing task.
+	State TaskState
 }
 
+// TaskState is the state of the task a duplicate key names: asynq's states
+// by asynq's names ("pending", "scheduled", "active", "retry",
+// "completed", "archived", "aggregating"), StateWaiting, or StateGone.
+type TaskState string
+
+// The states a DuplicateError reports.
+const (
+	StateGone      TaskState = "gone" // the task vanished before it could be read
+	StatePending   TaskState = "pending"
+	StateScheduled TaskState = "scheduled"
+	StateActive    TaskState = "active"
+	StateRetry     TaskState = "retry"
+	StateCompleted TaskState = "completed"
+	StateArchived  TaskState = "archived" // dead-lettered
+	StateWaiting   TaskState = "waiting"  // an ordered message behind the head of its sequence
+)
+
 func (e *DuplicateError) Error() string {
-	switch e.State {
-	case asynq.TaskStateArchived:
+	if e.State == StateArchived {
 		return fmt.Sprintf("key %q in queue %q: dead-lettered earlier", e.Key, e.Queue)
-	case 0:
-		return fmt.Sprintf("key %q in queue %q: duplicate (task gone)", e.Key, e.Queue)
 	}
 	return fmt.Sprintf("key %q in queue %q: duplicate (task %s)", e.Key, e.Queue, e.State)
 }
 
 // Is matches ErrDuplicate, and ErrDeadLettered for an archived task.
 func (e *DuplicateError) Is(target error) bool {
-	return target == ErrDuplicate || (target == ErrDeadLettered && e.State == asynq.TaskStateArchived)
+	return target == ErrDuplicate || (target == ErrDeadLettered && e.State == StateArchived)
 }
 
 // ProducerConfig configures a Producer. Zero fields take the defaults.
@@ -112,8 +125,10 @@ func (c ProducerConfig) validate() error {
 // Producer enqueues send tasks. It is safe for concurrent use.
 type Producer struct {
 	cfg       ProducerConfig
+	rdb       redis.UniversalClient
 	client    *asynq.Client
 	inspector *asynq.Inspector
+	queues    sync.Map // queues known to be in asynq's set of queues
 }
 
 // NewProducer returns a producer over a go-redis client (which the caller
@@ -123,7 +138,7 @@ func NewProducer(rdb redis.UniversalClient, cfg ProducerConfig) (*Producer, erro
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("producer config: %w", err)
 	}
-	return &Producer{cfg: cfg, client: asynq.NewClientFromRedisClient(rdb), inspector: asynq.NewInspectorFromRedisClient(rdb)}, nil
+	return &Producer{cfg: cfg, rdb: rdb, client: asynq.NewClientFromRedisClient(rdb), inspector: asynq.NewInspectorFromRedisClient(rdb)}, nil
 }
 
 // Option adjusts one enqueue.
@@ -141,7 +156,12 @@ type enqueueOptions struct {
 	expiresIn       time.Duration
 	retention       *time.Duration
 	enqueuedAt      time.Time
+	ordered         bool
+	orderingKey     string         // the given key, then the one in use
+	parentTask      string         // ReplyTo
 	asynq           []asynq.Option // built from the above
+	maxRetry        int            // asynq's MaxRetry
+	keep            int64          // asynq's retention in seconds
 }
 
 // Queue sends the task to queue q.
@@ -194,6 +214,9 @@ func (p *Producer) Enqueue(ctx context.Context, msg Message, opts ...Option) (*E
 	if err != nil {
 		return nil, err
 	}
+	if o.ordered {
+		return p.enqueueOrdered(ctx, task, o)
+	}
 	info, err := p.client.EnqueueContext(ctx, task, o.asynq...)
 	if errors.Is(err, asynq.ErrTaskIDConflict) {
 		return nil, p.duplicate(o.key, o.queue)
@@ -221,11 +244,15 @@ func (p *Producer) build(msg Message, opts []Option) (*asynq.Task, *enqueueOptio
 	if err := validateKey(o.key); err != nil {
 		errs = append(errs, err)
 	}
+	if err := validateOrdering(o); err != nil {
+		errs = append(errs, err)
+	}
+	o.orderingKey = orderingKey(&msg, o)
 	now := p.cfg.Now()
 	if !o.enqueuedAt.IsZero() {
 		now = o.enqueuedAt
 	}
-	pl := Payload{Version: PayloadVersion, Message: msg, Bot: o.bot, Key: o.key, Source: cmp.Or(o.source, p.cfg.Source), EnqueuedAt: now.UTC()}
+	pl := Payload{Version: PayloadVersion, Message: msg, Bot: o.bot, Key: o.key, Source: cmp.Or(o.source, p.cfg.Source), EnqueuedAt: now.UTC(), OrderingKey: o.orderingKey, ParentTask: o.parentTask}
 	if o.expiresIn > 0 {
 		o.expiresAt = now.Add(o.expiresIn)
 	}
@@ -267,7 +294,7 @@ func (p *Producer) build(msg Message, opts []Option) (*asynq.Task, *enqueueOptio
 	case o.processIn > 0:
 		aopts = append(aopts, asynq.ProcessIn(o.processIn))
 	}
-	o.asynq = aopts
+	o.asynq, o.maxRetry, o.keep = aopts, redeliveries+retryHeadroom, int64(max(retention, 0).Seconds())
 	b, err := json.Marshal(pl)
 	if err != nil {
 		return nil, nil, fmt.Errorf("encode payload: %w", err)
@@ -282,9 +309,9 @@ const retryHeadroom = 1
 
 // duplicate describes the task a conflicting key names.
 func (p *Producer) duplicate(key, queue string) error {
-	dup := &DuplicateError{Key: key, Queue: queue}
+	dup := &DuplicateError{Key: key, Queue: queue, State: StateGone}
 	if info, err := p.inspector.GetTaskInfo(queue, key); err == nil {
-		dup.State = info.State
+		dup.State = TaskState(info.State.String())
 	}
 	return dup
 }
@@ -304,18 +331,21 @@ type Result struct {
 
 // EnqueueMany enqueues reqs concurrently (at most 16 at a time) and returns
 // one Result per request, in order. Each message succeeds or fails on its
-// own: an invalid one does not stop the others.
+// own: an invalid one does not stop the others. Ordered messages with the
+// same ordering key are enqueued one after the other, in the order given.
 func (p *Producer) EnqueueMany(ctx context.Context, reqs []Request) []Result {
 	results := make([]Result, len(reqs))
 	sem := make(chan struct{}, 16)
 	var wg sync.WaitGroup
-	for i, r := range reqs {
+	for _, chain := range p.chains(reqs) {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			e, err := p.Enqueue(ctx, r.Message, r.Options...)
-			results[i] = Result{Enqueued: e, Err: err}
+			for _, i := range chain {
+				e, err := p.Enqueue(ctx, reqs[i].Message, reqs[i].Options...)
+				results[i] = Result{Enqueued: e, Err: err}
+			}
 		}()
 	}
 	wg.Wait()

@@ -19,6 +19,7 @@ type Worker struct {
 	handler *Handler
 	stop    context.CancelFunc
 	running atomic.Bool
+	rec     *Reconciler
 }
 
 // NewWorker builds a worker over a go-redis client (which the caller keeps
@@ -30,11 +31,17 @@ func NewWorker(rdb redis.UniversalClient, cfg WorkerConfig) (*Worker, error) {
 	}
 	stopCtx, stop := context.WithCancel(context.Background())
 	g := &gate{cfg: cfg.Gate, rdb: rdb, log: cfg.Logger, obs: cfg.Observer}
-	h := &Handler{cfg: cfg, rec: &records{rdb: rdb}, bots: map[string]*bot{}, stop: stopCtx, gate: g}
+	h := &Handler{cfg: cfg, rec: &records{rdb: rdb}, bots: map[string]*bot{}, stop: stopCtx, gate: g,
+		order: &ordering{rdb: rdb, log: cfg.Logger, obs: cfg.Observer, now: cfg.Now, wait: cfg.DeferDelay}}
 	for name, s := range cfg.Bots {
 		h.bots[name] = &bot{name: name, sender: s}
 	}
-	w := &Worker{cfg: cfg, handler: h, stop: stop}
+	queues := make([]string, 0, len(cfg.Queues))
+	for q := range cfg.Queues {
+		queues = append(queues, q)
+	}
+	rec := NewReconciler(rdb, ReconcilerConfig{Queues: queues, Interval: cfg.ReconcileInterval, Logger: cfg.Logger, Observer: cfg.Observer, Now: cfg.Now})
+	w := &Worker{cfg: cfg, handler: h, stop: stop, rec: rec}
 	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Concurrency:              cfg.Concurrency,
 		Queues:                   cfg.Queues,
@@ -53,6 +60,12 @@ func NewWorker(rdb redis.UniversalClient, cfg WorkerConfig) (*Worker, error) {
 
 // Handler is the worker's task handler.
 func (w *Worker) Handler() *Handler { return w.handler }
+
+// Reconciler is the reconciler of the worker's queues (its Interval is
+// WorkerConfig.ReconcileInterval). Start does not run it: run its Run
+// alongside the worker, and stop it with the worker, so that an ordered
+// sequence whose head left asynq unnoticed moves on.
+func (w *Worker) Reconciler() *Reconciler { return w.rec }
 
 // Start begins fetching and delivering tasks.
 func (w *Worker) Start() error {

@@ -158,13 +158,13 @@ func TestIdempotencyKey(t *testing.T) {
 	}
 	_, err = e.producer.Enqueue(ctx, text("r", "x"), Key("report-2026-11-28"))
 	var dup *DuplicateError
-	if !errors.Is(err, ErrDuplicate) || !errors.As(err, &dup) || dup.State != asynq.TaskStatePending || errors.Is(err, ErrDeadLettered) {
+	if !errors.Is(err, ErrDuplicate) || !errors.As(err, &dup) || dup.State != StatePending || errors.Is(err, ErrDeadLettered) {
 		t.Fatalf("second enqueue: %v", err)
 	}
 	e.start(nil)
 	e.waitState(first.TaskID, asynq.TaskStateCompleted, 10*time.Second)
 	_, err = e.producer.Enqueue(ctx, text("r", "x"), Key("report-2026-11-28"))
-	if !errors.As(err, &dup) || dup.State != asynq.TaskStateCompleted {
+	if !errors.As(err, &dup) || dup.State != StateCompleted {
 		t.Fatalf("after delivery: %v", err)
 	}
 	if _, acc := e.sim.Counts("r"); acc != 1 {
