@@ -67,7 +67,7 @@ type Config struct {
 	MaxRedeliveries int
 	// KeyedRetention is how long keyed tasks the worker itself enqueues
 	// (relay, dead-letter requeue) are kept after delivery
-	// (COURIER_KEYED_RETENTION). Default tasks.DefaultKeyedRetention (24h).
+	// (COURIER_KEYED_RETENTION). Default tasks.DefaultKeyedRetention (25h).
 	KeyedRetention time.Duration
 	// TaskCheckInterval is the idle poll for new tasks, the latency floor of
 	// an idle queue (COURIER_TASK_CHECK_INTERVAL). Default 25ms.
