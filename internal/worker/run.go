@@ -80,7 +80,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 
 	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, asynq.NewInspectorFromRedisClient(rdb))
+	m := metrics.New(reg, asynq.NewInspectorFromRedisClient(rdb), cfg.Queues)
 	bots := map[string]tasks.Sender{}
 	clients := map[string]*webex.Client{}
 	for name, tok := range cfg.Tokens {
