@@ -127,7 +127,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			return 1
 		}))
 		h, closeMon := admin.Handler(admin.Config{Redis: opt, Ready: ready, Gatherer: reg, Writable: cfg.AdminWritable,
-			User: cfg.AdminUser, Password: cfg.AdminPassword, DeadLetters: dead, Producer: producer})
+			Addr: cfg.AdminAddr, User: cfg.AdminUser, Password: cfg.AdminPassword, DeadLetters: dead, Producer: producer})
 		defer closeMon()
 		ln, err := listenAdmin(cfg.AdminAddr, cfg.Dev)
 		if err != nil {
