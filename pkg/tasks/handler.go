@@ -117,7 +117,15 @@ func (h *Handler) RejectedBots() map[string]time.Time {
 
 // ProcessTask delivers one task. It returns nil when the message is
 // delivered (or was already), else a *DeliveryError.
-func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	err := h.deliver(ctx, t)
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	_ = h.fence(fctx) // a worker declared dead exits here, before asynq records the outcome
+	return err
+}
+
+func (h *Handler) deliver(ctx context.Context, t *asynq.Task) (err error) {
 	id, _ := asynq.GetTaskID(ctx)
 	queue, _ := asynq.GetQueueName(ctx)
 	retried, _ := asynq.GetRetryCount(ctx)
@@ -198,6 +206,9 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 		s, err := retrypolicy.DoValue(waitCtx, h.cfg.Policy, func(waitCtx context.Context) (*webex.Sent, error) {
 			probe, err := h.gate.wait(waitCtx, b.name)
 			if err != nil {
+				return nil, err
+			}
+			if err := h.fence(ctx); err != nil {
 				return nil, err
 			}
 			attempts++
@@ -319,7 +330,9 @@ func (h *Handler) failure(ctx context.Context, b *bot, err error, retried, maxRe
 	var budget *retrypolicy.BudgetError
 	var held *GateError
 	switch {
-	case errors.Is(err, context.Canceled) && ctx.Err() == nil: // our stop, not the task's end
+	case errors.Is(err, context.Canceled) && ctx.Err() == nil, // our stop, not the task's end
+		errors.Is(err, ErrTombstoned),   // taken over: the worker exits unless Fence has no Halt
+		errors.Is(err, errFenceUnknown): // Redis cannot say whether it was taken over: not the message's fault
 		de.Outcome, de.Delay = Interrupted, retrypolicy.QueueDelay(0)
 	case errors.As(err, &held) && held.Kind == gateBreaker:
 		de.Outcome, de.Delay = CircuitOpen, max(h.cfg.Schedule.Delay(retried, err), retrypolicy.QueueDelay(held.Wait))
@@ -373,6 +386,24 @@ func (h *Handler) MarkRejected(name string) {
 }
 
 func (h *Handler) stopping() bool { return h.stop.Err() != nil }
+
+// fence asks WorkerConfig.Fence whether this worker may still post: a
+// tombstone stops the attempts at once, a Redis error is retried.
+func (h *Handler) fence(ctx context.Context) error {
+	if h.cfg.Fence == nil {
+		return nil
+	}
+	switch err := h.cfg.Fence(ctx); {
+	case errors.Is(err, ErrTombstoned):
+		return retrypolicy.MarkPermanent(err)
+	case err != nil:
+		return retrypolicy.MarkTransient(fmt.Errorf("%w: %w", errFenceUnknown, err))
+	}
+	return nil
+}
+
+// errFenceUnknown: the fence could not be checked, so nothing was posted.
+var errFenceUnknown = errors.New("not posted: cannot check whether another worker took the task over")
 
 var _ asynq.Handler = (*Handler)(nil)
 
