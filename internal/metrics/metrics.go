@@ -31,6 +31,8 @@ type Metrics struct {
 	throttled     *prometheus.CounterVec
 	breaker       *prometheus.GaugeVec
 	transitions   *prometheus.CounterVec
+	released      *prometheus.CounterVec
+	unthreaded    prometheus.Counter
 
 	mu   sync.RWMutex
 	bots map[string]bool // registered by Bot: the only bot label values besides "unknown"
@@ -47,7 +49,7 @@ func New(reg prometheus.Registerer, inspector *asynq.Inspector, queues map[strin
 		bots: map[string]bool{},
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "courier_deliveries_total",
-			Help: "Deliveries by bot and outcome: delivered, delivered_unconfirmed, deduplicated, transient (redelivered), rate_limited, unauthorized, interrupted, deferred, circuit_open, redis_unavailable, task_missing, lease_expired, and the dead letters permanent, exhausted, expired, corrupt, poison.",
+			Help: "Deliveries by bot and outcome: delivered, delivered_unconfirmed, deduplicated, transient (redelivered), rate_limited, unauthorized, interrupted, deferred, circuit_open, redis_unavailable, task_missing, lease_expired, behind_head, and the dead letters permanent, exhausted, expired, corrupt, poison.",
 		}, []string{"bot", "outcome"}),
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "courier_webex_attempts_total",
@@ -83,8 +85,10 @@ func New(reg prometheus.Registerer, inspector *asynq.Inspector, queues map[strin
 			Name: "courier_circuit_transitions_total",
 			Help: "Circuit breaker transitions this worker caused, by bot and to (open, closed).",
 		}, []string{"bot", "to"}),
+		released:   newReleased(),
+		unthreaded: newUnthreaded(),
 	}
-	reg.MustRegister(m.deliveries, m.attempts, m.waited, m.latency, m.requests, m.tokenRejected, m.throttled, m.breaker, m.transitions)
+	reg.MustRegister(m.deliveries, m.attempts, m.waited, m.latency, m.requests, m.tokenRejected, m.throttled, m.breaker, m.transitions, m.released, m.unthreaded)
 	if inspector != nil {
 		reg.MustRegister(newQueueCollector(inspector, queues))
 	}

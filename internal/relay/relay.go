@@ -50,6 +50,10 @@ type Config struct {
 	Inspector *asynq.Inspector
 	// Queue is where messages go. Default tasks.DefaultQueue.
 	Queue string
+	// Unordered delivers without per-destination order. By default every
+	// message is ordered by its destination (tasks.Ordered), as a bot that
+	// called Webex synchronously saw its messages arrive.
+	Unordered bool
 	// MaxBodyBytes refuses larger bodies with 413 before reading them.
 	// Default: the inline file cap plus 256 KiB.
 	MaxBodyBytes int64
@@ -243,6 +247,16 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	}
 	at := s.cfg.Now().UTC().Truncate(time.Millisecond)
 	opts := []tasks.Option{tasks.Queue(s.cfg.Queue), tasks.Bot(bot), tasks.Source(c.source()), tasks.EnqueuedAt(at)}
+	if !s.cfg.Unordered {
+		opts = append(opts, tasks.Ordered())
+	}
+	if parent, ok := s.parentTask(r.Context(), c, msg.ParentID); ok {
+		opts = append(opts, tasks.ReplyTo(parent)) // sent with the parent's Webex id once it is delivered
+	} else if parent != "" {
+		writeValidation(w, &webex.ValidationError{Field: "parentId", Problem: "names a message this relay does not hold for this token " +
+			"(another token's, or no longer retained): reply with the Webex id from GET /v1/messages/{id} (messageIds)"})
+		return
+	}
 	key := r.Header.Get("Idempotency-Key")
 	if err := checkIdempotencyKey(key); err != nil {
 		writeValidation(w, err)
@@ -257,7 +271,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	var ve *webex.ValidationError
 	switch {
 	case errors.As(err, &dup):
-		s.repeat(w, c, dup, msg)
+		s.repeat(r.Context(), w, c, dup, msg)
 		return
 	case errors.As(err, &ve):
 		writeValidation(w, err)
@@ -275,13 +289,12 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 
 // repeat answers a repeated Idempotency-Key with the first request's
 // answer; the key with another message is refused with 422.
-func (s *Server) repeat(w http.ResponseWriter, c caller, dup *tasks.DuplicateError, msg tasks.Message) {
-	info, err := s.cfg.Inspector.GetTaskInfo(dup.Queue, dup.Key)
-	if err != nil {
+func (s *Server) repeat(ctx context.Context, w http.ResponseWriter, c caller, dup *tasks.DuplicateError, msg tasks.Message) {
+	p, err := s.payload(ctx, dup.Queue, dup.Key)
+	if errors.Is(err, errGone) {
 		writeError(w, http.StatusConflict, "This Idempotency-Key was used, and its message is no longer retained.")
 		return
 	}
-	p, err := tasks.DecodePayload(info.Payload)
 	if err != nil || p.Source != c.source() {
 		writeError(w, http.StatusConflict, "This Idempotency-Key names a message this token cannot read.")
 		return
@@ -347,6 +360,10 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "The requested resource could not be found.")
 		return
 	}
+	if p, err := s.cfg.Producer.Waiting(r.Context(), queue, taskID); err == nil && p.Source == callerOf(r).source() { // ordered, behind others
+		writeJSON(w, http.StatusOK, Status{ID: id, TaskID: taskID, Queue: queue, State: "queued", Created: p.EnqueuedAt.UTC().Format("2006-01-02T15:04:05.000Z")})
+		return
+	}
 	info, err := s.cfg.Inspector.GetTaskInfo(queue, taskID)
 	if err != nil {
 		writeError(w, http.StatusNotFound, "The requested resource could not be found (or is no longer retained).")
@@ -400,10 +417,6 @@ func validate(m tasks.Message, maxInline int) error {
 		if i := strings.IndexFunc(v, isControl); i >= 0 {
 			errs = append(errs, &webex.ValidationError{Field: field, Problem: fmt.Sprintf("contains the control character %q at byte %d: only tab, CR and LF are allowed", v[i], i)})
 		}
-	}
-	if _, _, ok := ParseRelayID(m.ParentID); ok {
-		errs = append(errs, &webex.ValidationError{Field: "parentId", Problem: "names a message the relay has queued, not a Webex message: " +
-			"reply once it is delivered, with the Webex id from GET /v1/messages/{id} (messageIds)"})
 	}
 	if err := wm.Validate(); err != nil {
 		errs = append(errs, err)
@@ -476,4 +489,37 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json;charset=UTF-8")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// errGone matches a relayed message no longer held (delivered and past its
+// retention, or deleted).
+var errGone = errors.New("message no longer held")
+
+// payload reads a relayed message's payload, whether it waits behind another
+// ordered message or is an asynq task; errGone when neither.
+func (s *Server) payload(ctx context.Context, queue, taskID string) (*tasks.Payload, error) {
+	p, err := s.cfg.Producer.Waiting(ctx, queue, taskID)
+	if !errors.Is(err, tasks.ErrNotWaiting) {
+		return p, err
+	}
+	info, err := s.cfg.Inspector.GetTaskInfo(queue, taskID)
+	if err != nil {
+		return nil, errGone
+	}
+	return tasks.DecodePayload(info.Payload)
+}
+
+// parentTask reads a parentId that is a relay id: the task id of a message
+// this caller relayed to this queue (ok), or the id it names that the
+// caller may not reply to (not ok). An ordinary Webex id gives "", false.
+func (s *Server) parentTask(ctx context.Context, c caller, parentID string) (string, bool) {
+	queue, taskID, isRelay := ParseRelayID(parentID)
+	if !isRelay {
+		return "", false
+	}
+	if queue != s.cfg.Queue {
+		return taskID, false
+	}
+	p, err := s.payload(ctx, queue, taskID)
+	return taskID, err == nil && p.Source == c.source()
 }

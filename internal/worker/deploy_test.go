@@ -120,7 +120,8 @@ func TestAlertRules(t *testing.T) {
 	if err := yaml.Unmarshal(b, &f); err != nil {
 		t.Fatal(err)
 	}
-	exported := []string{"courier_deliveries_total", "courier_bot_token_rejected", "courier_worker_ready", "asynq_tasks_enqueued_total"}
+	exported := []string{"courier_deliveries_total", "courier_bot_token_rejected", "courier_worker_ready", "asynq_tasks_enqueued_total",
+		"courier_ordered_released_total"}
 	metric := regexp.MustCompile(`\b(courier|asynq)_[a-z_]+`)
 	var alerts []string
 	for _, g := range f.Groups {

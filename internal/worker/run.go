@@ -156,7 +156,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			return err
 		}
 		rl := relay.New(relay.Config{Tokens: cfg.RelayTokens, Producer: producer, Inspector: asynq.NewInspectorFromRedisClient(rdb),
-			Queue: cfg.RelayQueue, Logger: log, Registerer: reg})
+			Queue: cfg.RelayQueue, Unordered: cfg.RelayUnordered, Logger: log, Registerer: reg})
 		ln, err := net.Listen("tcp", cfg.RelayAddr)
 		if err != nil {
 			return fmt.Errorf("relay on %s: %w", cfg.RelayAddr, err)

@@ -41,7 +41,8 @@ var ErrDeadLettered = errors.New("idempotency key names a dead-lettered task")
 type DuplicateError struct {
 	Key, Queue string
 	// State is asynq's state of the existing task: "pending", "scheduled",
-	// "active", "retry", "completed" or "archived" ("" if it vanished).
+	// "active", "retry", "completed" or "archived" ("" if it vanished), or
+	// "waiting" for an ordered message behind the head of its sequence.
 	State string
 }
 
@@ -94,8 +95,10 @@ func (c ProducerConfig) withDefaults() ProducerConfig {
 // Producer enqueues send tasks. It is safe for concurrent use.
 type Producer struct {
 	cfg       ProducerConfig
+	rdb       redis.UniversalClient
 	client    *asynq.Client
 	inspector *asynq.Inspector
+	queues    sync.Map // queues known to be in asynq's set of queues
 }
 
 // NewProducer returns a producer over a go-redis client (which the caller
@@ -105,7 +108,7 @@ func NewProducer(rdb redis.UniversalClient, cfg ProducerConfig) (*Producer, erro
 	if cfg.MaxRedeliveries < 0 || cfg.MaxInlineBytes < 0 || cfg.KeyedRetention < 0 {
 		return nil, errors.New("tasks: MaxRedeliveries, MaxInlineBytes and KeyedRetention must not be negative")
 	}
-	return &Producer{cfg: cfg, client: asynq.NewClientFromRedisClient(rdb), inspector: asynq.NewInspectorFromRedisClient(rdb)}, nil
+	return &Producer{cfg: cfg, rdb: rdb, client: asynq.NewClientFromRedisClient(rdb), inspector: asynq.NewInspectorFromRedisClient(rdb)}, nil
 }
 
 // Option adjusts one enqueue.
@@ -123,7 +126,12 @@ type enqueueOptions struct {
 	expiresIn       time.Duration
 	retention       *time.Duration
 	enqueuedAt      time.Time
+	ordered         bool
+	orderingKey     string         // the given key, then the one in use
+	parentTask      string         // ReplyTo
 	asynq           []asynq.Option // built from the above
+	maxRetry        int            // asynq's MaxRetry
+	keep            int64          // asynq's retention in seconds
 }
 
 // Queue sends the task to queue q.
@@ -176,6 +184,9 @@ func (p *Producer) Enqueue(ctx context.Context, msg Message, opts ...Option) (*E
 	if err != nil {
 		return nil, err
 	}
+	if o.ordered {
+		return p.enqueueOrdered(ctx, task, o)
+	}
 	info, err := p.client.EnqueueContext(ctx, task, o.asynq...)
 	if errors.Is(err, asynq.ErrTaskIDConflict) {
 		return nil, p.duplicate(o.key, o.queue)
@@ -203,11 +214,15 @@ func (p *Producer) build(msg Message, opts []Option) (*asynq.Task, *enqueueOptio
 	if err := validateKey(o.key); err != nil {
 		errs = append(errs, err)
 	}
+	if err := validateOrdering(o); err != nil {
+		errs = append(errs, err)
+	}
+	o.orderingKey = orderingKey(&msg, o)
 	now := p.cfg.Now()
 	if !o.enqueuedAt.IsZero() {
 		now = o.enqueuedAt
 	}
-	pl := Payload{Version: PayloadVersion, Message: msg, Bot: o.bot, Key: o.key, Source: cmp.Or(o.source, p.cfg.Source), EnqueuedAt: now.UTC()}
+	pl := Payload{Version: PayloadVersion, Message: msg, Bot: o.bot, Key: o.key, Source: cmp.Or(o.source, p.cfg.Source), EnqueuedAt: now.UTC(), OrderingKey: o.orderingKey, ParentTask: o.parentTask}
 	if o.expiresIn > 0 {
 		o.expiresAt = now.Add(o.expiresIn)
 	}
@@ -249,7 +264,7 @@ func (p *Producer) build(msg Message, opts []Option) (*asynq.Task, *enqueueOptio
 	case o.processIn > 0:
 		aopts = append(aopts, asynq.ProcessIn(o.processIn))
 	}
-	o.asynq = aopts
+	o.asynq, o.maxRetry, o.keep = aopts, redeliveries+retryHeadroom, int64(max(retention, 0).Seconds())
 	b, err := json.Marshal(pl)
 	if err != nil {
 		return nil, nil, fmt.Errorf("encode payload: %w", err)
@@ -308,18 +323,21 @@ type Result struct {
 
 // EnqueueMany enqueues reqs concurrently (at most 16 at a time) and returns
 // one Result per request, in order. Each message succeeds or fails on its
-// own: an invalid one does not stop the others.
+// own: an invalid one does not stop the others. Ordered messages with the
+// same ordering key are enqueued one after the other, in the order given.
 func (p *Producer) EnqueueMany(ctx context.Context, reqs []Request) []Result {
 	results := make([]Result, len(reqs))
 	sem := make(chan struct{}, 16)
 	var wg sync.WaitGroup
-	for i, r := range reqs {
+	for _, chain := range p.chains(reqs) {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			e, err := p.Enqueue(ctx, r.Message, r.Options...)
-			results[i] = Result{Enqueued: e, Err: err}
+			for _, i := range chain {
+				e, err := p.Enqueue(ctx, reqs[i].Message, reqs[i].Options...)
+				results[i] = Result{Enqueued: e, Err: err}
+			}
 		}()
 	}
 	wg.Wait()
