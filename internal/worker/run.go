@@ -80,7 +80,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 
 	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, asynq.NewInspectorFromRedisClient(rdb))
+	m := metrics.New(reg, asynq.NewInspectorFromRedisClient(rdb), cfg.Queues)
 	bots := map[string]tasks.Sender{}
 	clients := map[string]*webex.Client{}
 	for name, tok := range cfg.Tokens {
@@ -134,7 +134,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			return 1
 		}))
 		h, closeMon := admin.Handler(admin.Config{Redis: opt, Ready: ready, Gatherer: reg, Writable: cfg.AdminWritable,
-			User: cfg.AdminUser, Password: cfg.AdminPassword, DeadLetters: dead, Producer: producer})
+			Addr: cfg.AdminAddr, User: cfg.AdminUser, Password: cfg.AdminPassword, DeadLetters: dead, Producer: producer})
 		defer closeMon()
 		ln, err := listenAdmin(cfg.AdminAddr, cfg.Dev)
 		if err != nil {
