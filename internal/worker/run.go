@@ -151,7 +151,7 @@ func (p *process) redisPart() lifecycle.Part {
 // build makes the Webex clients, the metrics and the delivery worker.
 func (p *process) build(ctx context.Context) error {
 	p.reg = prometheus.NewRegistry()
-	m := metrics.New(p.reg, asynq.NewInspectorFromRedisClient(p.rdb))
+	m := metrics.New(p.reg, asynq.NewInspectorFromRedisClient(p.rdb), p.cfg.Queues)
 	bots := map[string]tasks.Sender{}
 	p.clients = map[string]*webex.Client{}
 	for name, tok := range p.cfg.Tokens {
@@ -217,7 +217,7 @@ func (p *process) adminPart() lifecycle.Part {
 			}
 			var h http.Handler
 			h, closeMon = admin.Handler(admin.Config{Redis: p.opt, Ready: p.ready, Gatherer: p.reg, Writable: p.cfg.AdminWritable,
-				User: p.cfg.AdminUser, Password: p.cfg.AdminPassword, DeadLetters: p.dead, Producer: producer})
+				Addr: p.cfg.AdminAddr, User: p.cfg.AdminUser, Password: p.cfg.AdminPassword, DeadLetters: p.dead, Producer: producer})
 			srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 			p.adminAddr = ln.Addr().String()
 			p.log.Info("admin server listening", "url", "http://"+p.adminAddr, "asynqmon", "http://"+p.adminAddr+admin.MonitoringPath,
