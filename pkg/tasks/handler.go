@@ -44,6 +44,8 @@ type Handler struct {
 
 	// afterRecord, when set (tests), runs after each dedup record is written.
 	afterRecord func(taskID string, part int) error
+	// isolated: this handler delivers in an isolated process (isolate.go).
+	isolated bool
 }
 
 // bot is one named bot and the state of its token.
@@ -117,11 +119,21 @@ func (h *Handler) RejectedBots() map[string]time.Time {
 
 // ProcessTask delivers one task. It returns nil when the message is
 // delivered (or was already), else a *DeliveryError.
-func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
-	id, _ := asynq.GetTaskID(ctx)
-	queue, _ := asynq.GetQueueName(ctx)
-	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, _ := asynq.GetMaxRetry(ctx)
+func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	var m taskMeta
+	m.id, _ = asynq.GetTaskID(ctx)
+	m.queue, _ = asynq.GetQueueName(ctx)
+	m.retried, _ = asynq.GetRetryCount(ctx)
+	m.maxRetry, _ = asynq.GetMaxRetry(ctx)
+	if h.isolating() && h.suspect(ctx, m) {
+		return h.isolate(ctx, m, t.Payload())
+	}
+	return h.process(ctx, m, t.Payload())
+}
+
+// process delivers one task, in the worker or in an isolated process.
+func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte) (err error) {
+	id, queue, retried, maxRetry := m.id, m.queue, m.retried, m.maxRetry
 	defer func() {
 		if r := recover(); r != nil { // counted, through the limit like every counted outcome
 			err = h.counted(&DeliveryError{Outcome: Transient, Err: fmt.Errorf("panic: %v", r)}, retried, maxRetry)
@@ -129,7 +141,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 	}()
 	now := h.cfg.Now()
 
-	p, err := DecodePayload(t.Payload())
+	p, err := DecodePayload(payload)
 	switch {
 	case errors.Is(err, ErrNewerPayload):
 		return &DeliveryError{Outcome: Deferred, Err: err, Delay: retrypolicy.QueueDelay(h.cfg.DeferDelay)}
@@ -175,8 +187,8 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) (err error) {
 		}
 		return &DeliveryError{Outcome: Expired, Bot: b.name, Sent: sent, Err: fmt.Errorf("expired at %s%s", p.ExpiresAt.Format(time.RFC3339), what)}
 	}
-	if st.died >= h.cfg.PoisonLimit {
-		return &DeliveryError{Outcome: Poison, Bot: b.name, Sent: sent, Err: fmt.Errorf("%d deliveries died with their worker (limit %d)", st.died, h.cfg.PoisonLimit)}
+	if de := h.poisoned(st, b.name, sent); de != nil {
+		return de
 	}
 	if wait, ok := b.gate(now, h.cfg.UnauthorizedDelay); !ok {
 		return &DeliveryError{Outcome: Unauthorized, Bot: b.name, Err: webex.ErrUnauthorized, Delay: retrypolicy.QueueDelay(wait)}
