@@ -56,10 +56,10 @@ return {runs, result, killed}
 
 // begun is what the start of a delivery finds.
 type begun struct {
-	sent []string // the parts already delivered ("" for one not yet)
-	died int      // earlier deliveries that never finished
-	killed int    // of them, isolated ones whose process died (isolate.go)
-	gone bool     // the task's hash is missing
+	sent   []string // the parts already delivered ("" for one not yet)
+	died   int      // earlier deliveries that never finished
+	killed int      // of them, isolated ones whose process died (isolate.go)
+	gone   bool     // the task's hash is missing
 }
 
 // begin reads the parts already delivered and counts this delivery as
