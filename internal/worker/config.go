@@ -4,10 +4,12 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"regexp"
 	"sort"
 	"strconv"
@@ -64,6 +66,10 @@ type Config struct {
 	// Dev runs everything in-process: miniredis, the Webex simulator and
 	// seeded demo messages. Nothing is durable.
 	Dev bool
+
+	isolate   func(context.Context) *exec.Cmd // set by Isolation
+	isolated  bool                            // this process is an isolated delivery
+	crashRoom string                          // CrashRoomEnv, a test hook
 }
 
 // Load reads the configuration from args and the environment and reports
