@@ -177,7 +177,7 @@ func flags(c *Config) *settings.Set {
 	s.Duration(&c.TaskCheckInterval, "task-check-interval", "COURIER_TASK_CHECK_INTERVAL", tasks.DefaultTaskCheckInterval, "idle poll for new tasks: latency floor of an idle queue")
 	s.Duration(&c.DelayedInterval, "delayed-task-check-interval", "COURIER_DELAYED_TASK_CHECK_INTERVAL", tasks.DefaultDelayedTaskCheckInterval, "how often scheduled and redelivered tasks are made due")
 	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "COURIER_SHUTDOWN_TIMEOUT", tasks.DefaultShutdownTimeout, "graceful stop bound")
-	s.Int(&c.PoisonLimit, "poison-limit", "COURIER_POISON_LIMIT", tasks.DefaultPoisonLimit, "dead-letter a task after this many deliveries died with their worker")
+	s.Int(&c.PoisonLimit, "poison-limit", "COURIER_POISON_LIMIT", tasks.DefaultPoisonLimit, "dead-letter a task after this many of its isolated deliveries died with their process")
 	s.Duration(&c.UnauthorizedDelay, "unauthorized-delay", "COURIER_UNAUTHORIZED_DELAY", tasks.DefaultUnauthorizedDelay, "hold time and probe interval for a bot whose token is rejected")
 	s.Float(&c.Gate.Rate, "rate", "COURIER_RATE", 0, "requests per second per bot, shared by all workers; 0: no shared limit")
 	s.Int(&c.Gate.Burst, "burst", "COURIER_BURST", 1, "requests a bot may send at once above the shared rate")
