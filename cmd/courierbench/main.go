@@ -106,6 +106,8 @@ func run(cmd string, args []string) error {
 		fs.DurationVar(&o.RedisDown, "redis-down", time.Second, "how long Redis stays down after it is killed")
 		fs.IntVar(&o.Workers, "workers", o.Workers, "worker processes")
 		fs.DurationVar(&o.Latency, "latency", o.Latency, "the simulator's answer time (longer: more deliveries in flight at each kill)")
+		recoveryAfter := fs.Duration("recovery-after", o.RecoveryAfter, "the workers' COURIER_RECOVERY_AFTER; 0: asynq's own recovery")
+		maxDelay := fs.Duration("max-delay", -1, "fail when a message waits longer from enqueue to delivery; 0: no limit (default: the measured limit of the form run)")
 		verbose := fs.Bool("v", false, "show the workers' output")
 		if err := fs.Parse(args); err != nil {
 			return err
@@ -114,6 +116,10 @@ func run(cmd string, args []string) error {
 			s := bench.ShortChaos()
 			s.RedisDown = o.RedisDown
 			o = s
+		}
+		o.RecoveryAfter = *recoveryAfter
+		if *maxDelay >= 0 {
+			o.MaxDelay = *maxDelay
 		}
 		if *verbose {
 			o.Log = os.Stderr

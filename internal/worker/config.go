@@ -49,6 +49,9 @@ type Config struct {
 	PoisonLimit       int
 	UnauthorizedDelay time.Duration
 	Gate              tasks.GateConfig
+	// RecoveryAfter: a dead worker's tasks go back to pending once their
+	// lease stood still this long (default 10s, minimum 6s); 0: off.
+	RecoveryAfter time.Duration
 
 	LogFormat string // auto, text or json
 	LogLevel  string // debug, info, warn, error
@@ -179,6 +182,7 @@ func flags(c *Config) *settings.Set {
 	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "COURIER_SHUTDOWN_TIMEOUT", tasks.DefaultShutdownTimeout, "graceful stop bound")
 	s.Int(&c.PoisonLimit, "poison-limit", "COURIER_POISON_LIMIT", tasks.DefaultPoisonLimit, "dead-letter a task after this many of its isolated deliveries died with their process")
 	s.Duration(&c.UnauthorizedDelay, "unauthorized-delay", "COURIER_UNAUTHORIZED_DELAY", tasks.DefaultUnauthorizedDelay, "hold time and probe interval for a bot whose token is rejected")
+	s.Duration(&c.RecoveryAfter, "recovery-after", "COURIER_RECOVERY_AFTER", tasks.DefaultRecoveryAfter, "take over a dead worker's tasks once their lease stood still this long; 0: off (asynq's own recovery, 60-130s)")
 	s.Float(&c.Gate.Rate, "rate", "COURIER_RATE", 0, "requests per second per bot, shared by all workers; 0: no shared limit")
 	s.Int(&c.Gate.Burst, "burst", "COURIER_BURST", 1, "requests a bot may send at once above the shared rate")
 	s.Duration(&c.Gate.MaxWait, "gate-max-wait", "COURIER_GATE_MAX_WAIT", 2*time.Second, "longest in-process wait for the shared limit or cool-down; longer waits hand the task back")
@@ -318,6 +322,9 @@ func (c *Config) validate() []error {
 	}
 	if c.KeyedRetention <= 0 {
 		errs = append(errs, fmt.Errorf("COURIER_KEYED_RETENTION is %v: must be greater than 0", c.KeyedRetention))
+	}
+	if c.RecoveryAfter != 0 && c.RecoveryAfter < tasks.MinRecoveryAfter {
+		errs = append(errs, fmt.Errorf("COURIER_RECOVERY_AFTER is %v: must be 0 (off) or at least %v (asynq's heartbeat and a margin)", c.RecoveryAfter, tasks.MinRecoveryAfter))
 	}
 	if err := c.workerConfig(nil).WithDefaults().Validate(); err != nil {
 		errs = append(errs, err)

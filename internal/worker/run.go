@@ -102,6 +102,13 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if log.Enabled(ctx, slog.LevelDebug) {
 		wcfg.AttemptLogger = log // each in-process attempt, at debug
 	}
+	recovery, err := newRecovery(cfg, rdb, reg, log)
+	if err != nil {
+		return err
+	}
+	if recovery != nil {
+		wcfg.Fence = recovery.Fence
+	}
 	w, err := tasks.NewWorker(rdb, wcfg)
 	if err != nil {
 		return err
@@ -166,6 +173,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 	if err := w.Start(); err != nil {
 		return err
+	}
+	if recovery != nil {
+		go func() { _ = recovery.Run(ctx) }() // ErrTombstoned: Halt has exited the process
 	}
 	log.Info("worker started", "queues", cfg.Queues, "concurrency", cfg.Concurrency, "bots", len(bots),
 		"webex", cfg.WebexBaseURL)

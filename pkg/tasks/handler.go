@@ -125,10 +125,16 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	m.queue, _ = asynq.GetQueueName(ctx)
 	m.retried, _ = asynq.GetRetryCount(ctx)
 	m.maxRetry, _ = asynq.GetMaxRetry(ctx)
+	var err error
 	if h.isolating() && h.suspect(ctx, m) {
-		return h.isolate(ctx, m, t.Payload())
+		err = h.isolate(ctx, m, t.Payload())
+	} else {
+		err = h.process(ctx, m, t.Payload())
 	}
-	return h.process(ctx, m, t.Payload())
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	defer cancel()
+	_ = h.fence(fctx) // a worker declared dead exits here, before asynq records the outcome
+	return err
 }
 
 // process delivers one task, in the worker or in an isolated process.
@@ -210,6 +216,9 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte) (err 
 		s, err := retrypolicy.DoValue(waitCtx, h.cfg.Policy, func(waitCtx context.Context) (*webex.Sent, error) {
 			probe, err := h.gate.wait(waitCtx, b.name)
 			if err != nil {
+				return nil, err
+			}
+			if err := h.fence(ctx); err != nil {
 				return nil, err
 			}
 			attempts++
@@ -331,7 +340,9 @@ func (h *Handler) failure(ctx context.Context, b *bot, err error, retried, maxRe
 	var budget *retrypolicy.BudgetError
 	var held *GateError
 	switch {
-	case errors.Is(err, context.Canceled) && ctx.Err() == nil: // our stop, not the task's end
+	case errors.Is(err, context.Canceled) && ctx.Err() == nil, // our stop, not the task's end
+		errors.Is(err, ErrTombstoned),   // taken over: the worker exits unless Fence has no Halt
+		errors.Is(err, errFenceUnknown): // Redis cannot say whether it was taken over: not the message's fault
 		de.Outcome, de.Delay = Interrupted, retrypolicy.QueueDelay(0)
 	case errors.As(err, &held) && held.Kind == gateBreaker:
 		de.Outcome, de.Delay = CircuitOpen, max(h.cfg.Schedule.Delay(retried, err), retrypolicy.QueueDelay(held.Wait))
@@ -385,6 +396,24 @@ func (h *Handler) MarkRejected(name string) {
 }
 
 func (h *Handler) stopping() bool { return h.stop.Err() != nil }
+
+// fence asks WorkerConfig.Fence whether this worker may still post: a
+// tombstone stops the attempts at once, a Redis error is retried.
+func (h *Handler) fence(ctx context.Context) error {
+	if h.cfg.Fence == nil {
+		return nil
+	}
+	switch err := h.cfg.Fence(ctx); {
+	case errors.Is(err, ErrTombstoned):
+		return retrypolicy.MarkPermanent(err)
+	case err != nil:
+		return retrypolicy.MarkTransient(fmt.Errorf("%w: %w", errFenceUnknown, err))
+	}
+	return nil
+}
+
+// errFenceUnknown: the fence could not be checked, so nothing was posted.
+var errFenceUnknown = errors.New("not posted: cannot check whether another worker took the task over")
 
 var _ asynq.Handler = (*Handler)(nil)
 
