@@ -126,8 +126,12 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	m.retried, _ = asynq.GetRetryCount(ctx)
 	m.maxRetry, _ = asynq.GetMaxRetry(ctx)
 	var err error
-	if h.isolating() && h.suspect(ctx, m) {
-		err = h.isolate(ctx, m, t.Payload())
+	died := 0
+	if h.isolating() {
+		died = h.suspect(ctx, m)
+	}
+	if died > 0 {
+		err = h.isolate(ctx, m, t.Payload(), died)
 	} else {
 		err = h.process(ctx, m, t.Payload())
 	}

@@ -102,12 +102,15 @@ type taskMeta struct {
 // isolating reports whether suspects are delivered in an isolated process.
 func (h *Handler) isolating() bool { return h.cfg.Isolate != nil && !h.isolated }
 
-// suspect reports whether the task's deliveries died often enough in a row
-// to deliver it in isolation. A failed read is not a reason to isolate: the
-// delivery's own start then meets Redis's failure.
-func (h *Handler) suspect(ctx context.Context, m taskMeta) bool {
+// suspect returns how many of the task's deliveries died in a row when
+// that is enough to deliver it in isolation, else 0. A failed read is not a
+// reason to isolate: the delivery's own start then meets Redis's failure.
+func (h *Handler) suspect(ctx context.Context, m taskMeta) int {
 	runs, err := h.rec.rdb.HGet(ctx, taskKey(m.queue, m.id), fieldRuns).Int()
-	return err == nil && runs >= suspectAfter
+	if err != nil || runs < suspectAfter {
+		return 0
+	}
+	return runs
 }
 
 // poisoned is the poison verdict on a delivery's start, nil if none. With
@@ -126,11 +129,13 @@ func (h *Handler) poisoned(st begun, bot string, sent []string) *DeliveryError {
 }
 
 // isolate delivers a suspect in a process of its own and waits for it.
-func (h *Handler) isolate(ctx context.Context, m taskMeta, payload []byte) error {
+func (h *Handler) isolate(ctx context.Context, m taskMeta, payload []byte, died int) error {
 	bot := ""
 	if p, err := DecodePayload(payload); err == nil {
 		bot = p.Bot
 	}
+	h.cfg.Logger.Warn("suspected of killing its worker: delivering it in an isolated process", "task_id", m.id, "queue", m.queue,
+		"bot", botLabel(bot), "died", died)
 	handBack := func(err error) error {
 		return &DeliveryError{Outcome: Interrupted, Bot: bot, Err: err, Delay: retrypolicy.QueueDelay(0)}
 	}
