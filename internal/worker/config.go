@@ -49,6 +49,7 @@ type Config struct {
 	PoisonLimit       int
 	UnauthorizedDelay time.Duration
 	Gate              tasks.GateConfig
+	ReconcileInterval time.Duration
 	// RecoveryAfter: a dead worker's tasks go back to pending once their
 	// lease stood still this long (default 10s, minimum 6s); 0: off.
 	RecoveryAfter time.Duration
@@ -65,6 +66,8 @@ type Config struct {
 	RelayAddr   string
 	RelayQueue  string
 	RelayTokens map[string]string // relay token → bot
+	// RelayUnordered turns off the relay's per-destination order.
+	RelayUnordered bool
 
 	// Dev runs everything in-process: miniredis, the Webex simulator and
 	// seeded demo messages. Nothing is durable.
@@ -198,6 +201,8 @@ func flags(c *Config) *settings.Set {
 	s.Int(&c.DeadLetterMax, "deadletter-max", "COURIER_DEADLETTER_MAX", tasks.DefaultDeadLetterMax, "dead letters kept in the courier:deadletters stream beyond asynq's archive")
 	s.String(&c.RelayAddr, "relay-addr", "COURIER_RELAY_ADDR", "", "Webex-compatible relay listener (e.g. 127.0.0.1:8081); empty: off")
 	s.String(&c.RelayQueue, "relay-queue", "COURIER_RELAY_QUEUE", tasks.DefaultQueue, "queue the relay enqueues to")
+	s.Bool(&c.RelayUnordered, "relay-unordered", "COURIER_RELAY_UNORDERED", false, "relay without per-destination order (default: each room's messages in the order posted)")
+	s.Duration(&c.ReconcileInterval, "reconcile-interval", "COURIER_RECONCILE_INTERVAL", tasks.DefaultReconcileInterval, "how often ordered sequences whose head left unnoticed are moved on")
 	s.Bool(&c.Dev, "dev", "COURIER_DEV", false, "zero-install demo: embedded Redis (not durable), the Webex simulator, seeded messages")
 	return s
 }
@@ -348,6 +353,6 @@ func (c *Config) workerConfig(bots map[string]tasks.Sender) tasks.WorkerConfig {
 		Bots: bots, Queues: c.Queues, StrictPriority: c.StrictPriority, Concurrency: c.Concurrency,
 		Policy: c.Policy, Budget: c.Budget, Schedule: sched, MaxRedeliveries: c.MaxRedeliveries,
 		ShutdownTimeout: c.ShutdownTimeout, TaskCheckInterval: c.TaskCheckInterval, DelayedTaskCheckInterval: c.DelayedInterval,
-		PoisonLimit: c.PoisonLimit, UnauthorizedDelay: c.UnauthorizedDelay, Gate: c.Gate,
+		PoisonLimit: c.PoisonLimit, UnauthorizedDelay: c.UnauthorizedDelay, Gate: c.Gate, ReconcileInterval: c.ReconcileInterval,
 	}
 }

@@ -80,7 +80,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 
 	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, asynq.NewInspectorFromRedisClient(rdb))
+	m := metrics.New(reg, asynq.NewInspectorFromRedisClient(rdb), cfg.Queues)
 	bots := map[string]tasks.Sender{}
 	clients := map[string]*webex.Client{}
 	for name, tok := range cfg.Tokens {
@@ -140,7 +140,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			return 1
 		}))
 		h, closeMon := admin.Handler(admin.Config{Redis: opt, Ready: ready, Gatherer: reg, Writable: cfg.AdminWritable,
-			User: cfg.AdminUser, Password: cfg.AdminPassword, DeadLetters: dead, Producer: producer})
+			Addr: cfg.AdminAddr, User: cfg.AdminUser, Password: cfg.AdminPassword, DeadLetters: dead, Producer: producer})
 		defer closeMon()
 		ln, err := listenAdmin(cfg.AdminAddr, cfg.Dev)
 		if err != nil {
@@ -162,7 +162,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			return err
 		}
 		rl := relay.New(relay.Config{Tokens: cfg.RelayTokens, Producer: producer, Inspector: asynq.NewInspectorFromRedisClient(rdb),
-			Queue: cfg.RelayQueue, Logger: log, Registerer: reg})
+			Queue: cfg.RelayQueue, Unordered: cfg.RelayUnordered, Logger: log, Registerer: reg})
 		ln, err := net.Listen("tcp", cfg.RelayAddr)
 		if err != nil {
 			return fmt.Errorf("relay on %s: %w", cfg.RelayAddr, err)

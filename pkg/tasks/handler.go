@@ -36,11 +36,12 @@ type TaskResult struct {
 // with NewHandler to run it under an asynq.Server of your own (then also set
 // the server's RetryDelayFunc, IsFailure and ErrorHandler from Hooks).
 type Handler struct {
-	cfg  WorkerConfig
-	rec  *records
-	bots map[string]*bot
-	stop context.Context // ends when the worker stops: in-process waits end
-	gate *gate
+	cfg   WorkerConfig
+	rec   *records
+	bots  map[string]*bot
+	stop  context.Context // ends when the worker stops: in-process waits end
+	gate  *gate
+	order *ordering
 
 	// afterRecord, when set (tests), runs after each dedup record is written.
 	afterRecord func(taskID string, part int) error
@@ -157,6 +158,24 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte) (err 
 		return &DeliveryError{Outcome: Deferred, Err: err, Delay: retrypolicy.QueueDelay(h.cfg.DeferDelay)}
 	case err != nil:
 		return &DeliveryError{Outcome: Corrupt, Err: err}
+	}
+	if p.OrderingKey != "" { // only the head of its sequence goes; once delivered, the next one
+		if de := h.order.claim(ctx, queue, id, p.OrderingKey); de != nil {
+			return de
+		}
+		defer func() {
+			if r := recover(); r != nil {
+				panic(r) // not delivered: the recovery above counts it; the sequence waits
+			}
+			if err == nil {
+				h.order.release(ctx, queue, id, p.OrderingKey)
+			}
+		}()
+	}
+	if p.ParentTask != "" { // a reply: to its parent's Webex message, once delivered
+		if de := h.threadReply(ctx, queue, id, p); de != nil {
+			return de
+		}
 	}
 	b := h.bots[p.Bot]
 	if b == nil {
