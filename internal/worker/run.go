@@ -75,7 +75,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return fmt.Errorf("redis at %s: %s", redisurl.Redact(cfg.RedisURL), redisurl.Scrub(err.Error(), cfg.RedisURL))
 	}
 	log.Info("redis reachable", "redis", redisurl.Redact(cfg.RedisURL))
-	if !cfg.Dev {
+	if !cfg.Dev && !cfg.isolated {
 		checkRedisSettings(ctx, rdb, log)
 	}
 
@@ -91,11 +91,14 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			return fmt.Errorf("bot %q: %w", botLabel(name), err)
 		}
 		bots[name], clients[name] = c, c
+		if cfg.crashRoom != "" {
+			bots[name] = crashSender{Sender: c, room: cfg.crashRoom}
+		}
 		m.Bot(name)
 	}
 	dead := tasks.NewDeadLetters(rdb, "", cfg.DeadLetterMax)
 	wcfg := cfg.workerConfig(bots)
-	wcfg.Logger, wcfg.Observer, wcfg.DeadLetters = log, m, dead
+	wcfg.Logger, wcfg.Observer, wcfg.DeadLetters, wcfg.Isolate = log, m, dead, cfg.isolate
 	if log.Enabled(ctx, slog.LevelDebug) {
 		wcfg.AttemptLogger = log // each in-process attempt, at debug
 	}
@@ -109,6 +112,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	w, err := tasks.NewWorker(rdb, wcfg)
 	if err != nil {
 		return err
+	}
+	if cfg.isolated { // one suspect's delivery, for the worker that started this process
+		return w.ServeIsolated(ctx, os.Stdin, os.Stdout)
 	}
 	var adminSrv *http.Server
 	if cfg.AdminAddr != "" {

@@ -45,6 +45,8 @@ type Handler struct {
 
 	// afterRecord, when set (tests), runs after each dedup record is written.
 	afterRecord func(taskID string, part int) error
+	// isolated: this handler delivers in an isolated process (isolate.go).
+	isolated bool
 }
 
 // bot is one named bot and the state of its token.
@@ -119,18 +121,30 @@ func (h *Handler) RejectedBots() map[string]time.Time {
 // ProcessTask delivers one task. It returns nil when the message is
 // delivered (or was already), else a *DeliveryError.
 func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
-	err := h.deliver(ctx, t)
+	var m taskMeta
+	m.id, _ = asynq.GetTaskID(ctx)
+	m.queue, _ = asynq.GetQueueName(ctx)
+	m.retried, _ = asynq.GetRetryCount(ctx)
+	m.maxRetry, _ = asynq.GetMaxRetry(ctx)
+	var err error
+	died := 0
+	if h.isolating() {
+		died = h.suspect(ctx, m)
+	}
+	if died > 0 {
+		err = h.isolate(ctx, m, t.Payload(), died)
+	} else {
+		err = h.process(ctx, m, t.Payload())
+	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
 	_ = h.fence(fctx) // a worker declared dead exits here, before asynq records the outcome
 	return err
 }
 
-func (h *Handler) deliver(ctx context.Context, t *asynq.Task) (err error) {
-	id, _ := asynq.GetTaskID(ctx)
-	queue, _ := asynq.GetQueueName(ctx)
-	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, _ := asynq.GetMaxRetry(ctx)
+// process delivers one task, in the worker or in an isolated process.
+func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte) (err error) {
+	id, queue, retried, maxRetry := m.id, m.queue, m.retried, m.maxRetry
 	defer func() {
 		if r := recover(); r != nil { // counted, through the limit like every counted outcome
 			err = h.counted(&DeliveryError{Outcome: Transient, Err: fmt.Errorf("panic: %v", r)}, retried, maxRetry)
@@ -138,7 +152,7 @@ func (h *Handler) deliver(ctx context.Context, t *asynq.Task) (err error) {
 	}()
 	now := h.cfg.Now()
 
-	p, err := DecodePayload(t.Payload())
+	p, err := DecodePayload(payload)
 	switch {
 	case errors.Is(err, ErrNewerPayload):
 		return &DeliveryError{Outcome: Deferred, Err: err, Delay: retrypolicy.QueueDelay(h.cfg.DeferDelay)}
@@ -202,8 +216,8 @@ func (h *Handler) deliver(ctx context.Context, t *asynq.Task) (err error) {
 		}
 		return &DeliveryError{Outcome: Expired, Bot: b.name, Sent: sent, Err: fmt.Errorf("expired at %s%s", p.ExpiresAt.Format(time.RFC3339), what)}
 	}
-	if st.died >= h.cfg.PoisonLimit {
-		return &DeliveryError{Outcome: Poison, Bot: b.name, Sent: sent, Err: fmt.Errorf("%d deliveries died with their worker (limit %d)", st.died, h.cfg.PoisonLimit)}
+	if de := h.poisoned(st, b.name, sent); de != nil {
+		return de
 	}
 	if wait, ok := b.gate(now, h.cfg.UnauthorizedDelay); !ok {
 		return &DeliveryError{Outcome: Unauthorized, Bot: b.name, Err: webex.ErrUnauthorized, Delay: retrypolicy.QueueDelay(wait)}
