@@ -117,10 +117,10 @@ func TestLongCallOnLiveWorkerNotTakenOver(t *testing.T) {
 
 // A worker paused (SIGSTOP) while it waits between in-process attempts is
 // found dead; its task is delivered by the other worker. Resumed, it finds
-// its tombstone and exits with ExitTombstoned before posting, and asynq
-// records nothing for it: the task stays completed, once. Resumed after
+// its task taken over (its epoch moved on) and exits with ExitTombstoned
+// before posting, and asynq records nothing for it: the task stays completed, once. Resumed after
 // 30 s its own lease has expired too; resumed as soon as the task is
-// delivered, its lease is still valid and only the tombstone stops asynq.
+// delivered, its lease is still valid and only the fence stops asynq.
 func TestSIGSTOPWorkerResumedDoesNotPost(t *testing.T) {
 	t.Parallel()
 	for name, pause := range map[string]time.Duration{"after 30s": 30 * time.Second, "while its lease is valid": 0} {
@@ -154,7 +154,7 @@ func pausedWorkerPostsNothing(t *testing.T, pause time.Duration) {
 	if !errors.As(err, &ee) || ee.ExitCode() != worker.ExitTombstoned {
 		t.Fatalf("resumed worker: %v, want exit %d", err, worker.ExitTombstoned)
 	}
-	if !strings.Contains(paused.out.String(), "took over its tasks") {
+	if !strings.Contains(paused.out.String(), "took over its task") {
 		t.Fatalf("the resumed worker did not say why it exits:\n%s", paused.out.String())
 	}
 	if n, acc := s.sim.Counts("paused"); n != 2 || acc != 1 {
@@ -197,7 +197,7 @@ func TestRedisOutageTakesNothingOver(t *testing.T) {
 		t.Fatalf("%d requests, %d accepted; want one of each", n, acc)
 	}
 	for _, w := range ws {
-		if out := w.out.String(); strings.Contains(out, movedLog) || strings.Contains(out, "took over its tasks") {
+		if out := w.out.String(); strings.Contains(out, movedLog) || strings.Contains(out, "took over its task") {
 			t.Fatalf("a live worker's task was taken over after the outage:\n%s", out)
 		}
 		select {

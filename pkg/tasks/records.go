@@ -33,6 +33,9 @@ type records struct {
 const (
 	fieldResult = "result"
 	fieldRuns   = "courier_runs"
+	// fieldEpoch counts the takeovers of the task by fast crash recovery:
+	// the fencing token a delivery begins under (see Recovery).
+	fieldEpoch = "courier_epoch"
 )
 
 // taskKey is asynq's key of a task's hash (its base.TaskKey).
@@ -44,24 +47,26 @@ func taskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }
 const unconfirmedID = "\x00unconfirmed"
 
 var beginScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0} end
 local runs = redis.call('HINCRBY', KEYS[1], 'courier_runs', 1)
 local result = redis.call('HGET', KEYS[1], 'result') or ''
-return {runs, result}
+local epoch = tonumber(redis.call('HGET', KEYS[1], 'courier_epoch') or '0')
+return {runs, result, epoch}
 `)
 
 // begun is what the start of a delivery finds.
 type begun struct {
-	sent []string // the parts already delivered ("" for one not yet)
-	died int      // earlier deliveries that never finished
-	gone bool     // the task's hash is missing
+	sent  []string // the parts already delivered ("" for one not yet)
+	died  int      // earlier deliveries that never finished
+	gone  bool     // the task's hash is missing
+	epoch int64    // the task's epoch (fieldEpoch) the delivery runs under
 }
 
 // begin reads the parts already delivered and counts this delivery as
 // running, in one round trip.
 func (r *records) begin(ctx context.Context, queue, id string) (begun, error) {
 	res, err := beginScript.Run(ctx, r.rdb, []string{taskKey(queue, id)}).Slice()
-	if err == nil && len(res) != 2 {
+	if err == nil && len(res) != 3 {
 		err = fmt.Errorf("unexpected answer %v", res)
 	}
 	if err != nil {
@@ -71,7 +76,8 @@ func (r *records) begin(ctx context.Context, queue, id string) (begun, error) {
 	if runs < 0 {
 		return begun{gone: true}, nil
 	}
-	b := begun{died: int(runs) - 1}
+	epoch, _ := res[2].(int64)
+	b := begun{died: int(runs) - 1, epoch: epoch}
 	if s, _ := res[1].(string); s != "" {
 		var tr TaskResult
 		if json.Unmarshal([]byte(s), &tr) == nil {
