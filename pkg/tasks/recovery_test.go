@@ -28,7 +28,7 @@ func newTestRecovery(t *testing.T, rdb *redis.Client, queue string) *testRecover
 	t.Helper()
 	tr := &testRecovery{logs: &syncBuffer{}}
 	r, err := NewRecovery(rdb, RecoveryConfig{After: MinRecoveryAfter, Interval: 200 * time.Millisecond, Queues: []string{queue},
-		settle: 500 * time.Millisecond,
+		settle:    500 * time.Millisecond,
 		Logger:    slog.New(slog.NewTextHandler(tr.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Recovered: func(string) { tr.recovered.Add(1) }, Halt: func() { tr.halts.Add(1) }})
 	if err != nil {
