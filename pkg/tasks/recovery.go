@@ -332,7 +332,8 @@ type view struct {
 	leases map[taskRef]float64
 	listed map[string]string  // task id → live server listing it
 	live   map[string]bool    // live servers
-	dead   map[string]float64 // server → expiry (Unix seconds) of a server whose key is gone
+	dead   map[string]float64 // server → expiry (Unix seconds) of a server whose key is gone for goneFor
+	lapsed map[string]float64 // the same, of a server whose key is gone for less (update sorts them)
 }
 
 func (r *Recovery) tick(ctx context.Context, s *scan) error {
@@ -383,7 +384,7 @@ func (r *Recovery) look(ctx context.Context, known map[string]float64) (*view, e
 	if _, err := p.Exec(ctx); err != nil {
 		return nil, err
 	}
-	v := &view{leases: map[taskRef]float64{}, listed: map[string]string{}, live: map[string]bool{}, dead: map[string]float64{}}
+	v := &view{leases: map[taskRef]float64{}, listed: map[string]string{}, live: map[string]bool{}, dead: map[string]float64{}, lapsed: map[string]float64{}}
 	v.uptime = redisUptime(info.Val())
 	for i, q := range r.cfg.Queues {
 		for _, z := range leases[i].Val() {
@@ -468,6 +469,7 @@ func (s *scan) update(now time.Time, v *view) {
 			s.gone[srv], since = now, now
 		}
 		if now.Sub(since) < goneFor { // one missed heartbeat is no death
+			v.lapsed[srv] = v.dead[srv]
 			delete(v.dead, srv)
 		}
 	}
@@ -485,16 +487,22 @@ func (s *scan) deadHolders(ref taskRef, score float64, v *view) []string {
 		return nil
 	}
 	if owner, ok := s.owner[ref.id]; ok {
-		if v.live[owner] {
+		if _, dead := v.dead[owner]; !dead { // alive, or gone for less than goneFor
 			return nil
 		}
 		return []string{owner}
 	}
 	latest := score - (asynqLeaseDuration - asynqServerStateTTL).Seconds() // its last heartbeat set the lease
 	earliest := latest - (asynqHeartbeat + 2*time.Second).Seconds()
+	fits := func(exp float64) bool { return exp >= earliest && exp <= latest+2 }
+	for _, exp := range v.lapsed {
+		if fits(exp) { // it may be the holder, and alive: wait and see
+			return nil
+		}
+	}
 	var dead []string
 	for srv, exp := range v.dead {
-		if exp >= earliest && exp <= latest+2 {
+		if fits(exp) {
 			dead = append(dead, srv)
 		}
 	}

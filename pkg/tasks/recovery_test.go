@@ -280,31 +280,43 @@ func TestFenceFailsClosedWithoutRedis(t *testing.T) {
 }
 
 // One missed heartbeat (the server's key lapses for a few seconds, then
-// comes back) while the lease stands still is no death.
+// comes back) while the lease stands still is no death: neither for a task
+// the server was seen listing nor for one it fetched since its last beat.
 func TestRecoveryOneMissedHeartbeatIsNoDeath(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	e := newEnv(t, webextest.Options{})
-	id := e.enqueue(text("r", "live"))
-	srv := fakeDeadHolder(t, e.rdb, e.queue, id)
-	e.rdb.Set(ctx, serverKey(srv), "x", time.Minute)
-	t.Cleanup(func() { e.rdb.Del(context.Background(), serverKey(srv)) })
+	unlisted, listed := e.enqueue(text("r", "fetched since the last beat")), e.enqueue(text("r", "listed"))
+	srv := fakeDeadHolder(t, e.rdb, e.queue, unlisted)
+	e.rdb.ZRem(ctx, asynqServers, serverKey(fakeDeadHolder(t, e.rdb, e.queue, listed))) // active, held by srv alone
+	workers := asynqWorkersPrefix + srv + "}"
+	beat := func() { // the server's key and its task list, as a heartbeat writes them
+		e.rdb.Set(ctx, serverKey(srv), "x", time.Minute)
+		e.rdb.HSet(ctx, workers, listed, "x")
+		e.rdb.Expire(ctx, workers, time.Minute)
+		e.rdb.ZAdd(ctx, asynqWorkers, redis.Z{Score: float64(time.Now().Add(time.Minute).Unix()), Member: workers})
+	}
+	beat()
+	t.Cleanup(func() {
+		e.rdb.Del(context.Background(), serverKey(srv), workers)
+		e.rdb.ZRem(context.Background(), asynqWorkers, workers)
+	})
 	r := newTestRecovery(t, e.rdb, e.queue)
 	start := time.Now()
 	r.run(t)
-	up := MinRecoveryAfter + time.Second // the lease has stood still for the window, and the detector is up
+	up := MinRecoveryAfter + time.Second // the leases have stood still for the window, and the detector is up
 	waitFor(t, 2*up, "the window", func() bool { return time.Since(start) > up })
-	e.rdb.Del(ctx, serverKey(srv))
+	e.rdb.Del(ctx, serverKey(srv), workers) // one heartbeat missed: both lapse
 	lapse := time.Now()
 	for time.Since(lapse) < goneFor-time.Second {
-		if st := e.taskState(id); st != asynq.TaskStateActive {
-			t.Fatalf("a live worker's task was taken over after one missed heartbeat: %v", st)
+		if a, b := e.taskState(unlisted), e.taskState(listed); a != asynq.TaskStateActive || b != asynq.TaskStateActive {
+			t.Fatalf("a live worker's task was taken over after one missed heartbeat: %v, %v", a, b)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	e.rdb.Set(ctx, serverKey(srv), "x", time.Minute)
-	if st := e.taskState(id); st != asynq.TaskStateActive || r.recovered.Load() != 0 {
-		t.Fatalf("a live worker's task was taken over after one missed heartbeat: %v", st)
+	beat()
+	if n := r.recovered.Load(); n != 0 {
+		t.Fatalf("recovered %d of a live worker's tasks", n)
 	}
 }
 
