@@ -65,9 +65,10 @@ func other(ws []*proc, p *proc) *proc {
 }
 
 // SIGKILL in the middle of a Webex request: the other worker delivers
-// within 15 s of the kill, exactly once, without using a redelivery (asynq
+// within 20 s of the kill (a kill right after a heartbeat: its key lapses
+// 10 s later and must stay absent 6 s more, about 17 s), exactly once, without using a redelivery (asynq
 // alone: 60–130 s).
-func TestSIGKILLRecoveredWithin15s(t *testing.T) {
+func TestSIGKILLRecoveredWithin20s(t *testing.T) {
 	t.Parallel()
 	s := sharedSetup(t)
 	s.sim.AddFault(webextest.Fault{Room: "slow", Delay: webextest.Duration(time.Minute), Count: 1})
@@ -81,8 +82,8 @@ func TestSIGKILLRecoveredWithin15s(t *testing.T) {
 	waitFor(t, 30*time.Second, "delivery by the other worker", func() bool { _, acc := s.sim.Counts("slow"); return acc >= 1 })
 	took := time.Since(killed)
 	t.Logf("delivered %v after the kill", took.Round(time.Millisecond))
-	if took > 15*time.Second {
-		t.Fatalf("delivered %v after the kill, want within 15s", took.Round(time.Millisecond))
+	if took > 20*time.Second {
+		t.Fatalf("delivered %v after the kill, want within 20s", took.Round(time.Millisecond))
 	}
 	waitFor(t, 10*time.Second, "completion", func() bool { st, _ := s.state(id); return st == asynq.TaskStateCompleted })
 	if _, retried := s.state(id); retried != 0 {
