@@ -5,6 +5,8 @@
 //	go run ./cmd/courierbench run               # everything, results as markdown
 //	go run ./cmd/courierbench chaos -short      # the chaos run, CI's short form
 //	go run ./cmd/courierbench cli-latency       # enqueue → Webex latency through `enqueue --jsonl -`
+//	go run ./cmd/courierbench chaos -ordered -messages 5000 -rooms 50   # ordered delivery under chaos
+//	go run ./cmd/courierbench ordered -runs 1   # ordered vs unordered throughput
 //	go run ./cmd/courierbench chaos -redis-down 5s -kill-every 0   # Redis down 5s, no worker kills
 //	go run ./cmd/courierbench chaos -kill-every 2s -kills 30 -messages 2000  # a crash storm
 package main
@@ -27,7 +29,7 @@ import (
 func main() {
 	redis.SetLogger(quiet{}) // Redis is killed on purpose; its client's dial errors are expected
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: courierbench run|chaos|cli-latency [flags]")
+		fmt.Fprintln(os.Stderr, "usage: courierbench run|chaos|cli-latency|ordered [flags]")
 		os.Exit(2)
 	}
 	if err := run(os.Args[1], os.Args[2:]); err != nil {
@@ -97,12 +99,36 @@ func run(cmd string, args []string) error {
 			fmt.Printf("| %s | %d | %d | %.1f ms | %.1f ms | %.1f ms |\n", side, r.Rate, r.N, float64(r.P50)/1e6, float64(r.P99)/1e6, float64(r.Max)/1e6)
 		}
 		return nil
+	case "ordered":
+		o := bench.OrderedOptions{}
+		fs.IntVar(&o.Messages, "messages", 5000, "messages per drain run")
+		rooms := fs.String("rooms", "50,1", "room counts to compare at")
+		fs.IntVar(&o.Concurrency, "concurrency", 10, "the worker's concurrency")
+		fs.IntVar(&o.Runs, "runs", 3, "alternating pairs per room count")
+		fs.DurationVar(&o.Latency, "latency", 0, "the simulator's answer time")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		o.Rooms = ints(*rooms)
+		env, err := bench.NewEnv(io.Discard, "")
+		if err != nil {
+			return err
+		}
+		defer env.Close()
+		res, err := env.CompareOrdered(o)
+		if err != nil {
+			return err
+		}
+		bench.PrintOrdered(os.Stdout, o, res)
+		return nil
 	case "chaos":
 		o := bench.DefaultChaos()
 		short := fs.Bool("short", false, "CI's short form: about 1,000 messages and 2 worker kills")
 		fs.IntVar(&o.Messages, "messages", o.Messages, "messages (unique keys)")
 		fs.DurationVar(&o.KillEvery, "kill-every", o.KillEvery, "SIGKILL a random worker this often")
 		fs.IntVar(&o.Kills, "kills", o.Kills, "worker kills")
+		ordered := fs.Bool("ordered", false, "enqueue every message ordered, over -rooms rooms, and check each room's order")
+		rooms := fs.Int("rooms", 50, "rooms of the ordered mode")
 		fs.DurationVar(&o.RedisDown, "redis-down", time.Second, "how long Redis stays down after it is killed")
 		fs.IntVar(&o.Workers, "workers", o.Workers, "worker processes")
 		fs.DurationVar(&o.Latency, "latency", o.Latency, "the simulator's answer time (longer: more deliveries in flight at each kill)")
@@ -121,6 +147,9 @@ func run(cmd string, args []string) error {
 		if *maxDelay >= 0 {
 			o.MaxDelay = *maxDelay
 		}
+		if *ordered {
+			o.Ordered, o.Rooms = true, *rooms
+		}
 		if *verbose {
 			o.Log = os.Stderr
 		}
@@ -133,7 +162,7 @@ func run(cmd string, args []string) error {
 		}
 		return rep.Check()
 	}
-	return fmt.Errorf("unknown command %q: want run, chaos or cli-latency", cmd)
+	return fmt.Errorf("unknown command %q: want run, chaos, cli-latency or ordered", cmd)
 }
 
 type quiet struct{}

@@ -38,6 +38,12 @@ type ChaosOptions struct {
 	// is delivered longer than this after the kill (0: no limit).
 	MaxDelay time.Duration
 	Log      io.Writer
+	// Ordered enqueues every message ordered (tasks.Ordered) over Rooms
+	// rooms, and the report checks each room's order.
+	Ordered bool
+	Rooms   int // rooms of the ordered mode; default 20
+	// KeepRedis leaves Redis running (and skips the fsync measurements).
+	KeepRedis bool
 }
 
 // DefaultChaos is the full run of docs/RELIABILITY.md.
@@ -87,6 +93,10 @@ type ChaosReport struct {
 	RedisDown        time.Duration
 	Took             time.Duration
 	Everysec, Always FsyncLoss
+	Ordered          bool
+	Rooms            int
+	OrderViolations  []string // ordered mode: a room's messages out of enqueue order
+	SequenceKeysLeft []string // ordered mode: keys of drained sequences still in Redis
 }
 
 // FsyncLoss is what a Redis crash lost of acknowledged enqueues.
@@ -105,13 +115,17 @@ func Chaos(o ChaosOptions) (*ChaosReport, error) {
 		o.Log = io.Discard
 	}
 	start := time.Now()
-	rep := &ChaosReport{Messages: o.Messages, Duplicates: map[string]int{}, RedisDown: cmp.Or(o.RedisDown, time.Second), DelayLimit: o.MaxDelay, RecoveryAfter: o.RecoveryAfter}
+	o.Rooms = cmp.Or(o.Rooms, 20)
+	rep := &ChaosReport{Messages: o.Messages, Duplicates: map[string]int{}, RedisDown: cmp.Or(o.RedisDown, time.Second), DelayLimit: o.MaxDelay,
+		RecoveryAfter: o.RecoveryAfter, Ordered: o.Ordered, Rooms: o.Rooms}
 	var err error
-	if rep.Everysec, err = fsyncLoss("everysec"); err != nil {
-		return nil, err
-	}
-	if rep.Always, err = fsyncLoss("always"); err != nil {
-		return nil, err
+	if !o.KeepRedis {
+		if rep.Everysec, err = fsyncLoss("everysec"); err != nil {
+			return nil, err
+		}
+		if rep.Always, err = fsyncLoss("always"); err != nil {
+			return nil, err
+		}
 	}
 	e, err := NewEnv(o.Log, "always")
 	if err != nil {
@@ -137,10 +151,16 @@ func Chaos(o ChaosOptions) (*ChaosReport, error) {
 	key := func(i int) string { return fmt.Sprintf("chaos-%05d", i) }
 	for i := range reqs {
 		room := "room-" + key(i) // a room per message: the simulator's request log then names the message
-		if i%50 == 7 {           // 2%
+		if o.Ordered {           // rooms shared by many messages, whose order is checked
+			room = fmt.Sprintf("chaos-room-%02d", i%o.Rooms)
+		}
+		if i%50 == 7 { // 2%
 			room = chaos404Room
 		}
 		reqs[i] = tasks.Request{Message: tasks.Message{Message: webex.Message{RoomID: room, Text: key(i)}}, Options: []tasks.Option{tasks.Key(key(i))}}
+		if o.Ordered {
+			reqs[i].Options = append(reqs[i].Options, tasks.Ordered())
+		}
 	}
 	t0 := time.Now()
 	for i, r := range p.EnqueueMany(context.Background(), reqs) {
@@ -224,7 +244,7 @@ func Chaos(o ChaosOptions) (*ChaosReport, error) {
 			return nil, err
 		}
 		rep.WorkerKills++
-		if k == 0 {
+		if k == 0 && !o.KeepRedis {
 			if err := killRedis(); err != nil {
 				return nil, err
 			}
@@ -264,6 +284,12 @@ settled:
 		}
 	}
 	mu.Unlock()
+	if o.Ordered {
+		rep.OrderViolations = orderViolations(sim.Messages(""))
+		if rep.SequenceKeysLeft, err = sequenceKeys(rdb, queue); err != nil {
+			return rep, err
+		}
+	}
 	return rep, rep.account(sim, insp, queue, enqueued, killTimes, o.Latency)
 }
 
@@ -431,7 +457,15 @@ func fsyncLoss(policy string) (FsyncLoss, error) {
 
 // Print writes the report as markdown.
 func (rep *ChaosReport) Print(w io.Writer) {
-	fmt.Fprintf(w, "## Chaos run: %d messages, %d worker kills, Redis killed once and down %s (appendfsync always)\n\n", rep.Messages, rep.WorkerKills, rep.RedisDown)
+	redisKill := fmt.Sprintf("Redis killed once and down %s (appendfsync always)", rep.RedisDown)
+	if rep.RedisKilledAt.IsZero() {
+		redisKill = "Redis left running"
+	}
+	ordered := ""
+	if rep.Ordered {
+		ordered = fmt.Sprintf(", ordered over %d rooms", rep.Rooms)
+	}
+	fmt.Fprintf(w, "## Chaos run: %d messages%s, %d worker kills, %s\n\n", rep.Messages, ordered, rep.WorkerKills, redisKill)
 	fmt.Fprintf(w, "| outcome | messages |\n|---|---|\n| delivered | %d |\n| dead-lettered with a permanent reason (the 404 room) | %d |\n| **healthy, archived as poison** | **%d** |\n| **lost** | **%d** |\n",
 		rep.Delivered, rep.DeadLettered, rep.Poisoned, rep.Lost)
 	total := 0
@@ -458,19 +492,30 @@ func (rep *ChaosReport) Print(w io.Writer) {
 		limit = rep.DelayLimit.String()
 	}
 	fmt.Fprintf(w, "\nDelivery delay from enqueue: p99 %s, max %s. Run took %s.\n", rep.P99Delay.Round(time.Millisecond), rep.MaxDelay.Round(time.Millisecond), rep.Took.Round(time.Second))
-	fmt.Fprintf(w, "\nDelivery delay from the kill, of the %d messages whose request a worker kill cut: p99 %s, max %s (limit %s; fast crash recovery %s).\n",
-		rep.CutByKill, rep.KillP99.Round(time.Millisecond), rep.KillMax.Round(time.Millisecond), limit, recovery)
-	fmt.Fprintf(w, "\nAcknowledged enqueues lost when Redis was SIGKILLed mid-stream: appendfsync always %d of %d; everysec %d of %d.\n",
-		rep.Always.Lost, rep.Always.Acknowledged, rep.Everysec.Lost, rep.Everysec.Acknowledged)
+	if !rep.Ordered { // ordered rooms are shared: a request does not name its message
+		fmt.Fprintf(w, "\nDelivery delay from the kill, of the %d messages whose request a worker kill cut: p99 %s, max %s (limit %s; fast crash recovery %s).\n",
+			rep.CutByKill, rep.KillP99.Round(time.Millisecond), rep.KillMax.Round(time.Millisecond), limit, recovery)
+	}
+	if rep.Ordered {
+		fmt.Fprintf(w, "\nRooms whose messages arrived out of enqueue order: %d. Sequence keys left in Redis after the run: %d.\n",
+			len(rep.OrderViolations), len(rep.SequenceKeysLeft))
+		for _, v := range rep.OrderViolations {
+			fmt.Fprintf(w, "- OUT OF ORDER: %s\n", v)
+		}
+	}
+	if rep.Always.Acknowledged > 0 {
+		fmt.Fprintf(w, "\nAcknowledged enqueues lost when Redis was SIGKILLed mid-stream: appendfsync always %d of %d; everysec %d of %d.\n",
+			rep.Always.Lost, rep.Always.Acknowledged, rep.Everysec.Lost, rep.Everysec.Acknowledged)
+	}
 }
 
 // Check fails when anything was lost or a duplicate has no explanation,
 // when appendfsync always lost an acknowledged enqueue, when a worker
 // exited by itself, or when a message waited longer than the delay limit.
 func (rep *ChaosReport) Check() error {
-	if rep.Lost > 0 || rep.Poisoned > 0 || len(rep.Unexplained) > 0 || rep.Always.Lost > 0 {
-		return fmt.Errorf("chaos: %d lost, %d healthy archived as poison, %d unexplained, %d acknowledged enqueues lost with appendfsync always",
-			rep.Lost, rep.Poisoned, len(rep.Unexplained), rep.Always.Lost)
+	if rep.Lost > 0 || rep.Poisoned > 0 || len(rep.Unexplained) > 0 || rep.Always.Lost > 0 || len(rep.OrderViolations) > 0 || len(rep.SequenceKeysLeft) > 0 {
+		return fmt.Errorf("chaos: %d lost, %d healthy archived as poison, %d unexplained, %d acknowledged enqueues lost with appendfsync always, %d rooms out of order, sequence keys left: %v",
+			rep.Lost, rep.Poisoned, len(rep.Unexplained), rep.Always.Lost, len(rep.OrderViolations), rep.SequenceKeysLeft)
 	}
 	if len(rep.SelfExits) > 0 {
 		return fmt.Errorf("chaos: %d workers exited without being killed: %s", len(rep.SelfExits), strings.Join(rep.SelfExits, "; "))

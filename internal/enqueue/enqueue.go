@@ -53,7 +53,9 @@ Examples:
 JSON lines use Webex's field names (roomId, toPersonId, toPersonEmail,
 parentId, text, markdown, attachments) plus files (http(s) URLs; local
 paths only with --files-dir DIR, read under DIR), key, bot, queue, in
-("10m"), at (RFC 3339), expiresIn ("2h") and maxRedeliveries. Each line
+("10m"), at (RFC 3339), expiresIn ("2h"), maxRedeliveries, ordered (true)
+and orderingKey (ordered lines with the same destination, or orderingKey,
+are delivered in the order of the input). Each line
 gets its own verdict: a line with anything after its object, or over
 16 MiB, is invalid and reading goes on. Lines are enqueued as soon as the
 input pauses and each result is printed when known, so a producer can keep
@@ -87,6 +89,8 @@ type Line struct {
 	At              string             `json:"at"`
 	ExpiresIn       string             `json:"expiresIn"`
 	MaxRedeliveries *int               `json:"maxRedeliveries"`
+	Ordered         bool               `json:"ordered"`
+	OrderingKey     string             `json:"orderingKey"`
 }
 
 // outcome of one message, printed as a line.
@@ -200,6 +204,8 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*o
 	fs.StringVar(&l.In, "in", "", "deliver after this delay, e.g. 10m")
 	fs.StringVar(&l.At, "at", "", "deliver at this time, RFC 3339")
 	fs.StringVar(&l.ExpiresIn, "expires-in", "", "dead-letter as expired if not delivered within, e.g. 2h")
+	fs.BoolVar(&l.Ordered, "ordered", false, "deliver after the ordered messages enqueued before it to the same destination")
+	fs.StringVar(&l.OrderingKey, "ordering-key", "", "order by this key instead of the destination (implies --ordered)")
 	fs.Func("max-redeliveries", "redeliveries after transient failures (default 30)", func(v string) error {
 		var n int
 		if _, err := fmt.Sscan(v, &n); err != nil {
@@ -255,6 +261,22 @@ func countSet(fs *flag.FlagSet, names ...string) int {
 	return n
 }
 
+// ReservedKeyPrefix starts the task keys of the relay's Idempotency-Keys
+// (relay/<token id>/<key>): another producer's key of that form could take
+// a relay caller's key, so the CLI refuses it.
+const ReservedKeyPrefix = "relay/"
+
+// ErrReservedKey matches a key that starts with ReservedKeyPrefix.
+var ErrReservedKey = errors.New("keys starting with " + ReservedKeyPrefix + " are reserved for the relay")
+
+// clip shortens an input value quoted in an error.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}
+
 // pending is one message ready to enqueue, or the input error that stops it.
 type pending struct {
 	line int
@@ -270,7 +292,11 @@ func build(n int, l Line, extraFiles []string, cardFile string, files *fileReade
 		ParentID: l.ParentID, Text: l.Text, Markdown: l.Markdown, Attachments: l.Attachments}}
 	var errs []error
 	for _, f := range append(l.Files, extraFiles...) {
-		if strings.HasPrefix(f, "http://") || strings.HasPrefix(f, "https://") {
+		if scheme, _, ok := strings.Cut(f, "://"); ok && !strings.ContainsAny(scheme, "/\\") {
+			if !strings.EqualFold(scheme, "http") && !strings.EqualFold(scheme, "https") {
+				errs = append(errs, fmt.Errorf("files: %q is a URL that is not http(s): Webex fetches only http(s)", clip(f)))
+				continue
+			}
 			m.Files = append(m.Files, f)
 			continue
 		}
@@ -316,6 +342,9 @@ func build(n int, l Line, extraFiles []string, cardFile string, files *fileReade
 		}
 		opts = append(opts, o)
 	}
+	if strings.HasPrefix(l.Key, ReservedKeyPrefix) {
+		errs = append(errs, fmt.Errorf("key: %q: %w", clip(l.Key), ErrReservedKey))
+	}
 	if l.Key != "" {
 		opts = append(opts, tasks.Key(l.Key))
 	}
@@ -327,6 +356,9 @@ func build(n int, l Line, extraFiles []string, cardFile string, files *fileReade
 	}
 	if l.MaxRedeliveries != nil {
 		opts = append(opts, tasks.MaxRedeliveries(*l.MaxRedeliveries))
+	}
+	if l.Ordered || l.OrderingKey != "" {
+		opts = append(opts, tasks.OrderingKey(l.OrderingKey))
 	}
 	p.req = tasks.Request{Message: m, Options: opts}
 	p.err = errors.Join(errs...)

@@ -24,11 +24,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mime"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
@@ -48,6 +50,10 @@ type Config struct {
 	Inspector *asynq.Inspector
 	// Queue is where messages go. Default tasks.DefaultQueue.
 	Queue string
+	// Unordered delivers without per-destination order. By default every
+	// message is ordered by its destination (tasks.Ordered), as a bot that
+	// called Webex synchronously saw its messages arrive.
+	Unordered bool
 	// MaxBodyBytes refuses larger bodies with 413 before reading them.
 	// Default: the inline file cap plus 256 KiB.
 	MaxBodyBytes int64
@@ -220,6 +226,10 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("The request body is %d bytes; the limit is %d.", r.ContentLength, s.cfg.MaxBodyBytes))
 		return
 	}
+	if _, params, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err == nil && !webex.IsUTF8Charset(params["charset"]) {
+		writeError(w, http.StatusUnsupportedMediaType, fmt.Sprintf("The request body's charset is %q: send UTF-8.", clip(params["charset"])))
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
 	msg, err := decode(r, s.cfg.MaxBodyBytes)
 	var tooBig *http.MaxBytesError
@@ -237,7 +247,21 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	}
 	at := s.cfg.Now().UTC().Truncate(time.Millisecond)
 	opts := []tasks.Option{tasks.Queue(s.cfg.Queue), tasks.Bot(bot), tasks.Source(c.source()), tasks.EnqueuedAt(at)}
+	if !s.cfg.Unordered {
+		opts = append(opts, tasks.Ordered())
+	}
+	if parent, ok := s.parentTask(r.Context(), c, msg.ParentID); ok {
+		opts = append(opts, tasks.ReplyTo(parent)) // sent with the parent's Webex id once it is delivered
+	} else if parent != "" {
+		writeValidation(w, &webex.ValidationError{Field: "parentId", Problem: "names a message this relay does not hold for this token " +
+			"(another token's, or no longer retained): reply with the Webex id from GET /v1/messages/{id} (messageIds)"})
+		return
+	}
 	key := r.Header.Get("Idempotency-Key")
+	if err := checkIdempotencyKey(key); err != nil {
+		writeValidation(w, err)
+		return
+	}
 	if key != "" { // scoped to the token: another token's key is another message
 		key = c.source() + "/" + key
 		opts = append(opts, tasks.Key(key))
@@ -247,7 +271,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	var ve *webex.ValidationError
 	switch {
 	case errors.As(err, &dup):
-		s.repeat(w, c, dup, msg)
+		s.repeat(r.Context(), w, c, dup, msg)
 		return
 	case errors.As(err, &ve):
 		writeValidation(w, err)
@@ -265,13 +289,12 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 
 // repeat answers a repeated Idempotency-Key with the first request's
 // answer; the key with another message is refused with 422.
-func (s *Server) repeat(w http.ResponseWriter, c caller, dup *tasks.DuplicateError, msg tasks.Message) {
-	info, err := s.cfg.Inspector.GetTaskInfo(dup.Queue, dup.Key)
-	if err != nil {
+func (s *Server) repeat(ctx context.Context, w http.ResponseWriter, c caller, dup *tasks.DuplicateError, msg tasks.Message) {
+	p, err := s.payload(ctx, dup.Queue, dup.Key)
+	if errors.Is(err, errGone) {
 		writeError(w, http.StatusConflict, "This Idempotency-Key was used, and its message is no longer retained.")
 		return
 	}
-	p, err := tasks.DecodePayload(info.Payload)
 	if err != nil || p.Source != c.source() {
 		writeError(w, http.StatusConflict, "This Idempotency-Key names a message this token cannot read.")
 		return
@@ -283,11 +306,24 @@ func (s *Server) repeat(w http.ResponseWriter, c caller, dup *tasks.DuplicateErr
 	writeJSON(w, http.StatusOK, answer(RelayID(dup.Queue, dup.Key), p))
 }
 
-// sameMessage compares two messages as they are stored.
+// sameMessage compares two messages as they are stored: each goes through
+// the payload's JSON and back, so that what storing changes does not count.
 func sameMessage(a, b tasks.Message) bool {
-	ja, erra := json.Marshal(a)
-	jb, errb := json.Marshal(b)
-	return erra == nil && errb == nil && bytes.Equal(ja, jb)
+	na, erra := normalized(a)
+	nb, errb := normalized(b)
+	return erra == nil && errb == nil && bytes.Equal(na, nb)
+}
+
+func normalized(m tasks.Message) ([]byte, error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	var back tasks.Message
+	if err := json.Unmarshal(b, &back); err != nil {
+		return nil, err
+	}
+	return json.Marshal(back)
 }
 
 // Status is the answer of GET /v1/messages/{id}.
@@ -322,6 +358,10 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 	}
 	if queue != s.cfg.Queue {
 		writeError(w, http.StatusNotFound, "The requested resource could not be found.")
+		return
+	}
+	if p, err := s.cfg.Producer.Waiting(r.Context(), queue, taskID); err == nil && p.Source == callerOf(r).source() { // ordered, behind others
+		writeJSON(w, http.StatusOK, Status{ID: id, TaskID: taskID, Queue: queue, State: "queued", Created: p.EnqueuedAt.UTC().Format("2006-01-02T15:04:05.000Z")})
 		return
 	}
 	info, err := s.cfg.Inspector.GetTaskInfo(queue, taskID)
@@ -369,13 +409,14 @@ func validate(m tasks.Message, maxInline int) error {
 		wm.Files = []string{"https://file.invalid/"} // stands for m.Files, checked below
 	}
 	for _, f := range m.Files { // Webex fetches file URLs itself: a path or another scheme gets its 400
-		if !isHTTPURL(f) {
+		if !webex.IsHTTPURL(f) {
 			errs = append(errs, &webex.ValidationError{Field: "files", Problem: fmt.Sprintf("%q is not an http(s) URL: send a local file as a multipart part", clip(f))})
 		}
 	}
-	if _, _, ok := ParseRelayID(m.ParentID); ok {
-		errs = append(errs, &webex.ValidationError{Field: "parentId", Problem: "names a message the relay has queued, not a Webex message: " +
-			"reply once it is delivered, with the Webex id from GET /v1/messages/{id} (messageIds)"})
+	for field, v := range map[string]string{"text": m.Text, "markdown": m.Markdown} {
+		if i := strings.IndexFunc(v, isControl); i >= 0 {
+			errs = append(errs, &webex.ValidationError{Field: field, Problem: fmt.Sprintf("contains the control character %q at byte %d: only tab, CR and LF are allowed", v[i], i)})
+		}
 	}
 	if err := wm.Validate(); err != nil {
 		errs = append(errs, err)
@@ -386,13 +427,31 @@ func validate(m tasks.Message, maxInline int) error {
 	return m.Validate(maxInline)
 }
 
+// isControl reports a C0 control character (or DEL) other than tab, LF and
+// CR: Webex's clients do not show them, and NUL ends strings in many.
+func isControl(r rune) bool {
+	return (r < 0x20 || r == 0x7f) && r != '\t' && r != '\n' && r != '\r'
+}
+
+// MaxIdempotencyKeyBytes is the longest Idempotency-Key header the relay
+// takes: the producer's key limit less the token's scope the relay adds.
+const MaxIdempotencyKeyBytes = tasks.MaxKeyBytes - len("relay/123456789abc/")
+
+// checkIdempotencyKey refuses an Idempotency-Key header the task key could
+// not hold, naming the header and its own limit.
+func checkIdempotencyKey(key string) error {
+	if len(key) > MaxIdempotencyKeyBytes {
+		return &webex.ValidationError{Field: "Idempotency-Key", Problem: fmt.Sprintf("header is %d bytes, the limit is %d", len(key), MaxIdempotencyKeyBytes)}
+	}
+	if i := strings.IndexFunc(key, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(key[i:])
+		return &webex.ValidationError{Field: "Idempotency-Key", Problem: fmt.Sprintf("header contains %q: use printable characters without spaces", r)}
+	}
+	return nil
+}
+
 // RetryAfterSeconds is the Retry-After of a 503 (Redis unreachable).
 const RetryAfterSeconds = 5
-
-func isHTTPURL(s string) bool {
-	u, err := url.Parse(s)
-	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
-}
 
 // clip shortens a caller's value quoted in an error.
 func clip(s string) string {
@@ -430,4 +489,37 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json;charset=UTF-8")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// errGone matches a relayed message no longer held (delivered and past its
+// retention, or deleted).
+var errGone = errors.New("message no longer held")
+
+// payload reads a relayed message's payload, whether it waits behind another
+// ordered message or is an asynq task; errGone when neither.
+func (s *Server) payload(ctx context.Context, queue, taskID string) (*tasks.Payload, error) {
+	p, err := s.cfg.Producer.Waiting(ctx, queue, taskID)
+	if !errors.Is(err, tasks.ErrNotWaiting) {
+		return p, err
+	}
+	info, err := s.cfg.Inspector.GetTaskInfo(queue, taskID)
+	if err != nil {
+		return nil, errGone
+	}
+	return tasks.DecodePayload(info.Payload)
+}
+
+// parentTask reads a parentId that is a relay id: the task id of a message
+// this caller relayed to this queue (ok), or the id it names that the
+// caller may not reply to (not ok). An ordinary Webex id gives "", false.
+func (s *Server) parentTask(ctx context.Context, c caller, parentID string) (string, bool) {
+	queue, taskID, isRelay := ParseRelayID(parentID)
+	if !isRelay {
+		return "", false
+	}
+	if queue != s.cfg.Queue {
+		return taskID, false
+	}
+	p, err := s.payload(ctx, queue, taskID)
+	return taskID, err == nil && p.Source == c.source()
 }

@@ -116,6 +116,9 @@ func (e *env) payload(id string) *tasks.Payload {
 	if !ok || queue != e.queue {
 		e.t.Fatalf("relay id %q names %q/%q", id, queue, taskID)
 	}
+	if p, err := e.prod.Waiting(context.Background(), queue, taskID); err == nil { // ordered, behind another message
+		return p
+	}
 	info, err := e.insp.GetTaskInfo(queue, taskID)
 	if err != nil {
 		e.t.Fatal(err)
@@ -210,8 +213,10 @@ func TestValidationAnswers(t *testing.T) {
 			"--" + jsBound + "\r\nContent-Disposition: form-data; name=\"files\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\na\r\n" +
 			"--" + jsBound + "\r\nContent-Disposition: form-data; name=\"files\"; filename=\"b.png\"\r\nContent-Type: image/png\r\n\r\nb\r\n" +
 			"--" + jsBound + "--\r\n"), "files: has 2 files, the limit is 1 per message"},
-		{"parent is a relay id", "application/json", []byte(`{"roomId":"r","text":"x","parentId":"` + relay.RelayID("default", "abc") + `"}`),
-			"parentId: names a message the relay has queued"},
+		{"parent is another queue's relay id", "application/json", []byte(`{"roomId":"r","text":"x","parentId":"` + relay.RelayID("default", "abc") + `"}`),
+			"parentId: names a message this relay does not hold for this token"},
+		{"parent is an unknown relay id", "application/json", []byte(`{"roomId":"r","text":"x","parentId":"` + relay.RelayID(e.queue, "abc") + `"}`),
+			"parentId: names a message this relay does not hold for this token"},
 	}
 	for _, tt := range tests {
 		code, h, body := e.do("POST", "/v1/messages", relayToken, tt.ct, tt.body, nil)

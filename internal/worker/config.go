@@ -4,10 +4,12 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"regexp"
 	"sort"
 	"strconv"
@@ -47,6 +49,7 @@ type Config struct {
 	PoisonLimit       int
 	UnauthorizedDelay time.Duration
 	Gate              tasks.GateConfig
+	ReconcileInterval time.Duration
 	// RecoveryAfter: a dead worker's tasks go back to pending once their
 	// lease stood still this long (default 10s, minimum 6s); 0: off.
 	RecoveryAfter time.Duration
@@ -63,10 +66,16 @@ type Config struct {
 	RelayAddr   string
 	RelayQueue  string
 	RelayTokens map[string]string // relay token → bot
+	// RelayUnordered turns off the relay's per-destination order.
+	RelayUnordered bool
 
 	// Dev runs everything in-process: miniredis, the Webex simulator and
 	// seeded demo messages. Nothing is durable.
 	Dev bool
+
+	isolate   func(context.Context) *exec.Cmd // set by Isolation
+	isolated  bool                            // this process is an isolated delivery
+	crashRoom string                          // CrashRoomEnv, a test hook
 }
 
 // Load reads the configuration from args and the environment and reports
@@ -174,7 +183,7 @@ func flags(c *Config) *settings.Set {
 	s.Duration(&c.TaskCheckInterval, "task-check-interval", "COURIER_TASK_CHECK_INTERVAL", tasks.DefaultTaskCheckInterval, "idle poll for new tasks: latency floor of an idle queue")
 	s.Duration(&c.DelayedInterval, "delayed-task-check-interval", "COURIER_DELAYED_TASK_CHECK_INTERVAL", tasks.DefaultDelayedTaskCheckInterval, "how often scheduled and redelivered tasks are made due")
 	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "COURIER_SHUTDOWN_TIMEOUT", tasks.DefaultShutdownTimeout, "graceful stop bound")
-	s.Int(&c.PoisonLimit, "poison-limit", "COURIER_POISON_LIMIT", tasks.DefaultPoisonLimit, "dead-letter a task after this many deliveries died with their worker")
+	s.Int(&c.PoisonLimit, "poison-limit", "COURIER_POISON_LIMIT", tasks.DefaultPoisonLimit, "dead-letter a task after this many of its isolated deliveries died with their process")
 	s.Duration(&c.UnauthorizedDelay, "unauthorized-delay", "COURIER_UNAUTHORIZED_DELAY", tasks.DefaultUnauthorizedDelay, "hold time and probe interval for a bot whose token is rejected")
 	s.Duration(&c.RecoveryAfter, "recovery-after", "COURIER_RECOVERY_AFTER", tasks.DefaultRecoveryAfter, "take over a dead worker's tasks once their lease stood still this long; 0: off (asynq's own recovery, 60-130s)")
 	s.Float(&c.Gate.Rate, "rate", "COURIER_RATE", 0, "requests per second per bot, shared by all workers; 0: no shared limit")
@@ -192,6 +201,8 @@ func flags(c *Config) *settings.Set {
 	s.Int(&c.DeadLetterMax, "deadletter-max", "COURIER_DEADLETTER_MAX", tasks.DefaultDeadLetterMax, "dead letters kept in the courier:deadletters stream beyond asynq's archive")
 	s.String(&c.RelayAddr, "relay-addr", "COURIER_RELAY_ADDR", "", "Webex-compatible relay listener (e.g. 127.0.0.1:8081); empty: off")
 	s.String(&c.RelayQueue, "relay-queue", "COURIER_RELAY_QUEUE", tasks.DefaultQueue, "queue the relay enqueues to")
+	s.Bool(&c.RelayUnordered, "relay-unordered", "COURIER_RELAY_UNORDERED", false, "relay without per-destination order (default: each room's messages in the order posted)")
+	s.Duration(&c.ReconcileInterval, "reconcile-interval", "COURIER_RECONCILE_INTERVAL", tasks.DefaultReconcileInterval, "how often ordered sequences whose head left unnoticed are moved on")
 	s.Bool(&c.Dev, "dev", "COURIER_DEV", false, "zero-install demo: embedded Redis (not durable), the Webex simulator, seeded messages")
 	return s
 }
@@ -342,6 +353,6 @@ func (c *Config) workerConfig(bots map[string]tasks.Sender) tasks.WorkerConfig {
 		Bots: bots, Queues: c.Queues, StrictPriority: c.StrictPriority, Concurrency: c.Concurrency,
 		Policy: c.Policy, Budget: c.Budget, Schedule: sched, MaxRedeliveries: c.MaxRedeliveries,
 		ShutdownTimeout: c.ShutdownTimeout, TaskCheckInterval: c.TaskCheckInterval, DelayedTaskCheckInterval: c.DelayedInterval,
-		PoisonLimit: c.PoisonLimit, UnauthorizedDelay: c.UnauthorizedDelay, Gate: c.Gate,
+		PoisonLimit: c.PoisonLimit, UnauthorizedDelay: c.UnauthorizedDelay, Gate: c.Gate, ReconcileInterval: c.ReconcileInterval,
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -47,12 +48,19 @@ type DeadLetter struct {
 	// dead-lettered (nil: none); Requeue does not send them again.
 	Result  *TaskResult `json:"result,omitempty"`
 	Payload []byte      `json:"-"`
+	// Behind lists the ordered messages (task ids, the first 100) that were
+	// waiting behind this one in its sequence when it was dead-lettered;
+	// the first of them was released in its place.
+	Behind []string `json:"behind,omitempty"`
 }
 
 // Add appends a dead letter.
 func (d *DeadLetters) Add(ctx context.Context, dl DeadLetter) error {
 	values := []any{"task_id", dl.TaskID, "queue", dl.Queue, "outcome", dl.Outcome, "error", dl.Error,
 		"time", strconv.FormatInt(dl.Time.UnixMilli(), 10), "payload", dl.Payload}
+	if len(dl.Behind) > 0 {
+		values = append(values, "behind", strings.Join(dl.Behind, " "))
+	}
 	if dl.Result != nil {
 		b, err := json.Marshal(dl.Result)
 		if err != nil {
@@ -120,6 +128,9 @@ func (d *DeadLetters) Requeue(ctx context.Context, id string, p *Producer) (*Enq
 	if pl.Key != "" {
 		opts = append(opts, Key(pl.Key))
 	}
+	if pl.OrderingKey != "" { // re-enters at the end of its sequence
+		opts = append(opts, OrderingKey(pl.OrderingKey))
+	}
 	return p.Enqueue(ctx, m, opts...)
 }
 
@@ -159,7 +170,7 @@ func fromStream(m redis.XMessage) DeadLetter {
 	str := func(k string) string { s, _ := m.Values[k].(string); return s }
 	ms, _ := strconv.ParseInt(str("time"), 10, 64)
 	dl := DeadLetter{ID: m.ID, TaskID: str("task_id"), Queue: str("queue"), Outcome: str("outcome"), Error: str("error"),
-		Time: time.UnixMilli(ms).UTC(), Payload: []byte(str("payload"))}
+		Time: time.UnixMilli(ms).UTC(), Payload: []byte(str("payload")), Behind: strings.Fields(str("behind"))}
 	if r := str("result"); r != "" {
 		var tr TaskResult
 		if json.Unmarshal([]byte(r), &tr) == nil {

@@ -21,4 +21,12 @@
 //     are dead-lettered at once (asynq's archive) with the reason;
 //   - a rejected token holds the bot's tasks (no redelivery used, nothing
 //     dead-lettered) and makes the worker not ready until it works again.
+//
+// Ordered messages ([Ordered], [OrderingKey]) with the same ordering key are
+// delivered one at a time, in enqueue order: only the head of each sequence
+// is an asynq task, the rest wait in courier's keys (ordering.go) and enter
+// asynq one by one as the head before them is delivered or dead-lettered. A
+// [Reconciler], run by every [Worker], moves sequences on whose head left
+// without courier knowing. [ReplyTo] threads a reply under the message
+// another task delivers.
 package tasks

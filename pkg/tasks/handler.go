@@ -36,14 +36,17 @@ type TaskResult struct {
 // with NewHandler to run it under an asynq.Server of your own (then also set
 // the server's RetryDelayFunc, IsFailure and ErrorHandler from Hooks).
 type Handler struct {
-	cfg  WorkerConfig
-	rec  *records
-	bots map[string]*bot
-	stop context.Context // ends when the worker stops: in-process waits end
-	gate *gate
+	cfg   WorkerConfig
+	rec   *records
+	bots  map[string]*bot
+	stop  context.Context // ends when the worker stops: in-process waits end
+	gate  *gate
+	order *ordering
 
 	// afterRecord, when set (tests), runs after each dedup record is written.
 	afterRecord func(taskID string, part int) error
+	// isolated: this handler delivers in an isolated process (isolate.go).
+	isolated bool
 }
 
 // bot is one named bot and the state of its token.
@@ -118,8 +121,22 @@ func (h *Handler) RejectedBots() map[string]time.Time {
 // ProcessTask delivers one task. It returns nil when the message is
 // delivered (or was already), else a *DeliveryError.
 func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	var m taskMeta
+	m.id, _ = asynq.GetTaskID(ctx)
+	m.queue, _ = asynq.GetQueueName(ctx)
+	m.retried, _ = asynq.GetRetryCount(ctx)
+	m.maxRetry, _ = asynq.GetMaxRetry(ctx)
+	var err error
 	var claim *Claim
-	err := h.deliver(ctx, t, &claim)
+	died := 0
+	if h.isolating() {
+		died = h.suspect(ctx, m)
+	}
+	if died > 0 {
+		err = h.isolate(ctx, m, t.Payload(), died)
+	} else {
+		err = h.process(ctx, m, t.Payload(), &claim)
+	}
 	if claim != nil {
 		// A worker whose task was taken over (or that cannot tell) exits
 		// here, before asynq records the outcome on the new owner's entries.
@@ -130,13 +147,10 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	return err
 }
 
-// deliver delivers the task; once the delivery has begun, *held is its
-// claim, fenced until deliver returns.
-func (h *Handler) deliver(ctx context.Context, t *asynq.Task, held **Claim) (err error) {
-	id, _ := asynq.GetTaskID(ctx)
-	queue, _ := asynq.GetQueueName(ctx)
-	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, _ := asynq.GetMaxRetry(ctx)
+// process delivers one task, in the worker or in an isolated process; once
+// the delivery has begun, *held is its claim, fenced until process returns.
+func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, held **Claim) (err error) {
+	id, queue, retried, maxRetry := m.id, m.queue, m.retried, m.maxRetry
 	defer func() {
 		if r := recover(); r != nil { // counted, through the limit like every counted outcome
 			err = h.counted(&DeliveryError{Outcome: Transient, Err: fmt.Errorf("panic: %v", r)}, retried, maxRetry)
@@ -144,12 +158,30 @@ func (h *Handler) deliver(ctx context.Context, t *asynq.Task, held **Claim) (err
 	}()
 	now := h.cfg.Now()
 
-	p, err := DecodePayload(t.Payload())
+	p, err := DecodePayload(payload)
 	switch {
 	case errors.Is(err, ErrNewerPayload):
 		return &DeliveryError{Outcome: Deferred, Err: err, Delay: retrypolicy.QueueDelay(h.cfg.DeferDelay)}
 	case err != nil:
 		return &DeliveryError{Outcome: Corrupt, Err: err}
+	}
+	if p.OrderingKey != "" { // only the head of its sequence goes; once delivered, the next one
+		if de := h.order.claim(ctx, queue, id, p.OrderingKey); de != nil {
+			return de
+		}
+		defer func() {
+			if r := recover(); r != nil {
+				panic(r) // not delivered: the recovery above counts it; the sequence waits
+			}
+			if err == nil {
+				h.order.release(ctx, queue, id, p.OrderingKey)
+			}
+		}()
+	}
+	if p.ParentTask != "" { // a reply: to its parent's Webex message, once delivered
+		if de := h.threadReply(ctx, queue, id, p); de != nil {
+			return de
+		}
 	}
 	b := h.bots[p.Bot]
 	if b == nil {
@@ -195,8 +227,8 @@ func (h *Handler) deliver(ctx context.Context, t *asynq.Task, held **Claim) (err
 		}
 		return &DeliveryError{Outcome: Expired, Bot: b.name, Sent: sent, Err: fmt.Errorf("expired at %s%s", p.ExpiresAt.Format(time.RFC3339), what)}
 	}
-	if st.died >= h.cfg.PoisonLimit {
-		return &DeliveryError{Outcome: Poison, Bot: b.name, Sent: sent, Err: fmt.Errorf("%d deliveries died with their worker (limit %d)", st.died, h.cfg.PoisonLimit)}
+	if de := h.poisoned(st, b.name, sent); de != nil {
+		return de
 	}
 	if wait, ok := b.gate(now, h.cfg.UnauthorizedDelay); !ok {
 		return &DeliveryError{Outcome: Unauthorized, Bot: b.name, Err: webex.ErrUnauthorized, Delay: retrypolicy.QueueDelay(wait)}

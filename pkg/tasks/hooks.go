@@ -81,7 +81,8 @@ func (h *Handler) HandleError(ctx context.Context, t *asynq.Task, err error) {
 	attrs = append(attrs, "error", errText(de.Err))
 	log := h.cfg.Logger
 	if archived {
-		h.recordDeadLetter(ctx, t, id, queue, de, log)
+		behind := h.order.releaseDeadLetter(ctx, t, queue, id)
+		h.recordDeadLetter(ctx, t, id, queue, de, behind, log)
 	}
 	switch {
 	case de.Outcome == Exhausted:
@@ -93,6 +94,8 @@ func (h *Handler) HandleError(ctx context.Context, t *asynq.Task, err error) {
 			de.Attempts, h.cfg.Policy.MaxAttempts, retried+1, limit, de.Delay), attrs...)
 	case de.Outcome == LeaseExpired:
 		log.Warn("lease expired: the delivery outlived its lease (worker died, stalled or lost Redis); redelivered (not counted)", attrs...)
+	case de.Outcome == Killed:
+		log.Error("isolated delivery died with its process: counted toward poison, redelivered", attrs...)
 	case de.Outcome == TaskMissing:
 		log.Error("task hash missing when its delivery began: not posted; asynq rebuilds it on redelivery (not counted)", attrs...)
 	case de.Outcome == RedisUnavailable:
@@ -111,13 +114,13 @@ func (h *Handler) HandleError(ctx context.Context, t *asynq.Task, err error) {
 }
 
 // recordDeadLetter keeps the dead letter beyond asynq's archive caps.
-func (h *Handler) recordDeadLetter(ctx context.Context, t *asynq.Task, id, queue string, de *DeliveryError, log *slog.Logger) {
+func (h *Handler) recordDeadLetter(ctx context.Context, t *asynq.Task, id, queue string, de *DeliveryError, behind []string, log *slog.Logger) {
 	if h.cfg.DeadLetters == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
-	dl := DeadLetter{TaskID: id, Queue: queue, Outcome: string(de.Outcome), Error: de.Error(), Time: h.cfg.Now(), Payload: t.Payload()}
+	dl := DeadLetter{TaskID: id, Queue: queue, Outcome: string(de.Outcome), Error: de.Error(), Time: h.cfg.Now(), Payload: t.Payload(), Behind: behind}
 	if delivered(de.Sent) > 0 {
 		r := newTaskResult(de.Sent)
 		dl.Result = &r

@@ -114,6 +114,12 @@ type Payload struct {
 	// ExpiresAt, when set, is when an undelivered message stops being worth
 	// posting: it is dead-lettered as expired instead.
 	ExpiresAt *time.Time `json:"expires_at,omitempty"`
+	// OrderingKey, when set, makes the message ordered: it is delivered
+	// after the ordered messages enqueued before it with the same key.
+	OrderingKey string `json:"ordering_key,omitempty"`
+	// ParentTask, when set, names the task (same queue) whose delivered
+	// message this one replies to: its Webex id becomes the parentId.
+	ParentTask string `json:"parent_task,omitempty"`
 }
 
 // ErrCorruptPayload matches a payload that cannot be decoded.

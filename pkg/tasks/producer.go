@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
@@ -39,7 +41,8 @@ var ErrDeadLettered = errors.New("idempotency key names a dead-lettered task")
 type DuplicateError struct {
 	Key, Queue string
 	// State is asynq's state of the existing task: "pending", "scheduled",
-	// "active", "retry", "completed" or "archived" ("" if it vanished).
+	// "active", "retry", "completed" or "archived" ("" if it vanished), or
+	// "waiting" for an ordered message behind the head of its sequence.
 	State string
 }
 
@@ -92,8 +95,10 @@ func (c ProducerConfig) withDefaults() ProducerConfig {
 // Producer enqueues send tasks. It is safe for concurrent use.
 type Producer struct {
 	cfg       ProducerConfig
+	rdb       redis.UniversalClient
 	client    *asynq.Client
 	inspector *asynq.Inspector
+	queues    sync.Map // queues known to be in asynq's set of queues
 }
 
 // NewProducer returns a producer over a go-redis client (which the caller
@@ -103,7 +108,7 @@ func NewProducer(rdb redis.UniversalClient, cfg ProducerConfig) (*Producer, erro
 	if cfg.MaxRedeliveries < 0 || cfg.MaxInlineBytes < 0 || cfg.KeyedRetention < 0 {
 		return nil, errors.New("tasks: MaxRedeliveries, MaxInlineBytes and KeyedRetention must not be negative")
 	}
-	return &Producer{cfg: cfg, client: asynq.NewClientFromRedisClient(rdb), inspector: asynq.NewInspectorFromRedisClient(rdb)}, nil
+	return &Producer{cfg: cfg, rdb: rdb, client: asynq.NewClientFromRedisClient(rdb), inspector: asynq.NewInspectorFromRedisClient(rdb)}, nil
 }
 
 // Option adjusts one enqueue.
@@ -121,7 +126,12 @@ type enqueueOptions struct {
 	expiresIn       time.Duration
 	retention       *time.Duration
 	enqueuedAt      time.Time
+	ordered         bool
+	orderingKey     string         // the given key, then the one in use
+	parentTask      string         // ReplyTo
 	asynq           []asynq.Option // built from the above
+	maxRetry        int            // asynq's MaxRetry
+	keep            int64          // asynq's retention in seconds
 }
 
 // Queue sends the task to queue q.
@@ -174,6 +184,9 @@ func (p *Producer) Enqueue(ctx context.Context, msg Message, opts ...Option) (*E
 	if err != nil {
 		return nil, err
 	}
+	if o.ordered {
+		return p.enqueueOrdered(ctx, task, o)
+	}
 	info, err := p.client.EnqueueContext(ctx, task, o.asynq...)
 	if errors.Is(err, asynq.ErrTaskIDConflict) {
 		return nil, p.duplicate(o.key, o.queue)
@@ -201,11 +214,15 @@ func (p *Producer) build(msg Message, opts []Option) (*asynq.Task, *enqueueOptio
 	if err := validateKey(o.key); err != nil {
 		errs = append(errs, err)
 	}
+	if err := validateOrdering(o); err != nil {
+		errs = append(errs, err)
+	}
+	o.orderingKey = orderingKey(&msg, o)
 	now := p.cfg.Now()
 	if !o.enqueuedAt.IsZero() {
 		now = o.enqueuedAt
 	}
-	pl := Payload{Version: PayloadVersion, Message: msg, Bot: o.bot, Key: o.key, Source: cmp.Or(o.source, p.cfg.Source), EnqueuedAt: now.UTC()}
+	pl := Payload{Version: PayloadVersion, Message: msg, Bot: o.bot, Key: o.key, Source: cmp.Or(o.source, p.cfg.Source), EnqueuedAt: now.UTC(), OrderingKey: o.orderingKey, ParentTask: o.parentTask}
 	if o.expiresIn > 0 {
 		o.expiresAt = now.Add(o.expiresIn)
 	}
@@ -223,8 +240,8 @@ func (p *Producer) build(msg Message, opts []Option) (*asynq.Task, *enqueueOptio
 			errs = append(errs, &webex.ValidationError{Field: "max_redeliveries", Problem: fmt.Sprintf("is %d, must be 0 or more", redeliveries)})
 		}
 	}
-	if o.queue == "" {
-		errs = append(errs, &webex.ValidationError{Field: "queue", Problem: "must not be empty"})
+	if err := validateQueue(o.queue); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
 		return nil, nil, errors.Join(errs...)
@@ -247,12 +264,34 @@ func (p *Producer) build(msg Message, opts []Option) (*asynq.Task, *enqueueOptio
 	case o.processIn > 0:
 		aopts = append(aopts, asynq.ProcessIn(o.processIn))
 	}
-	o.asynq = aopts
+	o.asynq, o.maxRetry, o.keep = aopts, redeliveries+retryHeadroom, int64(max(retention, 0).Seconds())
 	b, err := json.Marshal(pl)
 	if err != nil {
 		return nil, nil, fmt.Errorf("encode payload: %w", err)
 	}
 	return asynq.NewTask(TypeSend, b), o, nil
+}
+
+// MaxQueueBytes is the longest queue name a producer may use. Queue names
+// become Redis keys and metric labels: they are short and plain.
+const MaxQueueBytes = 64
+
+// validateQueue refuses an empty, long or unusual queue name: 1 to
+// MaxQueueBytes characters of A-Z a-z 0-9 . _ : -.
+func validateQueue(q string) error {
+	switch {
+	case q == "":
+		return &webex.ValidationError{Field: "queue", Problem: "must not be empty"}
+	case len(q) > MaxQueueBytes:
+		return &webex.ValidationError{Field: "queue", Problem: fmt.Sprintf("is %d bytes, the limit is %d", len(q), MaxQueueBytes)}
+	}
+	if i := strings.IndexFunc(q, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._:-", r))
+	}); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(q[i:])
+		return &webex.ValidationError{Field: "queue", Problem: fmt.Sprintf("contains %q: use only A-Z a-z 0-9 . _ : -", r)}
+	}
+	return nil
 }
 
 // retryHeadroom is how many more redeliveries asynq allows than courier: asynq
@@ -284,18 +323,21 @@ type Result struct {
 
 // EnqueueMany enqueues reqs concurrently (at most 16 at a time) and returns
 // one Result per request, in order. Each message succeeds or fails on its
-// own: an invalid one does not stop the others.
+// own: an invalid one does not stop the others. Ordered messages with the
+// same ordering key are enqueued one after the other, in the order given.
 func (p *Producer) EnqueueMany(ctx context.Context, reqs []Request) []Result {
 	results := make([]Result, len(reqs))
 	sem := make(chan struct{}, 16)
 	var wg sync.WaitGroup
-	for i, r := range reqs {
+	for _, chain := range p.chains(reqs) {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			e, err := p.Enqueue(ctx, r.Message, r.Options...)
-			results[i] = Result{Enqueued: e, Err: err}
+			for _, i := range chain {
+				e, err := p.Enqueue(ctx, reqs[i].Message, reqs[i].Options...)
+				results[i] = Result{Enqueued: e, Err: err}
+			}
 		}()
 	}
 	wg.Wait()

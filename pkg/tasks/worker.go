@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os/exec"
 	"slices"
 	"sort"
 	"strings"
@@ -62,8 +63,16 @@ type WorkerConfig struct {
 	// made due. Default 1s.
 	DelayedTaskCheckInterval time.Duration
 	// PoisonLimit dead-letters a task after this many deliveries died with
-	// their worker (lease expiry). Default 3.
+	// their worker (lease expiry); with Isolate, after this many isolated
+	// deliveries died with their own process (at most 2+PoisonLimit deaths
+	// in all). Default 3.
 	PoisonLimit int
+	// Isolate, when set, returns a command (not started) that runs
+	// Worker.ServeIsolated over its standard input and output: a task whose
+	// deliveries died twice in a row is delivered there, alone, so that a
+	// poison verdict means this message kills its process (isolate.go). Nil:
+	// every death counts toward PoisonLimit.
+	Isolate func(ctx context.Context) *exec.Cmd
 	// UnauthorizedDelay is how long tasks of a bot whose token is rejected
 	// wait, and how often one of them probes the token. Default 5m.
 	UnauthorizedDelay time.Duration
@@ -85,6 +94,9 @@ type WorkerConfig struct {
 	// DeadLetters, when set, keeps a durable record of every dead letter
 	// beyond asynq's archive caps.
 	DeadLetters *DeadLetters
+	// ReconcileInterval is how often the worker checks that every ordered
+	// sequence's head is still in asynq (see Reconciler). Default 30s.
+	ReconcileInterval time.Duration
 	// Now reads the clock. Default time.Now.
 	Now func() time.Time
 	// Fence, when set, is asked before each post to Webex, before each
@@ -114,6 +126,7 @@ func (c WorkerConfig) WithDefaults() WorkerConfig {
 	c.PoisonLimit = cmp.Or(c.PoisonLimit, DefaultPoisonLimit)
 	c.UnauthorizedDelay = cmp.Or(c.UnauthorizedDelay, DefaultUnauthorizedDelay)
 	c.DeferDelay = cmp.Or(c.DeferDelay, DefaultDeferDelay)
+	c.ReconcileInterval = cmp.Or(c.ReconcileInterval, DefaultReconcileInterval)
 	c.Logger = cmp.Or(c.Logger, slog.Default())
 	c.attemptLogger = discard
 	if c.AttemptLogger != nil {
@@ -163,7 +176,8 @@ func (c WorkerConfig) Validate() error {
 		errs = append(errs, fmt.Errorf("Budget (%v) must be below ShutdownTimeout (%v)", c.Budget, c.ShutdownTimeout))
 	}
 	for name, d := range map[string]time.Duration{"ShutdownTimeout": c.ShutdownTimeout, "TaskCheckInterval": c.TaskCheckInterval,
-		"DelayedTaskCheckInterval": c.DelayedTaskCheckInterval, "UnauthorizedDelay": c.UnauthorizedDelay, "DeferDelay": c.DeferDelay} {
+		"DelayedTaskCheckInterval": c.DelayedTaskCheckInterval, "UnauthorizedDelay": c.UnauthorizedDelay, "DeferDelay": c.DeferDelay,
+		"ReconcileInterval": c.ReconcileInterval} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("%s is %v: must be greater than 0", name, d))
 		}
@@ -225,6 +239,8 @@ type Worker struct {
 	handler *Handler
 	stop    context.CancelFunc
 	running atomic.Bool
+	rec     *Reconciler
+	recDone chan struct{} // closed when the reconciler has stopped
 }
 
 // NewWorker builds a worker over a go-redis client (which the caller keeps
@@ -236,11 +252,17 @@ func NewWorker(rdb redis.UniversalClient, cfg WorkerConfig) (*Worker, error) {
 	}
 	stopCtx, stop := context.WithCancel(context.Background())
 	g := &gate{cfg: cfg.Gate, rdb: rdb, log: cfg.Logger, obs: cfg.Observer}
-	h := &Handler{cfg: cfg, rec: &records{rdb: rdb}, bots: map[string]*bot{}, stop: stopCtx, gate: g}
+	h := &Handler{cfg: cfg, rec: &records{rdb: rdb}, bots: map[string]*bot{}, stop: stopCtx, gate: g,
+		order: &ordering{rdb: rdb, log: cfg.Logger, obs: cfg.Observer, now: cfg.Now, wait: cfg.DeferDelay}}
 	for name, s := range cfg.Bots {
 		h.bots[name] = &bot{name: name, sender: s}
 	}
-	w := &Worker{cfg: cfg, handler: h, stop: stop}
+	queues := make([]string, 0, len(cfg.Queues))
+	for q := range cfg.Queues {
+		queues = append(queues, q)
+	}
+	rec := NewReconciler(rdb, ReconcilerConfig{Queues: queues, Interval: cfg.ReconcileInterval, Logger: cfg.Logger, Observer: cfg.Observer, Now: cfg.Now})
+	w := &Worker{cfg: cfg, handler: h, stop: stop, rec: rec, recDone: make(chan struct{})}
 	w.srv = asynq.NewServerFromRedisClient(rdb, asynq.Config{
 		Concurrency:              cfg.Concurrency,
 		Queues:                   cfg.Queues,
@@ -267,6 +289,10 @@ func (w *Worker) Start() error {
 	if err := w.srv.Start(mux); err != nil {
 		return fmt.Errorf("start worker: %w", err)
 	}
+	go func() {
+		defer close(w.recDone)
+		_ = w.rec.Run(w.handler.stop)
+	}()
 	w.running.Store(true)
 	return nil
 }
@@ -278,6 +304,9 @@ func (w *Worker) Shutdown() {
 	w.srv.Stop()
 	w.stop()
 	w.srv.Shutdown()
+	if w.running.Load() {
+		<-w.recDone
+	}
 	w.running.Store(false)
 }
 

@@ -1,0 +1,415 @@
+package tasks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/google/uuid"
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/courier-dev/courier/pkg/retrypolicy"
+	"github.com/courier-dev/courier/pkg/webex"
+)
+
+// Ordered delivery.
+//
+// An ordered message belongs to a sequence: the ordered messages of one
+// queue with the same ordering key (its destination unless overridden).
+// Only the head of a sequence is in asynq; the messages behind it wait in
+// courier's keys, which carry the queue's hash tag so one script can touch
+// them and asynq's keys together:
+//
+//	courier:{<queue>}:heads         hash: ordering key → the head's task id
+//	courier:{<queue>}:seq:<key>     list: the task ids behind the head, in order
+//	courier:{<queue>}:seqmsg:<key>  hash: task id → its encoded asynq message
+//	courier:{<queue>}:waiting       hash: task id → ordering key, of every message behind a head
+//
+// A sequence that drains leaves nothing behind (Redis deletes empty lists
+// and hashes, and the head's field goes), so an idle key costs no memory.
+//
+// Enqueueing makes the message the head (into asynq's pending list) when
+// its sequence is empty, else appends it, in one script. When the head is
+// delivered, the handler releases the next one into asynq's pending list,
+// in one script; when it is dead-lettered, the error handler does (with a
+// log line and a metric, and the dead letter names what was behind it). A
+// Reconciler repairs sequences whose head left without courier knowing.
+//
+// An ordered task that reaches a worker without being its sequence's head
+// (a dead letter re-run from asynqmon, a task run early by an operator)
+// joins the end of its sequence and is handed back until its turn comes.
+
+// Ordered marks the message ordered: it is delivered after every ordered
+// message enqueued before it with the same ordering key (by default its
+// destination: the room, person id or email) in the same queue.
+func Ordered() Option { return func(o *enqueueOptions) { o.ordered = true } }
+
+// OrderingKey marks the message ordered under key k instead of its
+// destination (an empty k keeps the destination).
+func OrderingKey(k string) Option {
+	return func(o *enqueueOptions) { o.ordered, o.orderingKey = true, k }
+}
+
+// BehindHead is the outcome of an ordered delivery that is not its
+// sequence's head: it waits its turn (handed back, not counted).
+const BehindHead Outcome = "behind_head"
+
+// orderingKey is the key of an ordered message: the one given, else its
+// destination (an email in lower case). "" for an unordered message.
+func orderingKey(msg *Message, o *enqueueOptions) string {
+	switch {
+	case !o.ordered:
+		return ""
+	case o.orderingKey != "":
+		return o.orderingKey
+	case msg.RoomID != "":
+		return msg.RoomID
+	case msg.ToPersonID != "":
+		return msg.ToPersonID
+	}
+	return strings.ToLower(msg.ToPersonEmail)
+}
+
+// validateOrdering checks an ordered message's options.
+func validateOrdering(o *enqueueOptions) error {
+	if !o.ordered {
+		return nil
+	}
+	var errs []error
+	if !o.processAt.IsZero() || o.processIn > 0 {
+		// The messages behind it would wait for it, which is rarely meant.
+		errs = append(errs, &webex.ValidationError{Field: "ordered", Problem: "cannot be combined with a later delivery (process-at/process-in)"})
+	}
+	if len(o.orderingKey) > MaxKeyBytes {
+		errs = append(errs, &webex.ValidationError{Field: "ordering_key", Problem: fmt.Sprintf("is %d bytes, the limit is %d", len(o.orderingKey), MaxKeyBytes)})
+	}
+	for _, r := range o.orderingKey {
+		if !unicode.IsPrint(r) {
+			errs = append(errs, &webex.ValidationError{Field: "ordering_key", Problem: fmt.Sprintf("contains %q: use printable characters", r)})
+			break
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// sequence names the keys of one sequence.
+type sequence struct{ queue, key string }
+
+func (s sequence) heads() string   { return headsKey(s.queue) }
+func (s sequence) list() string    { return "courier:{" + s.queue + "}:seq:" + s.key }
+func (s sequence) msgs() string    { return "courier:{" + s.queue + "}:seqmsg:" + s.key }
+func (s sequence) prefix() string  { return "asynq:{" + s.queue + "}:" }
+func (s sequence) waiting() string { return waitingKey(s.queue) }
+
+// waitingKey is the hash naming the sequence of each message behind a head.
+func waitingKey(queue string) string { return "courier:{" + queue + "}:waiting" }
+
+// headsKey is the hash of a queue's sequence heads.
+func headsKey(queue string) string { return "courier:{" + queue + "}:heads" }
+
+// enqueueOrderedScript makes the message its sequence's head (asynq's own
+// enqueue: the task hash and the pending list) or appends it behind.
+// Returns 0 for a task id already taken, 3 for one already waiting, 1 for a
+// new head, 2 for a message behind the head.
+var enqueueOrderedScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return 3 end
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('HSET', KEYS[4], 'msg', ARGV[3], 'state', 'pending', 'pending_since', ARGV[4])
+  redis.call('LPUSH', KEYS[5], ARGV[2])
+  return 1
+end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[6], ARGV[2], ARGV[1])
+return 2
+`)
+
+// enqueueOrdered stores an ordered task: as its sequence's head, or behind.
+func (p *Producer) enqueueOrdered(ctx context.Context, task *asynq.Task, o *enqueueOptions) (*Enqueued, error) {
+	id := o.key
+	if id == "" {
+		id = uuid.NewString()
+	}
+	msg := encodeTaskMessage(taskMessage{typ: task.Type(), payload: task.Payload(), id: id, queue: o.queue,
+		retry: o.maxRetry, timeout: asynqDefaultTimeout, retention: o.keep})
+	s := sequence{o.queue, o.orderingKey}
+	if _, known := p.queues.Load(o.queue); !known { // asynq's set of queues, as its own enqueue keeps it
+		if err := p.rdb.SAdd(ctx, "asynq:queues", o.queue).Err(); err != nil {
+			return nil, fmt.Errorf("enqueue: %w", err)
+		}
+		p.queues.Store(o.queue, true)
+	}
+	n, err := enqueueOrderedScript.Run(ctx, p.rdb, []string{s.heads(), s.list(), s.msgs(), taskKey(o.queue, id), s.prefix() + "pending", s.waiting()},
+		o.orderingKey, id, msg, p.cfg.Now().UnixNano()).Int()
+	if err != nil {
+		return nil, fmt.Errorf("enqueue: %w", err)
+	}
+	switch n {
+	case 0:
+		return nil, p.duplicate(o.key, o.queue)
+	case 3:
+		return nil, &DuplicateError{Key: o.key, Queue: o.queue, State: "waiting"}
+	}
+	return &Enqueued{TaskID: id, Queue: o.queue}, nil
+}
+
+// chains groups the indices of reqs that must be enqueued one after the
+// other: the ordered requests with the same ordering key, in order. Every
+// other request is a chain of its own.
+func (p *Producer) chains(reqs []Request) [][]int {
+	var out [][]int
+	byKey := map[string]int{}
+	for i, r := range reqs {
+		o := &enqueueOptions{queue: p.cfg.Queue}
+		for _, opt := range r.Options {
+			opt(o)
+		}
+		k := orderingKey(&r.Message, o)
+		if k == "" {
+			out = append(out, []int{i})
+			continue
+		}
+		k = o.queue + "\x00" + k
+		if c, ok := byKey[k]; ok {
+			out[c] = append(out[c], i)
+			continue
+		}
+		byKey[k] = len(out)
+		out = append(out, []int{i})
+	}
+	return out
+}
+
+// claimScript lets an ordered delivery go ahead when its task is the head
+// (or its sequence has none: it becomes the head). Otherwise the task joins
+// the end of the sequence, once, as a task already in asynq (no message in
+// the seqmsg hash), and must wait. Returns 1 to go ahead, 0 to wait.
+var claimScript = redis.NewScript(`
+local head = redis.call('HGET', KEYS[1], ARGV[1])
+if not head then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return 1
+end
+if head == ARGV[2] then return 1 end
+if not redis.call('LPOS', KEYS[2], ARGV[2]) then redis.call('RPUSH', KEYS[2], ARGV[2]) end
+return 0
+`)
+
+// releaseLua defines release(heads, list, msgs, waiting, key, head, prefix,
+// now, behind): if head is still the head of the sequence, the next message
+// becomes the head and goes into asynq's pending list. It returns
+// {released, the next head (empty when none), messages behind, the first
+// 'behind' ids}.
+// Waiting entries whose task is already in asynq (re-entered dead letters)
+// become the head where they are, pulled forward when they are waiting for
+// a retry; ones that were deleted or finished meanwhile are passed over.
+const releaseLua = `
+local function release(heads, list, msgs, waiting, key, head, prefix, now, behind)
+  if redis.call('HGET', heads, key) ~= head then return {0, '', 0} end
+  local out = {1, '', redis.call('LLEN', list)}
+  if behind > 0 then
+    for _, id in ipairs(redis.call('LRANGE', list, 0, behind - 1)) do table.insert(out, id) end
+  end
+  while true do
+    local id = redis.call('LPOP', list)
+    if not id then
+      redis.call('HDEL', heads, key)
+      return out
+    end
+    local tk = prefix .. 't:' .. id
+    local msg = redis.call('HGET', msgs, id)
+    if msg then
+      redis.call('HDEL', msgs, id)
+      redis.call('HDEL', waiting, id)
+      if redis.call('EXISTS', tk) == 0 then
+        redis.call('HSET', tk, 'msg', msg, 'state', 'pending', 'pending_since', now)
+        redis.call('LPUSH', prefix .. 'pending', id)
+        redis.call('HSET', heads, key, id)
+        out[2] = id
+        return out
+      end
+    end
+    local state = redis.call('HGET', tk, 'state')
+    if state == 'pending' or state == 'active' then
+      redis.call('HSET', heads, key, id)
+      out[2] = id
+      return out
+    end
+    if state == 'retry' or state == 'scheduled' then
+      redis.call('ZREM', prefix .. state, id)
+      redis.call('LPUSH', prefix .. 'pending', id)
+      redis.call('HSET', tk, 'state', 'pending')
+      redis.call('HSET', heads, key, id)
+      out[2] = id
+      return out
+    end
+  end
+end
+`
+
+var releaseScript = redis.NewScript(releaseLua + `
+return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]))
+`)
+
+// reconcileScript releases a sequence whose head left asynq's live states
+// (completed, dead-lettered or deleted) without a release. It returns the
+// head, its state (empty when it vanished) and release's answer, or
+// {0, empty, 0} when the head is alive.
+var reconcileScript = redis.NewScript(releaseLua + `
+local head = redis.call('HGET', KEYS[1], ARGV[1])
+if not head then return {0, '', 0} end
+local state = redis.call('HGET', ARGV[2] .. 't:' .. head, 'state') or ''
+if state == 'pending' or state == 'active' or state == 'retry' or state == 'scheduled' then return {0, '', 0} end
+local out = release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], head, ARGV[2], ARGV[3], 0)
+return {head, state, out[1], out[2], out[3]}
+`)
+
+// maxBehind bounds the ids a dead letter records of the messages behind it.
+const maxBehind = 100
+
+// released is what a release did.
+type released struct {
+	done    bool     // the task was the head and its successor, if any, released
+	next    string   // the new head's task id, "" when the sequence drained
+	waiting int      // messages that were behind the head
+	behind  []string // the first of them (up to maxBehind), when asked
+}
+
+func parseReleased(v []any) released {
+	var r released
+	if len(v) < 3 {
+		return r
+	}
+	n, _ := v[0].(int64)
+	r.done = n == 1
+	r.next, _ = v[1].(string)
+	w, _ := v[2].(int64)
+	r.waiting = int(w)
+	for _, id := range v[3:] {
+		if s, ok := id.(string); ok {
+			r.behind = append(r.behind, s)
+		}
+	}
+	return r
+}
+
+// OrderingObserver is told what ordered delivery does; a WorkerConfig
+// Observer that also implements it receives these calls.
+type OrderingObserver interface {
+	// SuccessorReleased is called once per message released because the
+	// head before it left without being delivered; reason is "dead_letter"
+	// or, when the Reconciler found it, "reconciled".
+	SuccessorReleased(queue, reason string)
+	// ReplyUnthreaded is called when a reply (ReplyTo) is sent outside its
+	// parent's thread because the parent has no Webex id to give.
+	ReplyUnthreaded(queue string)
+}
+
+// ordering is the handler's side of ordered delivery.
+type ordering struct {
+	rdb redis.UniversalClient
+	log *slog.Logger
+	obs Observer
+	now func() time.Time
+	// wait is how long a task behind its head is handed back for; the
+	// release pulls it forward when its turn comes.
+	wait time.Duration
+}
+
+// claim lets an ordered delivery go ahead (nil) or hands it back.
+func (o *ordering) claim(ctx context.Context, queue, id, key string) *DeliveryError {
+	s := sequence{queue, key}
+	ok, err := claimScript.Run(ctx, o.rdb, []string{s.heads(), s.list()}, key, id).Int()
+	switch {
+	case err != nil: // Redis's fault, not the message's: not counted
+		return &DeliveryError{Outcome: RedisUnavailable, Err: fmt.Errorf("claim the head of the sequence: %w", err), Delay: retrypolicy.QueueDelay(0)}
+	case ok == 0:
+		return &DeliveryError{Outcome: BehindHead, Err: errors.New("waiting for the messages ahead of it in its sequence"), Delay: retrypolicy.QueueDelay(o.wait)}
+	}
+	return nil
+}
+
+// release hands the sequence on after its head id was delivered. A failure
+// is logged: the Reconciler releases the successor later.
+func (o *ordering) release(ctx context.Context, queue, id, key string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := o.run(ctx, sequence{queue, key}, id, 0); err != nil {
+		o.log.Warn("next message of the sequence not released; the reconciler will", "task_id", id, "queue", queue, "error", err.Error())
+	}
+}
+
+func (o *ordering) run(ctx context.Context, s sequence, head string, behind int) (released, error) {
+	v, err := releaseScript.Run(ctx, o.rdb, []string{s.heads(), s.list(), s.msgs(), s.waiting()}, s.key, head, s.prefix(), o.now().UnixNano(), behind).Slice()
+	if err != nil {
+		return released{}, fmt.Errorf("release the next message: %w", err)
+	}
+	return parseReleased(v), nil
+}
+
+// releaseDeadLetter hands the sequence on after its head was dead-lettered,
+// loudly, and returns the ids of the messages that were behind it.
+func (o *ordering) releaseDeadLetter(ctx context.Context, t *asynq.Task, queue, id string) []string {
+	if o == nil {
+		return nil
+	}
+	p, err := DecodePayload(t.Payload())
+	if err != nil || p.OrderingKey == "" {
+		return nil // unordered, or unreadable: the Reconciler finds its sequence
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	r, err := o.run(ctx, sequence{queue, p.OrderingKey}, id, maxBehind)
+	switch {
+	case err != nil:
+		o.log.Error("dead letter did not release the next message of its sequence; the reconciler will", "task_id", id, "queue", queue, "error", err.Error())
+	case r.done && r.next != "":
+		o.successorReleased(queue, "dead_letter", id, r)
+	}
+	return r.behind
+}
+
+// successorReleased logs and counts a successor released past a head that
+// was not delivered.
+func (o *ordering) successorReleased(queue, reason, head string, r released, attrs ...any) {
+	attrs = append([]any{"queue", queue, "reason", reason, "task_id", head, "next_task_id", r.next, "waiting", r.waiting}, attrs...)
+	o.log.Warn("sequence moves on past a message that was not delivered", attrs...)
+	if obs, ok := o.obs.(OrderingObserver); ok {
+		obs.SuccessorReleased(queue, reason)
+	}
+}
+
+// ErrNotWaiting matches a task that is not waiting behind the head of a
+// sequence.
+var ErrNotWaiting = errors.New("not waiting in a sequence")
+
+// Waiting returns the payload of an ordered message waiting behind the head
+// of its sequence (not yet an asynq task), or an error matching
+// ErrNotWaiting.
+func (p *Producer) Waiting(ctx context.Context, queue, taskID string) (*Payload, error) {
+	key, err := p.rdb.HGet(ctx, waitingKey(queue), taskID).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("task %s: %w", taskID, ErrNotWaiting)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read waiting task %s: %w", taskID, err)
+	}
+	msg, err := p.rdb.HGet(ctx, sequence{queue, key}.msgs(), taskID).Bytes()
+	if errors.Is(err, redis.Nil) { // released meanwhile
+		return nil, fmt.Errorf("task %s: %w", taskID, ErrNotWaiting)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read waiting task %s: %w", taskID, err)
+	}
+	b, err := payloadOf(msg)
+	if err != nil {
+		return nil, fmt.Errorf("read waiting task %s: %w", taskID, err)
+	}
+	return DecodePayload(b)
+}

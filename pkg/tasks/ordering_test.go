@@ -1,0 +1,474 @@
+package tasks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/courier-dev/courier/pkg/webex"
+	"github.com/courier-dev/courier/pkg/webex/webextest"
+)
+
+// texts lists the texts of messages, in the order Webex accepted them.
+func texts(msgs []webextest.Stored) []string {
+	out := make([]string, len(msgs))
+	for i, m := range msgs {
+		out[i] = m.Text
+	}
+	return out
+}
+
+// sequenceKeys lists the Redis keys of the test queue's sequences.
+func (e *env) sequenceKeys() []string {
+	keys, err := e.rdb.Keys(context.Background(), "courier:{"+e.queue+"}:seq*").Result()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, k := range []string{headsKey(e.queue), waitingKey(e.queue)} {
+		if n, _ := e.rdb.HLen(context.Background(), k).Result(); n > 0 {
+			keys = append(keys, fmt.Sprintf("%s (%d fields)", k, n))
+		}
+	}
+	return keys
+}
+
+// The head goes into asynq exactly as asynq's own enqueue would put it.
+func TestOrderedHeadIsAnAsynqTask(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	plain := e.enqueue(text("r", "plain"), Key("plain"), MaxRedeliveries(4))
+	head := e.enqueue(text("r", "head"), Key("head"), MaxRedeliveries(4), Ordered())
+	behind := e.enqueue(text("r", "behind"), Ordered())
+	want, err := e.inspector.GetTaskInfo(e.queue, plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.inspector.GetTaskInfo(e.queue, head)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != asynq.TaskStatePending || got.Type != TypeSend || got.MaxRetry != want.MaxRetry || got.Timeout != want.Timeout ||
+		got.Retention != want.Retention || got.Deadline != want.Deadline || got.Queue != e.queue {
+		t.Fatalf("ordered head %+v\nplain task %+v", got, want)
+	}
+	p, err := DecodePayload(got.Payload)
+	if err != nil || p.Message.Text != "head" || p.OrderingKey != "r" || p.Key != "head" {
+		t.Fatalf("payload %+v, %v", p, err)
+	}
+	// The message behind the head is not in asynq yet; Waiting reads it.
+	if _, err := e.inspector.GetTaskInfo(e.queue, behind); !errors.Is(err, asynq.ErrTaskNotFound) {
+		t.Fatalf("message behind the head: %v", err)
+	}
+	if w, err := e.producer.Waiting(context.Background(), e.queue, behind); err != nil || w.Message.Text != "behind" || w.OrderingKey != "r" {
+		t.Fatalf("waiting %+v, %v", w, err)
+	}
+	if _, err := e.producer.Waiting(context.Background(), e.queue, head); !errors.Is(err, ErrNotWaiting) {
+		t.Fatalf("the head is not waiting: %v", err)
+	}
+	// Keys are duplicates whether the task is the head or behind it.
+	if _, err := e.producer.Enqueue(context.Background(), text("r", "again"), Key("head"), Ordered()); !errors.Is(err, ErrDuplicate) {
+		t.Fatalf("duplicate head: %v", err)
+	}
+	e.enqueue(text("r", "keyed behind"), Key("kb"), Ordered())
+	var dup *DuplicateError
+	if _, err := e.producer.Enqueue(context.Background(), text("r", "again"), Key("kb"), Ordered()); !errors.As(err, &dup) || dup.State != "waiting" {
+		t.Fatalf("duplicate behind the head: %v", err)
+	}
+}
+
+func TestOrderedRejectsInvalid(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	for name, opts := range map[string][]Option{
+		"ordered":      {Ordered(), ProcessIn(time.Minute)},
+		"ordering_key": {OrderingKey(strings.Repeat("k", MaxKeyBytes+1))},
+	} {
+		_, err := e.producer.Enqueue(context.Background(), text("r", "x"), opts...)
+		var ve *webex.ValidationError
+		if !errors.As(err, &ve) || ve.Field != name {
+			t.Errorf("%s: error %v, want a validation error on %s", name, err, name)
+		}
+	}
+	if keys := e.sequenceKeys(); len(keys) > 0 {
+		t.Fatalf("invalid messages left %v", keys)
+	}
+}
+
+// A first message that meets an outage is redelivered seconds later; the
+// ordered messages behind it wait for it (unordered ones would overtake
+// it), and a drained sequence leaves no key behind.
+func TestOrderedWaitsForRedeliveredHead(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	e.sim.AddFault(webextest.Fault{Room: "r", Status: 503, Count: 4}) // the first delivery's 3 attempts, and one more
+	e.start(nil)
+	var want []string
+	var ids []string
+	for i := range 12 {
+		want = append(want, fmt.Sprintf("m%02d", i))
+		ids = append(ids, e.enqueue(text("r", want[i]), Ordered()))
+	}
+	e.enqueue(text("other", "unordered"))
+	waitFor(t, 20*time.Second, "every ordered message", func() bool { return len(e.sim.Messages("r")) >= len(want) })
+	if got := texts(e.sim.Messages("r")); !slices.Equal(got, want) {
+		t.Fatalf("room got %v, want %v", got, want)
+	}
+	if info := e.waitState(ids[0], asynq.TaskStateCompleted, 5*time.Second); info.Retried != 1 {
+		t.Fatalf("the head was redelivered %d times, want 1", info.Retried)
+	}
+	e.waitKeysGone()
+}
+
+// A dead-lettered head releases the next message, visibly: a log line, a
+// metric, and the dead letter names what was behind it.
+func TestOrderedDeadLetterReleasesNext(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	e.sim.AddFault(webextest.Fault{Room: "gone", Status: 404})
+	dls := NewDeadLetters(e.rdb, "courier:{"+e.queue+"}:deadletters", 100)
+	obs := &releaseCounter{}
+	head := e.enqueue(text("gone", "first"), OrderingKey("incident-7"))
+	var behind []string
+	for i := range 3 {
+		behind = append(behind, e.enqueue(text("r", fmt.Sprintf("next-%d", i)), OrderingKey("incident-7")))
+	}
+	e.start(func(c *WorkerConfig) { c.DeadLetters, c.Observer = dls, obs })
+	e.waitState(head, asynq.TaskStateArchived, 10*time.Second)
+	waitFor(t, 10*time.Second, "the messages behind the dead letter", func() bool { return len(e.sim.Messages("r")) == 3 })
+	if got := texts(e.sim.Messages("r")); !slices.Equal(got, []string{"next-0", "next-1", "next-2"}) {
+		t.Fatalf("delivered %v", got)
+	}
+	list, err := dls.List(context.Background(), 10)
+	if err != nil || len(list) != 1 || list[0].TaskID != head || !slices.Equal(list[0].Behind, behind) {
+		t.Fatalf("dead letters %+v, %v; want %s with %v behind", list, err, head, behind)
+	}
+	if n := obs.count("dead_letter"); n != 1 {
+		t.Fatalf("successors released counted %d, want 1", n)
+	}
+	if logs := e.logs.String(); !strings.Contains(logs, "sequence moves on past a message that was not delivered") || !strings.Contains(logs, "next_task_id="+behind[0]) {
+		t.Fatalf("no log line for the released successor:\n%s", logs)
+	}
+}
+
+// A head deleted in asynqmon, or archived by asynq's recoverer, leaves
+// without courier knowing: the reconciler moves its sequence on.
+func TestReconcilerRepairsLostHead(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	a := e.enqueue(text("r", "a"), Ordered())
+	b := e.enqueue(text("r", "b"), Ordered())
+	c := e.enqueue(text("r", "c"), Ordered())
+	obs := &releaseCounter{}
+	rec := NewReconciler(e.rdb, ReconcilerConfig{Queues: []string{e.queue}, Observer: obs, Logger: e.logger()})
+	ctx := context.Background()
+	if n, err := rec.Reconcile(ctx); n != 0 || err != nil {
+		t.Fatalf("reconcile with a live head moved %d, %v", n, err)
+	}
+	if err := e.inspector.DeleteTask(e.queue, a); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := rec.Reconcile(ctx); n != 1 || err != nil {
+		t.Fatalf("reconcile after a deleted head moved %d, %v", n, err)
+	}
+	e.waitState(b, asynq.TaskStatePending, time.Second)
+	if err := e.inspector.ArchiveTask(e.queue, b); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := rec.Reconcile(ctx); n != 1 || err != nil {
+		t.Fatalf("reconcile after an archived head moved %d, %v", n, err)
+	}
+	e.waitState(c, asynq.TaskStatePending, time.Second)
+	if err := e.inspector.DeleteTask(e.queue, c); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := rec.Reconcile(ctx); n != 1 || err != nil {
+		t.Fatalf("reconcile of the last head moved %d, %v", n, err)
+	}
+	if keys := e.sequenceKeys(); len(keys) > 0 {
+		t.Fatalf("a drained sequence left %v", keys)
+	}
+	if n := obs.count("reconciled"); n != 2 {
+		t.Fatalf("successors released counted %d, want 2", n)
+	}
+	if logs := e.logs.String(); !strings.Contains(logs, "head_state=deleted") || !strings.Contains(logs, "head_state=archived") {
+		t.Fatalf("reconciler logs:\n%s", logs)
+	}
+}
+
+// A dead letter re-run from asynqmon while its sequence has moved on joins
+// the end of the sequence: it is handed back until the messages ahead of
+// it are delivered, then pulled forward.
+func TestRerunDeadLetterReentersAtEnd(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	e.sim.AddFault(webextest.Fault{Room: "gone", Status: 404, Count: 1})
+	e.sim.AddFault(webextest.Fault{Room: "slow", Status: 503, Count: 6}) // two deliveries fail: seconds
+	a := e.enqueue(text("gone", "a"), OrderingKey("k"))
+	b := e.enqueue(text("slow", "b"), OrderingKey("k"))
+	e.start(nil)
+	e.waitState(a, asynq.TaskStateArchived, 10*time.Second)
+	if info, err := e.inspector.GetTaskInfo(e.queue, b); err != nil || info.State == asynq.TaskStateCompleted {
+		t.Fatalf("b already %+v, %v: the test needs it still waiting", info, err)
+	}
+	if err := e.inspector.RunTask(e.queue, a); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(a, asynq.TaskStateCompleted, 20*time.Second)
+	bInfo := e.waitState(b, asynq.TaskStateCompleted, time.Second)
+	if got := texts(e.sim.Messages("")); !slices.Equal(got, []string{"b", "a"}) {
+		t.Fatalf("delivered %v, want b then the re-run a", got)
+	}
+	if bInfo.Retried < 1 || !strings.Contains(e.logs.String(), "outcome=behind_head") {
+		t.Fatalf("b retried %d; logs:\n%s", bInfo.Retried, e.logs.String())
+	}
+	e.waitKeysGone()
+}
+
+// EnqueueMany keeps the order of ordered messages with the same key, while
+// enqueueing concurrently.
+func TestEnqueueManyKeepsOrder(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	var reqs []Request
+	for i := range 60 {
+		reqs = append(reqs, Request{Message: text(fmt.Sprintf("room-%d", i%3), fmt.Sprintf("m%02d", i)), Options: []Option{Ordered()}})
+	}
+	for _, r := range e.producer.EnqueueMany(context.Background(), reqs) {
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+	}
+	e.start(nil)
+	for room := range 3 {
+		var want []string
+		for i := room; i < 60; i += 3 {
+			want = append(want, fmt.Sprintf("m%02d", i))
+		}
+		dest := fmt.Sprintf("room-%d", room)
+		waitFor(t, 20*time.Second, "every message of "+dest, func() bool { return len(e.sim.Messages(dest)) >= len(want) })
+		if got := texts(e.sim.Messages(dest)); !slices.Equal(got, want) {
+			t.Fatalf("%s got %v, want %v", dest, got, want)
+		}
+	}
+}
+
+// releaseCounter counts released successors by reason.
+type releaseCounter struct {
+	nopObserver
+	mu         sync.Mutex
+	n          map[string]int
+	unthreaded int
+}
+
+func (r *releaseCounter) ReplyUnthreaded(string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.unthreaded++
+}
+
+var _ OrderingObserver = (*releaseCounter)(nil)
+
+func (r *releaseCounter) SuccessorReleased(_, reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.n == nil {
+		r.n = map[string]int{}
+	}
+	r.n[reason]++
+}
+
+func (r *releaseCounter) count(reason string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.n[reason]
+}
+
+// logger writes to the test's log buffer.
+func (e *env) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// waitKeysGone waits until no sequence of the test's queue holds a key.
+func (e *env) waitKeysGone() {
+	e.t.Helper()
+	var keys []string
+	deadline := time.Now().Add(5 * time.Second)
+	for keys = e.sequenceKeys(); len(keys) > 0; keys = e.sequenceKeys() {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("a drained sequence left %v", keys)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A multi-file ordered message delivers all its parts, in order, before the
+// next ordered message starts, also when a part meets an outage.
+func TestOrderedMultiPart(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	w := e.start(nil)
+	var once sync.Once
+	w.handler.afterRecord = func(_ string, part int) error {
+		if part == 0 {
+			once.Do(func() { e.sim.AddFault(webextest.Fault{Room: "r", Status: 502, Count: 3}) }) // the second part's attempts
+		}
+		return nil
+	}
+	m := Message{Message: webex.Message{RoomID: "r", Markdown: "charts"}, Uploads: []webex.File{
+		{Name: "a.png", ContentType: "image/png", Data: []byte("A")},
+		{Name: "b.png", ContentType: "image/png", Data: []byte("B")},
+	}}
+	e.enqueue(m, Ordered())
+	e.enqueue(text("r", "after the charts"), Ordered())
+	waitFor(t, 20*time.Second, "three messages", func() bool { return len(e.sim.Messages("r")) >= 3 })
+	var got []string
+	for _, s := range e.sim.Messages("r") {
+		got = append(got, s.FileName+s.Text)
+	}
+	if !slices.Equal(got, []string{"a.png", "b.png", "after the charts"}) {
+		t.Fatalf("delivered %v", got)
+	}
+}
+
+// An expired head is dead-lettered and the sequence moves on; requeued from
+// the durable record, it re-enters at the end of its sequence.
+func TestOrderedExpiredAndRequeued(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	dls := NewDeadLetters(e.rdb, "courier:{"+e.queue+"}:deadletters", 100)
+	hourAgo, err := NewProducer(e.rdb, ProducerConfig{Queue: e.queue, Now: func() time.Time { return time.Now().Add(-time.Hour) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := hourAgo.Enqueue(context.Background(), text("r", "late"), Ordered(), ExpiresIn(time.Minute)) // expired 59 minutes ago
+	if err != nil {
+		t.Fatal(err)
+	}
+	late := r.TaskID
+	e.enqueue(text("r", "on time"), Ordered())
+	e.start(func(c *WorkerConfig) { c.DeadLetters = dls })
+	e.waitState(late, asynq.TaskStateArchived, 10*time.Second)
+	waitFor(t, 10*time.Second, "the message behind the expired one", func() bool { return len(e.sim.Messages("r")) == 1 })
+	list, err := dls.List(context.Background(), 10)
+	if err != nil || len(list) != 1 || list[0].Outcome != string(Expired) {
+		t.Fatalf("dead letters %+v, %v", list, err)
+	}
+	e.enqueue(text("r", "enqueued before the requeue"), Ordered())
+	r, err = dls.Requeue(context.Background(), list[0].ID, e.producer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(r.TaskID, asynq.TaskStateCompleted, 10*time.Second)
+	if got := texts(e.sim.Messages("r")); !slices.Equal(got, []string{"on time", "enqueued before the requeue", "late"}) {
+		t.Fatalf("delivered %v", got)
+	}
+	e.waitKeysGone()
+}
+
+// commandLog records the commands a Redis client sends.
+type commandLog struct {
+	mu   sync.Mutex
+	cmds []string
+}
+
+func (l *commandLog) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (l *commandLog) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		l.add(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (l *commandLog) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, c := range cmds {
+			l.add(c)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func (l *commandLog) add(cmd redis.Cmder) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.cmds = append(l.cmds, fmt.Sprint(cmd.Args()...))
+}
+
+// Unordered messages cost nothing extra: neither enqueueing nor delivering
+// one runs an ordering script or touches a sequence's keys.
+func TestUnorderedTouchesNoSequence(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	log := &commandLog{}
+	rdb := redis.NewClient(e.rdb.Options())
+	rdb.AddHook(log)
+	t.Cleanup(func() { _ = rdb.Close() })
+	p, err := NewProducer(rdb, ProducerConfig{Queue: e.queue})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := p.Enqueue(context.Background(), text("r", "unordered"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := NewWorker(rdb, WorkerConfig{Bots: map[string]Sender{"": e.client(token)}, Queues: map[string]int{e.queue: 1},
+		TaskCheckInterval: 10 * time.Millisecond, Logger: e.logger(), Gate: GateConfig{Namespace: "courier:{" + e.queue + "}"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(r.TaskID, asynq.TaskStateCompleted, 10*time.Second)
+	w.Shutdown()
+	ordering := []string{enqueueOrderedScript.Hash(), claimScript.Hash(), releaseScript.Hash(), parentScript.Hash(), ":seq", ":heads", ":waiting"}
+	log.mu.Lock()
+	defer log.mu.Unlock()
+	for _, c := range log.cmds {
+		for _, o := range ordering {
+			if strings.Contains(c, o) && !strings.Contains(c, "hscan") { // the reconciler's periodic scan is not on the message's path
+				t.Errorf("an unordered message's path ran %q", c)
+			}
+		}
+	}
+}
+
+// panicOnce panics on the first message with a given text.
+type panicOnce struct {
+	Sender
+	text string
+	done sync.Once
+}
+
+func (p *panicOnce) CreateMessage(ctx context.Context, m webex.Message) (*webex.Sent, error) {
+	if m.Text == p.text {
+		p.done.Do(func() { panic("sender bug") })
+	}
+	return p.Sender.CreateMessage(ctx, m)
+}
+
+// A head whose delivery panics is not released: the message behind it
+// waits for its redelivery.
+func TestOrderedPanicKeepsHead(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	e.enqueue(text("r", "boom"), Ordered())
+	e.enqueue(text("r", "after"), Ordered())
+	e.start(func(c *WorkerConfig) {
+		c.Bots = map[string]Sender{"": &panicOnce{Sender: e.client(token), text: "boom"}}
+	})
+	waitFor(t, 20*time.Second, "both messages", func() bool { return len(e.sim.Messages("r")) >= 2 })
+	if got := texts(e.sim.Messages("r")); !slices.Equal(got, []string{"boom", "after"}) {
+		t.Fatalf("delivered %v", got)
+	}
+}

@@ -1,0 +1,51 @@
+package tasks
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hibiken/asynq"
+
+	"github.com/courier-dev/courier/pkg/webex"
+	"github.com/courier-dev/courier/pkg/webex/webextest"
+)
+
+// A reply waits for its parent (here redelivered after an outage) and is
+// sent with the parent's Webex message id.
+func TestReplyThreadedUnderParent(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	e.sim.AddFault(webextest.Fault{Room: "r", Status: 503, Count: 3}) // the parent's first delivery
+	parent := e.enqueue(text("r", "parent"))
+	reply := Message{Message: webex.Message{RoomID: "r", Text: "reply", ParentID: "relay-id-of-the-parent"}}
+	id := e.enqueue(reply, ReplyTo(parent))
+	e.start(nil)
+	e.waitState(id, asynq.TaskStateCompleted, 20*time.Second)
+	msgs := e.sim.Messages("r")
+	if len(msgs) != 2 || msgs[0].Text != "parent" || msgs[1].Text != "reply" || msgs[1].ParentID != msgs[0].ID {
+		t.Fatalf("simulator holds %+v", msgs)
+	}
+}
+
+// A reply whose parent was dead-lettered goes unthreaded, with a warning
+// and a metric.
+func TestReplyUnthreadedAfterDeadParent(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	e.sim.AddFault(webextest.Fault{Room: "gone", Status: 404})
+	obs := &releaseCounter{}
+	parent := e.enqueue(text("gone", "parent"))
+	id := e.enqueue(Message{Message: webex.Message{RoomID: "r", Text: "reply", ParentID: "relay-id"}}, ReplyTo(parent))
+	e.start(func(c *WorkerConfig) { c.Observer = obs })
+	e.waitState(id, asynq.TaskStateCompleted, 20*time.Second)
+	if msgs := e.sim.Messages("r"); len(msgs) != 1 || msgs[0].ParentID != "" {
+		t.Fatalf("simulator holds %+v", msgs)
+	}
+	obs.mu.Lock()
+	n := obs.unthreaded
+	obs.mu.Unlock()
+	if n != 1 || !strings.Contains(e.logs.String(), "reply sent unthreaded: the parent message was dead-lettered") {
+		t.Fatalf("unthreaded counted %d; logs:\n%s", n, e.logs.String())
+	}
+}
