@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -133,6 +134,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		died = h.suspect(ctx, m)
 	}
 	if died > 0 {
+		claim = h.isolatedClaim(ctx, m)
 		err = h.isolate(ctx, m, t.Payload(), died)
 	} else {
 		err = h.process(ctx, m, t.Payload(), &claim)
@@ -145,6 +147,21 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		}
 	}
 	return err
+}
+
+// isolatedClaim is the claim an isolated delivery runs under, read before
+// it starts, so that its outcome is fenced too; nil when Redis cannot say
+// or the hash is gone (the isolated delivery's own start then meets it).
+func (h *Handler) isolatedClaim(ctx context.Context, m taskMeta) *Claim {
+	v, err := h.rec.rdb.HMGet(ctx, taskKey(m.queue, m.id), "state", fieldEpoch).Result()
+	if err != nil || v[0] == nil {
+		return nil
+	}
+	var epoch int64
+	if e, ok := v[1].(string); ok {
+		epoch, _ = strconv.ParseInt(e, 10, 64)
+	}
+	return &Claim{Queue: m.queue, ID: m.id, Epoch: epoch}
 }
 
 // process delivers one task, in the worker or in an isolated process; once
