@@ -13,9 +13,10 @@ import (
 )
 
 // ExitTombstoned is the exit code of a worker that finds another worker took
-// its tasks over (it was paused or cut off long enough to look dead): it
-// exits at once, so that asynq records nothing for those tasks, and its
-// supervisor restarts it.
+// a task of its over (it was paused or cut off long enough to look dead), or
+// that cannot reach Redis to check before it posts or writes: it exits at
+// once, so that asynq records nothing for those tasks, and its supervisor
+// restarts it.
 const ExitTombstoned = 3
 
 // newRecovery builds fast crash recovery, or nil when it is off

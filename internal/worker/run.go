@@ -107,7 +107,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	if recovery != nil {
-		wcfg.Fence = recovery.Fence
+		wcfg.Fence = recovery
 	}
 	w, err := tasks.NewWorker(rdb, wcfg)
 	if err != nil {
@@ -175,7 +175,11 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return err
 	}
 	if recovery != nil {
-		go func() { _ = recovery.Run(ctx) }() // ErrTombstoned: Halt has exited the process
+		// It fences the deliveries under way until the process exits, through
+		// the shutdown too (ErrTakenOver: Halt has exited the process).
+		rctx, stopRecovery := context.WithCancel(context.WithoutCancel(ctx))
+		defer stopRecovery()
+		go func() { _ = recovery.Run(rctx) }()
 	}
 	log.Info("worker started", "queues", cfg.Queues, "concurrency", cfg.Concurrency, "bots", len(bots),
 		"webex", cfg.WebexBaseURL)

@@ -35,6 +35,9 @@ type records struct {
 const (
 	fieldResult = "result"
 	fieldRuns   = "courier_runs"
+	// fieldEpoch counts the takeovers of the task by fast crash recovery:
+	// the fencing token a delivery begins under (see Recovery).
+	fieldEpoch  = "courier_epoch"
 	fieldKilled = "courier_killed" // deaths of isolated deliveries (isolate.go)
 )
 
@@ -47,11 +50,12 @@ func taskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }
 const unconfirmedID = "\x00unconfirmed"
 
 var beginScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0, 0} end
 local runs = redis.call('HINCRBY', KEYS[1], 'courier_runs', 1)
 local result = redis.call('HGET', KEYS[1], 'result') or ''
 local killed = tonumber(redis.call('HGET', KEYS[1], 'courier_killed') or '0')
-return {runs, result, killed}
+local epoch = tonumber(redis.call('HGET', KEYS[1], 'courier_epoch') or '0')
+return {runs, result, killed, epoch}
 `)
 
 // begun is what the start of a delivery finds.
@@ -60,13 +64,14 @@ type begun struct {
 	died   int      // earlier deliveries that never finished
 	killed int      // of them, isolated ones whose process died (isolate.go)
 	gone   bool     // the task's hash is missing
+	epoch  int64    // the task's epoch (fieldEpoch) the delivery runs under
 }
 
 // begin reads the parts already delivered and counts this delivery as
 // running, in one round trip.
 func (r *records) begin(ctx context.Context, queue, id string) (begun, error) {
 	res, err := beginScript.Run(ctx, r.rdb, []string{taskKey(queue, id)}).Slice()
-	if err == nil && len(res) != 3 {
+	if err == nil && len(res) != 4 {
 		err = fmt.Errorf("unexpected answer %v", res)
 	}
 	if err != nil {
@@ -77,7 +82,8 @@ func (r *records) begin(ctx context.Context, queue, id string) (begun, error) {
 		return begun{gone: true}, nil
 	}
 	killed, _ := res[2].(int64)
-	b := begun{died: int(runs) - 1, killed: int(killed)}
+	epoch, _ := res[3].(int64)
+	b := begun{died: int(runs) - 1, killed: int(killed), epoch: epoch}
 	if s, _ := res[1].(string); s != "" {
 		var tr TaskResult
 		if json.Unmarshal([]byte(s), &tr) == nil {

@@ -99,10 +99,11 @@ type WorkerConfig struct {
 	ReconcileInterval time.Duration
 	// Now reads the clock. Default time.Now.
 	Now func() time.Time
-	// Fence, when set, is asked before each post to Webex and before a
-	// delivery's outcome goes back to asynq: an error means this worker
-	// must not post. Recovery.Fence is the one to use (fast crash recovery).
-	Fence func(ctx context.Context) error
+	// Fence, when set, is asked before each post to Webex, before each
+	// write to the task's hash and before a delivery's outcome goes back to
+	// asynq: an error means this worker must post and write nothing.
+	// *Recovery is the one to use (fast crash recovery).
+	Fence Fence
 
 	attemptLogger *slog.Logger
 }
