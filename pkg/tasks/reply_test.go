@@ -49,3 +49,24 @@ func TestReplyUnthreadedAfterDeadParent(t *testing.T) {
 		t.Fatalf("unthreaded counted %d; logs:\n%s", n, e.logs.String())
 	}
 }
+
+// A reply to a message still waiting behind the head of its sequence waits
+// for it, and is threaded under it (not sent first, unthreaded).
+func TestReplyToWaitingParent(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	e.sim.AddFault(webextest.Fault{Room: "r", Status: 503, Count: 3})
+	e.enqueue(text("r", "head"), Ordered())
+	parent := e.enqueue(text("r", "parent"), Ordered())
+	id := e.enqueue(Message{Message: webex.Message{RoomID: "r", Text: "reply"}}, ReplyTo(parent))
+	e.start(nil)
+	e.waitState(id, asynq.TaskStateCompleted, 30*time.Second)
+	e.waitState(parent, asynq.TaskStateCompleted, 30*time.Second)
+	msgs := e.sim.Messages("r")
+	if got := strings.Join(texts(msgs), ","); got != "head,parent,reply" {
+		t.Fatalf("delivered %s, want head,parent,reply", got)
+	}
+	if msgs[2].ParentID != msgs[1].ID {
+		t.Fatalf("reply's parentId %q, want the parent's id %q; logs:\n%s", msgs[2].ParentID, msgs[1].ID, e.logs.String())
+	}
+}
