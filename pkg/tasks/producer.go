@@ -182,8 +182,11 @@ func (p *Producer) Enqueue(ctx context.Context, msg Message, opts ...Option) (*E
 	if err != nil {
 		return nil, err
 	}
-	if o.ordered {
+	switch {
+	case o.ordered:
 		return p.enqueueOrdered(ctx, task, o)
+	case o.key != "":
+		return p.enqueueKeyed(ctx, task, o)
 	}
 	info, err := p.client.EnqueueContext(ctx, task, o.asynq...)
 	if errors.Is(err, asynq.ErrTaskIDConflict) {
