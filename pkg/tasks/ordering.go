@@ -60,13 +60,23 @@ func OrderingKey(k string) Option {
 const BehindHead Outcome = "behind_head"
 
 // orderingKey is the key of an ordered message: the one given, else its
-// destination (an email in lower case). "" for an unordered message.
+// destination. "" for an unordered message.
 func orderingKey(msg *Message, o *enqueueOptions) string {
 	switch {
 	case !o.ordered:
 		return ""
 	case o.orderingKey != "":
 		return o.orderingKey
+	}
+	return Destination(msg)
+}
+
+// Destination is the default ordering key of msg: its room id, person id,
+// or email in lower case. The bot is not part of it: messages of several
+// bots to one room are ordered together, as the room shows them; a producer
+// that wants a sequence per bot (or per caller) says so with OrderingKey.
+func Destination(msg *Message) string {
+	switch {
 	case msg.RoomID != "":
 		return msg.RoomID
 	case msg.ToPersonID != "":
