@@ -119,14 +119,23 @@ func (h *Handler) RejectedBots() map[string]time.Time {
 // ProcessTask delivers one task. It returns nil when the message is
 // delivered (or was already), else a *DeliveryError.
 func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
-	err := h.deliver(ctx, t)
+	var release func()
+	err := h.deliver(ctx, t, &release)
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
-	_ = h.fence(fctx) // a worker declared dead exits here, before asynq records the outcome
+	// A worker declared dead exits here, before asynq records the outcome,
+	// and never releases the next message of a sequence: the new owner of
+	// the task may still be posting it.
+	if ferr := h.fence(fctx); ferr == nil && err == nil && release != nil {
+		release()
+	}
 	return err
 }
 
-func (h *Handler) deliver(ctx context.Context, t *asynq.Task) (err error) {
+// deliver delivers one task. For a delivered ordered message it sets
+// *release to hand its sequence on, which ProcessTask calls once the fence
+// allows.
+func (h *Handler) deliver(ctx context.Context, t *asynq.Task, release *func()) (err error) {
 	id, _ := asynq.GetTaskID(ctx)
 	queue, _ := asynq.GetQueueName(ctx)
 	retried, _ := asynq.GetRetryCount(ctx)
@@ -149,14 +158,7 @@ func (h *Handler) deliver(ctx context.Context, t *asynq.Task) (err error) {
 		if de := h.order.claim(ctx, queue, id, p.OrderingKey); de != nil {
 			return de
 		}
-		defer func() {
-			if r := recover(); r != nil {
-				panic(r) // not delivered: the recovery above counts it; the sequence waits
-			}
-			if err == nil {
-				h.order.release(ctx, queue, id, p.OrderingKey)
-			}
-		}()
+		*release = func() { h.order.release(ctx, queue, id, p.OrderingKey) } // once delivered (not after a panic: the sequence waits)
 	}
 	if p.ParentTask != "" { // a reply: to its parent's Webex message, once delivered
 		if de := h.threadReply(ctx, queue, id, p); de != nil {

@@ -543,3 +543,30 @@ func TestReleaseLogsDroppedWaitingMessage(t *testing.T) {
 		t.Fatalf("drop not logged:\n%s", e.logs.String())
 	}
 }
+
+// A worker whose task was taken over (its fence says so after the post)
+// does not release the next message: the new owner may still be posting
+// the head.
+func TestFencedWorkerDoesNotRelease(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	head := e.enqueue(text("r", "head"), Ordered())
+	next := e.enqueue(text("r", "next"), Ordered())
+	var calls sync.Mutex
+	n := 0
+	e.start(func(c *WorkerConfig) {
+		c.ReconcileInterval = time.Hour
+		c.Fence = func(context.Context) error { // the post goes ahead; then the worker is declared dead
+			calls.Lock()
+			defer calls.Unlock()
+			if n++; n > 1 {
+				return ErrTombstoned
+			}
+			return nil
+		}
+	})
+	e.waitState(head, asynq.TaskStateCompleted, 10*time.Second) // without Halt asynq records it
+	if _, err := e.producer.Waiting(context.Background(), e.queue, next); err != nil {
+		t.Fatalf("the next message was released by a fenced worker: %v; delivered %v", err, texts(e.sim.Messages("r")))
+	}
+}
