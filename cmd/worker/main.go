@@ -29,6 +29,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		os.Exit(2)
 	}
+	cfg.Isolation(os.Args[1:], os.LookupEnv)
 	ctx, stop := signals.Context(context.Background(), func(s os.Signal) {
 		fmt.Fprintf(os.Stderr, "worker: second %v: exiting now\n", s)
 		os.Exit(1)

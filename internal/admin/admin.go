@@ -6,7 +6,8 @@
 // (orchestrators probe those without credentials); it is required when the
 // server binds beyond loopback with asynqmon writable. Cross-origin browser
 // requests that change state (a form posted from another site) are refused
-// with 403 (net/http's CrossOriginProtection).
+// with 403 (net/http's CrossOriginProtection). Without auth, a request whose
+// Host names another site (a DNS name rebound to this address) gets 421.
 package admin
 
 import (
@@ -42,6 +43,10 @@ type Config struct {
 	Gatherer prometheus.Gatherer
 	// Writable lets asynqmon and /deadletters change tasks (re-run, delete).
 	Writable bool
+	// Addr is the listen address (host:port). Without auth, requests must
+	// name it, loopback, localhost, an IP address or a single-label name as
+	// their Host (DNS rebinding); others get 421.
+	Addr string
 	// User and Password turn on HTTP basic auth.
 	User, Password string
 	// DeadLetters and Producer serve the dead-letter record (optional).
@@ -127,6 +132,8 @@ func Handler(cfg Config) (h http.Handler, closeFn func() error) {
 	var handler http.Handler = http.NewCrossOriginProtection().Handler(mux)
 	if cfg.User != "" {
 		handler = basicAuth(handler, cfg.User, cfg.Password)
+	} else {
+		handler = hostGuard(handler, cfg.Addr)
 	}
 	return handler, mon.Close
 }

@@ -261,6 +261,22 @@ func countSet(fs *flag.FlagSet, names ...string) int {
 	return n
 }
 
+// ReservedKeyPrefix starts the task keys of the relay's Idempotency-Keys
+// (relay/<token id>/<key>): another producer's key of that form could take
+// a relay caller's key, so the CLI refuses it.
+const ReservedKeyPrefix = "relay/"
+
+// ErrReservedKey matches a key that starts with ReservedKeyPrefix.
+var ErrReservedKey = errors.New("keys starting with " + ReservedKeyPrefix + " are reserved for the relay")
+
+// clip shortens an input value quoted in an error.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
+}
+
 // pending is one message ready to enqueue, or the input error that stops it.
 type pending struct {
 	line int
@@ -276,7 +292,11 @@ func build(n int, l Line, extraFiles []string, cardFile string, files *fileReade
 		ParentID: l.ParentID, Text: l.Text, Markdown: l.Markdown, Attachments: l.Attachments}}
 	var errs []error
 	for _, f := range append(l.Files, extraFiles...) {
-		if strings.HasPrefix(f, "http://") || strings.HasPrefix(f, "https://") {
+		if scheme, _, ok := strings.Cut(f, "://"); ok && !strings.ContainsAny(scheme, "/\\") {
+			if !strings.EqualFold(scheme, "http") && !strings.EqualFold(scheme, "https") {
+				errs = append(errs, fmt.Errorf("files: %q is a URL that is not http(s): Webex fetches only http(s)", clip(f)))
+				continue
+			}
 			m.Files = append(m.Files, f)
 			continue
 		}
@@ -321,6 +341,9 @@ func build(n int, l Line, extraFiles []string, cardFile string, files *fileReade
 			continue
 		}
 		opts = append(opts, o)
+	}
+	if strings.HasPrefix(l.Key, ReservedKeyPrefix) {
+		errs = append(errs, fmt.Errorf("key: %q: %w", clip(l.Key), ErrReservedKey))
 	}
 	if l.Key != "" {
 		opts = append(opts, tasks.Key(l.Key))

@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
+	"unicode"
 
 	"github.com/courier-dev/courier/pkg/webex"
 )
@@ -31,6 +33,9 @@ type fileReader struct {
 // read loads one local file, its content type from the extension, else
 // from its first bytes.
 func (fr *fileReader) read(path string) (webex.File, error) {
+	if strings.IndexFunc(path, unicode.IsControl) >= 0 {
+		return webex.File{}, fmt.Errorf("%q: a path with control characters", clip(path))
+	}
 	var f *os.File
 	var err error
 	switch {

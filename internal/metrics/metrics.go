@@ -1,7 +1,8 @@
 // Package metrics exports courier's Prometheus metrics: deliveries by
 // outcome, Webex attempts and request latency, in-process waiting,
 // enqueue-to-delivery latency and rejected tokens. It implements
-// tasks.Observer; asynq's queue metrics are registered beside it.
+// tasks.Observer; asynq's queue metrics of the served queues are registered
+// beside it.
 package metrics
 
 import (
@@ -12,7 +13,6 @@ import (
 	"time"
 
 	"github.com/hibiken/asynq"
-	asynqmetrics "github.com/hibiken/asynq/x/metrics"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -40,14 +40,16 @@ type Metrics struct {
 
 var _ tasks.Observer = (*Metrics)(nil)
 
-// New registers courier's metrics, asynq's queue metrics (through
-// inspector, when not nil) and the Go runtime's on reg.
-func New(reg prometheus.Registerer, inspector *asynq.Inspector) *Metrics {
+// New registers courier's metrics, asynq's queue metrics of the queues the
+// worker serves (queues, by name to priority as in tasks.WorkerConfig;
+// through inspector, when not nil: no other queue gets a label) and the Go
+// runtime's on reg.
+func New(reg prometheus.Registerer, inspector *asynq.Inspector, queues map[string]int) *Metrics {
 	m := &Metrics{
 		bots: map[string]bool{},
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "courier_deliveries_total",
-			Help: "Deliveries by bot and outcome: delivered, delivered_unconfirmed, deduplicated, transient (redelivered), rate_limited, unauthorized, interrupted, deferred, circuit_open, redis_unavailable, task_missing, lease_expired, behind_head, and the dead letters permanent, exhausted, expired, corrupt, poison.",
+			Help: "Deliveries by bot and outcome: delivered, delivered_unconfirmed, deduplicated, transient (redelivered), rate_limited, unauthorized, interrupted, deferred, circuit_open, redis_unavailable, task_missing, lease_expired, killed, behind_head, and the dead letters permanent, exhausted, expired, corrupt, poison.",
 		}, []string{"bot", "outcome"}),
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "courier_webex_attempts_total",
@@ -88,7 +90,7 @@ func New(reg prometheus.Registerer, inspector *asynq.Inspector) *Metrics {
 	}
 	reg.MustRegister(m.deliveries, m.attempts, m.waited, m.latency, m.requests, m.tokenRejected, m.throttled, m.breaker, m.transitions, m.released, m.unthreaded)
 	if inspector != nil {
-		reg.MustRegister(asynqmetrics.NewQueueMetricsCollector(inspector))
+		reg.MustRegister(newQueueCollector(inspector, queues))
 	}
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

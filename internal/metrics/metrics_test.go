@@ -40,7 +40,7 @@ func series(t *testing.T, reg *prometheus.Registry, name string) map[string]int 
 func TestUnknownBotsShareOneLabel(t *testing.T) {
 	t.Parallel()
 	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, nil)
+	m := metrics.New(reg, nil, nil)
 	m.Bot("")
 	m.Bot("alerts")
 	for i := range 500 {

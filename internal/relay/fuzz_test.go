@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/courier-dev/courier/pkg/tasks"
+	"github.com/courier-dev/courier/pkg/webex"
 )
 
 const fuzzBoundary = "--------------------------418239573650122876345902"
@@ -40,7 +41,7 @@ func FuzzRelayDecode(f *testing.F) {
 			t.Fatalf("accepted without a destination: %+v", msg)
 		}
 		for _, u := range msg.Files {
-			if !isHTTPURL(u) {
+			if !webex.IsHTTPURL(u) {
 				t.Fatalf("accepted file %q", u)
 			}
 		}

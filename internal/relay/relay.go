@@ -24,11 +24,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"mime"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/hibiken/asynq"
 	"github.com/prometheus/client_golang/prometheus"
@@ -226,6 +228,10 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("The request body is %d bytes; the limit is %d.", r.ContentLength, s.cfg.MaxBodyBytes))
 		return
 	}
+	if _, params, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err == nil && !webex.IsUTF8Charset(params["charset"]) {
+		writeError(w, http.StatusUnsupportedMediaType, fmt.Sprintf("The request body's charset is %q: send UTF-8.", clip(params["charset"])))
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
 	msg, err := decode(r, s.cfg.MaxBodyBytes)
 	var tooBig *http.MaxBytesError
@@ -254,6 +260,10 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	key := r.Header.Get("Idempotency-Key")
+	if err := checkIdempotencyKey(key); err != nil {
+		writeValidation(w, err)
+		return
+	}
 	if key != "" { // scoped to the token: another token's key is another message
 		key = c.source() + "/" + key
 		opts = append(opts, tasks.Key(key))
@@ -298,11 +308,24 @@ func (s *Server) repeat(ctx context.Context, w http.ResponseWriter, c caller, du
 	writeJSON(w, http.StatusOK, answer(RelayID(dup.Queue, dup.Key), p))
 }
 
-// sameMessage compares two messages as they are stored.
+// sameMessage compares two messages as they are stored: each goes through
+// the payload's JSON and back, so that what storing changes does not count.
 func sameMessage(a, b tasks.Message) bool {
-	ja, erra := json.Marshal(a)
-	jb, errb := json.Marshal(b)
-	return erra == nil && errb == nil && bytes.Equal(ja, jb)
+	na, erra := normalized(a)
+	nb, errb := normalized(b)
+	return erra == nil && errb == nil && bytes.Equal(na, nb)
+}
+
+func normalized(m tasks.Message) ([]byte, error) {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	var back tasks.Message
+	if err := json.Unmarshal(b, &back); err != nil {
+		return nil, err
+	}
+	return json.Marshal(back)
 }
 
 // Status is the answer of GET /v1/messages/{id}.
@@ -388,8 +411,13 @@ func validate(m tasks.Message, maxInline int) error {
 		wm.Files = []string{"https://file.invalid/"} // stands for m.Files, checked below
 	}
 	for _, f := range m.Files { // Webex fetches file URLs itself: a path or another scheme gets its 400
-		if !isHTTPURL(f) {
+		if !webex.IsHTTPURL(f) {
 			errs = append(errs, &webex.ValidationError{Field: "files", Problem: fmt.Sprintf("%q is not an http(s) URL: send a local file as a multipart part", clip(f))})
+		}
+	}
+	for field, v := range map[string]string{"text": m.Text, "markdown": m.Markdown} {
+		if i := strings.IndexFunc(v, isControl); i >= 0 {
+			errs = append(errs, &webex.ValidationError{Field: field, Problem: fmt.Sprintf("contains the control character %q at byte %d: only tab, CR and LF are allowed", v[i], i)})
 		}
 	}
 	if err := wm.Validate(); err != nil {
@@ -401,13 +429,31 @@ func validate(m tasks.Message, maxInline int) error {
 	return m.Validate(maxInline)
 }
 
+// isControl reports a C0 control character (or DEL) other than tab, LF and
+// CR: Webex's clients do not show them, and NUL ends strings in many.
+func isControl(r rune) bool {
+	return (r < 0x20 || r == 0x7f) && r != '\t' && r != '\n' && r != '\r'
+}
+
+// MaxIdempotencyKeyBytes is the longest Idempotency-Key header the relay
+// takes: the producer's key limit less the token's scope the relay adds.
+const MaxIdempotencyKeyBytes = tasks.MaxKeyBytes - len("relay/123456789abc/")
+
+// checkIdempotencyKey refuses an Idempotency-Key header the task key could
+// not hold, naming the header and its own limit.
+func checkIdempotencyKey(key string) error {
+	if len(key) > MaxIdempotencyKeyBytes {
+		return &webex.ValidationError{Field: "Idempotency-Key", Problem: fmt.Sprintf("header is %d bytes, the limit is %d", len(key), MaxIdempotencyKeyBytes)}
+	}
+	if i := strings.IndexFunc(key, func(r rune) bool { return !unicode.IsPrint(r) || unicode.IsSpace(r) }); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(key[i:])
+		return &webex.ValidationError{Field: "Idempotency-Key", Problem: fmt.Sprintf("header contains %q: use printable characters without spaces", r)}
+	}
+	return nil
+}
+
 // RetryAfterSeconds is the Retry-After of a 503 (Redis unreachable).
 const RetryAfterSeconds = 5
-
-func isHTTPURL(s string) bool {
-	u, err := url.Parse(s)
-	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != ""
-}
 
 // clip shortens a caller's value quoted in an error.
 func clip(s string) string {

@@ -146,3 +146,55 @@ func TestAlertRules(t *testing.T) {
 		}
 	}
 }
+
+// Prometheus scrapes the production workers with the admin server's user
+// and the password from the same compose secret.
+func TestPrometheusScrapesWithAuth(t *testing.T) {
+	t.Parallel()
+	opts, err := cli.NewProjectOptions([]string{"../../docker-compose.yml"}, cli.WithProfiles([]string{"prod"}), cli.WithName("courier"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := opts.LoadProject(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := p.GetService("worker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	user, file := w.Environment["COURIER_ADMIN_USER"], w.Environment["COURIER_ADMIN_PASSWORD_FILE"]
+	if user == nil || file == nil {
+		t.Fatalf("the production admin server has no basic auth: %v", w.Environment)
+	}
+	b, err := os.ReadFile("../../deploy/prometheus/prometheus.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		ScrapeConfigs []struct {
+			JobName   string `yaml:"job_name"`
+			BasicAuth *struct {
+				Username     string `yaml:"username"`
+				Password     string `yaml:"password"`
+				PasswordFile string `yaml:"password_file"`
+			} `yaml:"basic_auth"`
+		} `yaml:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(b, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range cfg.ScrapeConfigs {
+		if sc.JobName != "courier-worker" {
+			continue
+		}
+		switch ba := sc.BasicAuth; {
+		case ba == nil:
+			t.Fatal("courier-worker is scraped without basic auth: the production admin server answers 401")
+		case ba.Username != *user || ba.PasswordFile != *file || ba.Password != "":
+			t.Fatalf("basic_auth %+v, want user %q and password_file %q (the compose secret), no inline password", *ba, *user, *file)
+		}
+		return
+	}
+	t.Fatal("no courier-worker scrape job")
+}

@@ -75,12 +75,12 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		return fmt.Errorf("redis at %s: %s", redisurl.Redact(cfg.RedisURL), redisurl.Scrub(err.Error(), cfg.RedisURL))
 	}
 	log.Info("redis reachable", "redis", redisurl.Redact(cfg.RedisURL))
-	if !cfg.Dev {
+	if !cfg.Dev && !cfg.isolated {
 		checkRedisSettings(ctx, rdb, log)
 	}
 
 	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, asynq.NewInspectorFromRedisClient(rdb))
+	m := metrics.New(reg, asynq.NewInspectorFromRedisClient(rdb), cfg.Queues)
 	bots := map[string]tasks.Sender{}
 	clients := map[string]*webex.Client{}
 	for name, tok := range cfg.Tokens {
@@ -91,11 +91,14 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			return fmt.Errorf("bot %q: %w", botLabel(name), err)
 		}
 		bots[name], clients[name] = c, c
+		if cfg.crashRoom != "" {
+			bots[name] = crashSender{Sender: c, room: cfg.crashRoom}
+		}
 		m.Bot(name)
 	}
 	dead := tasks.NewDeadLetters(rdb, "", cfg.DeadLetterMax)
 	wcfg := cfg.workerConfig(bots)
-	wcfg.Logger, wcfg.Observer, wcfg.DeadLetters = log, m, dead
+	wcfg.Logger, wcfg.Observer, wcfg.DeadLetters, wcfg.Isolate = log, m, dead, cfg.isolate
 	if log.Enabled(ctx, slog.LevelDebug) {
 		wcfg.AttemptLogger = log // each in-process attempt, at debug
 	}
@@ -109,6 +112,9 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	w, err := tasks.NewWorker(rdb, wcfg)
 	if err != nil {
 		return err
+	}
+	if cfg.isolated { // one suspect's delivery, for the worker that started this process
+		return w.ServeIsolated(ctx, os.Stdin, os.Stdout)
 	}
 	var adminSrv *http.Server
 	if cfg.AdminAddr != "" {
@@ -134,7 +140,7 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			return 1
 		}))
 		h, closeMon := admin.Handler(admin.Config{Redis: opt, Ready: ready, Gatherer: reg, Writable: cfg.AdminWritable,
-			User: cfg.AdminUser, Password: cfg.AdminPassword, DeadLetters: dead, Producer: producer})
+			Addr: cfg.AdminAddr, User: cfg.AdminUser, Password: cfg.AdminPassword, DeadLetters: dead, Producer: producer})
 		defer closeMon()
 		ln, err := listenAdmin(cfg.AdminAddr, cfg.Dev)
 		if err != nil {

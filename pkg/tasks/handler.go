@@ -45,6 +45,8 @@ type Handler struct {
 
 	// afterRecord, when set (tests), runs after each dedup record is written.
 	afterRecord func(taskID string, part int) error
+	// isolated: this handler delivers in an isolated process (isolate.go).
+	isolated bool
 }
 
 // bot is one named bot and the state of its token.
@@ -119,8 +121,23 @@ func (h *Handler) RejectedBots() map[string]time.Time {
 // ProcessTask delivers one task. It returns nil when the message is
 // delivered (or was already), else a *DeliveryError.
 func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	var m taskMeta
+	m.id, _ = asynq.GetTaskID(ctx)
+	m.queue, _ = asynq.GetQueueName(ctx)
+	m.retried, _ = asynq.GetRetryCount(ctx)
+	m.maxRetry, _ = asynq.GetMaxRetry(ctx)
+	var err error
 	var release func()
-	err := h.deliver(ctx, t, &release)
+	died := 0
+	if h.isolating() {
+		died = h.suspect(ctx, m)
+	}
+	if died > 0 {
+		err = h.isolate(ctx, m, t.Payload(), died)
+		release = h.releaser(ctx, m, t.Payload()) // the isolated process never releases: this worker does, once fenced
+	} else {
+		err = h.process(ctx, m, t.Payload(), &release)
+	}
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
 	// A worker declared dead exits here, before asynq records the outcome,
@@ -132,14 +149,21 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	return err
 }
 
-// deliver delivers one task. For a delivered ordered message it sets
-// *release to hand its sequence on, which ProcessTask calls once the fence
-// allows.
-func (h *Handler) deliver(ctx context.Context, t *asynq.Task, release *func()) (err error) {
-	id, _ := asynq.GetTaskID(ctx)
-	queue, _ := asynq.GetQueueName(ctx)
-	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, _ := asynq.GetMaxRetry(ctx)
+// releaser returns what hands the sequence of an ordered message on once
+// it is delivered; nil for an unordered one.
+func (h *Handler) releaser(ctx context.Context, m taskMeta, payload []byte) func() {
+	p, err := DecodePayload(payload)
+	if err != nil || p.OrderingKey == "" {
+		return nil
+	}
+	return func() { h.order.release(ctx, m.queue, m.id, p.OrderingKey) }
+}
+
+// process delivers one task, in the worker or in an isolated process. For
+// a delivered ordered message it sets *release to hand its sequence on,
+// which ProcessTask calls once the fence allows.
+func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, release *func()) (err error) {
+	id, queue, retried, maxRetry := m.id, m.queue, m.retried, m.maxRetry
 	defer func() {
 		if r := recover(); r != nil { // counted, through the limit like every counted outcome
 			err = h.counted(&DeliveryError{Outcome: Transient, Err: fmt.Errorf("panic: %v", r)}, retried, maxRetry)
@@ -147,7 +171,7 @@ func (h *Handler) deliver(ctx context.Context, t *asynq.Task, release *func()) (
 	}()
 	now := h.cfg.Now()
 
-	p, err := DecodePayload(t.Payload())
+	p, err := DecodePayload(payload)
 	switch {
 	case errors.Is(err, ErrNewerPayload):
 		return &DeliveryError{Outcome: Deferred, Err: err, Delay: retrypolicy.QueueDelay(h.cfg.DeferDelay)}
@@ -158,7 +182,7 @@ func (h *Handler) deliver(ctx context.Context, t *asynq.Task, release *func()) (
 		if de := h.order.claim(ctx, queue, id, p.OrderingKey); de != nil {
 			return de
 		}
-		*release = func() { h.order.release(ctx, queue, id, p.OrderingKey) } // once delivered (not after a panic: the sequence waits)
+		*release = h.releaser(ctx, m, payload) // called once delivered (not after a panic: the sequence waits)
 	}
 	if p.ParentTask != "" { // a reply: to its parent's Webex message, once delivered
 		if de := h.threadReply(ctx, queue, id, p); de != nil {
@@ -204,8 +228,8 @@ func (h *Handler) deliver(ctx context.Context, t *asynq.Task, release *func()) (
 		}
 		return &DeliveryError{Outcome: Expired, Bot: b.name, Sent: sent, Err: fmt.Errorf("expired at %s%s", p.ExpiresAt.Format(time.RFC3339), what)}
 	}
-	if st.died >= h.cfg.PoisonLimit {
-		return &DeliveryError{Outcome: Poison, Bot: b.name, Sent: sent, Err: fmt.Errorf("%d deliveries died with their worker (limit %d)", st.died, h.cfg.PoisonLimit)}
+	if de := h.poisoned(st, b.name, sent); de != nil {
+		return de
 	}
 	if wait, ok := b.gate(now, h.cfg.UnauthorizedDelay); !ok {
 		return &DeliveryError{Outcome: Unauthorized, Bot: b.name, Err: webex.ErrUnauthorized, Delay: retrypolicy.QueueDelay(wait)}

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
@@ -241,8 +243,8 @@ func (p *Producer) build(msg Message, opts []Option) (*asynq.Task, *enqueueOptio
 			errs = append(errs, &webex.ValidationError{Field: "max_redeliveries", Problem: fmt.Sprintf("is %d, must be 0 or more", redeliveries)})
 		}
 	}
-	if o.queue == "" {
-		errs = append(errs, &webex.ValidationError{Field: "queue", Problem: "must not be empty"})
+	if err := validateQueue(o.queue); err != nil {
+		errs = append(errs, err)
 	}
 	if len(errs) > 0 {
 		return nil, nil, errors.Join(errs...)
@@ -271,6 +273,28 @@ func (p *Producer) build(msg Message, opts []Option) (*asynq.Task, *enqueueOptio
 		return nil, nil, fmt.Errorf("encode payload: %w", err)
 	}
 	return asynq.NewTask(TypeSend, b), o, nil
+}
+
+// MaxQueueBytes is the longest queue name a producer may use. Queue names
+// become Redis keys and metric labels: they are short and plain.
+const MaxQueueBytes = 64
+
+// validateQueue refuses an empty, long or unusual queue name: 1 to
+// MaxQueueBytes characters of A-Z a-z 0-9 . _ : -.
+func validateQueue(q string) error {
+	switch {
+	case q == "":
+		return &webex.ValidationError{Field: "queue", Problem: "must not be empty"}
+	case len(q) > MaxQueueBytes:
+		return &webex.ValidationError{Field: "queue", Problem: fmt.Sprintf("is %d bytes, the limit is %d", len(q), MaxQueueBytes)}
+	}
+	if i := strings.IndexFunc(q, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("._:-", r))
+	}); i >= 0 {
+		r, _ := utf8.DecodeRuneInString(q[i:])
+		return &webex.ValidationError{Field: "queue", Problem: fmt.Sprintf("contains %q: use only A-Z a-z 0-9 . _ : -", r)}
+	}
+	return nil
 }
 
 // retryHeadroom is how many more redeliveries asynq allows than courier: asynq

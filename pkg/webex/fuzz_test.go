@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/courier-dev/courier/pkg/webex"
 )
@@ -46,10 +48,15 @@ func FuzzDecodeRequest(f *testing.F) {
 			return
 		}
 		n := len(m.Text) + len(m.Markdown) + len(m.RoomID)
+		for _, v := range []string{m.RoomID, m.ToPersonID, m.ToPersonEmail, m.ParentID, m.Text, m.Markdown} {
+			if !utf8.ValidString(v) {
+				t.Fatalf("accepted text that is not UTF-8: %q", v)
+			}
+		}
 		for _, f := range files {
 			n += len(f.Data)
-			if f.Name == "" {
-				t.Fatalf("a file without a name: %+v", f)
+			if f.Name == "" || len(f.Data) == 0 || strings.IndexFunc(f.Name, unicode.IsControl) >= 0 {
+				t.Fatalf("accepted a file without a name or bytes, or a name with control characters: %q (%d bytes)", f.Name, len(f.Data))
 			}
 		}
 		if n > limit {
