@@ -129,6 +129,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	m.maxRetry, _ = asynq.GetMaxRetry(ctx)
 	var err error
 	var claim *Claim
+	var release func()
 	died := 0
 	if h.isolating() {
 		died = h.suspect(ctx, m)
@@ -136,17 +137,37 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	if died > 0 {
 		claim = h.isolatedClaim(ctx, m)
 		err = h.isolate(ctx, m, t.Payload(), died)
+		release = h.releaser(ctx, m, t.Payload()) // the isolated process never releases: this worker does, once fenced
 	} else {
-		err = h.process(ctx, m, t.Payload(), &claim)
+		err = h.process(ctx, m, t.Payload(), &claim, &release)
 	}
-	if claim != nil {
-		// A worker whose task was taken over (or that cannot tell) exits
-		// here, before asynq records the outcome on the new owner's entries.
-		if ferr := h.fence(ctx, *claim); ferr != nil && err == nil {
+	if claim == nil {
+		return err // nothing began: nothing to fence, nothing to release
+	}
+	// A worker whose task was taken over (or that cannot tell) exits here,
+	// before asynq records the outcome on the new owner's entries, and never
+	// releases the next message of a sequence: the new owner may still be
+	// posting this one.
+	if ferr := h.fence(ctx, *claim); ferr != nil {
+		if err == nil {
 			err = &DeliveryError{Outcome: Interrupted, Err: ferr, Delay: retrypolicy.QueueDelay(0)}
 		}
+		return err
+	}
+	if err == nil && release != nil {
+		release()
 	}
 	return err
+}
+
+// releaser returns what hands the sequence of an ordered message on once
+// it is delivered; nil for an unordered one.
+func (h *Handler) releaser(ctx context.Context, m taskMeta, payload []byte) func() {
+	p, err := DecodePayload(payload)
+	if err != nil || p.OrderingKey == "" {
+		return nil
+	}
+	return func() { h.order.release(ctx, m.queue, m.id, p.OrderingKey) }
 }
 
 // isolatedClaim is the claim an isolated delivery runs under, read before
@@ -166,7 +187,9 @@ func (h *Handler) isolatedClaim(ctx context.Context, m taskMeta) *Claim {
 
 // process delivers one task, in the worker or in an isolated process; once
 // the delivery has begun, *held is its claim, fenced until process returns.
-func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, held **Claim) (err error) {
+// For a delivered ordered message it sets *release to hand its sequence
+// on, which ProcessTask calls once the fence allows.
+func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, held **Claim, release *func()) (err error) {
 	id, queue, retried, maxRetry := m.id, m.queue, m.retried, m.maxRetry
 	defer func() {
 		if r := recover(); r != nil { // counted, through the limit like every counted outcome
@@ -186,14 +209,7 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, held 
 		if de := h.order.claim(ctx, queue, id, p.OrderingKey); de != nil {
 			return de
 		}
-		defer func() {
-			if r := recover(); r != nil {
-				panic(r) // not delivered: the recovery above counts it; the sequence waits
-			}
-			if err == nil {
-				h.order.release(ctx, queue, id, p.OrderingKey)
-			}
-		}()
+		*release = h.releaser(ctx, m, payload) // called once delivered (not after a panic: the sequence waits)
 	}
 	if p.ParentTask != "" { // a reply: to its parent's Webex message, once delivered
 		if de := h.threadReply(ctx, queue, id, p); de != nil {

@@ -252,7 +252,7 @@ func (w *Worker) ServeIsolated(ctx context.Context, in io.Reader, out io.Writer)
 	if p, err := DecodePayload(req.Payload); err == nil {
 		bot = p.Bot
 	}
-	res := newIsolatedResult(h.process(ctx, m, req.Payload, new(*Claim)), bot)
+	res := newIsolatedResult(h.process(ctx, m, req.Payload, new(*Claim), new(func())), bot) // the worker releases the sequence, once fenced
 	if err := enc.Encode(isolatedLine{Result: res}); err != nil {
 		return fmt.Errorf("write isolated delivery: %w", err)
 	}
