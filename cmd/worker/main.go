@@ -29,6 +29,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		os.Exit(worker.ExitConfig)
 	}
+	cfg.Isolation(os.Args[1:], os.LookupEnv)
 	ctx, stop := signals.Context(context.Background(), func(s os.Signal) {
 		fmt.Fprintf(os.Stderr, "worker: second %v: exiting now\n", s)
 		os.Exit(worker.ExitFailure)

@@ -85,6 +85,10 @@ type ChaosReport struct {
 	DelayLimit       time.Duration // KillMax above it fails the run (0: no limit)
 	RecoveryAfter    time.Duration
 	WorkerKills      int
+	// SelfExits are worker exits the run did not cause: a worker that
+	// halted (exit 3) because another took a task of its over while it was
+	// alive, or that crashed. Any fails the run.
+	SelfExits        []string
 	RedisKilledAt    time.Time
 	RedisDown        time.Duration
 	Took             time.Duration
@@ -171,12 +175,14 @@ func Chaos(o ChaosOptions) (*ChaosReport, error) {
 	env := []string{"COURIER_INITIAL_DELAY=100ms", "COURIER_MAX_DELAY=1s", "COURIER_REDELIVERY_BASE=1s", "COURIER_REDELIVERY_CAP=10s",
 		"COURIER_BUDGET=5s", "COURIER_SHUTDOWN_TIMEOUT=10s", "COURIER_LOG_LEVEL=warn", "COURIER_RECOVERY_AFTER=" + o.RecoveryAfter.String()}
 	workers := make([]*Proc, o.Workers)
+	var all []*Proc // every worker started, to find those that exited by themselves
 	var mu sync.Mutex
 	var killTimes []time.Time
 	for i := range workers {
 		if workers[i], err = e.StartWorker(Courier, queue, o.Concurrency, env...); err != nil {
 			return nil, err
 		}
+		all = append(all, workers[i])
 	}
 	defer func() {
 		mu.Lock()
@@ -230,6 +236,9 @@ func Chaos(o ChaosOptions) (*ChaosReport, error) {
 		killTimes = append(killTimes, time.Now())
 		workers[i].Kill()
 		workers[i], err = e.StartWorker(Courier, queue, o.Concurrency, env...)
+		if err == nil {
+			all = append(all, workers[i])
+		}
 		mu.Unlock()
 		if err != nil {
 			return nil, err
@@ -268,6 +277,13 @@ func Chaos(o ChaosOptions) (*ChaosReport, error) {
 	}
 settled:
 	rep.Took = time.Since(start)
+	mu.Lock()
+	for _, w := range all {
+		if err := w.Unexpected(); err != nil {
+			rep.SelfExits = append(rep.SelfExits, err.Error())
+		}
+	}
+	mu.Unlock()
 	if o.Ordered {
 		rep.OrderViolations = orderViolations(sim.Messages(""))
 		if rep.SequenceKeysLeft, err = sequenceKeys(rdb, queue); err != nil {
@@ -463,6 +479,10 @@ func (rep *ChaosReport) Print(w io.Writer) {
 	for _, u := range rep.Unexplained {
 		fmt.Fprintf(w, "- UNEXPLAINED: %s\n", u)
 	}
+	fmt.Fprintf(w, "\nWorkers that exited by themselves (a live worker's task taken over, or a crash): %d\n", len(rep.SelfExits))
+	for _, x := range rep.SelfExits {
+		fmt.Fprintf(w, "- %s\n", x)
+	}
 	recovery := "off (asynq's own)"
 	if rep.RecoveryAfter > 0 {
 		recovery = rep.RecoveryAfter.String()
@@ -490,12 +510,15 @@ func (rep *ChaosReport) Print(w io.Writer) {
 }
 
 // Check fails when anything was lost or a duplicate has no explanation,
-// when appendfsync always lost an acknowledged enqueue, or when a message
-// waited longer than the delay limit.
+// when appendfsync always lost an acknowledged enqueue, when a worker
+// exited by itself, or when a message waited longer than the delay limit.
 func (rep *ChaosReport) Check() error {
 	if rep.Lost > 0 || rep.Poisoned > 0 || len(rep.Unexplained) > 0 || rep.Always.Lost > 0 || len(rep.OrderViolations) > 0 || len(rep.SequenceKeysLeft) > 0 {
 		return fmt.Errorf("chaos: %d lost, %d healthy archived as poison, %d unexplained, %d acknowledged enqueues lost with appendfsync always, %d rooms out of order, sequence keys left: %v",
 			rep.Lost, rep.Poisoned, len(rep.Unexplained), rep.Always.Lost, len(rep.OrderViolations), rep.SequenceKeysLeft)
+	}
+	if len(rep.SelfExits) > 0 {
+		return fmt.Errorf("chaos: %d workers exited without being killed: %s", len(rep.SelfExits), strings.Join(rep.SelfExits, "; "))
 	}
 	if rep.DelayLimit > 0 && rep.KillMax > rep.DelayLimit {
 		return fmt.Errorf("chaos: a message cut by a worker kill was delivered %s after the kill, above the limit of %s", rep.KillMax.Round(time.Millisecond), rep.DelayLimit)

@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -143,8 +144,11 @@ func (s *RedisServer) Kill() {
 
 // Proc is a worker process.
 type Proc struct {
-	Cmd  *exec.Cmd
-	done chan error
+	Cmd    *exec.Cmd
+	done   chan error
+	exited chan struct{} // closed when the process has exited; err is then set
+	err    error
+	ours   atomic.Bool // Stop or Kill ended it
 }
 
 // Start runs a command, its output to log.
@@ -155,13 +159,46 @@ func Start(log io.Writer, name string, args []string, env []string) (*Proc, erro
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &Proc{Cmd: cmd, done: make(chan error, 1)}
-	go func() { p.done <- cmd.Wait() }()
+	p := &Proc{Cmd: cmd, done: make(chan error, 1), exited: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.exited)
+		p.done <- p.err
+	}()
 	return p, nil
+}
+
+// Unexpected reports how the process ended when it exited by itself (a
+// worker that halts, exit 3, because another worker took a task of its
+// over, or that crashed); nil while it runs or when Stop or Kill ended it.
+func (p *Proc) Unexpected() error {
+	select {
+	case <-p.exited:
+		if p.ours.Load() {
+			return nil
+		}
+		if p.err == nil {
+			return fmt.Errorf("worker pid %d exited by itself: exit status 0", p.Cmd.Process.Pid)
+		}
+		return fmt.Errorf("worker pid %d exited by itself: %w", p.Cmd.Process.Pid, p.err)
+	default:
+		return nil
+	}
+}
+
+// ending marks an end this harness causes, unless the process already
+// ended by itself.
+func (p *Proc) ending() {
+	select {
+	case <-p.exited:
+	default:
+		p.ours.Store(true)
+	}
 }
 
 // Stop sends SIGTERM and waits (SIGKILL after timeout).
 func (p *Proc) Stop(timeout time.Duration) {
+	p.ending()
 	_ = p.Cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-p.done:
@@ -172,6 +209,7 @@ func (p *Proc) Stop(timeout time.Duration) {
 
 // Kill sends SIGKILL and waits.
 func (p *Proc) Kill() {
+	p.ending()
 	_ = p.Cmd.Process.Kill()
 	<-p.done
 	p.done <- errors.New("killed")

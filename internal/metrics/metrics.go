@@ -49,7 +49,7 @@ func New(reg prometheus.Registerer, inspector *asynq.Inspector, queues map[strin
 		bots: map[string]bool{},
 		deliveries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "courier_deliveries_total",
-			Help: "Deliveries by bot and outcome: delivered, delivered_unconfirmed, deduplicated, transient (redelivered), rate_limited, unauthorized, interrupted, deferred, circuit_open, redis_unavailable, task_missing, lease_expired, behind_head, and the dead letters permanent, exhausted, expired, corrupt, poison.",
+			Help: "Deliveries by bot and outcome: delivered, delivered_unconfirmed, deduplicated, transient (redelivered), rate_limited, unauthorized, interrupted, deferred, circuit_open, redis_unavailable, task_missing, lease_expired, killed, behind_head, and the dead letters permanent, exhausted, expired, corrupt, poison.",
 		}, []string{"bot", "outcome"}),
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "courier_webex_attempts_total",

@@ -69,3 +69,23 @@ func TestRelayOrderAndThreads(t *testing.T) {
 		t.Fatalf("delivered %+v", msgs)
 	}
 }
+
+// Each token's messages are a sequence of their own per destination: a
+// token whose messages are held (its bot's token rejected, say) does not
+// hold another token's messages to the same room, even of the same bot.
+func TestRelayOrdersPerToken(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, 0)
+	for _, tok := range []string{relayToken, relayToken, otherToken, sameBotTok} {
+		if code, _, b := e.do("POST", "/v1/messages", tok, "application/json", []byte(`{"roomId":"ops","text":"hi"}`), nil); code != 200 {
+			t.Fatalf("%d %s", code, b)
+		}
+	}
+	pending, err := e.insp.ListPendingTasks(e.queue)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pending) != 3 { // one head per token; relayToken's second message waits behind its first
+		t.Fatalf("%d messages ready to deliver, want 3 (one per token)", len(pending))
+	}
+}

@@ -51,8 +51,10 @@ type Config struct {
 	// Queue is where messages go. Default tasks.DefaultQueue.
 	Queue string
 	// Unordered delivers without per-destination order. By default every
-	// message is ordered by its destination (tasks.Ordered), as a bot that
-	// called Webex synchronously saw its messages arrive.
+	// message is ordered by its relay token and destination (ordering key
+	// "<TokenID>/<destination>"), as a caller that called Webex
+	// synchronously saw its messages arrive; different tokens' messages to
+	// one room are not ordered with each other.
 	Unordered bool
 	// MaxBodyBytes refuses larger bodies with 413 before reading them.
 	// Default: the inline file cap plus 256 KiB.
@@ -247,8 +249,8 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	}
 	at := s.cfg.Now().UTC().Truncate(time.Millisecond)
 	opts := []tasks.Option{tasks.Queue(s.cfg.Queue), tasks.Bot(bot), tasks.Source(c.source()), tasks.EnqueuedAt(at)}
-	if !s.cfg.Unordered {
-		opts = append(opts, tasks.Ordered())
+	if !s.cfg.Unordered { // a sequence per token and destination: one caller's held messages never hold another's
+		opts = append(opts, tasks.OrderingKey(c.id+"/"+tasks.Destination(&msg)))
 	}
 	if parent, ok := s.parentTask(r.Context(), c, msg.ParentID); ok {
 		opts = append(opts, tasks.ReplyTo(parent)) // sent with the parent's Webex id once it is delivered

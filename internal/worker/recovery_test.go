@@ -65,9 +65,10 @@ func other(ws []*proc, p *proc) *proc {
 }
 
 // SIGKILL in the middle of a Webex request: the other worker delivers
-// within 15 s of the kill, exactly once, without using a redelivery (asynq
+// within 20 s of the kill (a kill right after a heartbeat: its key lapses
+// 10 s later and must stay absent 6 s more, about 17 s), exactly once, without using a redelivery (asynq
 // alone: 60–130 s).
-func TestSIGKILLRecoveredWithin15s(t *testing.T) {
+func TestSIGKILLRecoveredWithin20s(t *testing.T) {
 	t.Parallel()
 	s := sharedSetup(t)
 	s.sim.AddFault(webextest.Fault{Room: "slow", Delay: webextest.Duration(time.Minute), Count: 1})
@@ -81,8 +82,8 @@ func TestSIGKILLRecoveredWithin15s(t *testing.T) {
 	waitFor(t, 30*time.Second, "delivery by the other worker", func() bool { _, acc := s.sim.Counts("slow"); return acc >= 1 })
 	took := time.Since(killed)
 	t.Logf("delivered %v after the kill", took.Round(time.Millisecond))
-	if took > 15*time.Second {
-		t.Fatalf("delivered %v after the kill, want within 15s", took.Round(time.Millisecond))
+	if took > 20*time.Second {
+		t.Fatalf("delivered %v after the kill, want within 20s", took.Round(time.Millisecond))
 	}
 	waitFor(t, 10*time.Second, "completion", func() bool { st, _ := s.state(id); return st == asynq.TaskStateCompleted })
 	if _, retried := s.state(id); retried != 0 {
@@ -117,10 +118,10 @@ func TestLongCallOnLiveWorkerNotTakenOver(t *testing.T) {
 
 // A worker paused (SIGSTOP) while it waits between in-process attempts is
 // found dead; its task is delivered by the other worker. Resumed, it finds
-// its tombstone and exits with ExitTombstoned before posting, and asynq
-// records nothing for it: the task stays completed, once. Resumed after
+// its task taken over (its epoch moved on) and exits with ExitTombstoned
+// before posting, and asynq records nothing for it: the task stays completed, once. Resumed after
 // 30 s its own lease has expired too; resumed as soon as the task is
-// delivered, its lease is still valid and only the tombstone stops asynq.
+// delivered, its lease is still valid and only the fence stops asynq.
 func TestSIGSTOPWorkerResumedDoesNotPost(t *testing.T) {
 	t.Parallel()
 	for name, pause := range map[string]time.Duration{"after 30s": 30 * time.Second, "while its lease is valid": 0} {
@@ -154,7 +155,7 @@ func pausedWorkerPostsNothing(t *testing.T, pause time.Duration) {
 	if !errors.As(err, &ee) || ee.ExitCode() != worker.ExitTombstoned {
 		t.Fatalf("resumed worker: %v, want exit %d", err, worker.ExitTombstoned)
 	}
-	if !strings.Contains(paused.out.String(), "took over its tasks") {
+	if !strings.Contains(paused.out.String(), "took over its task") {
 		t.Fatalf("the resumed worker did not say why it exits:\n%s", paused.out.String())
 	}
 	if n, acc := s.sim.Counts("paused"); n != 2 || acc != 1 {
@@ -197,7 +198,7 @@ func TestRedisOutageTakesNothingOver(t *testing.T) {
 		t.Fatalf("%d requests, %d accepted; want one of each", n, acc)
 	}
 	for _, w := range ws {
-		if out := w.out.String(); strings.Contains(out, movedLog) || strings.Contains(out, "took over its tasks") {
+		if out := w.out.String(); strings.Contains(out, movedLog) || strings.Contains(out, "took over its task") {
 			t.Fatalf("a live worker's task was taken over after the outage:\n%s", out)
 		}
 		select {

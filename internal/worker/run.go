@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -39,7 +40,7 @@ func ExitCode(err error) int {
 	switch {
 	case err == nil:
 		return ExitOK
-	case errors.Is(err, tasks.ErrTombstoned):
+	case errors.Is(err, tasks.ErrTakenOver), errors.Is(err, tasks.ErrFenceUnknown):
 		return ExitTombstoned
 	}
 	return ExitFailure
@@ -58,6 +59,9 @@ func ExitCode(err error) int {
 // changed.
 func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	p := &process{cfg: *cfg, log: log}
+	if p.cfg.isolated {
+		return p.runIsolated(ctx)
+	}
 	var g lifecycle.Group
 	if p.cfg.Dev {
 		g.Add(p.devPart())
@@ -73,17 +77,33 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		checkTokens(ctx, p.clients, p.w.Handler(), log)
 		return nil
 	}})
-	g.Add(p.deliveryPart())
-	g.Add(p.reconcilerPart())
 	if p.cfg.recoveryOn() {
+		// Before delivery, so that it stops after it: it fences the
+		// deliveries under way through the shutdown too.
 		g.Add(p.detectorPart())
 	}
+	g.Add(p.deliveryPart())
+	g.Add(p.reconcilerPart())
 	if p.cfg.RelayAddr != "" {
 		g.Add(p.relayPart())
 	}
 	err := g.Run(ctx, p.stopping)
 	log.Info("stopped")
 	return err
+}
+
+// runIsolated delivers one suspect task for the worker that started this
+// process (isolate.go): Redis and the delivery worker, none of the servers.
+func (p *process) runIsolated(ctx context.Context) error {
+	r := p.redisPart()
+	if err := r.Start(ctx); err != nil {
+		return err
+	}
+	defer r.Interrupt()
+	if err := p.build(ctx); err != nil {
+		return err
+	}
+	return p.w.ServeIsolated(ctx, os.Stdin, os.Stdout)
 }
 
 // process is what the worker's parts share.
@@ -139,7 +159,7 @@ func (p *process) redisPart() lifecycle.Part {
 			}
 			p.opt, p.rdb = opt, redis.NewClient(opt)
 			p.log.Info("redis reachable", "redis", redisurl.Redact(p.cfg.RedisURL))
-			if !p.cfg.Dev {
+			if !p.cfg.Dev && !p.cfg.isolated {
 				checkRedisSettings(ctx, p.rdb, p.log)
 			}
 			return nil
@@ -162,11 +182,14 @@ func (p *process) build(ctx context.Context) error {
 			return fmt.Errorf("bot %q: %w", botLabel(name), err)
 		}
 		bots[name], p.clients[name] = c, c
+		if p.cfg.crashRoom != "" {
+			bots[name] = crashSender{Sender: c, room: p.cfg.crashRoom}
+		}
 		m.Bot(name)
 	}
 	p.dead = tasks.NewDeadLetters(p.rdb, "", p.cfg.DeadLetterMax)
 	wcfg := p.cfg.workerConfig(bots)
-	wcfg.Logger, wcfg.Observer, wcfg.DeadLetters = p.log, m, p.dead
+	wcfg.Logger, wcfg.Observer, wcfg.DeadLetters, wcfg.Isolate = p.log, m, p.dead, p.cfg.isolate
 	if p.log.Enabled(ctx, slog.LevelDebug) {
 		wcfg.AttemptLogger = p.log // each in-process attempt, at debug
 	}
@@ -175,7 +198,7 @@ func (p *process) build(ctx context.Context) error {
 		return err
 	}
 	if recovery != nil {
-		wcfg.Fence = recovery.Fence
+		wcfg.Fence = recovery
 	}
 	w, err := tasks.NewWorker(p.rdb, wcfg)
 	p.w, p.recovery = w, recovery

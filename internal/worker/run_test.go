@@ -158,7 +158,7 @@ func TestExitCode(t *testing.T) {
 	}{
 		{nil, worker.ExitOK},
 		{&lifecycle.PartError{Part: "relay", Start: true, Err: errors.New("bind")}, worker.ExitFailure},
-		{&lifecycle.PartError{Part: "crash-recovery detector", Err: tasks.ErrTombstoned}, worker.ExitTombstoned},
+		{&lifecycle.PartError{Part: "crash-recovery detector", Err: tasks.ErrTakenOver}, worker.ExitTombstoned},
 	} {
 		if got := worker.ExitCode(c.err); got != c.want {
 			t.Errorf("ExitCode(%v) = %d, want %d", c.err, got, c.want)

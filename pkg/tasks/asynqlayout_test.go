@@ -149,7 +149,6 @@ func fakeDeadHolderSince(t *testing.T, rdb *redis.Client, queue, id string, ago 
 	}
 	t.Cleanup(func() {
 		rdb.ZRem(context.Background(), asynqServers, serverKey(srv))
-		rdb.Del(context.Background(), tombstoneKey(srv))
 	})
 	return srv
 }

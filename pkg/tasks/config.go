@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os/exec"
 	"sort"
 	"strings"
 	"time"
@@ -57,8 +58,16 @@ type WorkerConfig struct {
 	// made due. Default 1s.
 	DelayedTaskCheckInterval time.Duration
 	// PoisonLimit dead-letters a task after this many deliveries died with
-	// their worker (lease expiry). Default 3.
+	// their worker (lease expiry); with Isolate, after this many isolated
+	// deliveries died with their own process (at most 2+PoisonLimit deaths
+	// in all). Default 3.
 	PoisonLimit int
+	// Isolate, when set, returns a command (not started) that runs
+	// Worker.ServeIsolated over its standard input and output: a task whose
+	// deliveries died twice in a row is delivered there, alone, so that a
+	// poison verdict means this message kills its process (isolate.go). Nil:
+	// every death counts toward PoisonLimit.
+	Isolate func(ctx context.Context) *exec.Cmd
 	// UnauthorizedDelay is how long tasks of a bot whose token is rejected
 	// wait, and how often one of them probes the token. Default 5m.
 	UnauthorizedDelay time.Duration
@@ -85,10 +94,11 @@ type WorkerConfig struct {
 	ReconcileInterval time.Duration
 	// Now reads the clock. Default time.Now.
 	Now func() time.Time
-	// Fence, when set, is asked before each post to Webex and before a
-	// delivery's outcome goes back to asynq: an error means this worker
-	// must not post. Recovery.Fence is the one to use (fast crash recovery).
-	Fence func(ctx context.Context) error
+	// Fence, when set, is asked before each post to Webex, before each
+	// write to the task's hash and before a delivery's outcome goes back to
+	// asynq: an error means this worker must post and write nothing.
+	// *Recovery is the one to use (fast crash recovery).
+	Fence Fence
 
 	attemptLogger *slog.Logger
 }

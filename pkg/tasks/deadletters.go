@@ -106,7 +106,7 @@ func (d *DeadLetters) Get(ctx context.Context, id string) (*DeadLetter, error) {
 var ErrDeadLetterNotFound = errors.New("not found")
 
 // Requeue enqueues a recorded dead letter again with p, under its original
-// key, bot and queue (an expiry is dropped: re-running means "send it now"),
+// key, bot, queue, ordering key and parent (an expiry is dropped: re-running means "send it now"),
 // without the parts Webex had accepted. If asynq's archive still holds the
 // task, the key is taken: re-run it from the archive instead (asynqmon, or
 // Inspector.RunArchivedTask).
@@ -131,6 +131,9 @@ func (d *DeadLetters) Requeue(ctx context.Context, id string, p *Producer) (*Enq
 	}
 	if pl.OrderingKey != "" { // re-enters at the end of its sequence
 		opts = append(opts, OrderingKey(pl.OrderingKey))
+	}
+	if pl.ParentTask != "" { // still a reply: threaded under its parent's Webex id
+		opts = append(opts, ReplyTo(pl.ParentTask))
 	}
 	return p.Enqueue(ctx, m, opts...)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -20,6 +21,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(isolatedChildEnv) != "" { // an isolated delivery (isolate_test.go)
+		os.Exit(isolatedChild())
+	}
 	goleak.VerifyTestMain(m,
 		// The shared test Redis (or miniredis) started by redistest lives for the whole binary.
 		goleak.IgnoreTopFunction("github.com/alicebob/miniredis/v2/server.(*Server).servePeer"),

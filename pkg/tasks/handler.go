@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -44,23 +45,82 @@ type Handler struct {
 
 	// afterRecord, when set (tests), runs after each dedup record is written.
 	afterRecord func(taskID string, part int) error
+	// isolated: this handler delivers in an isolated process (isolate.go).
+	isolated bool
 }
 
 // ProcessTask delivers one task. It returns nil when the message is
 // delivered (or was already), else a *DeliveryError.
 func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
-	err := h.deliver(ctx, t)
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-	defer cancel()
-	_ = h.fence(fctx) // a worker declared dead exits here, before asynq records the outcome
+	var m taskMeta
+	m.id, _ = asynq.GetTaskID(ctx)
+	m.queue, _ = asynq.GetQueueName(ctx)
+	m.retried, _ = asynq.GetRetryCount(ctx)
+	m.maxRetry, _ = asynq.GetMaxRetry(ctx)
+	var err error
+	var claim *Claim
+	var release func()
+	died := 0
+	if h.isolating() {
+		died = h.suspect(ctx, m)
+	}
+	if died > 0 {
+		claim = h.isolatedClaim(ctx, m)
+		err = h.isolate(ctx, m, t.Payload(), died)
+		release = h.releaser(ctx, m, t.Payload()) // the isolated process never releases: this worker does, once fenced
+	} else {
+		err = h.process(ctx, m, t.Payload(), &claim, &release)
+	}
+	if claim == nil {
+		return err // nothing began: nothing to fence, nothing to release
+	}
+	// A worker whose task was taken over (or that cannot tell) exits here,
+	// before asynq records the outcome on the new owner's entries, and never
+	// releases the next message of a sequence: the new owner may still be
+	// posting this one.
+	if ferr := h.fence(ctx, *claim); ferr != nil {
+		if err == nil {
+			err = &DeliveryError{Outcome: Interrupted, Err: ferr, Delay: retrypolicy.QueueDelay(0)}
+		}
+		return err
+	}
+	if err == nil && release != nil {
+		release()
+	}
 	return err
 }
 
-func (h *Handler) deliver(ctx context.Context, t *asynq.Task) (err error) {
-	id, _ := asynq.GetTaskID(ctx)
-	queue, _ := asynq.GetQueueName(ctx)
-	retried, _ := asynq.GetRetryCount(ctx)
-	maxRetry, _ := asynq.GetMaxRetry(ctx)
+// releaser returns what hands the sequence of an ordered message on once
+// it is delivered; nil for an unordered one.
+func (h *Handler) releaser(ctx context.Context, m taskMeta, payload []byte) func() {
+	p, err := DecodePayload(payload)
+	if err != nil || p.OrderingKey == "" {
+		return nil
+	}
+	return func() { h.order.release(ctx, m.queue, m.id, p.OrderingKey) }
+}
+
+// isolatedClaim is the claim an isolated delivery runs under, read before
+// it starts, so that its outcome is fenced too; nil when Redis cannot say
+// or the hash is gone (the isolated delivery's own start then meets it).
+func (h *Handler) isolatedClaim(ctx context.Context, m taskMeta) *Claim {
+	v, err := h.rec.rdb.HMGet(ctx, taskKey(m.queue, m.id), "state", fieldEpoch).Result()
+	if err != nil || v[0] == nil {
+		return nil
+	}
+	var epoch int64
+	if e, ok := v[1].(string); ok {
+		epoch, _ = strconv.ParseInt(e, 10, 64)
+	}
+	return &Claim{Queue: m.queue, ID: m.id, Epoch: epoch}
+}
+
+// process delivers one task, in the worker or in an isolated process; once
+// the delivery has begun, *held is its claim, fenced until process returns.
+// For a delivered ordered message it sets *release to hand its sequence
+// on, which ProcessTask calls once the fence allows.
+func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, held **Claim, release *func()) (err error) {
+	id, queue, retried, maxRetry := m.id, m.queue, m.retried, m.maxRetry
 	defer func() {
 		if r := recover(); r != nil { // counted, through the limit like every counted outcome
 			err = h.counted(&DeliveryError{Outcome: Transient, Err: fmt.Errorf("panic: %v", r)}, retried, maxRetry)
@@ -68,7 +128,7 @@ func (h *Handler) deliver(ctx context.Context, t *asynq.Task) (err error) {
 	}()
 	now := h.cfg.Now()
 
-	p, err := DecodePayload(t.Payload())
+	p, err := DecodePayload(payload)
 	switch {
 	case errors.Is(err, ErrNewerPayload):
 		return &DeliveryError{Outcome: Deferred, Err: err, Delay: retrypolicy.QueueDelay(h.cfg.DeferDelay)}
@@ -79,14 +139,7 @@ func (h *Handler) deliver(ctx context.Context, t *asynq.Task) (err error) {
 		if de := h.order.claim(ctx, queue, id, p.OrderingKey); de != nil {
 			return de
 		}
-		defer func() {
-			if r := recover(); r != nil {
-				panic(r) // not delivered: the recovery above counts it; the sequence waits
-			}
-			if err == nil {
-				h.order.release(ctx, queue, id, p.OrderingKey)
-			}
-		}()
+		*release = h.releaser(ctx, m, payload) // called once delivered (not after a panic: the sequence waits)
 	}
 	if p.ParentTask != "" { // a reply: to its parent's Webex message, once delivered
 		if de := h.threadReply(ctx, queue, id, p); de != nil {
@@ -107,10 +160,15 @@ func (h *Handler) deliver(ctx context.Context, t *asynq.Task) (err error) {
 	case st.gone: // asynq's retry rebuilds the hash from the message it holds
 		return &DeliveryError{Outcome: TaskMissing, Bot: b.name, Err: fmt.Errorf("task hash %s is missing (evicted or deleted?): not posting without a delivery record", taskKey(queue, id)), Delay: retrypolicy.QueueDelay(0)}
 	}
+	claim := Claim{Queue: queue, ID: id, Epoch: st.epoch}
+	*held = &claim
+	if h.cfg.Fence != nil {
+		defer h.cfg.Fence.Hold(claim)()
+	}
 	finished := false
 	defer func() {
 		if !finished {
-			h.endRun(ctx, queue, id)
+			h.endRun(ctx, claim)
 		}
 	}()
 	parts := p.Message.Parts()
@@ -120,7 +178,7 @@ func (h *Handler) deliver(ctx context.Context, t *asynq.Task) (err error) {
 	}
 	if delivered(sent) == len(parts) {
 		finished = true
-		h.endRun(ctx, queue, id)
+		h.endRun(ctx, claim)
 		h.cfg.Logger.Info("already delivered, not posting again", "task_id", id, "queue", queue, "bot", botLabel(b.name), "outcome", Deduplicated)
 		h.cfg.Observer.Outcome(b.name, Deduplicated)
 		return nil
@@ -132,8 +190,8 @@ func (h *Handler) deliver(ctx context.Context, t *asynq.Task) (err error) {
 		}
 		return &DeliveryError{Outcome: Expired, Bot: b.name, Sent: sent, Err: fmt.Errorf("expired at %s%s", p.ExpiresAt.Format(time.RFC3339), what)}
 	}
-	if st.died >= h.cfg.PoisonLimit {
-		return &DeliveryError{Outcome: Poison, Bot: b.name, Sent: sent, Err: fmt.Errorf("%d deliveries died with their worker (limit %d)", st.died, h.cfg.PoisonLimit)}
+	if de := h.poisoned(st, b.name, sent); de != nil {
+		return de
 	}
 	if wait, ok := b.admit(now, h.cfg.UnauthorizedDelay); !ok {
 		return &DeliveryError{Outcome: Unauthorized, Bot: b.name, Err: webex.ErrUnauthorized, Delay: retrypolicy.QueueDelay(wait)}
@@ -157,7 +215,7 @@ func (h *Handler) deliver(ctx context.Context, t *asynq.Task) (err error) {
 			if err != nil {
 				return nil, err
 			}
-			if err := h.fence(ctx); err != nil {
+			if err := h.fence(ctx, claim); err != nil {
 				return nil, err
 			}
 			attempts++
@@ -194,6 +252,9 @@ func (h *Handler) deliver(ctx context.Context, t *asynq.Task) (err error) {
 			h.cfg.Logger.Info("Webex accepts the bot's token again: delivering", "bot", botLabel(b.name))
 		}
 		last := delivered(sent) == len(parts)
+		if err := h.fence(ctx, claim); err != nil { // not the new owner's record to write
+			return &DeliveryError{Outcome: Interrupted, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0), Part: i + 1, Parts: len(parts)}
+		}
 		if err := h.record(ctx, queue, id, sent, last, b.name); err != nil {
 			// Only this worker knew the ids: the redelivery posts these parts again.
 			return &DeliveryError{Outcome: RedisUnavailable, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0), Part: i + 1, Parts: len(parts)}
@@ -235,8 +296,13 @@ func (h *Handler) record(ctx context.Context, queue, id string, sent []string, l
 
 // endRun ends the delivery's run, retrying like record (but for at most a
 // few seconds once the task's context has ended): a run left open would be
-// taken for a delivery that died with its worker.
-func (h *Handler) endRun(ctx context.Context, queue, id string) {
+// taken for a delivery that died with its worker. A delivery whose task was
+// taken over leaves the run marker alone: it is the new owner's.
+func (h *Handler) endRun(ctx context.Context, c Claim) {
+	if h.fence(ctx, c) != nil {
+		return
+	}
+	queue, id := c.Queue, c.ID
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), endRunTimeout)
 	defer cancel()
 	err := h.untilDone(ctx, "delivery run not ended: retrying", queue, id, func(ctx context.Context) error { return h.rec.end(ctx, queue, id) })
@@ -280,8 +346,8 @@ func (h *Handler) failure(ctx context.Context, b *bot, err error, retried, maxRe
 	var held *GateError
 	switch {
 	case errors.Is(err, context.Canceled) && ctx.Err() == nil, // our stop, not the task's end
-		errors.Is(err, ErrTombstoned),   // taken over: the worker exits unless Fence has no Halt
-		errors.Is(err, errFenceUnknown): // Redis cannot say whether it was taken over: not the message's fault
+		errors.Is(err, ErrTakenOver),    // taken over: the worker exits unless Fence has no Halt
+		errors.Is(err, ErrFenceUnknown): // Redis cannot say whether it was taken over: not the message's fault
 		de.Outcome, de.Delay = Interrupted, retrypolicy.QueueDelay(0)
 	case errors.As(err, &held) && held.Kind == GateCircuitOpen:
 		de.Outcome, de.Delay = CircuitOpen, max(h.cfg.Schedule.Delay(retried, err), retrypolicy.QueueDelay(held.Wait))
@@ -327,22 +393,21 @@ func (h *Handler) redeliveryLimit(maxRetry int) int {
 
 func (h *Handler) stopping() bool { return h.stop.Err() != nil }
 
-// fence asks WorkerConfig.Fence whether this worker may still post: a
-// tombstone stops the attempts at once, a Redis error is retried.
-func (h *Handler) fence(ctx context.Context) error {
+// fence asks WorkerConfig.Fence whether this delivery may still post and
+// write. Its error is final (the fence retries Redis itself): it stops the
+// attempts at once and is never the message's fault.
+func (h *Handler) fence(ctx context.Context, c Claim) error {
 	if h.cfg.Fence == nil {
 		return nil
 	}
-	switch err := h.cfg.Fence(ctx); {
-	case errors.Is(err, ErrTombstoned):
-		return retrypolicy.MarkPermanent(err)
-	case err != nil:
-		return retrypolicy.MarkTransient(fmt.Errorf("%w: %w", errFenceUnknown, err))
+	err := h.cfg.Fence.Check(ctx, c)
+	switch {
+	case err == nil:
+		return nil
+	case !errors.Is(err, ErrTakenOver) && !errors.Is(err, ErrFenceUnknown):
+		err = fmt.Errorf("%w: %w", ErrFenceUnknown, err)
 	}
-	return nil
+	return retrypolicy.MarkPermanent(err)
 }
-
-// errFenceUnknown: the fence could not be checked, so nothing was posted.
-var errFenceUnknown = errors.New("not posted: cannot check whether another worker took the task over")
 
 var _ asynq.Handler = (*Handler)(nil)

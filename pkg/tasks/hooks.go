@@ -94,6 +94,8 @@ func (h *Handler) HandleError(ctx context.Context, t *asynq.Task, err error) {
 			de.Attempts, h.cfg.Policy.MaxAttempts, retried+1, limit, de.Delay), attrs...)
 	case de.Outcome == LeaseExpired:
 		log.Warn("lease expired: the delivery outlived its lease (worker died, stalled or lost Redis); redelivered (not counted)", attrs...)
+	case de.Outcome == Killed:
+		log.Error("isolated delivery died with its process: counted toward poison, redelivered", attrs...)
 	case de.Outcome == TaskMissing:
 		log.Error("task hash missing when its delivery began: not posted; asynq rebuilds it on redelivery (not counted)", attrs...)
 	case de.Outcome == RedisUnavailable:

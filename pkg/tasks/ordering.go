@@ -60,13 +60,23 @@ func OrderingKey(k string) Option {
 const BehindHead Outcome = "behind_head"
 
 // orderingKey is the key of an ordered message: the one given, else its
-// destination (an email in lower case). "" for an unordered message.
+// destination. "" for an unordered message.
 func orderingKey(msg *Message, o *enqueueOptions) string {
 	switch {
 	case !o.ordered:
 		return ""
 	case o.orderingKey != "":
 		return o.orderingKey
+	}
+	return Destination(msg)
+}
+
+// Destination is the default ordering key of msg: its room id, person id,
+// or email in lower case. The bot is not part of it: messages of several
+// bots to one room are ordered together, as the room shows them; a producer
+// that wants a sequence per bot (or per caller) says so with OrderingKey.
+func Destination(msg *Message) string {
+	switch {
 	case msg.RoomID != "":
 		return msg.RoomID
 	case msg.ToPersonID != "":
@@ -139,11 +149,8 @@ func (p *Producer) enqueueOrdered(ctx context.Context, task *asynq.Task, o *enqu
 	msg := encodeTaskMessage(taskMessage{typ: task.Type(), payload: task.Payload(), id: id, queue: o.queue,
 		retry: o.maxRetry, timeout: asynqDefaultTimeout, retention: o.keep})
 	s := sequence{o.queue, o.orderingKey}
-	if _, known := p.queues.Load(o.queue); !known { // asynq's set of queues, as its own enqueue keeps it
-		if err := p.rdb.SAdd(ctx, "asynq:queues", o.queue).Err(); err != nil {
-			return nil, fmt.Errorf("enqueue: %w", err)
-		}
-		p.queues.Store(o.queue, true)
+	if err := p.knownQueue(ctx, o.queue); err != nil {
+		return nil, err
 	}
 	n, err := enqueueOrderedScript.Run(ctx, p.rdb, []string{s.heads(), s.list(), s.msgs(), taskKey(o.queue, id), s.prefix() + "pending", s.waiting()},
 		o.orderingKey, id, msg, p.cfg.Now().UnixNano()).Int()
@@ -157,6 +164,67 @@ func (p *Producer) enqueueOrdered(ctx context.Context, task *asynq.Task, o *enqu
 		return nil, &DuplicateError{Key: o.key, Queue: o.queue, State: StateWaiting}
 	}
 	return &Enqueued{TaskID: id, Queue: o.queue}, nil
+}
+
+// knownQueue adds queue to asynq's set of queues, as asynq's own enqueue
+// keeps it, once per producer.
+func (p *Producer) knownQueue(ctx context.Context, queue string) error {
+	if _, known := p.queues.Load(queue); known {
+		return nil
+	}
+	if err := p.rdb.SAdd(ctx, "asynq:queues", queue).Err(); err != nil {
+		return fmt.Errorf("enqueue: %w", err)
+	}
+	p.queues.Store(queue, true)
+	return nil
+}
+
+// enqueueKeyedScript is asynq's own enqueue (or schedule, when ARGV[4] is
+// a time) of an unordered keyed task, which also refuses the key of an
+// ordered message waiting in a sequence: one key, ordered or not. Returns
+// 0 for a task id already taken, 3 for one waiting, 1 when enqueued.
+var enqueueKeyedScript = redis.NewScript(`
+if redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 3 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if ARGV[4] == '0' then
+  redis.call('HSET', KEYS[1], 'msg', ARGV[2], 'state', 'pending', 'pending_since', ARGV[3])
+  redis.call('LPUSH', KEYS[3], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], 'msg', ARGV[2], 'state', 'scheduled')
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+end
+return 1
+`)
+
+// enqueueKeyed stores an unordered task with an idempotency key. Only keyed
+// messages pay for the look into the waiting hash.
+func (p *Producer) enqueueKeyed(ctx context.Context, task *asynq.Task, o *enqueueOptions) (*Enqueued, error) {
+	msg := encodeTaskMessage(taskMessage{typ: task.Type(), payload: task.Payload(), id: o.key, queue: o.queue,
+		retry: o.maxRetry, timeout: asynqDefaultTimeout, retention: o.keep})
+	now := p.cfg.Now()
+	at := o.processAt
+	if at.IsZero() && o.processIn > 0 {
+		at = now.Add(o.processIn)
+	}
+	var score int64 // asynq enqueues at once a task due now or earlier
+	if at.After(now) {
+		score = at.Unix()
+	}
+	if err := p.knownQueue(ctx, o.queue); err != nil {
+		return nil, err
+	}
+	prefix := sequence{queue: o.queue}.prefix()
+	n, err := enqueueKeyedScript.Run(ctx, p.rdb, []string{taskKey(o.queue, o.key), waitingKey(o.queue), prefix + "pending", prefix + "scheduled"},
+		o.key, msg, now.UnixNano(), score).Int()
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("enqueue: %w", err)
+	case n == 0:
+		return nil, p.duplicate(o.key, o.queue)
+	case n == 3:
+		return nil, &DuplicateError{Key: o.key, Queue: o.queue, State: "waiting"}
+	}
+	return &Enqueued{TaskID: o.key, Queue: o.queue}, nil
 }
 
 // chains groups the indices of reqs that must be enqueued one after the
@@ -204,15 +272,17 @@ return 0
 // releaseLua defines release(heads, list, msgs, waiting, key, head, prefix,
 // now, behind): if head is still the head of the sequence, the next message
 // becomes the head and goes into asynq's pending list. It returns
-// {released, the next head (empty when none), messages behind, the first
-// 'behind' ids}.
+// {released, the next head (empty when none), messages behind, the ids of
+// waiting messages dropped, the first 'behind' ids}.
+// A waiting message whose id an asynq task took meanwhile is dropped (the
+// task stands for it); its id is returned so that the drop is logged.
 // Waiting entries whose task is already in asynq (re-entered dead letters)
 // become the head where they are, pulled forward when they are waiting for
 // a retry; ones that were deleted or finished meanwhile are passed over.
 const releaseLua = `
 local function release(heads, list, msgs, waiting, key, head, prefix, now, behind)
   if redis.call('HGET', heads, key) ~= head then return {0, '', 0} end
-  local out = {1, '', redis.call('LLEN', list)}
+  local out = {1, '', redis.call('LLEN', list), {}}
   if behind > 0 then
     for _, id in ipairs(redis.call('LRANGE', list, 0, behind - 1)) do table.insert(out, id) end
   end
@@ -234,6 +304,7 @@ local function release(heads, list, msgs, waiting, key, head, prefix, now, behin
         out[2] = id
         return out
       end
+      table.insert(out[4], id)
     end
     local state = redis.call('HGET', tk, 'state')
     if state == 'pending' or state == 'active' then
@@ -267,7 +338,7 @@ if not head then return {0, '', 0} end
 local state = redis.call('HGET', ARGV[2] .. 't:' .. head, 'state') or ''
 if state == 'pending' or state == 'active' or state == 'retry' or state == 'scheduled' then return {0, '', 0} end
 local out = release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], head, ARGV[2], ARGV[3], 0)
-return {head, state, out[1], out[2], out[3]}
+return {head, state, out[1], out[2], out[3], out[4]}
 `)
 
 // maxBehind bounds the ids a dead letter records of the messages behind it.
@@ -278,6 +349,7 @@ type released struct {
 	done    bool     // the task was the head and its successor, if any, released
 	next    string   // the new head's task id, "" when the sequence drained
 	waiting int      // messages that were behind the head
+	dropped []string // waiting messages dropped: an asynq task had taken their id
 	behind  []string // the first of them (up to maxBehind), when asked
 }
 
@@ -291,7 +363,16 @@ func parseReleased(v []any) released {
 	r.next, _ = v[1].(string)
 	w, _ := v[2].(int64)
 	r.waiting = int(w)
-	for _, id := range v[3:] {
+	if len(v) < 4 {
+		return r
+	}
+	dropped, _ := v[3].([]any)
+	for _, id := range dropped {
+		if s, ok := id.(string); ok {
+			r.dropped = append(r.dropped, s)
+		}
+	}
+	for _, id := range v[4:] {
 		if s, ok := id.(string); ok {
 			r.behind = append(r.behind, s)
 		}
@@ -350,7 +431,18 @@ func (o *ordering) run(ctx context.Context, s sequence, head string, behind int)
 	if err != nil {
 		return released{}, fmt.Errorf("release the next message: %w", err)
 	}
-	return parseReleased(v), nil
+	r := parseReleased(v)
+	o.logDropped(s.queue, head, r)
+	return r, nil
+}
+
+// logDropped logs each waiting message a release dropped because an asynq
+// task already had its id: never silently.
+func (o *ordering) logDropped(queue, head string, r released) {
+	for _, id := range r.dropped {
+		o.log.Error("waiting message dropped: a task with its id is already in asynq and takes its place in the sequence",
+			"queue", queue, "task_id", id, "head_task_id", head, "next_task_id", r.next)
+	}
 }
 
 // releaseDeadLetter hands the sequence on after its head was dead-lettered,

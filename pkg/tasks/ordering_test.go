@@ -41,11 +41,38 @@ func (e *env) sequenceKeys() []string {
 	return keys
 }
 
-// The head goes into asynq exactly as asynq's own enqueue would put it.
+// asynqEnqueue enqueues m through asynq's own client, for comparison.
+func (e *env) asynqEnqueue(m Message, opts ...Option) string {
+	e.t.Helper()
+	task, o, err := e.producer.build(m, opts)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	info, err := e.producer.client.EnqueueContext(context.Background(), task, o.asynq...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return info.ID
+}
+
+// The head (and a keyed task) goes into asynq exactly as asynq's own
+// enqueue would put it.
 func TestOrderedHeadIsAnAsynqTask(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, webextest.Options{})
-	plain := e.enqueue(text("r", "plain"), Key("plain"), MaxRedeliveries(4))
+	plain := e.asynqEnqueue(text("r", "plain"), Key("plain"), MaxRedeliveries(4))
+	keyed := e.enqueue(text("r", "keyed"), Key("keyed"), MaxRedeliveries(4)) // courier's own enqueue of a keyed task
+	later := time.Now().Add(time.Hour)
+	plainLater := e.asynqEnqueue(text("r", "plain"), Key("plain-later"), ProcessAt(later))
+	keyedLater := e.enqueue(text("r", "keyed"), Key("keyed-later"), ProcessAt(later))
+	for _, pair := range [][2]string{{plain, keyed}, {plainLater, keyedLater}} {
+		want, _ := e.inspector.GetTaskInfo(e.queue, pair[0])
+		got, err := e.inspector.GetTaskInfo(e.queue, pair[1])
+		if err != nil || got.State != want.State || got.MaxRetry != want.MaxRetry || got.Timeout != want.Timeout || got.Retention != want.Retention ||
+			got.Deadline != want.Deadline || got.NextProcessAt.Unix() != want.NextProcessAt.Unix() {
+			t.Fatalf("keyed task %+v (%v)\nasynq's %+v", got, err, want)
+		}
+	}
 	head := e.enqueue(text("r", "head"), Key("head"), MaxRedeliveries(4), Ordered())
 	behind := e.enqueue(text("r", "behind"), Ordered())
 	want, err := e.inspector.GetTaskInfo(e.queue, plain)
@@ -472,3 +499,87 @@ func TestOrderedPanicKeepsHead(t *testing.T) {
 		t.Fatalf("delivered %v", got)
 	}
 }
+
+// An idempotency key is one key whether the message is ordered or not: an
+// unordered enqueue with the key of an ordered message waiting in its
+// sequence is a duplicate, and the waiting message is delivered in its turn.
+func TestUnorderedKeyOfWaitingMessage(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	e.enqueue(text("r", "head"), Ordered())
+	e.enqueue(text("r", "first"), Ordered(), Key("k"))
+	_, err := e.producer.Enqueue(context.Background(), text("r", "second"), Key("k"))
+	var dup *DuplicateError
+	if !errors.As(err, &dup) || dup.State != "waiting" {
+		t.Fatalf("unordered enqueue with the key of a waiting message: %v (want a duplicate, waiting)", err)
+	}
+	e.enqueue(text("r", "third"), Ordered())
+	e.start(nil)
+	e.waitState("k", asynq.TaskStateCompleted, 20*time.Second)
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) && len(e.sim.Messages("r")) < 3 {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := strings.Join(texts(e.sim.Messages("r")), ","); got != "head,first,third" {
+		t.Fatalf("delivered %s, want head,first,third", got)
+	}
+}
+
+// A waiting message whose id an asynq task took behind courier's back is
+// dropped loudly when its turn comes, never silently.
+func TestReleaseLogsDroppedWaitingMessage(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	e.enqueue(text("r", "head"), Ordered())
+	e.enqueue(text("r", "waiting"), Ordered(), Key("k"))
+	e.asynqEnqueue(text("r", "other"), Key("k")) // asynq's client does not look at the waiting hash
+	e.start(nil)
+	e.waitState("k", asynq.TaskStateCompleted, 20*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) && !strings.Contains(e.logs.String(), "waiting message dropped") {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(e.logs.String(), `msg="waiting message dropped`) || !strings.Contains(e.logs.String(), "task_id=k") {
+		t.Fatalf("drop not logged:\n%s", e.logs.String())
+	}
+}
+
+// A worker whose task was taken over (its fence says so after the post)
+// does not release the next message: the new owner may still be posting
+// the head.
+func TestFencedWorkerDoesNotRelease(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	head := e.enqueue(text("r", "head"), Ordered())
+	next := e.enqueue(text("r", "next"), Ordered())
+	var calls sync.Mutex
+	n := 0
+	e.start(func(c *WorkerConfig) {
+		c.ReconcileInterval = time.Hour
+		c.Fence = countingFence{check: func() error { // the post goes ahead; then the worker is declared dead
+			calls.Lock()
+			defer calls.Unlock()
+			if n++; n > 1 {
+				return ErrTakenOver
+			}
+			return nil
+		}}
+	})
+	// The head was posted, then its delivery came back fenced (handed back,
+	// nothing recorded): its sequence must not have moved on.
+	waitFor(t, 10*time.Second, "the head posted and handed back", func() bool {
+		info, err := e.inspector.GetTaskInfo(e.queue, head)
+		return len(e.sim.Messages("r")) == 1 && err == nil && info.State != asynq.TaskStateActive
+	})
+	if _, err := e.producer.Waiting(context.Background(), e.queue, next); err != nil {
+		t.Fatalf("the next message was released by a fenced worker: %v; delivered %v", err, texts(e.sim.Messages("r")))
+	}
+}
+
+// countingFence is a Fence whose verdict a test decides.
+type countingFence struct{ check func() error }
+
+func (f countingFence) Hold(Claim) func()                  { return func() {} }
+func (f countingFence) Check(context.Context, Claim) error { return f.check() }
+
+var _ Fence = countingFence{}

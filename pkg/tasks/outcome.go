@@ -14,7 +14,7 @@ import (
 // Outcome is what became of one delivery of a task.
 type Outcome string
 
-// Outcomes. The first three complete the task; the next nine hand it back
+// Outcomes. The first three complete the task; the next ten hand it back
 // to the queue; the rest dead-letter it (asynq's archive).
 const (
 	Delivered    Outcome = "delivered"
@@ -38,6 +38,9 @@ const (
 	// LeaseExpired: the delivery outlived its lease (its worker died or lost
 	// Redis); asynq's recoverer redelivers it. Does not count.
 	LeaseExpired Outcome = "lease_expired"
+	// Killed: the isolated process delivering a suspect died (isolate.go);
+	// counts toward poison, not as a redelivery.
+	Killed Outcome = "killed"
 
 	Permanent Outcome = "permanent" // Webex refused the message for good
 	Exhausted Outcome = "exhausted" // transient failures outlasted the redeliveries

@@ -216,8 +216,11 @@ func (p *Producer) Enqueue(ctx context.Context, msg Message, opts ...Option) (*E
 	if err != nil {
 		return nil, err
 	}
-	if o.ordered {
+	switch {
+	case o.ordered:
 		return p.enqueueOrdered(ctx, task, o)
+	case o.key != "":
+		return p.enqueueKeyed(ctx, task, o)
 	}
 	info, err := p.client.EnqueueContext(ctx, task, o.asynq...)
 	if errors.Is(err, asynq.ErrTaskIDConflict) {
@@ -353,10 +356,17 @@ type Result struct {
 	Err      error
 }
 
+// ErrChainBroken matches an ordered request of EnqueueMany that was not
+// attempted because an earlier one with the same ordering key failed (it
+// would have been delivered out of order, or ahead of the gap).
+var ErrChainBroken = errors.New("not attempted: an earlier message with the same ordering key failed")
+
 // EnqueueMany enqueues reqs concurrently (at most 16 at a time) and returns
 // one Result per request, in order. Each message succeeds or fails on its
 // own: an invalid one does not stop the others. Ordered messages with the
-// same ordering key are enqueued one after the other, in the order given.
+// same ordering key are enqueued one after the other, in the order given;
+// after one fails, the rest of that key's messages are not attempted
+// (ErrChainBroken, wrapping the failure).
 func (p *Producer) EnqueueMany(ctx context.Context, reqs []Request) []Result {
 	results := make([]Result, len(reqs))
 	sem := make(chan struct{}, 16)
@@ -366,9 +376,17 @@ func (p *Producer) EnqueueMany(ctx context.Context, reqs []Request) []Result {
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
+			var failed error
 			for _, i := range chain {
+				if failed != nil {
+					results[i] = Result{Err: fmt.Errorf("%w: %w", ErrChainBroken, failed)}
+					continue
+				}
 				e, err := p.Enqueue(ctx, reqs[i].Message, reqs[i].Options...)
 				results[i] = Result{Enqueued: e, Err: err}
+				if err != nil && len(chain) > 1 {
+					failed = err
+				}
 			}
 		}()
 	}

@@ -110,3 +110,24 @@ func TestNewProducerReportsEachProblem(t *testing.T) {
 		}
 	}
 }
+
+// After an ordered message of EnqueueMany fails, the rest of its ordering
+// key's messages are not attempted (they would skip the gap); other keys
+// go on.
+func TestEnqueueManyStopsBrokenChain(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	res := e.producer.EnqueueMany(context.Background(), []Request{
+		{Message: text("r", "first"), Options: []Option{Ordered()}},
+		{Message: text("r", ""), Options: []Option{Ordered()}}, // invalid: nothing to send
+		{Message: text("r", "third"), Options: []Option{Ordered()}},
+		{Message: text("other", "fine"), Options: []Option{Ordered()}},
+	})
+	var ve *webex.ValidationError
+	if res[0].Err != nil || !errors.As(res[1].Err, &ve) || res[3].Err != nil {
+		t.Fatalf("results %+v", res)
+	}
+	if !errors.Is(res[2].Err, ErrChainBroken) || res[2].Enqueued != nil || !strings.Contains(res[2].Err.Error(), "not attempted") {
+		t.Fatalf("third of the broken chain: %+v", res[2])
+	}
+}

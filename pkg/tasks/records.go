@@ -20,7 +20,9 @@ import (
 //     skips the parts it names, and completes at once when it names them all.
 //   - courier_runs: deliveries begun and not finished. A delivery that finds
 //     it above zero follows one that died with its worker (lease expiry); too
-//     many make the task poison.
+//     many make the task poison (with isolation, two make it a suspect).
+//   - courier_killed: of those, isolated deliveries whose own process died
+//     (isolate.go); with isolation, too many make the task poison.
 //
 // Reading the record and counting the run take one script at the start of a
 // delivery (the send gate is asked apart, only when a part is to be sent,
@@ -33,6 +35,10 @@ type records struct {
 const (
 	fieldResult = "result"
 	fieldRuns   = "courier_runs"
+	// fieldEpoch counts the takeovers of the task by fast crash recovery:
+	// the fencing token a delivery begins under (see Recovery).
+	fieldEpoch  = "courier_epoch"
+	fieldKilled = "courier_killed" // deaths of isolated deliveries (isolate.go)
 )
 
 // taskKey is asynq's key of a task's hash (its base.TaskKey).
@@ -44,24 +50,28 @@ func taskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }
 const unconfirmedID = "\x00unconfirmed"
 
 var beginScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, ''} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0, 0} end
 local runs = redis.call('HINCRBY', KEYS[1], 'courier_runs', 1)
 local result = redis.call('HGET', KEYS[1], 'result') or ''
-return {runs, result}
+local killed = tonumber(redis.call('HGET', KEYS[1], 'courier_killed') or '0')
+local epoch = tonumber(redis.call('HGET', KEYS[1], 'courier_epoch') or '0')
+return {runs, result, killed, epoch}
 `)
 
 // begun is what the start of a delivery finds.
 type begun struct {
-	sent []string // the parts already delivered ("" for one not yet)
-	died int      // earlier deliveries that never finished
-	gone bool     // the task's hash is missing
+	sent   []string // the parts already delivered ("" for one not yet)
+	died   int      // earlier deliveries that never finished
+	killed int      // of them, isolated ones whose process died (isolate.go)
+	gone   bool     // the task's hash is missing
+	epoch  int64    // the task's epoch (fieldEpoch) the delivery runs under
 }
 
 // begin reads the parts already delivered and counts this delivery as
 // running, in one round trip.
 func (r *records) begin(ctx context.Context, queue, id string) (begun, error) {
 	res, err := beginScript.Run(ctx, r.rdb, []string{taskKey(queue, id)}).Slice()
-	if err == nil && len(res) != 2 {
+	if err == nil && len(res) != 4 {
 		err = fmt.Errorf("unexpected answer %v", res)
 	}
 	if err != nil {
@@ -71,7 +81,9 @@ func (r *records) begin(ctx context.Context, queue, id string) (begun, error) {
 	if runs < 0 {
 		return begun{gone: true}, nil
 	}
-	b := begun{died: int(runs) - 1}
+	killed, _ := res[2].(int64)
+	epoch, _ := res[3].(int64)
+	b := begun{died: int(runs) - 1, killed: int(killed), epoch: epoch}
 	if s, _ := res[1].(string); s != "" {
 		var tr TaskResult
 		if json.Unmarshal([]byte(s), &tr) == nil {
@@ -115,7 +127,7 @@ func (r *records) markSent(ctx context.Context, queue, id string, sent []string,
 	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.HSet(ctx, taskKey(queue, id), fieldResult, b)
 		if finished {
-			p.HDel(ctx, taskKey(queue, id), fieldRuns)
+			p.HDel(ctx, taskKey(queue, id), fieldRuns, fieldKilled)
 		}
 		if also != nil {
 			also(p)
@@ -130,7 +142,7 @@ func (r *records) markSent(ctx context.Context, queue, id string, sent []string,
 
 // end marks the run finished (the delivery returned, whatever its outcome).
 func (r *records) end(ctx context.Context, queue, id string) error {
-	if err := r.rdb.HDel(ctx, taskKey(queue, id), fieldRuns).Err(); err != nil {
+	if err := r.rdb.HDel(ctx, taskKey(queue, id), fieldRuns, fieldKilled).Err(); err != nil {
 		return fmt.Errorf("end delivery run: %w", err)
 	}
 	return nil

@@ -6,20 +6,24 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 )
 
-// ErrTombstoned means another worker found this one dead and took its tasks
-// over: it must post nothing more and let asynq write nothing (it exits).
-var ErrTombstoned = errors.New("declared dead by another worker, which took over its tasks")
+// ErrTakenOver means another worker found this one dead and took one of its
+// tasks over (the task's epoch moved on): it must post nothing more and let
+// asynq write nothing (it exits).
+var ErrTakenOver = errors.New("declared dead by another worker, which took over its task")
+
+// ErrFenceUnknown means the fence could not read the task's epoch from Redis
+// within FenceTimeout: the worker halts, as if taken over.
+var ErrFenceUnknown = errors.New("cannot check whether another worker took the task over")
 
 // Defaults of RecoveryConfig.
 const (
@@ -28,7 +32,14 @@ const (
 	// MinRecoveryAfter is asynq's heartbeat and a margin: a live worker's
 	// lease moves at every heartbeat.
 	MinRecoveryAfter = asynqHeartbeat + time.Second
-	tombstoneTTL     = 24 * time.Hour
+	// goneFor is how long a server's key must have been absent, in every
+	// scan, before its server counts as dead: a heartbeat and a margin, so
+	// that one slow or failed heartbeat of a live worker (its key lapses
+	// until the next one) never makes it look dead.
+	goneFor = asynqHeartbeat + time.Second
+	// FenceTimeout bounds how long the fence retries an unreachable Redis
+	// before it halts the worker (it cannot prove the task is still its own).
+	FenceTimeout = 3 * time.Second
 	// listHorizon bounds how far back servers are listed and remembered;
 	// it is also the clock skew between workers that listing tolerates.
 	listHorizon = time.Hour
@@ -43,21 +54,18 @@ type RecoveryConfig struct {
 	After time.Duration
 	// Queues are the queues watched. Default {DefaultQueue}.
 	Queues []string
-	// Interval is the time between two scans, which also check this
-	// worker's own tombstone. Default 1s.
+	// Interval is the time between two scans, which also check the epochs
+	// of the tasks this worker holds. Default 1s.
 	Interval time.Duration
-	// Halt, when set, is called at once when this worker finds its own
-	// tombstone, before Run or Fence return ErrTombstoned; the worker
-	// process exits in it, so that asynq writes nothing.
+	// Halt, when set, is called at once when a task this worker holds was
+	// taken over (or Redis cannot say within FenceTimeout), before Run or
+	// Check return; the worker process exits in it, so that asynq writes
+	// nothing.
 	Halt func()
 	// Recovered, when set, is called for each task moved back (metrics).
 	Recovered func(queue string)
-	// Logger receives an info record per task moved back. Default slog.Default().
+	// Logger receives a warn record per task moved back. Default slog.Default().
 	Logger *slog.Logger
-	// Host and PID find this process's asynq server in Redis (one worker per
-	// process). Default os.Hostname() and os.Getpid().
-	Host string
-	PID  int
 
 	settle time.Duration // margin beyond After before moving anything; 5s
 }
@@ -70,11 +78,6 @@ func (c RecoveryConfig) WithDefaults() RecoveryConfig {
 	}
 	c.Interval = cmp.Or(c.Interval, DefaultRecoveryInterval)
 	c.Logger = cmp.Or(c.Logger, slog.Default())
-	if c.Host == "" {
-		c.Host, _ = os.Hostname()
-		c.Host = cmp.Or(c.Host, "unknown-host") // as asynq names it
-	}
-	c.PID = cmp.Or(c.PID, os.Getpid())
 	c.settle = cmp.Or(c.settle, 5*time.Second)
 	return c
 }
@@ -103,20 +106,45 @@ func (c RecoveryConfig) Validate() error {
 //
 // A task is taken over only when its lease has not moved for After (a live
 // worker's heartbeat moves it every 5 s), it is in no live worker's list,
-// and the server that held it is gone from Redis (its key expired); and only
+// the server that held it has been gone from Redis (its key expired) in
+// every scan for a heartbeat and a margin, and its lease has not expired
+// yet by Redis's clock (an expired one is asynq's recoverer's); and only
 // once this detector and Redis have both been up for After + 5 s, since
-// right after a Redis restart every worker looks dead. The takeover writes
-// a tombstone for the dead server: a worker that was only paused finds it
-// (Fence before each post, Run on a timer) and exits before asynq records
-// anything for the task that is now someone else's.
+// right after a Redis restart every worker looks dead.
+//
+// The takeover moves the task's epoch (courier_epoch in its hash) on: a
+// fencing token. A delivery reads the epoch when it begins (Claim); before
+// each post and each write, and before its outcome goes back to asynq, the
+// handler checks it (Check), and the detector checks every held task's on
+// each scan. A worker that was only paused finds its task's epoch moved on
+// and halts before it posts or asynq records anything for a task that is now
+// someone else's.
 type Recovery struct {
-	rdb  redis.UniversalClient
-	cfg  RecoveryConfig
-	insp *asynq.Inspector
-	born time.Time
+	rdb redis.UniversalClient
+	cfg RecoveryConfig
 
-	self   atomic.Pointer[ServerID] // this process's asynq server, once found
+	mu     sync.Mutex
+	held   map[Claim]int // deliveries under way, by claim
 	halted atomic.Bool
+}
+
+// Fence guards deliveries against a second copy after a takeover by
+// another worker; *Recovery is one.
+type Fence interface {
+	// Hold records a delivery under way; release ends it.
+	Hold(c Claim) (release func())
+	// Check returns nil while the claim stands; any error means the
+	// delivery must post and write nothing more.
+	Check(ctx context.Context, c Claim) error
+}
+
+var _ Fence = (*Recovery)(nil)
+
+// Claim is one delivery's hold on a task: the task and the epoch it began
+// under.
+type Claim struct {
+	Queue, ID string
+	Epoch     int64
 }
 
 // NewRecovery builds the detector over a go-redis client.
@@ -125,14 +153,15 @@ func NewRecovery(rdb redis.UniversalClient, cfg RecoveryConfig) (*Recovery, erro
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("recovery config: %w", err)
 	}
-	return &Recovery{rdb: rdb, cfg: cfg, insp: asynq.NewInspectorFromRedisClient(rdb), born: time.Now()}, nil
+	return &Recovery{rdb: rdb, cfg: cfg, held: map[Claim]int{}}, nil
 }
 
-// Run watches until ctx ends (it then returns nil), or until it finds this
-// worker's own tombstone: then it calls Halt and returns ErrTombstoned.
-// Redis errors are not returned: they restart the observation window.
+// Run watches until ctx ends (it then returns nil), or until it finds a
+// task this worker holds taken over: then it calls Halt and returns
+// ErrTakenOver. Redis errors are not returned: they restart the observation
+// window.
 func (r *Recovery) Run(ctx context.Context) error {
-	s := &scan{seen: map[taskRef]sighting{}, owner: map[string]string{}, servers: map[string]float64{}}
+	s := &scan{seen: map[taskRef]sighting{}, owner: map[string]string{}, servers: map[string]float64{}, gone: map[string]time.Time{}}
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
 	for {
@@ -147,36 +176,121 @@ func (r *Recovery) Run(ctx context.Context) error {
 	}
 }
 
-// Fence is the check before each post: ErrTombstoned (after Halt) when
-// this worker was declared dead, an error when Redis cannot say, else nil.
-func (r *Recovery) Fence(ctx context.Context) error {
-	self := r.self.Load()
-	if self == nil {
-		return nil // not heartbeating yet: nobody can have declared it dead
-	}
-	return r.fence(ctx, *self)
+// Hold records a delivery under way, so that every scan checks its epoch;
+// release ends it.
+func (r *Recovery) Hold(c Claim) (release func()) {
+	r.mu.Lock()
+	r.held[c]++
+	r.mu.Unlock()
+	return sync.OnceFunc(func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.held[c]--; r.held[c] <= 0 {
+			delete(r.held, c)
+		}
+	})
 }
 
-func (r *Recovery) fence(ctx context.Context, self ServerID) error {
-	by, err := r.rdb.Get(ctx, tombstoneKey(self.String())).Result()
-	switch {
-	case errors.Is(err, redis.Nil):
-		return nil
-	case err != nil:
-		return fmt.Errorf("check tombstone: %w", err)
+// Check is the fence before each post and write: nil while the task's
+// epoch is still the claim's. When another worker took the task over (its
+// epoch moved on, or its hash is gone) it calls Halt and returns
+// ErrTakenOver. It retries a Redis it cannot reach for FenceTimeout, then
+// fails closed: it calls Halt and returns ErrFenceUnknown.
+func (r *Recovery) Check(ctx context.Context, c Claim) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), FenceTimeout)
+	defer cancel()
+	delay := 50 * time.Millisecond
+	for {
+		epochs, err := r.epochs(ctx, []Claim{c})
+		if err == nil {
+			if epochs[0] != c.Epoch {
+				return r.takenOver(c, epochs[0])
+			}
+			return nil
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			r.halt("cannot check whether another worker took the task over: exiting at once, posting nothing more",
+				"task_id", c.ID, "queue", c.Queue, "error", err.Error())
+			return fmt.Errorf("%w: %w", ErrFenceUnknown, err)
+		case <-t.C:
+		}
+		delay = min(2*delay, 500*time.Millisecond)
 	}
+}
+
+// epochs reads the tasks' current epochs, in one round trip; a task whose
+// hash is gone reads -1.
+func (r *Recovery) epochs(ctx context.Context, cs []Claim) ([]int64, error) {
+	p := r.rdb.Pipeline()
+	cmds := make([]*redis.SliceCmd, len(cs))
+	for i, c := range cs {
+		cmds[i] = p.HMGet(ctx, taskKey(c.Queue, c.ID), "state", fieldEpoch)
+	}
+	if _, err := p.Exec(ctx); err != nil {
+		return nil, err
+	}
+	out := make([]int64, len(cs))
+	for i, cmd := range cmds {
+		v := cmd.Val()
+		if v[0] == nil {
+			out[i] = -1
+			continue
+		}
+		if e, ok := v[1].(string); ok {
+			out[i], _ = strconv.ParseInt(e, 10, 64)
+		}
+	}
+	return out, nil
+}
+
+func (r *Recovery) takenOver(c Claim, now int64) error {
+	r.halt("another worker found this one dead and took over its task: exiting at once, posting nothing more",
+		"task_id", c.ID, "queue", c.Queue, "epoch", c.Epoch, "task_epoch", now)
+	return ErrTakenOver
+}
+
+// halt logs why and calls Halt, once.
+func (r *Recovery) halt(msg string, attrs ...any) {
 	if r.halted.CompareAndSwap(false, true) {
-		r.cfg.Logger.Error("another worker found this one dead and took over its tasks: exiting at once, posting nothing more",
-			"server", self.String(), "taken_over_by", by)
+		r.cfg.Logger.Error(msg, attrs...)
 		if r.cfg.Halt != nil {
 			r.cfg.Halt()
 		}
 	}
-	return ErrTombstoned
 }
 
-// tombstoneKey marks a server declared dead.
-func tombstoneKey(server string) string { return "courier:tombstone:{" + server + "}" }
+// checkHeld checks the epochs of the deliveries under way. A Redis error is
+// not the end: the handler's own checks fail closed.
+func (r *Recovery) checkHeld(ctx context.Context) error {
+	r.mu.Lock()
+	cs := make([]Claim, 0, len(r.held))
+	for c := range r.held {
+		cs = append(cs, c)
+	}
+	r.mu.Unlock()
+	if len(cs) == 0 {
+		return nil
+	}
+	epochs, err := r.epochs(ctx, cs)
+	if err != nil {
+		return nil
+	}
+	for i, c := range cs {
+		if epochs[i] != c.Epoch && r.holds(c) {
+			return r.takenOver(c, epochs[i])
+		}
+	}
+	return nil
+}
+
+func (r *Recovery) holds(c Claim) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.held[c] > 0
+}
 
 type taskRef struct{ queue, id string }
 
@@ -199,12 +313,17 @@ type scan struct {
 	// metrics exporter) removes expired servers from asynq:servers, so a dead
 	// server may be known only here.
 	servers map[string]float64
+	// gone holds, per server whose key was absent, since when it has been
+	// absent in every scan; a failed read forgets it (the key may have come
+	// back unseen).
+	gone map[string]time.Time
 }
 
 func (s *scan) reset(now time.Time) {
 	s.watching = now
 	clear(s.seen)
 	clear(s.owner)
+	clear(s.gone)
 }
 
 // view is one look at Redis.
@@ -213,7 +332,8 @@ type view struct {
 	leases map[taskRef]float64
 	listed map[string]string  // task id → live server listing it
 	live   map[string]bool    // live servers
-	dead   map[string]float64 // server → expiry (Unix seconds) of a server whose key is gone
+	dead   map[string]float64 // server → expiry (Unix seconds) of a server whose key is gone for goneFor
+	lapsed map[string]float64 // the same, of a server whose key is gone for less (update sorts them)
 }
 
 func (r *Recovery) tick(ctx context.Context, s *scan) error {
@@ -221,12 +341,8 @@ func (r *Recovery) tick(ctx context.Context, s *scan) error {
 	if s.watching.IsZero() {
 		s.reset(now)
 	}
-	if err := r.checkSelf(ctx); err != nil {
-		if errors.Is(err, ErrTombstoned) {
-			return err
-		}
-		s.reset(now)
-		return nil
+	if err := r.checkHeld(ctx); err != nil {
+		return err
 	}
 	v, err := r.look(ctx, s.servers)
 	if err != nil {
@@ -251,27 +367,6 @@ func (r *Recovery) tick(ctx context.Context, s *scan) error {
 	return nil
 }
 
-// checkSelf finds this process's asynq server (once) and checks its tombstone.
-func (r *Recovery) checkSelf(ctx context.Context) error {
-	if r.self.Load() == nil {
-		servers, err := r.insp.Servers()
-		if err != nil {
-			return err
-		}
-		var mine *asynq.ServerInfo
-		for _, s := range servers { // the earliest started since this detector was built: a predecessor with the same host and pid started before
-			if s.Host == r.cfg.Host && s.PID == r.cfg.PID && !s.Started.Before(r.born.Add(-time.Second)) && (mine == nil || s.Started.Before(mine.Started)) {
-				mine = s
-			}
-		}
-		if mine == nil {
-			return nil
-		}
-		r.self.Store(&ServerID{Host: mine.Host, PID: mine.PID, ID: mine.ID})
-	}
-	return r.fence(ctx, *r.self.Load())
-}
-
 // look reads the leases of the watched queues, the live servers' task
 // lists and which servers are dead, in two round trips. It adds the servers
 // of asynq:servers to known.
@@ -289,7 +384,7 @@ func (r *Recovery) look(ctx context.Context, known map[string]float64) (*view, e
 	if _, err := p.Exec(ctx); err != nil {
 		return nil, err
 	}
-	v := &view{leases: map[taskRef]float64{}, listed: map[string]string{}, live: map[string]bool{}, dead: map[string]float64{}}
+	v := &view{leases: map[taskRef]float64{}, listed: map[string]string{}, live: map[string]bool{}, dead: map[string]float64{}, lapsed: map[string]float64{}}
 	v.uptime = redisUptime(info.Val())
 	for i, q := range r.cfg.Queues {
 		for _, z := range leases[i].Val() {
@@ -345,7 +440,9 @@ func redisUptime(info string) time.Duration {
 }
 
 // update records the leases seen: a lease whose score changed starts its
-// stand-still anew; the servers listing tasks are remembered as their holders.
+// stand-still anew; the servers listing tasks are remembered as their
+// holders. It leaves in v.dead only the servers whose key has been absent
+// for goneFor.
 func (s *scan) update(now time.Time, v *view) {
 	for ref, score := range v.leases {
 		if sg, ok := s.seen[ref]; !ok || sg.score != score {
@@ -361,6 +458,21 @@ func (s *scan) update(now time.Time, v *view) {
 	for id, srv := range v.listed {
 		s.owner[id] = srv
 	}
+	for srv := range s.gone {
+		if _, ok := v.dead[srv]; !ok {
+			delete(s.gone, srv)
+		}
+	}
+	for srv := range v.dead {
+		since, ok := s.gone[srv]
+		if !ok {
+			s.gone[srv], since = now, now
+		}
+		if now.Sub(since) < goneFor { // one missed heartbeat is no death
+			v.lapsed[srv] = v.dead[srv]
+			delete(v.dead, srv)
+		}
+	}
 }
 
 // deadHolders names the dead server(s) that may hold the task, or none when
@@ -375,16 +487,22 @@ func (s *scan) deadHolders(ref taskRef, score float64, v *view) []string {
 		return nil
 	}
 	if owner, ok := s.owner[ref.id]; ok {
-		if v.live[owner] {
+		if _, dead := v.dead[owner]; !dead { // alive, or gone for less than goneFor
 			return nil
 		}
 		return []string{owner}
 	}
 	latest := score - (asynqLeaseDuration - asynqServerStateTTL).Seconds() // its last heartbeat set the lease
 	earliest := latest - (asynqHeartbeat + 2*time.Second).Seconds()
+	fits := func(exp float64) bool { return exp >= earliest && exp <= latest+2 }
+	for _, exp := range v.lapsed {
+		if fits(exp) { // it may be the holder, and alive: wait and see
+			return nil
+		}
+	}
 	var dead []string
 	for srv, exp := range v.dead {
-		if exp >= earliest && exp <= latest+2 {
+		if fits(exp) {
 			dead = append(dead, srv)
 		}
 	}
@@ -393,56 +511,52 @@ func (s *scan) deadHolders(ref taskRef, score float64, v *view) []string {
 }
 
 // takeOverScript moves one task of a dead server back to pending, at the
-// head of the queue as asynq's own requeue does, and writes a tombstone for
-// every server that may have held it: only if the task is still active
-// with the same lease score and none of those servers came back.
+// head of the queue as asynq's own requeue does, and moves the task's epoch
+// on (the fence of the worker that held it): only if the task is still
+// active with the same lease score, none of the servers that may hold it
+// came back, its lease has not expired by Redis's clock (an expired one is
+// asynq's recoverer's, which lists and then moves it in two steps), and it
+// was not moved already for this lease.
 //
-// KEYS: active, lease, pending, task hash, then per server its asynq key
-// and its tombstone. ARGV: task id, lease score, tombstone value, tombstone
-// TTL (seconds), number of servers.
+// KEYS: active, lease, pending, task hash, then each server's asynq key.
+// ARGV: task id, lease score. It returns the new epoch, or 0.
 var takeOverScript = redis.NewScript(`
-local n = tonumber(ARGV[5])
-for i = 1, n do
-  if redis.call('EXISTS', KEYS[3 + 2*i]) == 1 then return 0 end
+for i = 5, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
 end
 if redis.call('EXISTS', KEYS[4]) == 0 then return 0 end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
+if tonumber(score) <= tonumber(redis.call('TIME')[1]) then return 0 end
+local moved = redis.call('HGET', KEYS[4], 'courier_moved_lease')
+if moved and tonumber(moved) >= tonumber(score) then return 0 end
 if redis.call('LREM', KEYS[1], 0, ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
-for i = 1, n do
-  redis.call('SET', KEYS[4 + 2*i], ARGV[3], 'EX', ARGV[4])
-end
 redis.call('RPUSH', KEYS[3], ARGV[1])
-redis.call('HSET', KEYS[4], 'state', 'pending')
-return 1
+redis.call('HSET', KEYS[4], 'state', 'pending', 'courier_moved_lease', score)
+return redis.call('HINCRBY', KEYS[4], 'courier_epoch', 1)
 `)
 
 // takeOver runs the script; it reports whether this detector moved the task.
 func (r *Recovery) takeOver(ctx context.Context, ref taskRef, sg sighting, dead []string, now time.Time) bool {
 	keys := []string{activeKey(ref.queue), leaseKey(ref.queue), pendingKey(ref.queue), taskKey(ref.queue, ref.id)}
 	for _, srv := range dead {
-		keys = append(keys, serverKey(srv), tombstoneKey(srv))
+		keys = append(keys, serverKey(srv))
 	}
-	by := r.cfg.Host + ":" + strconv.Itoa(r.cfg.PID)
-	if self := r.self.Load(); self != nil {
-		by = self.String()
-	}
-	by += " at " + time.Now().UTC().Format(time.RFC3339)
-	moved, err := takeOverScript.Run(ctx, r.rdb, keys, ref.id, strconv.FormatFloat(sg.score, 'f', -1, 64), by,
-		int(tombstoneTTL.Seconds()), len(dead)).Int()
+	epoch, err := takeOverScript.Run(ctx, r.rdb, keys, ref.id, strconv.FormatFloat(sg.score, 'f', -1, 64)).Int64()
 	if err != nil {
 		r.cfg.Logger.Warn("recovery: could not move a dead worker's task back; will try again", "task_id", ref.id, "queue", ref.queue, "error", err.Error())
 		return false
 	}
-	if moved == 0 {
+	if epoch == 0 {
 		return false
 	}
-	attrs := []any{"task_id", ref.id, "queue", ref.queue, "dead_worker", strings.Join(dead, ","), "lease_still_for", now.Sub(sg.since).Round(time.Millisecond)}
+	attrs := []any{"task_id", ref.id, "queue", ref.queue, "dead_worker", strings.Join(dead, ","), "epoch", epoch,
+		"lease_still_for", now.Sub(sg.since).Round(time.Millisecond)}
 	if id, ok := parseServerID(dead[0]); ok && len(dead) == 1 {
 		attrs = append(attrs, "dead_host", id.Host, "dead_pid", id.PID)
 	}
-	r.cfg.Logger.Info("task of a dead worker moved back to pending", attrs...)
+	r.cfg.Logger.Warn("task of a dead worker moved back to pending", attrs...)
 	if r.cfg.Recovered != nil {
 		r.cfg.Recovered(ref.queue)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,7 +28,7 @@ func newTestRecovery(t *testing.T, rdb *redis.Client, queue string) *testRecover
 	t.Helper()
 	tr := &testRecovery{logs: &syncBuffer{}}
 	r, err := NewRecovery(rdb, RecoveryConfig{After: MinRecoveryAfter, Interval: 200 * time.Millisecond, Queues: []string{queue},
-		Host: "testhost", PID: 1, settle: 500 * time.Millisecond,
+		settle:    500 * time.Millisecond,
 		Logger:    slog.New(slog.NewTextHandler(tr.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Recovered: func(string) { tr.recovered.Add(1) }, Halt: func() { tr.halts.Add(1) }})
 	if err != nil {
@@ -60,8 +61,8 @@ func (e *env) taskState(id string) asynq.TaskState {
 }
 
 // A task whose worker died goes back to pending once its lease stood still
-// for the window, with a tombstone for the dead server and an info record
-// naming it; the death counts for the poison guard; no redelivery is used.
+// for the window, with its epoch moved on and a warn record naming the
+// dead server; the death counts for the poison guard; no redelivery is used.
 func TestRecoveryMovesADeadWorkersTask(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
@@ -75,14 +76,14 @@ func TestRecoveryMovesADeadWorkersTask(t *testing.T) {
 	if took := time.Since(start); took < MinRecoveryAfter {
 		t.Fatalf("moved after %v, before the lease stood still for the window (%v)", took, MinRecoveryAfter)
 	}
-	if by, err := e.rdb.Get(ctx, tombstoneKey(dead)).Result(); err != nil || !strings.Contains(by, "testhost:1") {
-		t.Fatalf("tombstone for %s: %q %v", dead, by, err)
+	if epoch, err := e.rdb.HGet(ctx, taskKey(e.queue, id), fieldEpoch).Result(); err != nil || epoch != "1" {
+		t.Fatalf("epoch after the takeover: %q %v, want 1", epoch, err)
 	}
 	if got := r.recovered.Load(); got != 1 {
 		t.Fatalf("recovered %d, want 1", got)
 	}
 	log := r.logs.String()
-	for _, want := range []string{"task of a dead worker moved back to pending", "task_id=" + id, dead} {
+	for _, want := range []string{"level=WARN msg=\"task of a dead worker moved back to pending\"", "task_id=" + id, dead} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %q:\n%s", want, log)
 		}
@@ -171,39 +172,200 @@ func TestRecoveryOneMoverAmongMany(t *testing.T) {
 	}
 }
 
-// A worker that finds its own tombstone halts once; Fence and Run say so,
-// and its handler posts nothing (the outcome is not the message's fault).
-func TestTombstonedWorkerPostsNothing(t *testing.T) {
+// A delivery whose task is taken over while its request is under way (the
+// task's epoch moves on) writes nothing more into the task's hash: not its
+// dedup record, not the end of its run (the new owner's run marker stays),
+// and it halts. Two workers on one host with the same pid (sibling
+// containers) cannot mistake each other: the fence is the task's.
+func TestTakenOverDeliveryWritesNothing(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	e := newEnv(t, webextest.Options{})
 	r := newTestRecovery(t, e.rdb, e.queue)
-	self := ServerID{Host: "testhost", PID: 1, ID: e.queue}
-	r.self.Store(&self)
-	t.Cleanup(func() { e.rdb.Del(context.Background(), tombstoneKey(self.String())) })
-	if err := r.Fence(ctx); err != nil {
-		t.Fatalf("fence before any tombstone: %v", err)
+	var once sync.Once
+	takeOver := func(c Claim) { // right after the check before the post: the request goes out
+		once.Do(func() {
+			e.rdb.HIncrBy(ctx, taskKey(c.Queue, c.ID), fieldEpoch, 1) // the takeover, and the new owner's run
+			e.rdb.HSet(ctx, taskKey(c.Queue, c.ID), fieldRuns, 7)
+		})
 	}
-	e.rdb.Set(ctx, tombstoneKey(self.String()), "another worker", time.Minute)
-	if err := r.Fence(ctx); !errors.Is(err, ErrTombstoned) {
-		t.Fatalf("fence: %v, want ErrTombstoned", err)
+	e.start(func(c *WorkerConfig) { c.Fence = afterCheck{r, takeOver} })
+	id := e.enqueue(text("r", "taken over mid-request"))
+	key := taskKey(e.queue, id)
+	waitFor(t, 10*time.Second, "the halt", func() bool { return r.halts.Load() > 0 })
+	waitFor(t, 10*time.Second, "the interrupted delivery", func() bool {
+		return strings.Contains(e.logs.String(), "outcome=interrupted") && strings.Contains(e.logs.String(), "task_id="+id)
+	})
+	if runs, _ := e.rdb.HGet(ctx, key, fieldRuns).Result(); runs != "7" {
+		t.Fatalf("the new owner's run marker is %q, want 7 (the stale delivery ended it)", runs)
 	}
-	if err := <-r.run(t); !errors.Is(err, ErrTombstoned) {
-		t.Fatalf("run: %v, want ErrTombstoned", err)
+	if res, _ := e.rdb.HGet(ctx, key, fieldResult).Result(); res != "" {
+		t.Fatalf("the stale delivery wrote its record %s into the new owner's task", res)
 	}
 	if n := r.halts.Load(); n != 1 {
 		t.Fatalf("halted %d times, want once", n)
 	}
-	e.start(func(c *WorkerConfig) { c.Fence = r.Fence })
-	id := e.enqueue(text("r", "not mine any more"))
-	waitFor(t, 10*time.Second, "the interrupted delivery", func() bool {
-		return strings.Contains(e.logs.String(), "outcome=interrupted") && strings.Contains(e.logs.String(), "task_id="+id)
-	})
-	if n, _ := e.sim.Counts("r"); n != 0 {
-		t.Fatalf("%d requests to Webex, want none", n)
+	if n, acc := e.sim.Counts("r"); n != 1 || acc != 1 {
+		t.Fatalf("%d requests, %d accepted; want the one that went out before the takeover", n, acc)
 	}
-	if info, err := e.inspector.GetTaskInfo(e.queue, id); err != nil || info.Retried != 0 || info.State == asynq.TaskStateArchived {
-		t.Fatalf("task %+v %v: want it back in the queue, no redelivery used", info, err)
+	if !strings.Contains(r.logs.String(), "took over its task") {
+		t.Fatalf("no log of the takeover:\n%s", r.logs.String())
+	}
+}
+
+// afterCheck runs then after each check that passes.
+type afterCheck struct {
+	Fence
+	then func(Claim)
+}
+
+func (f afterCheck) Check(ctx context.Context, c Claim) error {
+	err := f.Fence.Check(ctx, c)
+	if err == nil {
+		f.then(c)
+	}
+	return err
+}
+
+// The detector's scans fence the deliveries under way: a held task taken
+// over halts the worker, and Run says so.
+func TestRecoveryScanFencesHeldTasks(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	id := e.enqueue(text("r", "held"))
+	r := newTestRecovery(t, e.rdb, e.queue)
+	c := Claim{Queue: e.queue, ID: id}
+	defer r.Hold(c)()
+	if err := r.Check(ctx, c); err != nil {
+		t.Fatalf("check before any takeover: %v", err)
+	}
+	done := r.run(t)
+	e.rdb.HIncrBy(ctx, taskKey(e.queue, id), fieldEpoch, 1)
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrTakenOver) {
+			t.Fatalf("run: %v, want ErrTakenOver", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run did not find the held task taken over")
+	}
+	if err := r.Check(ctx, c); !errors.Is(err, ErrTakenOver) {
+		t.Fatalf("check: %v, want ErrTakenOver", err)
+	}
+	if n := r.halts.Load(); n != 1 {
+		t.Fatalf("halted %d times, want once", n)
+	}
+}
+
+// A fence that cannot reach Redis fails closed: it halts the worker within
+// FenceTimeout, and the handler posts nothing.
+func TestFenceFailsClosedWithoutRedis(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	down := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
+	t.Cleanup(func() { _ = down.Close() })
+	tr := &testRecovery{logs: &syncBuffer{}}
+	r, err := NewRecovery(down, RecoveryConfig{After: MinRecoveryAfter, Queues: []string{"q"}, Halt: func() { tr.halts.Add(1) },
+		Logger: slog.New(slog.NewTextHandler(tr.logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Check(ctx, Claim{Queue: "q", ID: "x"}); !errors.Is(err, ErrFenceUnknown) {
+		t.Fatalf("check without Redis: %v, want ErrFenceUnknown", err)
+	}
+	if n := tr.halts.Load(); n != 1 {
+		t.Fatalf("halted %d times, want once", n)
+	}
+}
+
+// One missed heartbeat (the server's key lapses for a few seconds, then
+// comes back) while the lease stands still is no death: neither for a task
+// the server was seen listing nor for one it fetched since its last beat.
+func TestRecoveryOneMissedHeartbeatIsNoDeath(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	unlisted, listed := e.enqueue(text("r", "fetched since the last beat")), e.enqueue(text("r", "listed"))
+	srv := fakeDeadHolder(t, e.rdb, e.queue, unlisted)
+	e.rdb.ZRem(ctx, asynqServers, serverKey(fakeDeadHolder(t, e.rdb, e.queue, listed))) // active, held by srv alone
+	workers := asynqWorkersPrefix + srv + "}"
+	beat := func() { // the server's key and its task list, as a heartbeat writes them
+		e.rdb.Set(ctx, serverKey(srv), "x", time.Minute)
+		e.rdb.HSet(ctx, workers, listed, "x")
+		e.rdb.Expire(ctx, workers, time.Minute)
+		e.rdb.ZAdd(ctx, asynqWorkers, redis.Z{Score: float64(time.Now().Add(time.Minute).Unix()), Member: workers})
+	}
+	beat()
+	t.Cleanup(func() {
+		e.rdb.Del(context.Background(), serverKey(srv), workers)
+		e.rdb.ZRem(context.Background(), asynqWorkers, workers)
+	})
+	r := newTestRecovery(t, e.rdb, e.queue)
+	start := time.Now()
+	r.run(t)
+	up := MinRecoveryAfter + time.Second // the leases have stood still for the window, and the detector is up
+	waitFor(t, 2*up, "the window", func() bool { return time.Since(start) > up })
+	e.rdb.Del(ctx, serverKey(srv), workers) // one heartbeat missed: both lapse
+	lapse := time.Now()
+	for time.Since(lapse) < goneFor-time.Second {
+		if a, b := e.taskState(unlisted), e.taskState(listed); a != asynq.TaskStateActive || b != asynq.TaskStateActive {
+			t.Fatalf("a live worker's task was taken over after one missed heartbeat: %v, %v", a, b)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	beat()
+	if n := r.recovered.Load(); n != 0 {
+		t.Fatalf("recovered %d of a live worker's tasks", n)
+	}
+}
+
+// A lease already expired by Redis's clock is asynq's recoverer's: the
+// detector leaves it (the recoverer lists it, then moves it in a second
+// step that would land on a new owner's entries).
+func TestRecoveryLeavesExpiredLeasesToAsynq(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	id := e.enqueue(text("r", "expired"))
+	fakeDeadHolderSince(t, e.rdb, e.queue, id, asynqLeaseDuration+time.Second)
+	r := newTestRecovery(t, e.rdb, e.queue)
+	start := time.Now()
+	r.run(t)
+	up := MinRecoveryAfter + goneFor + 2*time.Second
+	for time.Since(start) < up {
+		if st := e.taskState(id); st != asynq.TaskStateActive {
+			t.Fatalf("a task with an expired lease was moved: %v", st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := r.recovered.Load(); n != 0 {
+		t.Fatalf("recovered %d", n)
+	}
+}
+
+// A task is moved at most once for one lease: fetched again under a lease
+// with the same score (whole seconds, a clock behind), it is not moved again.
+func TestRecoveryMovesATaskOncePerLease(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	id := e.enqueue(text("r", "once"))
+	dead := fakeDeadHolder(t, e.rdb, e.queue, id)
+	r := newTestRecovery(t, e.rdb, e.queue)
+	score := e.rdb.ZScore(ctx, leaseKey(e.queue), id).Val()
+	ref, sg := taskRef{e.queue, id}, sighting{score: score, since: time.Now()}
+	if !r.takeOver(ctx, ref, sg, []string{dead}, time.Now()) {
+		t.Fatal("not moved")
+	}
+	e.rdb.LRem(ctx, pendingKey(e.queue), 0, id) // a new owner fetches it, its lease has the same score
+	e.rdb.LPush(ctx, activeKey(e.queue), id)
+	e.rdb.ZAdd(ctx, leaseKey(e.queue), redis.Z{Score: score, Member: id})
+	e.rdb.HSet(ctx, taskKey(e.queue, id), "state", "active")
+	if r.takeOver(ctx, ref, sg, []string{dead}, time.Now()) {
+		t.Fatal("moved twice for the same lease")
+	}
+	if st := e.taskState(id); st != asynq.TaskStateActive {
+		t.Fatalf("the new owner's task is %v", st)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -18,20 +19,28 @@ import (
 // is unknown leaves the reply unthreaded, with a warning and a metric.
 func ReplyTo(parentTask string) Option { return func(o *enqueueOptions) { o.parentTask = parentTask } }
 
+// parentScript reads the parent's asynq state and result, and whether it
+// is still waiting behind the head of a sequence (not yet an asynq task).
 var parentScript = redis.NewScript(`
-return redis.call('HMGET', KEYS[1], 'state', 'result')
+local v = redis.call('HMGET', KEYS[1], 'state', 'result')
+return {v[1], v[2], redis.call('HEXISTS', KEYS[2], ARGV[1])}
 `)
+
+// parentWait is how long a reply is handed back for while its parent is
+// on its way: the parent's delivery does not pull the reply forward.
+const parentWait = 5 * time.Second
 
 // threadReply sets the reply's parentId to its parent's Webex message id,
 // or clears it when the parent cannot give one. It hands the reply back
 // while the parent is still on its way.
 func (h *Handler) threadReply(ctx context.Context, queue, id string, p *Payload) *DeliveryError {
-	v, err := parentScript.Run(ctx, h.order.rdb, []string{taskKey(queue, p.ParentTask)}).Slice()
-	if err != nil || len(v) != 2 { // Redis's fault, not the message's: not counted
+	v, err := parentScript.Run(ctx, h.order.rdb, []string{taskKey(queue, p.ParentTask), waitingKey(queue)}, p.ParentTask).Slice()
+	if err != nil || len(v) != 3 { // Redis's fault, not the message's: not counted
 		return &DeliveryError{Outcome: RedisUnavailable, Err: fmt.Errorf("read the parent message's delivery: %v", err), Delay: retrypolicy.QueueDelay(0)}
 	}
 	state, _ := v[0].(string)
 	result, _ := v[1].(string)
+	waiting, _ := v[2].(int64)
 	var tr TaskResult
 	_ = json.Unmarshal([]byte(result), &tr)
 	sent := tr.sent()
@@ -40,8 +49,8 @@ func (h *Handler) threadReply(ctx context.Context, queue, id string, p *Payload)
 	case done && sent[0] != unconfirmedID:
 		p.Message.ParentID = sent[0]
 		return nil
-	case !done && (state == "pending" || state == "active" || state == "retry" || state == "scheduled"):
-		return &DeliveryError{Outcome: BehindHead, Err: errors.New("waiting for the parent message to be delivered"), Delay: retrypolicy.QueueDelay(0)}
+	case !done && (waiting == 1 || state == "pending" || state == "active" || state == "retry" || state == "scheduled"):
+		return &DeliveryError{Outcome: BehindHead, Err: errors.New("waiting for the parent message to be delivered"), Delay: retrypolicy.QueueDelay(parentWait)}
 	}
 	why := "the parent message was dead-lettered"
 	switch {

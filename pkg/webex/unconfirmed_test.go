@@ -39,6 +39,7 @@ func unreadable2xx(t *testing.T, how string) (*httptest.Server, *atomic.Int32) {
 			<-r.Context().Done()
 		case "oversize": // valid JSON, longer than the client reads
 			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush() // the status first, as a loaded machine may be slow to build the body
 			_, _ = w.Write([]byte(`{"id":"m1","text":"` + strings.Repeat("x", 2<<20) + `"}`))
 		case "empty": // no body at all
 			w.WriteHeader(http.StatusOK)
@@ -54,12 +55,12 @@ func unreadable2xx(t *testing.T, how string) (*httptest.Server, *atomic.Int32) {
 	return srv, &posts
 }
 
-// unreadableClient gives up on an answer after a second: long enough for
+// unreadableClient gives up on an answer after two seconds: long enough for
 // the status line to arrive on a loaded machine (a timeout before it would
 // rightly be retried), short enough for the "slow" body to time out.
 func unreadableClient(t *testing.T, base string, logger *slog.Logger) *webex.Client {
 	t.Helper()
-	c, err := webex.New(webex.Config{BaseURL: base, Token: secret, Logger: logger, HTTPClient: &http.Client{Timeout: time.Second}})
+	c, err := webex.New(webex.Config{BaseURL: base, Token: secret, Logger: logger, HTTPClient: &http.Client{Timeout: 2 * time.Second}})
 	if err != nil {
 		t.Fatal(err)
 	}

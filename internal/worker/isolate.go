@@ -1,0 +1,60 @@
+package worker
+
+import (
+	"context"
+	"os"
+	"os/exec"
+
+	"github.com/courier-dev/courier/pkg/tasks"
+	"github.com/courier-dev/courier/pkg/webex"
+)
+
+// IsolatedEnv, set in a worker process's environment, makes it an isolated
+// delivery process: it serves one delivery over its standard input and
+// output (tasks.Worker.ServeIsolated) and exits. The worker sets it on the
+// copy of itself it starts for a suspect task (tasks.WorkerConfig.Isolate).
+const IsolatedEnv = "COURIER_ISOLATED_DELIVERY"
+
+// CrashRoomEnv is a test hook: a worker process (or isolated delivery
+// process) that is about to send to this room crashes at once, as a
+// message that kills its worker would make it. Unset in production.
+const CrashRoomEnv = "COURIER_TEST_CRASH_ROOM"
+
+// Isolation sets up isolated deliveries for the worker binary: a suspect
+// task is delivered by a copy of this executable run with args and
+// IsolatedEnv. It reads IsolatedEnv and CrashRoomEnv from lookupEnv. Dev
+// mode delivers every task in the worker.
+func (c *Config) Isolation(args []string, lookupEnv func(string) (string, bool)) {
+	if v, ok := lookupEnv(IsolatedEnv); ok && v != "" {
+		c.isolated = true
+	}
+	c.crashRoom, _ = lookupEnv(CrashRoomEnv)
+	if c.Dev || c.isolated {
+		return
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		exe = os.Args[0]
+	}
+	c.isolate = func(ctx context.Context) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, exe, args...)
+		cmd.Env = append(os.Environ(), IsolatedEnv+"=1")
+		cmd.Stderr = os.Stderr // its records join the worker's
+		return cmd
+	}
+}
+
+// crashSender is the CrashRoomEnv hook.
+type crashSender struct {
+	tasks.Sender
+	room string
+}
+
+func (s crashSender) CreateMessage(ctx context.Context, m webex.Message) (*webex.Sent, error) {
+	if m.RoomID == s.room {
+		crashed := make(chan struct{})
+		go func() { panic("test hook: a message to " + s.room + " crashes its worker") }()
+		<-crashed
+	}
+	return s.Sender.CreateMessage(ctx, m)
+}

@@ -1,0 +1,260 @@
+package tasks
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/courier-dev/courier/pkg/retrypolicy"
+)
+
+// Isolation gives a poison verdict one meaning: this message kills the
+// process that delivers it.
+//
+// A worker that dies (SIGKILL, out of memory, a fatal runtime error) takes
+// every delivery in flight with it, so a death says nothing about any one
+// message: under a storm of unrelated crashes a healthy message can be in
+// flight at three of them. So a death only makes a task a suspect. After
+// suspectAfter deaths in a row, the worker delivers the task in a process of
+// its own (WorkerConfig.Isolate starts it, Worker.ServeIsolated runs in it)
+// and waits for it. Nothing else runs in that process, so when it dies while
+// the worker lives, the death is the message's: the worker counts it
+// (fieldKilled), and PoisonLimit such deaths make the task poison, after at
+// most suspectAfter+PoisonLimit deaths in all. A delivery that returns (any
+// outcome) clears both counts.
+//
+// When the worker itself dies, the isolated process sees its standard input
+// close and stops like a stopping worker; nobody counts that death against
+// the message. The task stays a suspect and is isolated again.
+
+// suspectAfter is the number of deaths in a row after which a task is
+// delivered in an isolated process.
+const suspectAfter = 2
+
+// isolatedRequest is what the worker writes, as one JSON line, to the
+// isolated process's standard input (kept open until the delivery ends).
+type isolatedRequest struct {
+	Queue    string    `json:"queue"`
+	ID       string    `json:"id"`
+	Retried  int       `json:"retried"`
+	MaxRetry int       `json:"max_retry"`
+	Deadline time.Time `json:"deadline,omitzero"`
+	Payload  []byte    `json:"payload"`
+}
+
+// isolatedLine is one JSON line the isolated process writes: first
+// Started (the delivery is about to begin), then Result.
+type isolatedLine struct {
+	Started bool            `json:"started,omitempty"`
+	Result  *isolatedResult `json:"result,omitempty"`
+}
+
+// isolatedResult carries the delivery's outcome back to the worker.
+type isolatedResult struct {
+	Outcome  Outcome       `json:"outcome"`
+	Bot      string        `json:"bot"`
+	Err      string        `json:"error,omitempty"`
+	Delay    time.Duration `json:"delay,omitempty"`
+	Attempts int           `json:"attempts,omitempty"`
+	Part     int           `json:"part,omitempty"`
+	Parts    int           `json:"parts,omitempty"`
+	Sent     []string      `json:"sent,omitempty"`
+}
+
+func newIsolatedResult(err error, bot string) *isolatedResult {
+	var de *DeliveryError
+	switch {
+	case err == nil:
+		return &isolatedResult{Outcome: Delivered, Bot: bot}
+	case errors.As(err, &de):
+		r := &isolatedResult{Outcome: de.Outcome, Bot: de.Bot, Delay: de.Delay, Attempts: de.Attempts, Part: de.Part, Parts: de.Parts, Sent: de.Sent}
+		if de.Err != nil {
+			r.Err = de.Err.Error()
+		}
+		return r
+	default:
+		return &isolatedResult{Outcome: Transient, Bot: bot, Err: err.Error(), Delay: retrypolicy.QueueDelay(0)}
+	}
+}
+
+// deliveryError is the result as the handler's return value.
+func (r *isolatedResult) deliveryError() error {
+	if r.Outcome == Delivered || r.Outcome == DeliveredUnconfirmed || r.Outcome == Deduplicated {
+		return nil
+	}
+	de := &DeliveryError{Outcome: r.Outcome, Bot: r.Bot, Delay: r.Delay, Attempts: r.Attempts, Part: r.Part, Parts: r.Parts, Sent: r.Sent}
+	if r.Err != "" {
+		de.Err = errors.New(r.Err)
+	}
+	return de
+}
+
+// taskMeta is what asynq tells a handler about the task it runs.
+type taskMeta struct {
+	id, queue         string
+	retried, maxRetry int
+}
+
+// isolating reports whether suspects are delivered in an isolated process.
+func (h *Handler) isolating() bool { return h.cfg.Isolate != nil && !h.isolated }
+
+// suspect returns how many of the task's deliveries died in a row when
+// that is enough to deliver it in isolation, else 0. A failed read is not a
+// reason to isolate: the delivery's own start then meets Redis's failure.
+func (h *Handler) suspect(ctx context.Context, m taskMeta) int {
+	runs, err := h.rec.rdb.HGet(ctx, taskKey(m.queue, m.id), fieldRuns).Int()
+	if err != nil || runs < suspectAfter {
+		return 0
+	}
+	return runs
+}
+
+// poisoned is the poison verdict on a delivery's start, nil if none. With
+// isolation, only deaths of isolated deliveries count; without it (a
+// Handler under an asynq.Server of one's own), every death does.
+func (h *Handler) poisoned(st begun, bot string, sent []string) *DeliveryError {
+	limit := h.cfg.PoisonLimit
+	switch {
+	case h.cfg.Isolate == nil && !h.isolated && st.died >= limit:
+		return &DeliveryError{Outcome: Poison, Bot: bot, Sent: sent, Err: fmt.Errorf("%d deliveries died with their worker (limit %d)", st.died, limit)}
+	case (h.cfg.Isolate != nil || h.isolated) && st.killed >= limit:
+		return &DeliveryError{Outcome: Poison, Bot: bot, Sent: sent,
+			Err: fmt.Errorf("%d isolated deliveries died with their process (limit %d), %d deaths in all", st.killed, limit, st.died)}
+	}
+	return nil
+}
+
+// isolate delivers a suspect in a process of its own and waits for it.
+func (h *Handler) isolate(ctx context.Context, m taskMeta, payload []byte, died int) error {
+	bot := ""
+	if p, err := DecodePayload(payload); err == nil {
+		bot = p.Bot
+	}
+	h.cfg.Logger.Warn("suspected of killing its worker: delivering it in an isolated process", "task_id", m.id, "queue", m.queue,
+		"bot", botLabel(bot), "died", died)
+	handBack := func(err error) error {
+		return &DeliveryError{Outcome: Interrupted, Bot: bot, Err: err, Delay: retrypolicy.QueueDelay(0)}
+	}
+	cmd := h.cfg.Isolate(ctx)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return handBack(fmt.Errorf("isolated delivery: %w", err))
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return handBack(fmt.Errorf("isolated delivery: %w", err))
+	}
+	if err := cmd.Start(); err != nil {
+		return handBack(fmt.Errorf("start isolated delivery: %w", err))
+	}
+	req := isolatedRequest{Queue: m.queue, ID: m.id, Retried: m.retried, MaxRetry: m.maxRetry, Payload: payload}
+	if d, ok := ctx.Deadline(); ok {
+		req.Deadline = d
+	}
+	_ = json.NewEncoder(stdin).Encode(req) // a process that died at once is seen below
+	// A stopping worker closes the isolated process's input: it stops too.
+	stopChild := context.AfterFunc(h.stop, func() { _ = stdin.Close() })
+	defer stopChild()
+	started, res := readIsolated(stdout)
+	_ = stdin.Close()
+	waitErr := cmd.Wait()
+	switch {
+	case res != nil:
+		if err := res.deliveryError(); err != nil {
+			return err
+		}
+		h.cfg.Observer.Outcome(res.Bot, res.Outcome)
+		return nil
+	case ctx.Err() != nil:
+		return handBack(fmt.Errorf("isolated delivery ended with the task's lease: %w", context.Cause(ctx)))
+	case !started || h.stopping():
+		return handBack(fmt.Errorf("isolated delivery ended before its delivery began or while stopping: %v", waitErr))
+	}
+	killed, err := h.countKilled(ctx, m)
+	if err != nil { // not counted: the message is not blamed
+		return &DeliveryError{Outcome: RedisUnavailable, Bot: bot, Err: err, Delay: retrypolicy.QueueDelay(0)}
+	}
+	return &DeliveryError{Outcome: Killed, Bot: bot, Delay: retrypolicy.QueueDelay(0),
+		Err: fmt.Errorf("isolated delivery died with its process (%v): %d of %d such deaths make it poison", waitErr, killed, h.cfg.PoisonLimit)}
+}
+
+// readIsolated reads the isolated process's lines until it closes its
+// output.
+func readIsolated(r io.Reader) (started bool, res *isolatedResult) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
+	for sc.Scan() {
+		var l isolatedLine
+		if json.Unmarshal(sc.Bytes(), &l) != nil {
+			continue
+		}
+		started = started || l.Started
+		if l.Result != nil {
+			res = l.Result
+		}
+	}
+	return started, res
+}
+
+// countKilled counts a death of an isolated delivery against the message.
+func (h *Handler) countKilled(ctx context.Context, m taskMeta) (int, error) {
+	var n int64
+	err := h.untilDone(ctx, "isolated death not counted: retrying", m.queue, m.id, func(ctx context.Context) error {
+		var err error
+		n, err = h.rec.rdb.HIncrBy(ctx, taskKey(m.queue, m.id), fieldKilled, 1).Result()
+		if err != nil {
+			return fmt.Errorf("count isolated death: %w", err)
+		}
+		return nil
+	})
+	return int(n), err
+}
+
+// ServeIsolated runs in the isolated process WorkerConfig.Isolate starts:
+// it reads one delivery from in, delivers it with the worker's handler
+// (never isolating again), and writes its outcome to out. The worker must
+// not be started. The delivery stops, like a stopping worker's, when ctx
+// ends or in closes (the worker stopped or died).
+func (w *Worker) ServeIsolated(ctx context.Context, in io.Reader, out io.Writer) error {
+	br := bufio.NewReader(in)
+	line, err := br.ReadBytes('\n')
+	if err != nil {
+		return fmt.Errorf("read isolated delivery: %w", err)
+	}
+	var req isolatedRequest
+	if err := json.Unmarshal(line, &req); err != nil {
+		return fmt.Errorf("read isolated delivery: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if !req.Deadline.IsZero() {
+		ctx, cancel = context.WithDeadline(ctx, req.Deadline)
+		defer cancel()
+	}
+	stopOnEnd := context.AfterFunc(ctx, w.stop)
+	defer stopOnEnd()
+	go func() { // ends when the worker closes in (or dies)
+		_, _ = io.Copy(io.Discard, br)
+		w.stop()
+	}()
+	h := w.handler
+	h.isolated = true
+	enc := json.NewEncoder(out)
+	if err := enc.Encode(isolatedLine{Started: true}); err != nil {
+		return fmt.Errorf("write isolated delivery: %w", err)
+	}
+	m := taskMeta{id: req.ID, queue: req.Queue, retried: req.Retried, maxRetry: req.MaxRetry}
+	bot := ""
+	if p, err := DecodePayload(req.Payload); err == nil {
+		bot = p.Bot
+	}
+	res := newIsolatedResult(h.process(ctx, m, req.Payload, new(*Claim), new(func())), bot) // the worker releases the sequence, once fenced
+	if err := enc.Encode(isolatedLine{Result: res}); err != nil {
+		return fmt.Errorf("write isolated delivery: %w", err)
+	}
+	return nil
+}
