@@ -27,16 +27,17 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)
-		os.Exit(2)
+		os.Exit(worker.ExitConfig)
 	}
 	cfg.Isolation(os.Args[1:], os.LookupEnv)
 	ctx, stop := signals.Context(context.Background(), func(s os.Signal) {
 		fmt.Fprintf(os.Stderr, "worker: second %v: exiting now\n", s)
-		os.Exit(1)
+		os.Exit(worker.ExitFailure)
 	})
-	defer stop()
-	if err := worker.Run(ctx, cfg, worker.NewLogger(os.Stderr, cfg.LogFormat, cfg.LogLevel)); err != nil {
+	err = worker.Run(ctx, cfg, worker.NewLogger(os.Stderr, cfg.LogFormat, cfg.LogLevel))
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)
-		os.Exit(1)
 	}
+	stop()
+	os.Exit(worker.ExitCode(err))
 }

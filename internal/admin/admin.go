@@ -116,7 +116,7 @@ func Handler(cfg Config) (h http.Handler, closeFn func() error) {
 			}
 			res, err := cfg.DeadLetters.Requeue(r.Context(), r.PathValue("id"), cfg.Producer)
 			switch {
-			case errors.Is(err, tasks.ErrNotFound):
+			case errors.Is(err, tasks.ErrDeadLetterNotFound):
 				http.Error(w, err.Error(), http.StatusNotFound)
 			case errors.Is(err, tasks.ErrDuplicate):
 				http.Error(w, err.Error()+": re-run it from the archive in asynqmon", http.StatusConflict)

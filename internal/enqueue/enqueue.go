@@ -17,6 +17,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/courier-dev/courier/internal/redisurl"
+	"github.com/courier-dev/courier/internal/settings"
 	"github.com/courier-dev/courier/pkg/tasks"
 	"github.com/courier-dev/courier/pkg/webex"
 )
@@ -183,7 +184,8 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 
 func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*options, error) {
 	o := &options{}
-	fs := flag.NewFlagSet("enqueue", flag.ContinueOnError)
+	set := settings.New("enqueue")
+	fs := set.FlagSet()
 	fs.SetOutput(stderr)
 	fs.Usage = func() { _, _ = io.WriteString(stderr, usage); fs.PrintDefaults() }
 	l := &o.line
@@ -218,19 +220,13 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*o
 	fs.StringVar(&o.filesDir, "files-dir", "", "with --jsonl: read the lines' local files under this directory only (default: no local files, URLs only)")
 	fs.BoolVar(&o.jsonOut, "json", false, "print one JSON object per message and a summary")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "give up on an unreachable or silent Redis after this long")
-	fs.DurationVar(&o.retention, "keyed-retention", tasks.DefaultKeyedRetention, "keep delivered keyed messages (and so their keys) this long (env COURIER_KEYED_RETENTION)")
-	if v := getenv("COURIER_KEYED_RETENTION"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return nil, fmt.Errorf("COURIER_KEYED_RETENTION: want a duration, got %q", v)
+	set.Duration(&o.retention, "keyed-retention", "COURIER_KEYED_RETENTION", tasks.DefaultKeyedRetention, "keep delivered keyed messages (and so their keys) this long")
+	// An empty variable is unset here, as for REDIS_URL.
+	if err := set.Parse(args, func(k string) (string, bool) { v := getenv(k); return v, v != "" }); err != nil {
+		if fs.Parsed() && fs.NArg() > 0 {
+			return nil, fmt.Errorf("%w (quote the text?)", err)
 		}
-		o.retention = d
-	}
-	if err := fs.Parse(args); err != nil {
 		return nil, err
-	}
-	if fs.NArg() > 0 {
-		return nil, fmt.Errorf("unexpected argument %q (quote the text?)", fs.Arg(0))
 	}
 	o.redisURL = getenv("REDIS_URL")
 	if o.redisURL == "" {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -281,5 +282,35 @@ func TestHelpHasExamples(t *testing.T) {
 		if !strings.Contains(errb.String(), want) {
 			t.Errorf("help lacks %q", want)
 		}
+	}
+}
+
+// COURIER_KEYED_RETENTION is read as every other setting is: a flag wins,
+// and a bad value names the variable.
+func TestKeyedRetentionSetting(t *testing.T) {
+	t.Parallel()
+	env := func(v string) func(string) string {
+		return func(k string) string {
+			if k == "COURIER_KEYED_RETENTION" {
+				return v
+			}
+			return ""
+		}
+	}
+	o, err := parseFlags([]string{"--room", "r", "--text", "x"}, io.Discard, env("2h"))
+	if err != nil || o.retention != 2*time.Hour {
+		t.Fatalf("from the variable: %v, %v", o, err)
+	}
+	o, err = parseFlags([]string{"--keyed-retention", "3h", "--room", "r"}, io.Discard, env("2h"))
+	if err != nil || o.retention != 3*time.Hour {
+		t.Fatalf("the flag must win: %v, %v", o, err)
+	}
+	o, err = parseFlags(nil, io.Discard, env(""))
+	if err != nil || o.retention != tasks.DefaultKeyedRetention {
+		t.Fatalf("default: %v, %v", o, err)
+	}
+	_, err = parseFlags(nil, io.Discard, env("soon"))
+	if err == nil || err.Error() != `COURIER_KEYED_RETENTION: want a duration such as 30s or 5m, got "soon"` {
+		t.Fatalf("bad value: %v", err)
 	}
 }

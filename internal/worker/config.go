@@ -1,9 +1,7 @@
-// Package worker is the courier worker process: its configuration (flags and
-// environment), start-up checks, the asynq worker, the admin server and a
-// graceful stop. cmd/worker only calls Load and Run.
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -27,50 +25,125 @@ import (
 // DefaultAdminAddr is where the admin server listens unless configured.
 const DefaultAdminAddr = "127.0.0.1:8080"
 
-// Config is the worker's whole configuration.
+// Config is the worker's whole configuration. Load fills it from flags and
+// environment variables (named beside each field); the defaults are Load's.
 type Config struct {
-	RedisURL     string
+	// RedisURL is where the queues live (REDIS_URL): redis:// or rediss://,
+	// with an optional ACL user and password. Default redis://127.0.0.1:6379/0.
+	RedisURL string
+	// RedisTimeout is how long start-up waits for Redis to answer before the
+	// worker exits 1 (COURIER_REDIS_TIMEOUT). Default 10s.
 	RedisTimeout time.Duration
+	// WebexBaseURL is the Webex API (WEBEX_BASE_URL): http:// or https://.
+	// Default webex.DefaultBaseURL.
 	WebexBaseURL string
-	// Tokens maps bot names to tokens; "" is the default bot (WEBEX_TOKEN).
+	// Tokens maps bot names to tokens; "" is the default bot (WEBEX_TOKEN or
+	// WEBEX_TOKEN_FILE); the others are named by COURIER_BOTS and read from
+	// COURIER_BOT_<NAME>_TOKEN or _TOKEN_FILE. At least one.
 	Tokens map[string]string
 
-	Queues            map[string]int
-	StrictPriority    bool
-	Concurrency       int
-	Policy            retrypolicy.Policy
-	Budget            time.Duration
-	Schedule          retrypolicy.Schedule
-	MaxRedeliveries   int
-	KeyedRetention    time.Duration
+	// Queues maps queue names to priorities, at least 1 each
+	// (COURIER_QUEUES, name:priority,...). Default {tasks.DefaultQueue: 1}.
+	Queues map[string]int
+	// StrictPriority always serves higher-priority queues first
+	// (COURIER_STRICT_PRIORITY). Default false: weighted by priority.
+	StrictPriority bool
+	// Concurrency is the number of deliveries at once (COURIER_CONCURRENCY).
+	// Default tasks.DefaultConcurrency (10).
+	Concurrency int
+	// Policy governs in-process attempts: COURIER_MAX_ATTEMPTS (first
+	// included), COURIER_INITIAL_DELAY, COURIER_MAX_DELAY, COURIER_MULTIPLIER
+	// and COURIER_JITTER (equal, full or none; also the Schedule's). Default
+	// retrypolicy.Webex: 3 attempts, 2s doubling to at most 30s, equal jitter.
+	Policy retrypolicy.Policy
+	// Budget is the in-process waiting per delivery; a longer wait goes back
+	// to the queue (COURIER_BUDGET). Default tasks.DefaultBudget (20s); must
+	// be below ShutdownTimeout.
+	Budget time.Duration
+	// Schedule is the durable redelivery schedule: COURIER_REDELIVERY_BASE
+	// (default 30s) doubling to COURIER_REDELIVERY_CAP (default 1h).
+	Schedule retrypolicy.Schedule
+	// MaxRedeliveries caps every task's redeliveries
+	// (COURIER_MAX_REDELIVERIES). Default 0: each task's own limit (30
+	// unless set at enqueue).
+	MaxRedeliveries int
+	// KeyedRetention is how long keyed tasks the worker itself enqueues
+	// (relay, dead-letter requeue) are kept after delivery
+	// (COURIER_KEYED_RETENTION). Default tasks.DefaultKeyedRetention (25h).
+	KeyedRetention time.Duration
+	// TaskCheckInterval is the idle poll for new tasks, the latency floor of
+	// an idle queue (COURIER_TASK_CHECK_INTERVAL). Default 25ms.
 	TaskCheckInterval time.Duration
-	DelayedInterval   time.Duration
-	ShutdownTimeout   time.Duration
-	PoisonLimit       int
+	// DelayedInterval is how often scheduled and redelivered tasks are made
+	// due (COURIER_DELAYED_TASK_CHECK_INTERVAL). Default 1s.
+	DelayedInterval time.Duration
+	// ShutdownTimeout bounds a graceful stop; deliveries still running then
+	// are requeued (COURIER_SHUTDOWN_TIMEOUT). Default 30s.
+	ShutdownTimeout time.Duration
+	// PoisonLimit dead-letters a task after this many of its deliveries died
+	// with their worker (COURIER_POISON_LIMIT). Default 3; at least 1.
+	PoisonLimit int
+	// UnauthorizedDelay is the hold time and probe interval for a bot whose
+	// token Webex rejects (COURIER_UNAUTHORIZED_DELAY). Default 5m.
 	UnauthorizedDelay time.Duration
-	Gate              tasks.GateConfig
+	// Gate is the limit every worker shares per bot: COURIER_RATE (requests
+	// per second; default 0: no shared limit), COURIER_BURST (default 1),
+	// COURIER_GATE_MAX_WAIT (default 2s), COURIER_BREAKER_FAILURES (default
+	// 20; -1: no breaker), COURIER_BREAKER_WINDOW (default 30s),
+	// COURIER_PROBE_INTERVAL (default 5s), COURIER_GATE_NAMESPACE (Redis key
+	// prefix; default "courier").
+	Gate tasks.GateConfig
+	// ReconcileInterval is how often the worker moves on ordered sequences
+	// whose head left asynq unnoticed (COURIER_RECONCILE_INTERVAL). Default
+	// tasks.DefaultReconcileInterval (30s).
 	ReconcileInterval time.Duration
 	// RecoveryAfter: a dead worker's tasks go back to pending once their
-	// lease stood still this long (default 10s, minimum 6s); 0: off.
+	// lease stood still this long (COURIER_RECOVERY_AFTER). Default
+	// tasks.DefaultRecoveryAfter (10s), at least tasks.MinRecoveryAfter
+	// (6s); 0: off (asynq's own recovery, 60-130s). Off in dev mode.
 	RecoveryAfter time.Duration
 
-	LogFormat string // auto, text or json
-	LogLevel  string // debug, info, warn, error
+	// LogFormat is auto (colour text on a terminal, JSON otherwise), text or
+	// json (COURIER_LOG_FORMAT). Default auto.
+	LogFormat string
+	// LogLevel is debug, info, warn or error (COURIER_LOG_LEVEL). Default
+	// info; debug adds a record per in-process attempt.
+	LogLevel string
 
-	AdminAddr     string
+	// AdminAddr is the admin HTTP server's address: health, metrics,
+	// asynqmon, dead letters (COURIER_ADMIN_ADDR). Default DefaultAdminAddr;
+	// "" turns it off; port 0 picks a free port.
+	AdminAddr string
+	// AdminWritable lets asynqmon and /deadletters re-run and delete tasks
+	// (COURIER_ADMIN_WRITABLE). Default false. Beyond loopback it requires
+	// AdminUser.
 	AdminWritable bool
+	// AdminUser and AdminPassword turn on HTTP basic auth for the admin
+	// server (COURIER_ADMIN_USER; COURIER_ADMIN_PASSWORD or _FILE). Default
+	// "": no auth.
 	AdminUser     string
 	AdminPassword string
+	// DeadLetterMax is how many dead letters the courier:deadletters stream
+	// keeps beyond asynq's archive (COURIER_DEADLETTER_MAX). Default
+	// tasks.DefaultDeadLetterMax; at least 1.
 	DeadLetterMax int
 
-	RelayAddr   string
-	RelayQueue  string
-	RelayTokens map[string]string // relay token → bot
-	// RelayUnordered turns off the relay's per-destination order.
+	// RelayAddr is the Webex-compatible relay's address (COURIER_RELAY_ADDR).
+	// Default "": off.
+	RelayAddr string
+	// RelayQueue is the queue the relay enqueues to (COURIER_RELAY_QUEUE).
+	// Default tasks.DefaultQueue.
+	RelayQueue string
+	// RelayTokens maps relay tokens to bot names ("" the default bot)
+	// (COURIER_RELAY_TOKENS or _FILE: token=bot,...). Required with RelayAddr.
+	RelayTokens map[string]string
+	// RelayUnordered turns off the relay's per-destination order
+	// (COURIER_RELAY_UNORDERED). Default false: each room's messages are
+	// delivered in the order posted.
 	RelayUnordered bool
 
 	// Dev runs everything in-process: miniredis, the Webex simulator and
-	// seeded demo messages. Nothing is durable.
+	// seeded demo messages (COURIER_DEV). Nothing is durable. Default false.
 	Dev bool
 
 	isolate   func(context.Context) *exec.Cmd // set by Isolation
@@ -187,12 +260,12 @@ func flags(c *Config) *settings.Set {
 	s.Duration(&c.UnauthorizedDelay, "unauthorized-delay", "COURIER_UNAUTHORIZED_DELAY", tasks.DefaultUnauthorizedDelay, "hold time and probe interval for a bot whose token is rejected")
 	s.Duration(&c.RecoveryAfter, "recovery-after", "COURIER_RECOVERY_AFTER", tasks.DefaultRecoveryAfter, "take over a dead worker's tasks once their lease stood still this long; 0: off (asynq's own recovery, 60-130s)")
 	s.Float(&c.Gate.Rate, "rate", "COURIER_RATE", 0, "requests per second per bot, shared by all workers; 0: no shared limit")
-	s.Int(&c.Gate.Burst, "burst", "COURIER_BURST", 1, "requests a bot may send at once above the shared rate")
-	s.Duration(&c.Gate.MaxWait, "gate-max-wait", "COURIER_GATE_MAX_WAIT", 2*time.Second, "longest in-process wait for the shared limit or cool-down; longer waits hand the task back")
-	s.Int(&c.Gate.BreakerFailures, "breaker-failures", "COURIER_BREAKER_FAILURES", 20, "open the shared circuit after this many transient failures in the window; -1: no breaker")
-	s.Duration(&c.Gate.BreakerWindow, "breaker-window", "COURIER_BREAKER_WINDOW", 30*time.Second, "window the breaker counts failures in")
-	s.Duration(&c.Gate.ProbeInterval, "probe-interval", "COURIER_PROBE_INTERVAL", 5*time.Second, "while the circuit is open, one probe request per interval across all workers")
-	s.String(&c.Gate.Namespace, "gate-namespace", "COURIER_GATE_NAMESPACE", "courier", "Redis key prefix of the shared gate: workers sharing it share each bot's limits")
+	s.Int(&c.Gate.Burst, "burst", "COURIER_BURST", tasks.DefaultGateBurst, "requests a bot may send at once above the shared rate")
+	s.Duration(&c.Gate.MaxWait, "gate-max-wait", "COURIER_GATE_MAX_WAIT", tasks.DefaultGateMaxWait, "longest in-process wait for the shared limit or cool-down; longer waits hand the task back")
+	s.Int(&c.Gate.BreakerFailures, "breaker-failures", "COURIER_BREAKER_FAILURES", tasks.DefaultGateBreakerFailures, "open the shared circuit after this many transient failures in the window; -1: no breaker")
+	s.Duration(&c.Gate.BreakerWindow, "breaker-window", "COURIER_BREAKER_WINDOW", tasks.DefaultGateBreakerWindow, "window the breaker counts failures in")
+	s.Duration(&c.Gate.ProbeInterval, "probe-interval", "COURIER_PROBE_INTERVAL", tasks.DefaultGateProbeInterval, "while the circuit is open, one probe request per interval across all workers")
+	s.String(&c.Gate.Namespace, "gate-namespace", "COURIER_GATE_NAMESPACE", tasks.DefaultGateNamespace, "Redis key prefix of the shared gate: workers sharing it share each bot's limits")
 	s.String(&c.LogFormat, "log-format", "COURIER_LOG_FORMAT", "auto", "auto (colour text on a terminal, JSON otherwise), text or json")
 	s.String(&c.LogLevel, "log-level", "COURIER_LOG_LEVEL", "info", "debug, info, warn or error")
 	s.String(&c.AdminAddr, "admin-addr", "COURIER_ADMIN_ADDR", DefaultAdminAddr, "admin HTTP server (health, metrics, asynqmon); empty: off")
@@ -331,11 +404,29 @@ func (c *Config) validate() []error {
 	if c.RecoveryAfter != 0 && c.RecoveryAfter < tasks.MinRecoveryAfter {
 		errs = append(errs, fmt.Errorf("COURIER_RECOVERY_AFTER is %v: must be 0 (off) or at least %v (asynq's heartbeat and a margin)", c.RecoveryAfter, tasks.MinRecoveryAfter))
 	}
-	if err := c.workerConfig(nil).WithDefaults().Validate(); err != nil {
+	if err := c.workerConfig(nil).WithDefaults().ValidateNamed(settingName); err != nil {
 		errs = append(errs, err)
 	}
 	return errs
 }
+
+// settingNames names the tasks.WorkerConfig fields the worker fills by the
+// setting a user sets.
+var settingNames = map[string]string{
+	"Bots": "WEBEX_TOKEN", "Queues": "COURIER_QUEUES", "Concurrency": "COURIER_CONCURRENCY", "Budget": "COURIER_BUDGET",
+	"Policy.MaxAttempts": "COURIER_MAX_ATTEMPTS", "Policy.InitialDelay": "COURIER_INITIAL_DELAY", "Policy.MaxDelay": "COURIER_MAX_DELAY",
+	"Policy.Multiplier": "COURIER_MULTIPLIER", "Policy.Jitter": "COURIER_JITTER", "Schedule.Jitter": "COURIER_JITTER",
+	"Schedule.Base": "COURIER_REDELIVERY_BASE", "Schedule.Cap": "COURIER_REDELIVERY_CAP", "MaxRedeliveries": "COURIER_MAX_REDELIVERIES",
+	"ShutdownTimeout": "COURIER_SHUTDOWN_TIMEOUT", "TaskCheckInterval": "COURIER_TASK_CHECK_INTERVAL",
+	"DelayedTaskCheckInterval": "COURIER_DELAYED_TASK_CHECK_INTERVAL", "PoisonLimit": "COURIER_POISON_LIMIT",
+	"UnauthorizedDelay": "COURIER_UNAUTHORIZED_DELAY", "Gate.Rate": "COURIER_RATE", "Gate.Burst": "COURIER_BURST",
+	"Gate.MaxWait": "COURIER_GATE_MAX_WAIT", "Gate.BreakerWindow": "COURIER_BREAKER_WINDOW", "Gate.ProbeInterval": "COURIER_PROBE_INTERVAL",
+	"ReconcileInterval": "COURIER_RECONCILE_INTERVAL",
+}
+
+// settingName is the setting behind a tasks.WorkerConfig field, or the
+// field's own name for one the worker leaves at its default.
+func settingName(path string) string { return cmp.Or(settingNames[path], path) }
 
 // workerConfig is the tasks.WorkerConfig this configuration describes.
 func (c *Config) workerConfig(bots map[string]tasks.Sender) tasks.WorkerConfig {

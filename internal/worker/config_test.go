@@ -65,9 +65,9 @@ func TestLoadReportsEveryProblemWithoutSecrets(t *testing.T) {
 	}
 	msg := err.Error()
 	for _, want := range []string{
-		"-queues: \"a:0\"", "COURIER_CONCURRENCY: want a whole number", "MaxAttempts is 0", "COURIER_LOG_FORMAT \"xml\"",
+		"-queues: \"a:0\"", "COURIER_CONCURRENCY: want a whole number", "COURIER_MAX_ATTEMPTS is 0", "COURIER_LOG_FORMAT \"xml\"",
 		"COURIER_LOG_LEVEL \"loud\"", "WEBEX_TOKEN and WEBEX_TOKEN_FILE are both set", `bot "ops": set COURIER_BOT_OPS_TOKEN`,
-		"Budget (1m0s) must be below ShutdownTimeout", "WEBEX_BASE_URL", "REDIS_URL redis://user:xxxxx@", "COURIER_REDIS_TIMEOUT",
+		"COURIER_BUDGET (1m0s) must be below COURIER_SHUTDOWN_TIMEOUT (30s)", "WEBEX_BASE_URL", "REDIS_URL redis://user:xxxxx@", "COURIER_REDIS_TIMEOUT",
 	} {
 		if !strings.Contains(msg, want) {
 			t.Errorf("missing %q in:\n%s", want, msg)
@@ -133,17 +133,30 @@ func TestLoadNeverPrintsRedisPassword(t *testing.T) {
 	}
 }
 
-// "worker ready" probes the default admin address when COURIER_ADMIN_ADDR
-// is unset, and nothing when it is set empty (admin server off).
-func TestProbeAddr(t *testing.T) {
-	if got := ProbeAddr(env(nil)); got != DefaultAdminAddr {
-		t.Errorf("unset: %q", got)
+// Validation names the setting a user sets, and every setting it names is
+// one the worker reads.
+func TestValidationNamesSettings(t *testing.T) {
+	envs := map[string]bool{}
+	for _, e := range Envs() {
+		envs[e] = true
 	}
-	if got := ProbeAddr(env(map[string]string{"COURIER_ADMIN_ADDR": "0.0.0.0:9090"})); got != "0.0.0.0:9090" {
-		t.Errorf("set: %q", got)
+	for path, env := range settingNames {
+		if !envs[env] {
+			t.Errorf("%s is named %s, which the worker does not read", path, env)
+		}
 	}
-	if got := ProbeAddr(env(map[string]string{"COURIER_ADMIN_ADDR": ""})); got != "" {
-		t.Errorf("empty: %q", got)
+	_, err := Load(nil, env(map[string]string{"WEBEX_TOKEN": "t", "COURIER_REDELIVERY_BASE": "2h", "COURIER_BURST": "-1",
+		"COURIER_POISON_LIMIT": "-2", "COURIER_MAX_REDELIVERIES": "-1"}))
+	for _, want := range []string{"COURIER_REDELIVERY_CAP is 1h0m0s: must be at least COURIER_REDELIVERY_BASE (2h0m0s)",
+		"COURIER_BURST is -1", "COURIER_POISON_LIMIT is -2", "COURIER_MAX_REDELIVERIES is -1"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("missing %q in:\n%v", want, err)
+		}
+	}
+	for _, field := range []string{"Schedule.Cap", " Cap ", "Burst is", "PoisonLimit"} {
+		if err != nil && strings.Contains(err.Error(), field) {
+			t.Errorf("the Go field %q is named:\n%v", field, err)
+		}
 	}
 }
 

@@ -104,7 +104,7 @@ func (d *dev) tick() {
 }
 
 // devStarted seeds one message per outcome and prints the banner.
-func devStarted(ctx context.Context, cfg *Config, rdb *redis.Client, log *slog.Logger) {
+func devStarted(ctx context.Context, cfg *Config, adminAddr string, rdb *redis.Client, log *slog.Logger) {
 	p, err := tasks.NewProducer(rdb, tasks.ProducerConfig{Source: "dev-seed"})
 	if err != nil {
 		log.Error("dev: seed", "error", err.Error())
@@ -134,5 +134,5 @@ enqueue:    %[4]sgo run ./cmd/enqueue --room demo --markdown "**Hello** from cou
 Seeded: one message delivered, one retried, one rate-limited, one dead-lettered.
 Stop with Ctrl-C.
 ==================================================
-`, cfg.AdminAddr, "/monitoring/", cfg.WebexBaseURL, redisEnv)
+`, adminAddr, "/monitoring/", cfg.WebexBaseURL, redisEnv)
 }

@@ -175,7 +175,7 @@ func TestBadConfigurationExits2(t *testing.T) {
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 {
 		t.Fatalf("exit %v, want 2", err)
 	}
-	for _, want := range []string{"COURIER_CONCURRENCY", "MaxDelay", "REDIS_URL redis://u:xxxxx@", "WEBEX_TOKEN"} {
+	for _, want := range []string{"COURIER_CONCURRENCY", "COURIER_MAX_DELAY is 1ms", "REDIS_URL redis://u:xxxxx@", "WEBEX_TOKEN"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
 		}

@@ -4,21 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
-	"strings"
-	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
-	"github.com/lmittmann/tint"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/courier-dev/courier/internal/admin"
+	"github.com/courier-dev/courier/internal/lifecycle"
 	"github.com/courier-dev/courier/internal/metrics"
 	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/internal/relay"
@@ -26,214 +23,315 @@ import (
 	"github.com/courier-dev/courier/pkg/webex"
 )
 
-func parseLevel(s string) (slog.Level, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(s)); err != nil {
-		return 0, fmt.Errorf("COURIER_LOG_LEVEL %q: want debug, info, warn or error", s)
+// Exit codes of cmd/worker.
+const (
+	ExitOK      = 0 // stopped by SIGINT or SIGTERM
+	ExitFailure = 1 // a part failed to start, or stopped by itself
+	ExitConfig  = 2 // Load refused the configuration
+	// ExitTombstoned: another worker found this one dead and took its tasks
+	// over (it was paused or cut off long enough to look dead). It exits at
+	// once, so that asynq records nothing for those tasks, and its
+	// supervisor restarts it.
+	ExitTombstoned = 3
+)
+
+// ExitCode is the exit code for Run's error.
+func ExitCode(err error) int {
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, tasks.ErrTakenOver), errors.Is(err, tasks.ErrFenceUnknown):
+		return ExitTombstoned
 	}
-	return l, nil
+	return ExitFailure
 }
 
-// NewLogger builds the process logger: colour text (tint) when format is
-// "text", or "auto" and w is a terminal; JSON otherwise.
-func NewLogger(w io.Writer, format, level string) *slog.Logger {
-	l, _ := parseLevel(level)
-	if format == "text" || (format == "auto" && isTerminal(w)) {
-		return slog.New(tint.NewTextHandler(w, &tint.Options{Level: l, TimeFormat: time.TimeOnly}))
-	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}
-
-// Run starts the worker and blocks until ctx ends, then stops it gracefully:
-// fetching stops, in-process waits end, requests under way finish, and what
-// is left is requeued within the shutdown timeout.
+// Run runs the worker's parts as one ordered group (internal/lifecycle) and
+// blocks until ctx ends or a part fails. In start order: the dev-mode
+// Redis and simulator, the Redis check, the admin server, the token checks,
+// the delivery server, the ordering reconciler, the crash-recovery detector
+// and the relay. Whatever ends the group (a signal, a
+// part failing to start, a part stopping by itself), the started parts stop
+// in reverse order: the relay stops accepting; fetching stops, in-process
+// waits end, requests under way finish and what is left is requeued within
+// the shutdown timeout; the admin server stops last. Run returns nil after
+// ctx ended, else a *lifecycle.PartError naming the part. cfg is not
+// changed.
 func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
-	if cfg.Dev {
-		dev, err := startDev(cfg, log)
-		if err != nil {
-			return err
-		}
-		defer dev.close()
+	p := &process{cfg: *cfg, log: log}
+	if p.cfg.isolated {
+		return p.runIsolated(ctx)
 	}
-	redis.SetLogger(redisLogger{log}) // go-redis's own lines, as structured records
-	opt, err := redisurl.Parse(cfg.RedisURL)
-	if err != nil {
-		return fmt.Errorf("REDIS_URL %s: %w", redisurl.Redact(cfg.RedisURL), err)
+	var g lifecycle.Group
+	if p.cfg.Dev {
+		g.Add(p.devPart())
 	}
-	rdb := redis.NewClient(opt)
-	defer rdb.Close()
-	if err := waitForRedis(ctx, opt, cfg.RedisTimeout); err != nil {
-		return fmt.Errorf("redis at %s: %s", redisurl.Redact(cfg.RedisURL), redisurl.Scrub(err.Error(), cfg.RedisURL))
+	g.Add(p.redisPart())
+	g.Add(lifecycle.Part{Name: "worker", Start: p.build})
+	if p.cfg.AdminAddr != "" {
+		g.Add(p.adminPart())
 	}
-	log.Info("redis reachable", "redis", redisurl.Redact(cfg.RedisURL))
-	if !cfg.Dev && !cfg.isolated {
-		checkRedisSettings(ctx, rdb, log)
+	// After the admin server listens (/healthz answers while Webex is
+	// slow), before delivery starts: a rejected token holds its bot's tasks.
+	g.Add(lifecycle.Part{Name: "token check", Start: func(ctx context.Context) error {
+		checkTokens(ctx, p.clients, p.w.Handler(), log)
+		return nil
+	}})
+	if p.cfg.recoveryOn() {
+		// Before delivery, so that it stops after it: it fences the
+		// deliveries under way through the shutdown too.
+		g.Add(p.detectorPart())
 	}
+	g.Add(p.deliveryPart())
+	g.Add(p.reconcilerPart())
+	if p.cfg.RelayAddr != "" {
+		g.Add(p.relayPart())
+	}
+	err := g.Run(ctx, p.stopping)
+	log.Info("stopped")
+	return err
+}
 
-	reg := prometheus.NewRegistry()
-	m := metrics.New(reg, asynq.NewInspectorFromRedisClient(rdb), cfg.Queues)
+// runIsolated delivers one suspect task for the worker that started this
+// process (isolate.go): Redis and the delivery worker, none of the servers.
+func (p *process) runIsolated(ctx context.Context) error {
+	r := p.redisPart()
+	if err := r.Start(ctx); err != nil {
+		return err
+	}
+	defer r.Interrupt()
+	if err := p.build(ctx); err != nil {
+		return err
+	}
+	return p.w.ServeIsolated(ctx, os.Stdin, os.Stdout)
+}
+
+// process is what the worker's parts share.
+type process struct {
+	cfg Config
+	log *slog.Logger
+
+	opt     *redis.Options
+	rdb     *redis.Client
+	reg     *prometheus.Registry
+	clients map[string]*webex.Client
+	dead    *tasks.DeadLetters
+	w       *tasks.Worker
+	// recovery is the crash-recovery detector; nil when it is off.
+	recovery *tasks.Recovery
+	// adminAddr is where the admin server listens ("" when off).
+	adminAddr string
+}
+
+func (p *process) stopping(cause error) {
+	var pe *lifecycle.PartError
+	if errors.As(cause, &pe) {
+		p.log.Error("stopping: a part failed", "part", pe.Part, "timeout", p.cfg.ShutdownTimeout)
+		return
+	}
+	p.log.Info("stopping: no new tasks; in-process waits end; requests under way finish", "timeout", p.cfg.ShutdownTimeout)
+}
+
+// devPart runs dev mode's embedded Redis and Webex simulator and points the
+// configuration at them.
+func (p *process) devPart() lifecycle.Part {
+	var d *dev
+	return lifecycle.Part{Name: "dev mode",
+		Start: func(context.Context) (err error) {
+			d, err = startDev(&p.cfg, p.log)
+			return err
+		},
+		Interrupt: func() { d.close() },
+	}
+}
+
+// redisPart waits for Redis and warns about settings that lose tasks.
+func (p *process) redisPart() lifecycle.Part {
+	return lifecycle.Part{Name: "redis",
+		Start: func(ctx context.Context) error {
+			redis.SetLogger(redisLogger{p.log}) // go-redis's own lines, as structured records
+			opt, err := redisurl.Parse(p.cfg.RedisURL)
+			if err != nil {
+				return fmt.Errorf("REDIS_URL %s: %w", redisurl.Redact(p.cfg.RedisURL), err)
+			}
+			if err := waitForRedis(ctx, opt, p.cfg.RedisTimeout); err != nil {
+				return fmt.Errorf("%s %s", redisurl.Redact(p.cfg.RedisURL), redisurl.Scrub(err.Error(), p.cfg.RedisURL))
+			}
+			p.opt, p.rdb = opt, redis.NewClient(opt)
+			p.log.Info("redis reachable", "redis", redisurl.Redact(p.cfg.RedisURL))
+			if !p.cfg.Dev && !p.cfg.isolated {
+				checkRedisSettings(ctx, p.rdb, p.log)
+			}
+			return nil
+		},
+		Interrupt: func() { _ = p.rdb.Close() },
+	}
+}
+
+// build makes the Webex clients, the metrics and the delivery worker.
+func (p *process) build(ctx context.Context) error {
+	p.reg = prometheus.NewRegistry()
+	m := metrics.New(p.reg, asynq.NewInspectorFromRedisClient(p.rdb), p.cfg.Queues)
 	bots := map[string]tasks.Sender{}
-	clients := map[string]*webex.Client{}
-	for name, tok := range cfg.Tokens {
+	p.clients = map[string]*webex.Client{}
+	for name, tok := range p.cfg.Tokens {
 		hc := webex.DefaultHTTPClient()
 		hc.Transport = m.Transport(hc.Transport)
-		c, err := webex.New(webex.Config{BaseURL: cfg.WebexBaseURL, Token: tok, UserAgent: "courier-worker", HTTPClient: hc})
+		c, err := webex.New(webex.Config{BaseURL: p.cfg.WebexBaseURL, Token: tok, UserAgent: "courier-worker", HTTPClient: hc})
 		if err != nil {
 			return fmt.Errorf("bot %q: %w", botLabel(name), err)
 		}
-		bots[name], clients[name] = c, c
-		if cfg.crashRoom != "" {
-			bots[name] = crashSender{Sender: c, room: cfg.crashRoom}
+		bots[name], p.clients[name] = c, c
+		if p.cfg.crashRoom != "" {
+			bots[name] = crashSender{Sender: c, room: p.cfg.crashRoom}
 		}
 		m.Bot(name)
 	}
-	dead := tasks.NewDeadLetters(rdb, "", cfg.DeadLetterMax)
-	wcfg := cfg.workerConfig(bots)
-	wcfg.Logger, wcfg.Observer, wcfg.DeadLetters, wcfg.Isolate = log, m, dead, cfg.isolate
-	if log.Enabled(ctx, slog.LevelDebug) {
-		wcfg.AttemptLogger = log // each in-process attempt, at debug
+	p.dead = tasks.NewDeadLetters(p.rdb, "", p.cfg.DeadLetterMax)
+	wcfg := p.cfg.workerConfig(bots)
+	wcfg.Logger, wcfg.Observer, wcfg.DeadLetters, wcfg.Isolate = p.log, m, p.dead, p.cfg.isolate
+	if p.log.Enabled(ctx, slog.LevelDebug) {
+		wcfg.AttemptLogger = p.log // each in-process attempt, at debug
 	}
-	recovery, err := newRecovery(cfg, rdb, reg, log)
+	recovery, err := newRecovery(&p.cfg, p.rdb, p.reg, p.log)
 	if err != nil {
 		return err
 	}
 	if recovery != nil {
 		wcfg.Fence = recovery
 	}
-	w, err := tasks.NewWorker(rdb, wcfg)
-	if err != nil {
-		return err
-	}
-	if cfg.isolated { // one suspect's delivery, for the worker that started this process
-		return w.ServeIsolated(ctx, os.Stdin, os.Stdout)
-	}
-	var adminSrv *http.Server
-	if cfg.AdminAddr != "" {
-		producer, err := tasks.NewProducer(rdb, tasks.ProducerConfig{KeyedRetention: cfg.KeyedRetention, Source: "admin"})
-		if err != nil {
-			return err
-		}
-		ready := func(ctx context.Context) error {
-			if err := rdb.Ping(ctx).Err(); err != nil {
-				return fmt.Errorf("redis: %w", err)
-			}
-			return w.Ready()
-		}
-		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Name: "courier_worker_ready",
-			Help: "1 when this worker can deliver (Redis reachable, running, every bot's token accepted), else 0.",
-		}, func() float64 {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			defer cancel()
-			if ready(ctx) != nil {
-				return 0
-			}
-			return 1
-		}))
-		h, closeMon := admin.Handler(admin.Config{Redis: opt, Ready: ready, Gatherer: reg, Writable: cfg.AdminWritable,
-			Addr: cfg.AdminAddr, User: cfg.AdminUser, Password: cfg.AdminPassword, DeadLetters: dead, Producer: producer})
-		defer closeMon()
-		ln, err := listenAdmin(cfg.AdminAddr, cfg.Dev)
-		if err != nil {
-			return err
-		}
-		adminSrv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-		go func() { _ = adminSrv.Serve(ln) }()
-		cfg.AdminAddr = ln.Addr().String()
-		log.Info("admin server listening", "url", "http://"+cfg.AdminAddr, "asynqmon", "http://"+cfg.AdminAddr+admin.MonitoringPath,
-			"asynqmon_writable", cfg.AdminWritable, "basic_auth", cfg.AdminUser != "")
-	}
-	// After the admin server listens (/healthz answers while Webex is
-	// slow), before delivery starts: a rejected token holds its bot's tasks.
-	checkTokens(ctx, clients, w.Handler(), log)
-	var relaySrv *http.Server
-	if cfg.RelayAddr != "" {
-		producer, err := tasks.NewProducer(rdb, tasks.ProducerConfig{KeyedRetention: cfg.KeyedRetention, Source: "relay"})
-		if err != nil {
-			return err
-		}
-		rl := relay.New(relay.Config{Tokens: cfg.RelayTokens, Producer: producer, Inspector: asynq.NewInspectorFromRedisClient(rdb),
-			Queue: cfg.RelayQueue, Unordered: cfg.RelayUnordered, Logger: log, Registerer: reg})
-		ln, err := net.Listen("tcp", cfg.RelayAddr)
-		if err != nil {
-			return fmt.Errorf("relay on %s: %w", cfg.RelayAddr, err)
-		}
-		relaySrv = &http.Server{Handler: rl, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
-		go func() { _ = relaySrv.Serve(ln) }()
-		log.Info("relay listening", "url", "http://"+ln.Addr().String()+"/v1", "queue", cfg.RelayQueue, "tokens", len(cfg.RelayTokens))
-	}
-	if err := w.Start(); err != nil {
-		return err
-	}
-	if recovery != nil {
-		// It fences the deliveries under way until the process exits, through
-		// the shutdown too (ErrTakenOver: Halt has exited the process).
-		rctx, stopRecovery := context.WithCancel(context.WithoutCancel(ctx))
-		defer stopRecovery()
-		go func() { _ = recovery.Run(rctx) }()
-	}
-	log.Info("worker started", "queues", cfg.Queues, "concurrency", cfg.Concurrency, "bots", len(bots),
-		"webex", cfg.WebexBaseURL)
-	if cfg.Dev {
-		devStarted(ctx, cfg, rdb, log)
-	}
+	w, err := tasks.NewWorker(p.rdb, wcfg)
+	p.w, p.recovery = w, recovery
+	return err
+}
 
-	<-ctx.Done()
-	log.Info("stopping: no new tasks; in-process waits end; requests under way finish", "timeout", cfg.ShutdownTimeout)
-	if relaySrv != nil { // stop accepting first: an answered request is durably queued
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = relaySrv.Shutdown(sctx)
-		cancel()
+// ready is nil when the worker can deliver.
+func (p *process) ready(ctx context.Context) error {
+	if err := p.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis: %w", err)
 	}
-	w.Shutdown()
-	if adminSrv != nil {
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		_ = adminSrv.Shutdown(sctx)
-		cancel()
+	return p.w.Ready()
+}
+
+// adminPart serves health, metrics, asynqmon and the dead letters.
+func (p *process) adminPart() lifecycle.Part {
+	var srv *http.Server
+	var ln net.Listener
+	closeMon := func() error { return nil }
+	return lifecycle.Part{Name: "admin server",
+		Start: func(context.Context) error {
+			producer, err := tasks.NewProducer(p.rdb, tasks.ProducerConfig{KeyedRetention: p.cfg.KeyedRetention, Source: "admin"})
+			if err != nil {
+				return err
+			}
+			p.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "courier_worker_ready",
+				Help: "1 when this worker can deliver (Redis reachable, running, every bot's token accepted), else 0.",
+			}, func() float64 {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				if p.ready(ctx) != nil {
+					return 0
+				}
+				return 1
+			}))
+			if ln, err = listenAdmin(p.cfg.AdminAddr, p.cfg.Dev); err != nil {
+				return err
+			}
+			var h http.Handler
+			h, closeMon = admin.Handler(admin.Config{Redis: p.opt, Ready: p.ready, Gatherer: p.reg, Writable: p.cfg.AdminWritable,
+				Addr: p.cfg.AdminAddr, User: p.cfg.AdminUser, Password: p.cfg.AdminPassword, DeadLetters: p.dead, Producer: producer})
+			srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+			p.adminAddr = ln.Addr().String()
+			p.log.Info("admin server listening", "url", "http://"+p.adminAddr, "asynqmon", "http://"+p.adminAddr+admin.MonitoringPath,
+				"asynqmon_writable", p.cfg.AdminWritable, "basic_auth", p.cfg.AdminUser != "")
+			return nil
+		},
+		Run: func() error { return serve(srv, ln) },
+		Interrupt: func() {
+			shutdown(srv, 2*time.Second)
+			_ = closeMon()
+		},
 	}
-	log.Info("stopped")
+}
+
+// deliveryPart is the asynq server that fetches and delivers tasks.
+func (p *process) deliveryPart() lifecycle.Part {
+	return lifecycle.Part{Name: "delivery server",
+		Start: func(ctx context.Context) error {
+			if err := p.w.Start(); err != nil {
+				return err
+			}
+			p.log.Info("worker started", "queues", p.cfg.Queues, "concurrency", p.cfg.Concurrency, "bots", len(p.clients),
+				"webex", p.cfg.WebexBaseURL)
+			if p.cfg.Dev {
+				devStarted(ctx, &p.cfg, p.adminAddr, p.rdb, p.log)
+			}
+			return nil
+		},
+		// Fetching stops, in-process waits end, requests under way finish,
+		// and what is left is requeued within the shutdown timeout.
+		Interrupt: func() { p.w.Shutdown() },
+	}
+}
+
+// reconcilerPart moves on ordered sequences whose head left asynq unnoticed.
+func (p *process) reconcilerPart() lifecycle.Part {
+	ctx, cancel := context.WithCancel(context.Background())
+	return lifecycle.Part{Name: "ordering reconciler",
+		Run:       func() error { return p.w.Reconciler().Run(ctx) },
+		Interrupt: cancel,
+	}
+}
+
+// detectorPart finds workers that died and hands their tasks back at once.
+// When it finds this worker's own tombstone, Halt exits the process with
+// ExitTombstoned before anything else runs.
+func (p *process) detectorPart() lifecycle.Part {
+	ctx, cancel := context.WithCancel(context.Background())
+	return lifecycle.Part{Name: "crash-recovery detector",
+		Run:       func() error { return p.recovery.Run(ctx) },
+		Interrupt: cancel,
+	}
+}
+
+// relayPart accepts Webex-shaped requests and enqueues them. It starts
+// after delivery and stops before it: an answered request is queued.
+func (p *process) relayPart() lifecycle.Part {
+	var srv *http.Server
+	var ln net.Listener
+	return lifecycle.Part{Name: "relay",
+		Start: func(context.Context) error {
+			producer, err := tasks.NewProducer(p.rdb, tasks.ProducerConfig{KeyedRetention: p.cfg.KeyedRetention, Source: "relay"})
+			if err != nil {
+				return err
+			}
+			rl := relay.New(relay.Config{Tokens: p.cfg.RelayTokens, Producer: producer, Inspector: asynq.NewInspectorFromRedisClient(p.rdb),
+				Queue: p.cfg.RelayQueue, Unordered: p.cfg.RelayUnordered, Logger: p.log, Registerer: p.reg})
+			if ln, err = net.Listen("tcp", p.cfg.RelayAddr); err != nil {
+				return fmt.Errorf("listen on %s: %w", p.cfg.RelayAddr, err)
+			}
+			srv = &http.Server{Handler: rl, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute}
+			p.log.Info("relay listening", "url", "http://"+ln.Addr().String()+"/v1", "queue", p.cfg.RelayQueue, "tokens", len(p.cfg.RelayTokens))
+			return nil
+		},
+		Run:       func() error { return serve(srv, ln) },
+		Interrupt: func() { shutdown(srv, 5*time.Second) },
+	}
+}
+
+// serve serves until shutdown; it returns nil once shut down.
+func serve(srv *http.Server, ln net.Listener) error {
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
 	return nil
 }
 
-// ProbeAddr is the admin address "worker ready" probes: COURIER_ADMIN_ADDR,
-// or the default address when it is unset ("" when it is set empty: the
-// admin server is off and nothing can be probed).
-func ProbeAddr(lookupEnv func(string) (string, bool)) string {
-	if addr, ok := lookupEnv("COURIER_ADMIN_ADDR"); ok {
-		return addr
-	}
-	return DefaultAdminAddr
-}
-
-// Probe asks a worker's admin server whether it is ready (for container
-// health checks, where no curl exists); it returns the exit code.
-func Probe(addr string) int {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return 1
-	}
-	if host == "" || host == "0.0.0.0" || host == "::" {
-		host = "127.0.0.1"
-	}
-	c := &http.Client{Timeout: 3 * time.Second}
-	resp, err := c.Get("http://" + net.JoinHostPort(host, port) + "/readyz")
-	if err != nil {
-		return 1
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return 1
-	}
-	return 0
+func shutdown(srv *http.Server, timeout time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	_ = srv.Shutdown(ctx)
 }
 
 // listenAdmin binds the admin server; in dev mode a taken port falls back
@@ -244,92 +342,7 @@ func listenAdmin(addr string, dev bool) (net.Listener, error) {
 		ln, err = net.Listen("tcp", "127.0.0.1:0")
 	}
 	if err != nil {
-		return nil, fmt.Errorf("admin server on %s: %w", addr, err)
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	return ln, nil
-}
-
-func botLabel(name string) string {
-	if name == "" {
-		return "default"
-	}
-	return name
-}
-
-// waitForRedis pings until Redis answers or timeout passes, and then
-// reports the last real cause (a refused connection, a wrong password), not
-// the deadline that cut the last ping short.
-func waitForRedis(ctx context.Context, opt *redis.Options, timeout time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	// A client of its own that neither retries commands nor dials: go-redis's
-	// retries would run into the deadline and hide the cause behind it.
-	probe := *opt
-	probe.MaxRetries, probe.DialerRetries = -1, 1
-	rdb := redis.NewClient(&probe)
-	defer rdb.Close()
-	var cause error
-	for {
-		err := rdb.Ping(ctx).Err()
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
-			cause = err
-		}
-		select {
-		case <-ctx.Done():
-			if cause == nil {
-				return fmt.Errorf("no answer within %v", timeout)
-			}
-			return fmt.Errorf("unreachable after %v: %w", timeout, cause)
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-}
-
-// checkRedisSettings warns about settings that lose tasks.
-func checkRedisSettings(ctx context.Context, rdb *redis.Client, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	policy, err := rdb.ConfigGet(ctx, "maxmemory-policy").Result()
-	if err != nil {
-		log.Debug("cannot read Redis settings (CONFIG GET refused?)", "error", err.Error())
-		return
-	}
-	if p := policy["maxmemory-policy"]; p != "" && p != "noeviction" {
-		log.Warn("Redis maxmemory-policy is not noeviction: under memory pressure Redis deletes keys, which loses tasks", "maxmemory-policy", p)
-	}
-	aof, _ := rdb.ConfigGet(ctx, "appendonly").Result()
-	save, _ := rdb.ConfigGet(ctx, "save").Result()
-	if aof["appendonly"] != "yes" && strings.TrimSpace(save["save"]) == "" {
-		log.Warn("Redis persistence is off (no AOF, no snapshots): a Redis restart loses every queued task")
-	}
-}
-
-// checkTokens checks every bot's token at once.
-func checkTokens(ctx context.Context, clients map[string]*webex.Client, h *tasks.Handler, log *slog.Logger) {
-	var wg sync.WaitGroup
-	for name, c := range clients {
-		wg.Go(func() { checkToken(ctx, name, c, h, log) })
-	}
-	wg.Wait()
-}
-
-// checkToken asks Webex who the bot is. A rejected token does not stop the
-// worker: the bot's tasks are held and readiness is false until it works.
-func checkToken(ctx context.Context, name string, c *webex.Client, h *tasks.Handler, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	me, err := c.Me(ctx)
-	switch {
-	case errors.Is(err, webex.ErrUnauthorized):
-		h.MarkRejected(name)
-		log.Error("Webex rejects the bot's token: its tasks are held (not dead-lettered) and the worker is not ready until the token works",
-			"bot", botLabel(name), "error", err.Error())
-	case err != nil:
-		log.Warn("could not check the bot's token; delivering anyway", "bot", botLabel(name), "error", err.Error())
-	default:
-		log.Info("bot token accepted", "bot", botLabel(name), "webex_name", me.DisplayName)
-	}
 }

@@ -100,28 +100,35 @@ var Default = Policy{MaxAttempts: 3, InitialDelay: time.Second, MaxDelay: time.M
 var Webex = Policy{MaxAttempts: 3, InitialDelay: 2 * time.Second, MaxDelay: 30 * time.Second, Multiplier: 2, Jitter: JitterEqual}
 
 // Validate reports every field that breaks its rule, naming the field.
-func (p Policy) Validate() error {
+func (p Policy) Validate() error { return p.ValidateNamed(FieldName) }
+
+// ValidateNamed is Validate naming each field as name(field): a program that
+// fills the policy from its own settings names those (COURIER_MAX_DELAY).
+func (p Policy) ValidateNamed(name func(field string) string) error {
 	var errs []error
 	if p.MaxAttempts < 1 {
-		errs = append(errs, fmt.Errorf("MaxAttempts is %d: must be at least 1", p.MaxAttempts))
+		errs = append(errs, fmt.Errorf("%s is %d: must be at least 1", name("MaxAttempts"), p.MaxAttempts))
 	}
 	if p.InitialDelay <= 0 {
-		errs = append(errs, fmt.Errorf("InitialDelay is %v: must be greater than 0", p.InitialDelay))
+		errs = append(errs, fmt.Errorf("%s is %v: must be greater than 0", name("InitialDelay"), p.InitialDelay))
 	}
 	if p.MaxDelay < p.InitialDelay {
-		errs = append(errs, fmt.Errorf("MaxDelay is %v: must be at least InitialDelay (%v)", p.MaxDelay, p.InitialDelay))
+		errs = append(errs, fmt.Errorf("%s is %v: must be at least %s (%v)", name("MaxDelay"), p.MaxDelay, name("InitialDelay"), p.InitialDelay))
 	}
 	if !(p.Multiplier >= 1) || math.IsInf(p.Multiplier, 0) {
-		errs = append(errs, fmt.Errorf("Multiplier is %v: must be a finite number of at least 1", p.Multiplier))
+		errs = append(errs, fmt.Errorf("%s is %v: must be a finite number of at least 1", name("Multiplier"), p.Multiplier))
 	}
 	if p.Jitter > JitterNone {
-		errs = append(errs, fmt.Errorf("Jitter is %d: must be JitterEqual, JitterFull or JitterNone", p.Jitter))
+		errs = append(errs, fmt.Errorf("%s is %d: must be JitterEqual, JitterFull or JitterNone", name("Jitter"), p.Jitter))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("retry policy: %w", errors.Join(errs...))
 	}
 	return nil
 }
+
+// FieldName names a field as itself: the name Validate uses.
+func FieldName(field string) string { return field }
 
 // Backoff is the delay after the n-th failed attempt (n from 1), before
 // jitter: InitialDelay × Multiplier^(n-1), capped at MaxDelay. It never

@@ -39,22 +39,25 @@ func (s Schedule) WithDefaults() Schedule {
 }
 
 // Validate reports every field that breaks its rule.
-func (s Schedule) Validate() error {
+func (s Schedule) Validate() error { return s.ValidateNamed(FieldName) }
+
+// ValidateNamed is Validate naming each field as name(field).
+func (s Schedule) ValidateNamed(name func(field string) string) error {
 	var errs []error
 	if s.Base <= 0 {
-		errs = append(errs, fmt.Errorf("Base is %v: must be greater than 0", s.Base))
+		errs = append(errs, fmt.Errorf("%s is %v: must be greater than 0", name("Base"), s.Base))
 	}
 	if s.Cap < s.Base {
-		errs = append(errs, fmt.Errorf("Cap is %v: must be at least Base (%v)", s.Cap, s.Base))
+		errs = append(errs, fmt.Errorf("%s is %v: must be at least %s (%v)", name("Cap"), s.Cap, name("Base"), s.Base))
 	}
 	if !(s.Multiplier >= 1) {
-		errs = append(errs, fmt.Errorf("Multiplier is %v: must be at least 1", s.Multiplier))
+		errs = append(errs, fmt.Errorf("%s is %v: must be at least 1", name("Multiplier"), s.Multiplier))
 	}
 	if s.Jitter > JitterNone {
-		errs = append(errs, fmt.Errorf("Jitter is %d: must be JitterEqual, JitterFull or JitterNone", s.Jitter))
+		errs = append(errs, fmt.Errorf("%s is %d: must be JitterEqual, JitterFull or JitterNone", name("Jitter"), s.Jitter))
 	}
 	if s.MaxRetryAfter <= 0 {
-		errs = append(errs, fmt.Errorf("MaxRetryAfter is %v: must be greater than 0", s.MaxRetryAfter))
+		errs = append(errs, fmt.Errorf("%s is %v: must be greater than 0", name("MaxRetryAfter"), s.MaxRetryAfter))
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("redelivery schedule: %w", errors.Join(errs...))

@@ -95,14 +95,15 @@ func (d *DeadLetters) Get(ctx context.Context, id string) (*DeadLetter, error) {
 		return nil, fmt.Errorf("get dead letter %s: %w", id, err)
 	}
 	if len(msgs) == 0 {
-		return nil, fmt.Errorf("dead letter %s: %w", id, ErrNotFound)
+		return nil, fmt.Errorf("dead letter %s: %w", id, ErrDeadLetterNotFound)
 	}
 	dl := fromStream(msgs[0])
 	return &dl, nil
 }
 
-// ErrNotFound matches a dead letter that is not in the record.
-var ErrNotFound = errors.New("not found")
+// ErrDeadLetterNotFound matches a dead letter that is not in the record
+// (DeadLetters.Get and Requeue with an unknown or trimmed id).
+var ErrDeadLetterNotFound = errors.New("not found")
 
 // Requeue enqueues a recorded dead letter again with p, under its original
 // key, bot, queue, ordering key and parent (an expiry is dropped: re-running means "send it now"),

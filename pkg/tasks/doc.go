@@ -26,7 +26,7 @@
 // delivered one at a time, in enqueue order: only the head of each sequence
 // is an asynq task, the rest wait in courier's keys (ordering.go) and enter
 // asynq one by one as the head before them is delivered or dead-lettered. A
-// [Reconciler], run by every [Worker], moves sequences on whose head left
-// without courier knowing. [ReplyTo] threads a reply under the message
+// [Reconciler] ([Worker.Reconciler], which cmd/worker runs beside each
+// worker) moves sequences on whose head left without courier knowing. [ReplyTo] threads a reply under the message
 // another task delivers.
 package tasks

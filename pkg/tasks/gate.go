@@ -46,46 +46,64 @@ type GateConfig struct {
 	Timeout time.Duration
 }
 
+// Defaults of GateConfig.
+const (
+	DefaultGateBurst           = 1
+	DefaultGateMaxWait         = 2 * time.Second
+	DefaultGateBreakerFailures = 20
+	DefaultGateBreakerWindow   = 30 * time.Second
+	DefaultGateProbeInterval   = 5 * time.Second
+	DefaultGateNamespace       = "courier"
+	DefaultGateTimeout         = 250 * time.Millisecond
+)
+
 // WithDefaults fills zero fields with the defaults.
 func (c GateConfig) WithDefaults() GateConfig {
-	c.BreakerFailures = cmp.Or(c.BreakerFailures, 20)
-	c.Burst = cmp.Or(c.Burst, 1)
-	c.MaxWait = cmp.Or(c.MaxWait, 2*time.Second)
-	c.BreakerWindow = cmp.Or(c.BreakerWindow, 30*time.Second)
-	c.ProbeInterval = cmp.Or(c.ProbeInterval, 5*time.Second)
-	c.Timeout = cmp.Or(c.Timeout, 250*time.Millisecond)
-	c.Namespace = cmp.Or(c.Namespace, "courier")
+	c.BreakerFailures = cmp.Or(c.BreakerFailures, DefaultGateBreakerFailures)
+	c.Burst = cmp.Or(c.Burst, DefaultGateBurst)
+	c.MaxWait = cmp.Or(c.MaxWait, DefaultGateMaxWait)
+	c.BreakerWindow = cmp.Or(c.BreakerWindow, DefaultGateBreakerWindow)
+	c.ProbeInterval = cmp.Or(c.ProbeInterval, DefaultGateProbeInterval)
+	c.Timeout = cmp.Or(c.Timeout, DefaultGateTimeout)
+	c.Namespace = cmp.Or(c.Namespace, DefaultGateNamespace)
 	return c
 }
 
 // Validate reports every problem.
-func (c GateConfig) Validate() error {
+func (c GateConfig) Validate() error { return c.ValidateNamed(retrypolicy.FieldName) }
+
+// ValidateNamed is Validate naming each field as name(field).
+func (c GateConfig) ValidateNamed(name func(field string) string) error {
 	var errs []error
 	if c.Rate < 0 {
-		errs = append(errs, fmt.Errorf("Rate is %v: must be 0 (off) or more", c.Rate))
+		errs = append(errs, fmt.Errorf("%s is %v: must be 0 (off) or more", name("Rate"), c.Rate))
 	}
 	if c.Burst < 1 {
-		errs = append(errs, fmt.Errorf("Burst is %d: must be at least 1", c.Burst))
+		errs = append(errs, fmt.Errorf("%s is %d: must be at least 1", name("Burst"), c.Burst))
 	}
-	for name, d := range map[string]time.Duration{"MaxWait": c.MaxWait, "BreakerWindow": c.BreakerWindow, "ProbeInterval": c.ProbeInterval, "Timeout": c.Timeout} {
-		if d <= 0 {
-			errs = append(errs, fmt.Errorf("%s is %v: must be greater than 0", name, d))
+	for _, f := range []struct {
+		field string
+		d     time.Duration
+	}{{"MaxWait", c.MaxWait}, {"BreakerWindow", c.BreakerWindow}, {"ProbeInterval", c.ProbeInterval}, {"Timeout", c.Timeout}} {
+		if f.d <= 0 {
+			errs = append(errs, fmt.Errorf("%s is %v: must be greater than 0", name(f.field), f.d))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-// gateKind says why the gate holds a send back.
-type gateKind int
+// GateKind says why the gate holds a send back.
+type GateKind int
 
 const (
-	gateOpen     gateKind = iota // send now
-	gateCooldown                 // a worker got a 429: everyone waits
-	gateBreaker                  // the breaker is open and this is not the probe
-	gateRate                     // over the shared rate limit
+	gateOpen        GateKind = iota // send now
+	GateCooldown                    // a worker got a 429: every worker waits
+	GateCircuitOpen                 // the breaker is open and this send is not the probe
+	GateRateLimit                   // over the shared rate limit
 )
 
-func (k gateKind) String() string {
+// String is the kind as metrics and logs name it.
+func (k GateKind) String() string {
 	return [...]string{"open", "cooldown", "circuit_open", "rate_limit"}[k]
 }
 
@@ -93,15 +111,17 @@ func (k gateKind) String() string {
 // a send back for longer than MaxWait. It stops the attempts at once; the
 // handler hands the task back.
 type GateError struct {
-	Kind gateKind
+	// Kind is why: GateCooldown, GateCircuitOpen or GateRateLimit.
+	Kind GateKind
+	// Wait is how long until the gate may let the send through.
 	Wait time.Duration
 }
 
 func (e *GateError) Error() string {
 	switch e.Kind {
-	case gateBreaker:
+	case GateCircuitOpen:
 		return fmt.Sprintf("circuit open: Webex is failing, next probe in %s", e.Wait)
-	case gateCooldown:
+	case GateCooldown:
 		return fmt.Sprintf("shared cool-down after a 429: %s left", e.Wait)
 	}
 	return fmt.Sprintf("shared rate limit: next slot in %s", e.Wait)
@@ -154,13 +174,13 @@ return {k, w, p}
 
 // decision is the gate's answer for one send.
 type decision struct {
-	kind  gateKind
+	kind  GateKind
 	wait  time.Duration
 	probe bool
 }
 
 func newDecision(kind, waitMS, probe int64) *decision {
-	return &decision{kind: gateKind(kind), wait: time.Duration(waitMS) * time.Millisecond, probe: probe == 1}
+	return &decision{kind: GateKind(kind), wait: time.Duration(waitMS) * time.Millisecond, probe: probe == 1}
 }
 
 // args are the gate script's arguments: interval in µs (0: no rate limit),
@@ -322,7 +342,7 @@ func (g *gate) wait(ctx context.Context, bot string) (probe bool, err error) {
 			return d.probe, nil
 		}
 		g.obs.Throttled(bot, d.kind.String())
-		if d.kind == gateBreaker || time.Now().Add(d.wait).After(deadline) {
+		if d.kind == GateCircuitOpen || time.Now().Add(d.wait).After(deadline) {
 			return false, &GateError{Kind: d.kind, Wait: d.wait}
 		}
 		t := time.NewTimer(d.wait)

@@ -36,7 +36,7 @@ func TestGateRateLimit(t *testing.T) {
 				}
 			}
 			d := g.acquire(ctx, "bot")
-			if d.kind != gateRate || d.wait <= 0 || d.wait > 100*time.Millisecond {
+			if d.kind != GateRateLimit || d.wait <= 0 || d.wait > 100*time.Millisecond {
 				t.Fatalf("over the burst: %+v, want a wait of at most 100ms", d)
 			}
 			if d := g.acquire(ctx, "other-bot"); d.kind != gateOpen {
@@ -57,7 +57,7 @@ func TestGateCooldownOnlyExtends(t *testing.T) {
 	ctx := context.Background()
 	g.result(ctx, "bot", &webex.APIError{StatusCode: 429, RetryAfter: 3 * time.Second}, false)
 	g.result(ctx, "bot", &webex.APIError{StatusCode: 429, RetryAfter: time.Second}, false)
-	if d := g.acquire(ctx, "bot"); d.kind != gateCooldown || d.wait < 2500*time.Millisecond {
+	if d := g.acquire(ctx, "bot"); d.kind != GateCooldown || d.wait < 2500*time.Millisecond {
 		t.Fatalf("%+v, want the longer cool-down", d)
 	}
 	if _, err := g.wait(ctx, "bot"); err == nil || !strings.Contains(err.Error(), "shared cool-down after a 429") {
@@ -78,7 +78,7 @@ func TestGateBreaker(t *testing.T) {
 	if d := g.acquire(ctx, "bot"); d.kind != gateOpen || !d.probe {
 		t.Fatalf("first send after opening must be the probe: %+v", d)
 	}
-	if d := g.acquire(ctx, "bot"); d.kind != gateBreaker {
+	if d := g.acquire(ctx, "bot"); d.kind != GateCircuitOpen {
 		t.Fatalf("second send while open: %+v", d)
 	}
 	g.result(ctx, "bot", nil, true) // the probe got through
@@ -151,7 +151,7 @@ func TestGateCooldownCapped(t *testing.T) {
 	ctx := context.Background()
 	g.result(ctx, "zero", &webex.APIError{StatusCode: 429}, false)
 	g.result(ctx, "days", &webex.APIError{StatusCode: 429, RetryAfter: 1000 * time.Hour}, false)
-	if d := g.acquire(ctx, "days"); d.kind != gateCooldown || d.wait > time.Hour {
+	if d := g.acquire(ctx, "days"); d.kind != GateCooldown || d.wait > time.Hour {
 		t.Fatalf("%+v, want a cool-down of at most 1h", d)
 	}
 	if logs.String() != "" {
@@ -189,7 +189,7 @@ func TestGateWaitBoundedInTotal(t *testing.T) {
 	close(stop)
 	<-done
 	var held *GateError
-	if !errors.As(err, &held) || held.Kind != gateCooldown {
+	if !errors.As(err, &held) || held.Kind != GateCooldown {
 		t.Fatalf("wait = %v, want a *GateError (cool-down) before the context ends", err)
 	}
 }

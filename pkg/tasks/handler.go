@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -33,9 +32,9 @@ type TaskResult struct {
 	Unconfirmed []int `json:"unconfirmed_parts,omitempty"`
 }
 
-// Handler delivers send tasks: an asynq.Handler. Build it with NewWorker, or
-// with NewHandler to run it under an asynq.Server of your own (then also set
-// the server's RetryDelayFunc, IsFailure and ErrorHandler from Hooks).
+// Handler delivers send tasks: the asynq.Handler of a Worker (NewWorker
+// builds it; Worker.Handler returns it). Its RetryDelay, IsFailure and
+// HandleError are the asynq server's hooks (hooks.go).
 type Handler struct {
 	cfg   WorkerConfig
 	rec   *records
@@ -48,75 +47,6 @@ type Handler struct {
 	afterRecord func(taskID string, part int) error
 	// isolated: this handler delivers in an isolated process (isolate.go).
 	isolated bool
-}
-
-// bot is one named bot and the state of its token.
-type bot struct {
-	name   string
-	sender Sender
-
-	mu        sync.Mutex
-	rejected  bool
-	since     time.Time
-	nextProbe time.Time
-	lastLog   time.Time
-}
-
-// gate says whether a delivery may call Webex now. While the token is
-// rejected, one delivery per UnauthorizedDelay probes it; the others wait.
-func (b *bot) gate(now time.Time, interval time.Duration) (wait time.Duration, ok bool) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if !b.rejected {
-		return 0, true
-	}
-	if now.Before(b.nextProbe) {
-		return b.nextProbe.Sub(now), false
-	}
-	b.nextProbe = now.Add(interval)
-	return 0, true
-}
-
-func (b *bot) reject(now time.Time, interval time.Duration) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if !b.rejected {
-		b.rejected, b.since = true, now
-	}
-	b.nextProbe = now.Add(interval)
-}
-
-// accept marks the token working; it reports whether it was rejected.
-func (b *bot) accept() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	was := b.rejected
-	b.rejected = false
-	return was
-}
-
-// shouldLog rate-limits the loud log of a rejected token to one per interval.
-func (b *bot) shouldLog(now time.Time, interval time.Duration) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if now.Sub(b.lastLog) < interval {
-		return false
-	}
-	b.lastLog = now
-	return true
-}
-
-// RejectedBots lists the bots whose token Webex rejects, with when it began.
-func (h *Handler) RejectedBots() map[string]time.Time {
-	out := map[string]time.Time{}
-	for _, b := range h.bots {
-		b.mu.Lock()
-		if b.rejected {
-			out[b.name] = b.since
-		}
-		b.mu.Unlock()
-	}
-	return out
 }
 
 // ProcessTask delivers one task. It returns nil when the message is
@@ -263,7 +193,7 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, held 
 	if de := h.poisoned(st, b.name, sent); de != nil {
 		return de
 	}
-	if wait, ok := b.gate(now, h.cfg.UnauthorizedDelay); !ok {
+	if wait, ok := b.admit(now, h.cfg.UnauthorizedDelay); !ok {
 		return &DeliveryError{Outcome: Unauthorized, Bot: b.name, Err: webex.ErrUnauthorized, Delay: retrypolicy.QueueDelay(wait)}
 	}
 
@@ -419,7 +349,7 @@ func (h *Handler) failure(ctx context.Context, b *bot, err error, retried, maxRe
 		errors.Is(err, ErrTakenOver),    // taken over: the worker exits unless Fence has no Halt
 		errors.Is(err, ErrFenceUnknown): // Redis cannot say whether it was taken over: not the message's fault
 		de.Outcome, de.Delay = Interrupted, retrypolicy.QueueDelay(0)
-	case errors.As(err, &held) && held.Kind == gateBreaker:
+	case errors.As(err, &held) && held.Kind == GateCircuitOpen:
 		de.Outcome, de.Delay = CircuitOpen, max(h.cfg.Schedule.Delay(retried, err), retrypolicy.QueueDelay(held.Wait))
 	case errors.As(err, &held):
 		de.Outcome, de.Delay = RateLimited, retrypolicy.QueueDelay(held.Wait)
@@ -461,15 +391,6 @@ func (h *Handler) redeliveryLimit(maxRetry int) int {
 	return limit
 }
 
-// MarkRejected records that Webex rejects a bot's token (found at start-up),
-// so its tasks are held and readiness is false until a probe succeeds.
-func (h *Handler) MarkRejected(name string) {
-	if b := h.bots[name]; b != nil {
-		b.reject(h.cfg.Now(), 0)
-		h.cfg.Observer.TokenRejected(name, true)
-	}
-}
-
 func (h *Handler) stopping() bool { return h.stop.Err() != nil }
 
 // fence asks WorkerConfig.Fence whether this delivery may still post and
@@ -490,6 +411,3 @@ func (h *Handler) fence(ctx context.Context, c Claim) error {
 }
 
 var _ asynq.Handler = (*Handler)(nil)
-
-// discard is a logger that drops everything.
-var discard = slog.New(slog.DiscardHandler)

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/hibiken/asynq"
 
@@ -87,3 +88,25 @@ func (o *outcomes) all() []Outcome {
 }
 
 var errInjected = errors.New("injected: completion lost")
+
+func TestHooks(t *testing.T) {
+	t.Parallel()
+	h := &Handler{cfg: WorkerConfig{Schedule: fastSchedule}.WithDefaults()}
+	if IsFailure(asynq.ErrLeaseExpired) || h.RetryDelay(5, asynq.ErrLeaseExpired, nil) != time.Second {
+		t.Fatal("a lease expiry must come back quickly without using a redelivery")
+	}
+	for o, counts := range map[Outcome]bool{Transient: true, Permanent: true, RateLimited: false, Unauthorized: false, Interrupted: false, Deferred: false} {
+		if IsFailure(&DeliveryError{Outcome: o}) != counts {
+			t.Errorf("IsFailure(%s) = %v", o, !counts)
+		}
+	}
+	if !IsFailure(errors.New("panic: boom")) {
+		t.Error("an unexpected error must count")
+	}
+	if d := h.RetryDelay(0, &DeliveryError{Outcome: RateLimited, Delay: 7 * time.Second}, nil); d != 7*time.Second {
+		t.Errorf("RetryDelay took %v, not the handler's 7s", d)
+	}
+	if !errors.Is(&DeliveryError{Outcome: Permanent, Err: errors.New("x")}, asynq.SkipRetry) || errors.Is(&DeliveryError{Outcome: Transient, Err: errors.New("x")}, asynq.SkipRetry) {
+		t.Error("only dead letters may skip asynq's retry")
+	}
+}

@@ -161,7 +161,7 @@ func (p *Producer) enqueueOrdered(ctx context.Context, task *asynq.Task, o *enqu
 	case 0:
 		return nil, p.duplicate(o.key, o.queue)
 	case 3:
-		return nil, &DuplicateError{Key: o.key, Queue: o.queue, State: "waiting"}
+		return nil, &DuplicateError{Key: o.key, Queue: o.queue, State: StateWaiting}
 	}
 	return &Enqueued{TaskID: id, Queue: o.queue}, nil
 }

@@ -107,7 +107,7 @@ func TestOrderedHeadIsAnAsynqTask(t *testing.T) {
 	}
 	e.enqueue(text("r", "keyed behind"), Key("kb"), Ordered())
 	var dup *DuplicateError
-	if _, err := e.producer.Enqueue(context.Background(), text("r", "again"), Key("kb"), Ordered()); !errors.As(err, &dup) || dup.State != "waiting" {
+	if _, err := e.producer.Enqueue(context.Background(), text("r", "again"), Key("kb"), Ordered()); !errors.As(err, &dup) || dup.State != StateWaiting {
 		t.Fatalf("duplicate behind the head: %v", err)
 	}
 }

@@ -40,22 +40,37 @@ var ErrDeadLettered = errors.New("idempotency key names a dead-lettered task")
 // DuplicateError reports a keyed enqueue that found its task already there.
 type DuplicateError struct {
 	Key, Queue string
-	// State is asynq's state of the existing task: "pending", "scheduled",
-	// "active", "retry", "completed" or "archived" ("" if it vanished), or
-	// "waiting" for an ordered message behind the head of its sequence.
-	State string
+	// State is the state of the existing task.
+	State TaskState
 }
 
+// TaskState is the state of the task a duplicate key names: asynq's states
+// by asynq's names ("pending", "scheduled", "active", "retry",
+// "completed", "archived", "aggregating"), StateWaiting, or StateGone.
+type TaskState string
+
+// The states a DuplicateError reports.
+const (
+	StateGone      TaskState = "gone" // the task vanished before it could be read
+	StatePending   TaskState = "pending"
+	StateScheduled TaskState = "scheduled"
+	StateActive    TaskState = "active"
+	StateRetry     TaskState = "retry"
+	StateCompleted TaskState = "completed"
+	StateArchived  TaskState = "archived" // dead-lettered
+	StateWaiting   TaskState = "waiting"  // an ordered message behind the head of its sequence
+)
+
 func (e *DuplicateError) Error() string {
-	if e.State == "archived" {
+	if e.State == StateArchived {
 		return fmt.Sprintf("key %q in queue %q: dead-lettered earlier", e.Key, e.Queue)
 	}
-	return fmt.Sprintf("key %q in queue %q: duplicate (task %s)", e.Key, e.Queue, cmp.Or(e.State, "gone"))
+	return fmt.Sprintf("key %q in queue %q: duplicate (task %s)", e.Key, e.Queue, e.State)
 }
 
 // Is matches ErrDuplicate, and ErrDeadLettered for an archived task.
 func (e *DuplicateError) Is(target error) bool {
-	return target == ErrDuplicate || (target == ErrDeadLettered && e.State == "archived")
+	return target == ErrDuplicate || (target == ErrDeadLettered && e.State == StateArchived)
 }
 
 // ProducerConfig configures a Producer. Zero fields take the defaults.
@@ -92,6 +107,23 @@ func (c ProducerConfig) withDefaults() ProducerConfig {
 	return c
 }
 
+// validate reports every problem at once.
+func (c ProducerConfig) validate() error {
+	var errs []error
+	for _, f := range []struct {
+		field string
+		v     int64
+	}{{"MaxRedeliveries", int64(c.MaxRedeliveries)}, {"MaxInlineBytes", int64(c.MaxInlineBytes)}} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Errorf("%s is %d: must not be negative", f.field, f.v))
+		}
+	}
+	if c.KeyedRetention < 0 {
+		errs = append(errs, fmt.Errorf("KeyedRetention is %v: must not be negative", c.KeyedRetention))
+	}
+	return errors.Join(errs...)
+}
+
 // Producer enqueues send tasks. It is safe for concurrent use.
 type Producer struct {
 	cfg       ProducerConfig
@@ -105,8 +137,8 @@ type Producer struct {
 // keeps and closes).
 func NewProducer(rdb redis.UniversalClient, cfg ProducerConfig) (*Producer, error) {
 	cfg = cfg.withDefaults()
-	if cfg.MaxRedeliveries < 0 || cfg.MaxInlineBytes < 0 || cfg.KeyedRetention < 0 {
-		return nil, errors.New("tasks: MaxRedeliveries, MaxInlineBytes and KeyedRetention must not be negative")
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("producer config: %w", err)
 	}
 	return &Producer{cfg: cfg, rdb: rdb, client: asynq.NewClientFromRedisClient(rdb), inspector: asynq.NewInspectorFromRedisClient(rdb)}, nil
 }
@@ -304,9 +336,9 @@ const retryHeadroom = 1
 
 // duplicate describes the task a conflicting key names.
 func (p *Producer) duplicate(key, queue string) error {
-	dup := &DuplicateError{Key: key, Queue: queue}
+	dup := &DuplicateError{Key: key, Queue: queue, State: StateGone}
 	if info, err := p.inspector.GetTaskInfo(queue, key); err == nil {
-		dup.State = info.State.String()
+		dup.State = TaskState(info.State.String())
 	}
 	return dup
 }

@@ -99,54 +99,14 @@ func TestEnqueueMany(t *testing.T) {
 	}
 }
 
-func TestDecodePayload(t *testing.T) {
+// NewProducer reports every problem at once, naming each field.
+func TestNewProducerReportsEachProblem(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		in   string
-		want error
-	}{
-		{`{"v":1,"message":{"roomId":"r","text":"x"}}`, nil},
-		{`{"v":2}`, ErrNewerPayload},
-		{`{"v":0}`, ErrCorruptPayload},
-		{`{}`, ErrCorruptPayload},
-		{`[1]`, ErrCorruptPayload},
-		{``, ErrCorruptPayload},
-	} {
-		_, err := DecodePayload([]byte(tc.in))
-		if !errors.Is(err, tc.want) || (tc.want == nil) != (err == nil) {
-			t.Errorf("DecodePayload(%q) = %v, want %v", tc.in, err, tc.want)
-		}
-	}
-}
-
-func TestHooks(t *testing.T) {
-	t.Parallel()
-	h := &Handler{cfg: WorkerConfig{Schedule: fastSchedule}.WithDefaults()}
-	if IsFailure(asynq.ErrLeaseExpired) || h.RetryDelay(5, asynq.ErrLeaseExpired, nil) != time.Second {
-		t.Fatal("a lease expiry must come back quickly without using a redelivery")
-	}
-	for o, counts := range map[Outcome]bool{Transient: true, Permanent: true, RateLimited: false, Unauthorized: false, Interrupted: false, Deferred: false} {
-		if IsFailure(&DeliveryError{Outcome: o}) != counts {
-			t.Errorf("IsFailure(%s) = %v", o, !counts)
-		}
-	}
-	if !IsFailure(errors.New("panic: boom")) {
-		t.Error("an unexpected error must count")
-	}
-	if d := h.RetryDelay(0, &DeliveryError{Outcome: RateLimited, Delay: 7 * time.Second}, nil); d != 7*time.Second {
-		t.Errorf("RetryDelay took %v, not the handler's 7s", d)
-	}
-	if !errors.Is(&DeliveryError{Outcome: Permanent, Err: errors.New("x")}, asynq.SkipRetry) || errors.Is(&DeliveryError{Outcome: Transient, Err: errors.New("x")}, asynq.SkipRetry) {
-		t.Error("only dead letters may skip asynq's retry")
-	}
-}
-
-func TestWorkerConfigValidate(t *testing.T) {
-	t.Parallel()
-	err := WorkerConfig{Concurrency: -1, Budget: time.Minute, ShutdownTimeout: time.Second, PoisonLimit: -1, Queues: map[string]int{"q": 0}}.WithDefaults().Validate()
-	for _, want := range []string{"Bots", "Queues", "Concurrency", "Budget", "PoisonLimit"} {
+	_, err := NewProducer(nil, ProducerConfig{MaxRedeliveries: -1, MaxInlineBytes: -2, KeyedRetention: -time.Hour})
+	for _, want := range []string{"producer config: ", "MaxRedeliveries is -1: must not be negative", "MaxInlineBytes is -2: must not be negative",
+		"KeyedRetention is -1h0m0s: must not be negative"} {
 		if err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("err = %v, want %s named", err, want)
+			t.Errorf("err = %v, want %q", err, want)
 		}
 	}
 }

@@ -158,13 +158,13 @@ func TestIdempotencyKey(t *testing.T) {
 	}
 	_, err = e.producer.Enqueue(ctx, text("r", "x"), Key("report-2026-11-28"))
 	var dup *DuplicateError
-	if !errors.Is(err, ErrDuplicate) || !errors.As(err, &dup) || dup.State != "pending" || errors.Is(err, ErrDeadLettered) {
+	if !errors.Is(err, ErrDuplicate) || !errors.As(err, &dup) || dup.State != StatePending || errors.Is(err, ErrDeadLettered) {
 		t.Fatalf("second enqueue: %v", err)
 	}
 	e.start(nil)
 	e.waitState(first.TaskID, asynq.TaskStateCompleted, 10*time.Second)
 	_, err = e.producer.Enqueue(ctx, text("r", "x"), Key("report-2026-11-28"))
-	if !errors.As(err, &dup) || dup.State != "completed" {
+	if !errors.As(err, &dup) || dup.State != StateCompleted {
 		t.Fatalf("after delivery: %v", err)
 	}
 	if _, acc := e.sim.Counts("r"); acc != 1 {
@@ -380,43 +380,6 @@ func TestPoison(t *testing.T) {
 
 // Dead letters are kept beyond asynq's archive and can be re-enqueued from
 // the record once the archive has dropped them.
-func TestDeadLetterRecord(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, webextest.Options{})
-	dls := NewDeadLetters(e.rdb, "courier:{"+e.queue+"}:deadletters", 100)
-	e.sim.AddFault(webextest.Fault{Room: "r", Status: 404, Count: 1})
-	e.start(func(c *WorkerConfig) { c.DeadLetters = dls })
-	id := e.enqueue(text("r", "kept"), Key("dl-key"))
-	e.waitState(id, asynq.TaskStateArchived, 10*time.Second)
-	var list []DeadLetter
-	waitFor(t, 5*time.Second, "the dead-letter record", func() bool {
-		list, _ = dls.List(context.Background(), 10)
-		return len(list) == 1
-	})
-	if dl := list[0]; dl.TaskID != id || dl.Queue != e.queue || dl.Outcome != "permanent" || !strings.Contains(dl.Error, "404") || dl.Time.IsZero() {
-		t.Fatalf("record %+v", dl)
-	}
-	// While asynq's archive holds the task, its key is taken.
-	if _, err := dls.Requeue(context.Background(), list[0].ID, e.producer); !errors.Is(err, ErrDeadLettered) {
-		t.Fatalf("requeue over the archive: %v", err)
-	}
-	// The archive drops it (as after 90 days or 10,000 newer dead letters): the record brings it back.
-	if err := e.inspector.DeleteTask(e.queue, id); err != nil {
-		t.Fatal(err)
-	}
-	r, err := dls.Requeue(context.Background(), list[0].ID, e.producer)
-	if err != nil || r.TaskID != "dl-key" {
-		t.Fatalf("requeue = %+v, %v", r, err)
-	}
-	e.waitState(r.TaskID, asynq.TaskStateCompleted, 10*time.Second)
-	if msgs := e.sim.Messages("r"); len(msgs) != 1 || msgs[0].Text != "kept" {
-		t.Fatalf("messages %+v", msgs)
-	}
-	if _, err := dls.Get(context.Background(), "0-1"); !errors.Is(err, ErrNotFound) {
-		t.Fatalf("missing entry: %v", err)
-	}
-}
-
 // In-process attempts are logged at debug only, once each; the outcome once
 // by the error handler.
 func TestAttemptsLoggedAtDebug(t *testing.T) {

@@ -1,0 +1,130 @@
+// Package lifecycle runs a process's parts as one ordered group, in the
+// manner of oklog/run: each part has a run and an interrupt. Parts start in
+// order, each once the one before is up; the first part to end (or to fail
+// its start), or the context ending, stops every started part in reverse
+// order, so that a failed start, a signal and a crash all shut down the
+// same way.
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// ErrEnded is the cause when a part's Run returns nil while the group is
+// still running: a part that should run until interrupted stopped by itself.
+var ErrEnded = errors.New("ended unexpectedly")
+
+// Part is one piece of the process. Every field may be nil.
+type Part struct {
+	// Name says which part failed in a *PartError.
+	Name string
+	// Start brings the part up and returns once it is up (a check passed, a
+	// listener bound, a server started). An error stops the parts already
+	// started. ctx ends when the group stops.
+	Start func(ctx context.Context) error
+	// Run blocks while the part works and returns when Interrupt is called;
+	// returning earlier, with or without an error, stops the group. nil: the
+	// part has nothing that runs (a check, a resource).
+	Run func() error
+	// Interrupt makes Run return and releases what Start acquired. It is
+	// called once, if Start succeeded, after every part started later has
+	// been stopped.
+	Interrupt func()
+}
+
+// PartError says which part ended the group and how.
+type PartError struct {
+	Part string
+	// Start is true when the part failed to start, false when its Run ended.
+	Start bool
+	Err   error
+}
+
+func (e *PartError) Error() string {
+	if e.Start {
+		return fmt.Sprintf("start %s: %v", e.Part, e.Err)
+	}
+	return fmt.Sprintf("%s: %v", e.Part, e.Err)
+}
+
+func (e *PartError) Unwrap() error { return e.Err }
+
+// Group is an ordered set of parts. The zero value is empty and ready.
+type Group struct {
+	parts []Part
+}
+
+// Add appends a part: it starts after, and stops before, the parts added
+// earlier.
+func (g *Group) Add(p Part) { g.parts = append(g.parts, p) }
+
+// Run starts the parts in order and waits until ctx ends or a part's Run
+// returns; then it interrupts the started parts in reverse order, waits for
+// every Run to return, and returns the cause: nil when ctx ended (also
+// during start-up), else a *PartError. stopping, when not nil, is called
+// once with that cause before the first part is interrupted.
+func (g *Group) Run(ctx context.Context, stopping func(cause error)) error {
+	startCtx, cancelStart := context.WithCancel(ctx)
+	defer cancelStart()
+	ended := make(chan *PartError, len(g.parts))
+	var running sync.WaitGroup
+	started := 0
+	var cause error
+	for _, p := range g.parts {
+		if err := runStart(startCtx, p); err != nil {
+			if ctx.Err() == nil {
+				cause = &PartError{Part: p.Name, Start: true, Err: err}
+			}
+			break
+		}
+		started++
+		if p.Run != nil {
+			running.Go(func() {
+				err := p.Run()
+				if err == nil {
+					err = ErrEnded
+				}
+				ended <- &PartError{Part: p.Name, Err: err}
+			})
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		select {
+		case e := <-ended:
+			cause = e
+		default:
+		}
+		if cause != nil {
+			break
+		}
+	}
+	if cause == nil && ctx.Err() == nil && started == len(g.parts) {
+		select {
+		case <-ctx.Done():
+		case e := <-ended:
+			cause = e
+		}
+	}
+	cancelStart()
+	if stopping != nil {
+		stopping(cause)
+	}
+	for i := started - 1; i >= 0; i-- {
+		if stop := g.parts[i].Interrupt; stop != nil {
+			stop()
+		}
+	}
+	running.Wait()
+	return cause
+}
+
+func runStart(ctx context.Context, p Part) error {
+	if p.Start == nil {
+		return nil
+	}
+	return p.Start(ctx)
+}

@@ -1,0 +1,192 @@
+package worker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/courier-dev/courier/internal/lifecycle"
+	"github.com/courier-dev/courier/internal/redistest"
+	"github.com/courier-dev/courier/internal/worker"
+	"github.com/courier-dev/courier/pkg/tasks"
+	"github.com/courier-dev/courier/pkg/webex"
+)
+
+// takenAddr is an address something else already listens on.
+func takenAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln.Addr().String()
+}
+
+// runUntilEnd runs the worker in-process until Run returns by itself.
+func runUntilEnd(t *testing.T, ctx context.Context, cfg *worker.Config) (error, string) {
+	t.Helper()
+	logs := &lockedBuffer{}
+	done := make(chan error, 1)
+	go func() { done <- worker.Run(ctx, cfg, slog.New(slog.NewJSONHandler(logs, nil))) }()
+	select {
+	case err := <-done:
+		return err, logs.String()
+	case <-time.After(30 * time.Second):
+		t.Fatalf("Run did not return:\n%s", logs.String())
+		return nil, ""
+	}
+}
+
+// A part that fails to start stops the parts started before it: the admin
+// server, already listening when the relay cannot bind, stops too.
+func TestRelayStartFailureStopsTheAdminServer(t *testing.T) {
+	t.Parallel()
+	s := sharedSetup(t)
+	relayAddr := takenAddr(t)
+	cfg, base := adminConfig(t, s.url, s.sim.URL, s.queue, map[string]string{
+		"COURIER_RELAY_ADDR": relayAddr, "COURIER_RELAY_TOKENS": "relay-secret=default"})
+	err, logs := runUntilEnd(t, context.Background(), cfg)
+	var pe *lifecycle.PartError
+	if !errors.As(err, &pe) || pe.Part != "relay" || !pe.Start || !strings.Contains(err.Error(), "listen on "+relayAddr) {
+		t.Fatalf("Run: %v", err)
+	}
+	if worker.ExitCode(err) != worker.ExitFailure {
+		t.Fatalf("exit code %d", worker.ExitCode(err))
+	}
+	for _, want := range []string{`"msg":"admin server listening"`, `"msg":"worker started"`,
+		`"level":"ERROR","msg":"stopping: a part failed","part":"relay"`, `"msg":"stopped"`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("log lacks %s:\n%s", want, logs)
+		}
+	}
+	if code, body := get(t, base+"/healthz", "", ""); code != 0 {
+		t.Fatalf("the admin server still answers after Run returned: %d %s", code, body)
+	}
+}
+
+func TestAdminStartFailure(t *testing.T) {
+	t.Parallel()
+	s := sharedSetup(t)
+	addr := takenAddr(t)
+	cfg, _ := adminConfig(t, s.url, s.sim.URL, s.queue, map[string]string{"COURIER_ADMIN_ADDR": addr})
+	err, logs := runUntilEnd(t, context.Background(), cfg)
+	var pe *lifecycle.PartError
+	if !errors.As(err, &pe) || pe.Part != "admin server" || err.Error() != "start admin server: listen on "+addr+": listen tcp "+addr+": bind: address already in use" {
+		t.Fatalf("Run: %v", err)
+	}
+	if strings.Contains(logs, "worker started") || !strings.Contains(logs, `"part":"admin server"`) {
+		t.Fatalf("log:\n%s", logs)
+	}
+}
+
+func TestRedisStartFailure(t *testing.T) {
+	t.Parallel()
+	port, _ := redistest.FreePort()
+	cfg, base := adminConfig(t, fmt.Sprintf("redis://127.0.0.1:%d/0", port), "http://127.0.0.1:1", "q", map[string]string{"COURIER_REDIS_TIMEOUT": "500ms"})
+	err, logs := runUntilEnd(t, context.Background(), cfg)
+	var pe *lifecycle.PartError
+	if !errors.As(err, &pe) || pe.Part != "redis" || !strings.Contains(err.Error(), "unreachable after 500ms") {
+		t.Fatalf("Run: %v", err)
+	}
+	if !strings.Contains(logs, `"part":"redis"`) || strings.Contains(logs, "admin server listening") {
+		t.Fatalf("log:\n%s", logs)
+	}
+	if code, _ := get(t, base+"/healthz", "", ""); code != 0 {
+		t.Fatal("the admin server answers though Redis never did")
+	}
+}
+
+// A signal while the worker waits for Redis is a clean stop (exit 0), not
+// a Redis failure.
+func TestSignalDuringStartUp(t *testing.T) {
+	t.Parallel()
+	port, _ := redistest.FreePort()
+	cfg, _ := adminConfig(t, fmt.Sprintf("redis://127.0.0.1:%d/0", port), "http://127.0.0.1:1", "q", map[string]string{"COURIER_REDIS_TIMEOUT": "1m"})
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &lockedBuffer{}
+	done := make(chan error, 1)
+	go func() { done <- worker.Run(ctx, cfg, slog.New(slog.NewJSONHandler(logs, nil))) }()
+	waitFor(t, 10*time.Second, "go-redis to report the refused dial", func() bool { return strings.Contains(logs.String(), "redis client") })
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil || worker.ExitCode(err) != worker.ExitOK {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not stop")
+	}
+	if !strings.Contains(logs.String(), `"msg":"stopped"`) {
+		t.Fatalf("log:\n%s", logs.String())
+	}
+}
+
+// The process: a part that fails to start exits 1 naming the part.
+func TestPartFailureExits1(t *testing.T) {
+	t.Parallel()
+	s := sharedSetup(t)
+	for _, c := range []struct{ name, env, part, want string }{
+		{"admin", "COURIER_ADMIN_ADDR=" + takenAddr(t), "admin server", "worker: start admin server: listen on "},
+		{"relay", "COURIER_RELAY_ADDR=" + takenAddr(t), "relay", "worker: start relay: listen on "},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := startWorker(t, s.env("good", c.env, "COURIER_RELAY_TOKENS=t=default")...)
+			err := p.wait(t, 20*time.Second)
+			out := p.out.String()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 {
+				t.Fatalf("exit %v, want 1:\n%s", err, out)
+			}
+			if !strings.Contains(out, c.want) || !strings.Contains(out, `"msg":"stopping: a part failed","part":"`+c.part+`"`) {
+				t.Fatalf("output:\n%s", out)
+			}
+		})
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		err  error
+		want int
+	}{
+		{nil, worker.ExitOK},
+		{&lifecycle.PartError{Part: "relay", Start: true, Err: errors.New("bind")}, worker.ExitFailure},
+		{&lifecycle.PartError{Part: "crash-recovery detector", Err: tasks.ErrTakenOver}, worker.ExitTombstoned},
+	} {
+		if got := worker.ExitCode(c.err); got != c.want {
+			t.Errorf("ExitCode(%v) = %d, want %d", c.err, got, c.want)
+		}
+	}
+}
+
+// The ordering reconciler is a part of the worker: a sequence whose head
+// was deleted before any worker saw it moves on.
+func TestReconcilerRunsInTheWorker(t *testing.T) {
+	t.Parallel()
+	s := sharedSetup(t)
+	ctx := context.Background()
+	var ids []string
+	for _, text := range []string{"a", "b"} {
+		r, err := s.producer.Enqueue(ctx, tasks.Message{Message: webex.Message{RoomID: "ordered", Text: text}}, tasks.Ordered())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.TaskID)
+	}
+	if err := s.inspector.DeleteTask(s.queue, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := adminConfig(t, s.url, s.sim.URL, s.queue, map[string]string{"COURIER_RECONCILE_INTERVAL": "100ms"})
+	runWorker(t, cfg)
+	waitFor(t, 15*time.Second, "the second message, once the reconciler moved its sequence on", func() bool {
+		msgs := s.sim.Messages("ordered")
+		return len(msgs) == 1 && msgs[0].Text == "b"
+	})
+}
