@@ -14,8 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/internal/settings"
 	"github.com/courier-dev/courier/pkg/tasks"
@@ -137,14 +135,17 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintln(stderr, "enqueue:", err)
 		return ExitInput
 	}
-	ropt, err := redisurl.Parse(o.redisURL)
+	mode, err := redisurl.ParseMode(getenv("REDIS_MODE"))
+	if err != nil {
+		fmt.Fprintf(stderr, "enqueue: REDIS_MODE: %v\n", err)
+		return ExitInput
+	}
+	ropt, err := redisurl.Parse(o.redisURL, mode)
 	if err != nil {
 		fmt.Fprintf(stderr, "enqueue: REDIS_URL %s: %v\n", redisurl.Redact(o.redisURL), err)
 		return ExitInput
 	}
-	ropt.DialTimeout, ropt.ReadTimeout, ropt.WriteTimeout = min(o.timeout, 5*time.Second), o.timeout, o.timeout
-	ropt.MaxRetries = 1
-	rdb := redis.NewClient(ropt)
+	rdb := ropt.Tune(min(o.timeout, 5*time.Second), o.timeout, o.timeout, 1).NewClient()
 	defer rdb.Close()
 	pingCtx, cancel := context.WithTimeout(ctx, o.timeout)
 	err = rdb.Ping(pingCtx).Err()

@@ -29,8 +29,15 @@ const DefaultAdminAddr = "127.0.0.1:8080"
 // environment variables (named beside each field); the defaults are Load's.
 type Config struct {
 	// RedisURL is where the queues live (REDIS_URL): redis:// or rediss://,
-	// with an optional ACL user and password. Default redis://127.0.0.1:6379/0.
+	// with an optional ACL user and password; a Sentinel set-up
+	// (?master_name=NAME&addr=…, or redis-sentinel://) or a Cluster
+	// (?addr=node2:port&addr=…) in go-redis's URL forms (internal/redisurl).
+	// Default redis://127.0.0.1:6379/0.
 	RedisURL string
+	// RedisMode says how to read RedisURL (REDIS_MODE): auto (from the URL,
+	// the default), single, sentinel or cluster. A cluster reached through
+	// one address (a managed service's configuration endpoint) needs cluster.
+	RedisMode redisurl.Mode
 	// RedisTimeout is how long start-up waits for Redis to answer before the
 	// worker exits 1 (COURIER_REDIS_TIMEOUT). Default 10s.
 	RedisTimeout time.Duration
@@ -206,7 +213,11 @@ func Envs() []string {
 
 func flags(c *Config) *settings.Set {
 	s := settings.New("worker")
-	s.String(&c.RedisURL, "redis-url", "REDIS_URL", "redis://127.0.0.1:6379/0", "Redis: redis:// or rediss://[user:password@]host:port/db")
+	s.String(&c.RedisURL, "redis-url", "REDIS_URL", "redis://127.0.0.1:6379/0", "Redis: redis:// or rediss://[user:password@]host:port/db; Sentinel: ?master_name=NAME&addr=host:port…; Cluster: ?addr=host:port&addr=…")
+	s.Func("redis-mode", "REDIS_MODE", "auto", "how to read REDIS_URL: auto, single, sentinel or cluster (a cluster behind one address needs cluster)", func(v string) (err error) {
+		c.RedisMode, err = redisurl.ParseMode(v)
+		return err
+	})
 	s.Duration(&c.RedisTimeout, "redis-timeout", "COURIER_REDIS_TIMEOUT", 10*time.Second, "how long start-up waits for Redis")
 	s.String(&c.WebexBaseURL, "webex-base-url", "WEBEX_BASE_URL", webex.DefaultBaseURL, "Webex API base URL")
 	s.Func("bots", "COURIER_BOTS", "", "further bots by name, comma-separated; each reads COURIER_BOT_<NAME>_TOKEN or _TOKEN_FILE", func(v string) error {
@@ -378,7 +389,7 @@ func readToken(getenv func(string) string, env, fileEnv string) (string, error) 
 
 func (c *Config) validate() []error {
 	var errs []error
-	if _, err := redisurl.Parse(c.RedisURL); err != nil {
+	if _, err := redisurl.Parse(c.RedisURL, c.RedisMode); err != nil {
 		errs = append(errs, fmt.Errorf("REDIS_URL %s: %w", redisurl.Redact(c.RedisURL), err))
 	}
 	if c.RedisTimeout <= 0 {

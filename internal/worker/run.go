@@ -111,8 +111,8 @@ type process struct {
 	cfg Config
 	log *slog.Logger
 
-	opt     *redis.Options
-	rdb     *redis.Client
+	opt     *redisurl.Options
+	rdb     redis.UniversalClient
 	reg     *prometheus.Registry
 	clients map[string]*webex.Client
 	dead    *tasks.DeadLetters
@@ -150,15 +150,15 @@ func (p *process) redisPart() lifecycle.Part {
 	return lifecycle.Part{Name: "redis",
 		Start: func(ctx context.Context) error {
 			redis.SetLogger(redisLogger{p.log}) // go-redis's own lines, as structured records
-			opt, err := redisurl.Parse(p.cfg.RedisURL)
+			opt, err := redisurl.Parse(p.cfg.RedisURL, p.cfg.RedisMode)
 			if err != nil {
 				return fmt.Errorf("REDIS_URL %s: %w", redisurl.Redact(p.cfg.RedisURL), err)
 			}
 			if err := waitForRedis(ctx, opt, p.cfg.RedisTimeout); err != nil {
 				return fmt.Errorf("%s %s", redisurl.Redact(p.cfg.RedisURL), redisurl.Scrub(err.Error(), p.cfg.RedisURL))
 			}
-			p.opt, p.rdb = opt, redis.NewClient(opt)
-			p.log.Info("redis reachable", "redis", redisurl.Redact(p.cfg.RedisURL))
+			p.opt, p.rdb = opt, opt.NewClient()
+			p.log.Info("redis reachable", "redis", redisurl.Redact(p.cfg.RedisURL), "mode", opt.Mode)
 			if !p.cfg.Dev && !p.cfg.isolated {
 				checkRedisSettings(ctx, p.rdb, p.log)
 			}
