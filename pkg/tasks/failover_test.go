@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -346,4 +347,37 @@ func errKind(err error, at time.Duration) string {
 		msg = msg[:60]
 	}
 	return fmt.Sprintf("%ds: %s", int(at.Seconds()), msg)
+}
+
+// What WaitReplicas costs: keyed enqueues from 16 goroutines to a primary
+// with one replica in sync, without and with the wait.
+//
+//	go test -run '^$' -bench EnqueueWaitReplicas -benchtime 3000x ./pkg/tasks
+func BenchmarkEnqueueWaitReplicas(b *testing.B) {
+	primary := redistest.Start(b, false)
+	redistest.StartReplica(b, primary)
+	rdb := redis.NewClient(&redis.Options{Addr: primary.Addr, PoolSize: 32})
+	defer rdb.Close()
+	for _, wait := range []int{0, 1} {
+		b.Run(fmt.Sprintf("WaitReplicas=%d", wait), func(b *testing.B) {
+			queue := redistest.Name(b)
+			p, err := NewProducer(rdb, ProducerConfig{Queue: queue, WaitReplicas: wait})
+			if err != nil {
+				b.Fatal(err)
+			}
+			var n atomic.Int64
+			b.SetParallelism(16 / max(1, runtime.GOMAXPROCS(0)))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					key := fmt.Sprintf("b-%d", n.Add(1))
+					if _, err := p.Enqueue(context.Background(), text("room-1", key), Key(key)); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "enqueues/s")
+		})
+	}
 }
