@@ -518,7 +518,8 @@ func (s *scan) deadHolders(ref taskRef, score float64, v *view) []string {
 // asynq's recoverer's, which lists and then moves it in two steps), and it
 // was not moved already for this lease.
 //
-// KEYS: active, lease, pending, task hash, then each server's asynq key.
+// KEYS: active, lease, pending, task hash, then each server's asynq key
+// (on a Cluster, none: takeOver checks them just before).
 // ARGV: task id, lease score. It returns the new epoch, or 0.
 var takeOverScript = redis.NewScript(`
 for i = 5, #KEYS do
@@ -537,11 +538,43 @@ redis.call('HSET', KEYS[4], 'state', 'pending', 'courier_moved_lease', score)
 return redis.call('HINCRBY', KEYS[4], 'courier_epoch', 1)
 `)
 
+// anyExists reports whether any of keys exists, one command per key (they
+// may live in different Cluster slots).
+func (r *Recovery) anyExists(ctx context.Context, keys []string) (bool, error) {
+	cmds, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			p.Exists(ctx, k)
+		}
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	for _, c := range cmds {
+		if c.(*redis.IntCmd).Val() > 0 {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // takeOver runs the script; it reports whether this detector moved the task.
 func (r *Recovery) takeOver(ctx context.Context, ref taskRef, sg sighting, dead []string, now time.Time) bool {
 	keys := []string{activeKey(ref.queue), leaseKey(ref.queue), pendingKey(ref.queue), taskKey(ref.queue, ref.id)}
-	for _, srv := range dead {
-		keys = append(keys, serverKey(srv))
+	servers := make([]string, len(dead))
+	for i, srv := range dead {
+		servers[i] = serverKey(srv)
+	}
+	if _, cluster := r.rdb.(*redis.ClusterClient); cluster {
+		// A server's key hashes to a slot of its own, which a Cluster may
+		// keep on another node than the queue's: check them just before.
+		// A server that comes back in between finds its task's epoch moved
+		// on, and halts (the fence).
+		if back, err := r.anyExists(ctx, servers); err != nil || back {
+			return false
+		}
+	} else {
+		keys = append(keys, servers...)
 	}
 	epoch, err := takeOverScript.Run(ctx, r.rdb, keys, ref.id, strconv.FormatFloat(sg.score, 'f', -1, 64)).Int64()
 	if err != nil {
