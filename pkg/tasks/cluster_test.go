@@ -171,6 +171,21 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("fast recovery", func(t *testing.T) {
+		idle := redistest.Name(t) // a queue no worker serves: the task stays where the test puts it
+		id := enqueue(t, text("c-recover", "orphan"), Queue(idle))
+		dead := fakeDeadHolder(t, rdb, idle, id)
+		r := newTestRecovery(t, rdb, idle)
+		r.run(t)
+		waitFor(t, 20*time.Second, "the dead worker's task back in pending", func() bool {
+			info, err := insp.GetTaskInfo(idle, id)
+			return err == nil && info.State == asynq.TaskStatePending
+		})
+		if log := r.logs.String(); !strings.Contains(log, dead) || strings.Contains(log, "could not move") {
+			t.Errorf("recovery log:\n%s", log)
+		}
+	})
+
 	for _, bad := range []string{"CROSSSLOT", "did not answer the send gate", "same slot"} {
 		if strings.Contains(logs.String(), bad) {
 			t.Errorf("the workers' log shows %q", bad)
