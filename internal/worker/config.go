@@ -78,6 +78,10 @@ type Config struct {
 	// (relay, dead-letter requeue) are kept after delivery
 	// (COURIER_KEYED_RETENTION). Default tasks.DefaultKeyedRetention (25h).
 	KeyedRetention time.Duration
+	// WaitReplicas makes the relay's and the admin requeue's enqueues wait
+	// until this many replicas have each task (COURIER_WAIT_REPLICAS; see
+	// tasks.ProducerConfig.WaitReplicas). Default 0: no wait.
+	WaitReplicas int
 	// TaskCheckInterval is the idle poll for new tasks, the latency floor of
 	// an idle queue (COURIER_TASK_CHECK_INTERVAL). Default 25ms.
 	TaskCheckInterval time.Duration
@@ -263,6 +267,7 @@ func flags(c *Config) *settings.Set {
 	s.Duration(&c.Schedule.Base, "redelivery-base", "COURIER_REDELIVERY_BASE", retrypolicy.DefaultSchedule.Base, "delay before the first redelivery")
 	s.Duration(&c.Schedule.Cap, "redelivery-cap", "COURIER_REDELIVERY_CAP", retrypolicy.DefaultSchedule.Cap, "cap on redelivery delays")
 	s.Int(&c.MaxRedeliveries, "max-redeliveries", "COURIER_MAX_REDELIVERIES", 0, "cap on every task's redeliveries; 0: each task's own (30 unless set at enqueue)")
+	s.Int(&c.WaitReplicas, "wait-replicas", "COURIER_WAIT_REPLICAS", 0, "the relay's enqueues return only once this many Redis replicas have the task (WAIT): none lost in a failover; 0: no wait")
 	s.Duration(&c.KeyedRetention, "keyed-retention", "COURIER_KEYED_RETENTION", tasks.DefaultKeyedRetention, "how long keyed tasks that the worker itself enqueues (relay, dead-letter requeue) are kept after delivery")
 	s.Duration(&c.TaskCheckInterval, "task-check-interval", "COURIER_TASK_CHECK_INTERVAL", tasks.DefaultTaskCheckInterval, "idle poll for new tasks: latency floor of an idle queue")
 	s.Duration(&c.DelayedInterval, "delayed-task-check-interval", "COURIER_DELAYED_TASK_CHECK_INTERVAL", tasks.DefaultDelayedTaskCheckInterval, "how often scheduled and redelivered tasks are made due")
@@ -408,6 +413,9 @@ func (c *Config) validate() []error {
 	}
 	if c.DeadLetterMax < 1 {
 		errs = append(errs, fmt.Errorf("COURIER_DEADLETTER_MAX is %d: must be at least 1", c.DeadLetterMax))
+	}
+	if c.WaitReplicas < 0 {
+		errs = append(errs, fmt.Errorf("COURIER_WAIT_REPLICAS is %d: must be 0 (no wait) or more", c.WaitReplicas))
 	}
 	if c.KeyedRetention <= 0 {
 		errs = append(errs, fmt.Errorf("COURIER_KEYED_RETENTION is %v: must be greater than 0", c.KeyedRetention))

@@ -220,7 +220,7 @@ func (p *process) adminPart() lifecycle.Part {
 	closeMon := func() error { return nil }
 	return lifecycle.Part{Name: "admin server",
 		Start: func(context.Context) error {
-			producer, err := tasks.NewProducer(p.rdb, tasks.ProducerConfig{KeyedRetention: p.cfg.KeyedRetention, Source: "admin"})
+			producer, err := tasks.NewProducer(p.rdb, tasks.ProducerConfig{KeyedRetention: p.cfg.KeyedRetention, Source: "admin", WaitReplicas: p.cfg.WaitReplicas})
 			if err != nil {
 				return err
 			}
@@ -302,7 +302,7 @@ func (p *process) relayPart() lifecycle.Part {
 	var ln net.Listener
 	return lifecycle.Part{Name: "relay",
 		Start: func(context.Context) error {
-			producer, err := tasks.NewProducer(p.rdb, tasks.ProducerConfig{KeyedRetention: p.cfg.KeyedRetention, Source: "relay"})
+			producer, err := tasks.NewProducer(p.rdb, tasks.ProducerConfig{KeyedRetention: p.cfg.KeyedRetention, Source: "relay", WaitReplicas: p.cfg.WaitReplicas})
 			if err != nil {
 				return err
 			}
