@@ -23,8 +23,16 @@ func newRecovery(cfg *Config, rdb redis.UniversalClient, reg prometheus.Register
 		queues = append(queues, q)
 	}
 	slices.Sort(queues)
+	halt := func() { os.Exit(ExitTombstoned) }
+	if cfg.isolated {
+		// An isolated delivery process reports the fence's verdict as its
+		// outcome and writes nothing more; the worker that started it
+		// halts. Exiting here would read as a death of the process, and
+		// the worker would blame the message for it.
+		halt = nil
+	}
 	return tasks.NewRecovery(rdb, tasks.RecoveryConfig{After: cfg.RecoveryAfter, Queues: queues, Logger: log,
-		Recovered: metrics.Recovered(reg), Halt: func() { os.Exit(ExitTombstoned) }})
+		Recovered: metrics.Recovered(reg), Halt: halt})
 }
 
 // recoveryOn says whether fast crash recovery runs.
