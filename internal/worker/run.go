@@ -87,10 +87,22 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if p.cfg.RelayAddr != "" {
 		g.Add(p.relayPart())
 	}
+	g.StopTimeout = p.cfg.ShutdownTimeout + stopMargin
 	err := g.Run(ctx, p.stopping)
+	if se := (*lifecycle.StopError)(nil); errors.As(err, &se) {
+		log.Error("stop did not finish in time: exiting", "not_stopped", se.Parts, "timeout", g.StopTimeout)
+		return err
+	}
 	log.Info("stopped")
 	return err
 }
+
+// stopMargin is how much longer than the shutdown timeout (the bound on
+// deliveries under way) the whole stop may take: the relay's 5 s before
+// delivery stops, the admin server's 2 s after, and asynq's last writes.
+// A stop that outlasts it (Redis hung) exits 1 at once; asynq's leases
+// and crash recovery give the tasks it held to other workers.
+const stopMargin = 10 * time.Second
 
 // runIsolated delivers one suspect task for the worker that started this
 // process (isolate.go): Redis and the delivery worker, none of the servers.
