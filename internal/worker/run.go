@@ -48,15 +48,17 @@ func ExitCode(err error) int {
 
 // Run runs the worker's parts as one ordered group (internal/lifecycle) and
 // blocks until ctx ends or a part fails. In start order: the dev-mode
-// Redis and simulator, the Redis check, the admin server, the token checks,
-// the delivery server, the ordering reconciler, the crash-recovery detector
-// and the relay. Whatever ends the group (a signal, a
-// part failing to start, a part stopping by itself), the started parts stop
-// in reverse order: the relay stops accepting; fetching stops, in-process
-// waits end, requests under way finish and what is left is requeued within
-// the shutdown timeout; the admin server stops last. Run returns nil after
-// ctx ended, else a *lifecycle.PartError naming the part. cfg is not
-// changed.
+// Redis and simulator, the Redis check, the delivery worker's build, the
+// admin server, the token checks, the crash-recovery detector, the delivery
+// server, the ordering reconciler and the relay. Whatever ends the group (a
+// signal, a part failing to start, a part stopping by itself), the started
+// parts stop in reverse order: the relay stops accepting; fetching stops,
+// in-process waits end, requests under way finish and what is left is
+// requeued within the shutdown timeout; the detector fences until then; the
+// admin server stops last. The whole stop is bounded by the shutdown
+// timeout + stopMargin. Run returns nil after ctx ended, else a
+// *lifecycle.PartError naming the part, or a *lifecycle.StopError when the
+// stop outlasted its bound. cfg is not changed.
 func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	p := &process{cfg: *cfg, log: log}
 	if p.cfg.isolated {
