@@ -25,10 +25,9 @@ func newRecovery(cfg *Config, rdb redis.UniversalClient, reg prometheus.Register
 	slices.Sort(queues)
 	halt := func() { os.Exit(ExitTombstoned) }
 	if cfg.isolated {
-		// An isolated delivery process reports the fence's verdict as its
-		// outcome and writes nothing more; the worker that started it
-		// halts. Exiting here would read as a death of the process, and
-		// the worker would blame the message for it.
+		// An isolated delivery that is fenced hands its outcome back instead
+		// (interrupted): an exit would be taken for the message's death.
+		// The worker then checks its own fence and halts if it must.
 		halt = nil
 	}
 	return tasks.NewRecovery(rdb, tasks.RecoveryConfig{After: cfg.RecoveryAfter, Queues: queues, Logger: log,
