@@ -26,7 +26,7 @@ import (
 // Exit codes of cmd/worker.
 const (
 	ExitOK      = 0 // stopped by SIGINT or SIGTERM
-	ExitFailure = 1 // a part failed to start, or stopped by itself
+	ExitFailure = 1 // a part failed to start or stopped by itself, or the stop outlasted its bound
 	ExitConfig  = 2 // Load refused the configuration
 	// ExitTombstoned: another worker found this one dead and took its tasks
 	// over (it was paused or cut off long enough to look dead). It exits at

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os/exec"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -224,5 +227,44 @@ func TestStopBoundedWhenRedisHangs(t *testing.T) {
 		!strings.Contains(out, `"delivery server"`) || !strings.Contains(out, `"timeout":11000000000`) ||
 		!strings.Contains(out, "worker: the stop did not finish in time: after 11s, not stopped: ") {
 		t.Fatalf("output:\n%s", out)
+	}
+}
+
+// A second SIGTERM during a stop that waits on a Webex request ends the
+// worker at once with exit 1 (the first stops it gracefully; the task it
+// held comes back through its lease).
+func TestSecondSignalExits1(t *testing.T) {
+	t.Parallel()
+	s := sharedSetup(t)
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	webex := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			once.Do(func() { close(arrived) })
+			<-release
+		}
+		s.sim.ServeHTTP(w, r)
+	}))
+	t.Cleanup(webex.Close)
+	t.Cleanup(func() { close(release) })
+	s.enqueue(t, "r", "held at Webex")
+	w := startWorker(t, s.env("good", "WEBEX_BASE_URL="+webex.URL)...)
+	select {
+	case <-arrived:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no request reached Webex:\n%s", w.out.String())
+	}
+	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// The worker took the first signal once it says it is stopping.
+	waitFor(t, 30*time.Second, "the graceful stop", func() bool { return strings.Contains(w.out.String(), `"msg":"stopping: no new tasks`) })
+	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err := w.wait(t, 30*time.Second)
+	out := w.out.String()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != worker.ExitFailure || !strings.Contains(out, "worker: second terminated: exiting now") {
+		t.Fatalf("exit %v, want %d:\n%s", err, worker.ExitFailure, out)
 	}
 }
