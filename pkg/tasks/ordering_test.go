@@ -2,12 +2,14 @@ package tasks
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -544,42 +546,50 @@ func TestReleaseLogsDroppedWaitingMessage(t *testing.T) {
 	}
 }
 
-// A worker whose task was taken over (its fence says so after the post)
-// does not release the next message: the new owner may still be posting
-// the head.
+// A worker whose task was taken over once its delivery was recorded (its
+// fence says so at the very end, where the release would follow) does not
+// release the next message: the new owner may still be posting the head.
+// Every earlier fence check passes, so the delivery reaches the release
+// point; only the final fence keeps the sequence where it is.
 func TestFencedWorkerDoesNotRelease(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, webextest.Options{})
 	head := e.enqueue(text("r", "head"), Ordered())
 	next := e.enqueue(text("r", "next"), Ordered())
-	var calls sync.Mutex
-	n := 0
+	recorded := func() bool { // the head's delivery record names every part
+		var r TaskResult
+		b, err := e.rdb.HGet(context.Background(), taskKey(e.queue, head), fieldResult).Bytes()
+		return err == nil && json.Unmarshal(b, &r) == nil && len(r.sent()) == 1 && delivered(r.sent()) == 1
+	}
+	var fenced atomic.Int32
 	e.start(func(c *WorkerConfig) {
 		c.ReconcileInterval = time.Hour
-		c.Fence = countingFence{check: func() error { // the post goes ahead; then the worker is declared dead
-			calls.Lock()
-			defer calls.Unlock()
-			if n++; n > 1 {
+		c.Fence = countingFence{check: func(cl Claim) error {
+			if cl.ID == head && recorded() { // declared dead right after recording: the release point
+				fenced.Add(1)
 				return ErrTakenOver
 			}
 			return nil
 		}}
 	})
-	// The head was posted, then its delivery came back fenced (handed back,
-	// nothing recorded): its sequence must not have moved on.
-	waitFor(t, 10*time.Second, "the head posted and handed back", func() bool {
+	// The head was posted and recorded, then its delivery came back fenced
+	// (handed back): its sequence must not have moved on.
+	waitFor(t, 10*time.Second, "the head posted, recorded and handed back", func() bool {
 		info, err := e.inspector.GetTaskInfo(e.queue, head)
-		return len(e.sim.Messages("r")) == 1 && err == nil && info.State != asynq.TaskStateActive
+		return recorded() && err == nil && info.State != asynq.TaskStateActive
 	})
 	if _, err := e.producer.Waiting(context.Background(), e.queue, next); err != nil {
 		t.Fatalf("the next message was released by a fenced worker: %v; delivered %v", err, texts(e.sim.Messages("r")))
 	}
+	if fenced.Load() == 0 || len(e.sim.Messages("r")) != 1 {
+		t.Fatalf("fenced %d times, delivered %v: the fence must fail at the release point, after the post", fenced.Load(), texts(e.sim.Messages("r")))
+	}
 }
 
 // countingFence is a Fence whose verdict a test decides.
-type countingFence struct{ check func() error }
+type countingFence struct{ check func(Claim) error }
 
-func (f countingFence) Hold(Claim) func()                  { return func() {} }
-func (f countingFence) Check(context.Context, Claim) error { return f.check() }
+func (f countingFence) Hold(Claim) func()                      { return func() {} }
+func (f countingFence) Check(_ context.Context, c Claim) error { return f.check(c) }
 
 var _ Fence = countingFence{}
