@@ -416,14 +416,10 @@ func (o *ordering) claim(ctx context.Context, queue, id, key string) *DeliveryEr
 	return nil
 }
 
-// release hands the sequence on after its head id was delivered. A failure
-// is logged: the Reconciler releases the successor later.
-func (o *ordering) release(ctx context.Context, queue, id, key string) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if _, err := o.run(ctx, sequence{queue, key}, id, 0); err != nil {
-		o.log.Warn("next message of the sequence not released; the reconciler will", "task_id", id, "queue", queue, "error", err.Error())
-	}
+// release hands the sequence on after its head id was delivered.
+func (o *ordering) release(ctx context.Context, queue, id, key string) error {
+	_, err := o.run(ctx, sequence{queue, key}, id, 0)
+	return err
 }
 
 func (o *ordering) run(ctx context.Context, s sequence, head string, behind int) (released, error) {
