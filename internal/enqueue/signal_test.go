@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -17,13 +16,6 @@ import (
 // `enqueue --jsonl FIFO` with no writer waits, as a pipe should; a first
 // SIGTERM cannot interrupt the open, a second ends the process at once.
 func TestSecondSignalEndsAStuckRun(t *testing.T) {
-	if os.Getenv("COURIER_TEST_FLAKY") == "" {
-		// Known defect (issue 16, item 8): about one run in three, the second
-		// SIGTERM is not acted on while a thread blocks in the FIFO's open, so
-		// the process goes on until the writer comes. Kept out of CI until it
-		// is found; run it with COURIER_TEST_FLAKY=1.
-		t.Skip("flaky: second signal during a blocked FIFO open; set COURIER_TEST_FLAKY=1")
-	}
 	t.Parallel()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "enqueue")
@@ -44,25 +36,33 @@ func TestSecondSignalEndsAStuckRun(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
 	// SIGTERM once a thread waits in the FIFO's open (the signal handlers
-	// are in place by then); the second once the first was delivered (two
-	// pending signals would merge into one).
+	// are in place by then), and again until the process ends. Go's runtime
+	// merges a signal that arrives while the same signal still waits for
+	// os/signal's goroutine (runtime.sigsend: "signal already in queue"),
+	// so a second SIGTERM sent right after the first can be lost under
+	// load; the kernel having delivered the first says nothing about that.
+	// Every SIGTERM after the one the process saw is a second.
 	waitOpen(t, cmd.Process.Pid)
-	for range 2 {
-		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-			t.Fatalf("%v; stderr %q, exit %v", err, stderr.String(), <-done)
+	deadline := time.After(30 * time.Second) // generous: CI runs this beside the -race suite on 2 cores
+	again := time.NewTicker(200 * time.Millisecond)
+	defer again.Stop()
+	for {
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			t.Fatalf("%v; stderr %q", err, stderr.String())
 		}
-		waitStatus(t, cmd.Process.Pid, "ShdPnd", false)
-	}
-	select {
-	case err := <-done:
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) || ee.ExitCode() != ExitFailure || !strings.Contains(stderr.String(), "exiting now") {
-			t.Fatalf("exit %v, stderr %q", err, stderr.String())
+		select {
+		case err := <-done:
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.ExitCode() != ExitFailure || !strings.Contains(stderr.String(), "exiting now") {
+				t.Fatalf("exit %v, stderr %q", err, stderr.String())
+			}
+			return
+		case <-again.C:
+		case <-deadline:
+			_ = cmd.Process.Kill()
+			<-done
+			t.Fatalf("still running after 30 s of SIGTERMs; stderr %q", stderr.String())
 		}
-	case <-time.After(30 * time.Second): // generous: CI runs this beside the -race suite on 2 cores
-		_ = cmd.Process.Kill()
-		<-done
-		t.Fatalf("still running after two signals; stderr %q", stderr.String())
 	}
 }
 
@@ -79,30 +79,6 @@ func waitOpen(t *testing.T, pid int) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("the process never waited in the FIFO's open")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// waitStatus polls the SIGTERM bit of a signal mask in /proc/PID/status
-// until it is set (want true) or clear; a process that ended counts as clear.
-func waitStatus(t *testing.T, pid int, field string, want bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-		set := false
-		for _, l := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(l, field+":"); ok {
-				mask, _ := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-				set = mask&(1<<(uint(syscall.SIGTERM)-1)) != 0
-			}
-		}
-		if err == nil && set == want || err != nil && !want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s SIGTERM bit never %v", field, want)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
