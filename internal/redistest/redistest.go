@@ -202,6 +202,13 @@ func (s *Server) Kill() {
 	<-s.done
 }
 
+// Pause stops the server with SIGSTOP, as a hung Redis: connections stay
+// open and nothing answers. Resume undoes it.
+func (s *Server) Pause() error { return s.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Resume continues a paused server.
+func (s *Server) Resume() error { return s.cmd.Process.Signal(syscall.SIGCONT) }
+
 // Restart starts the server again on the same port and directory (so it
 // reloads its append-only file).
 func (s *Server) Restart() error { return s.start() }
@@ -218,10 +225,3 @@ func FreePort() (int, error) {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
-
-// Pause stops the server (SIGSTOP) without closing its connections, as a
-// stalled host would; Resume lets it go on (SIGCONT).
-func (s *Server) Pause() error { return s.cmd.Process.Signal(syscall.SIGSTOP) }
-
-// Resume continues a paused server.
-func (s *Server) Resume() error { return s.cmd.Process.Signal(syscall.SIGCONT) }

@@ -40,6 +40,9 @@ func TestWaitReplicas(t *testing.T) {
 		t.Fatalf("no replica: %v (%+v)", err, re)
 	}
 	redistest.StartReplica(t, primary)
+	if p, err = NewProducer(rdb, ProducerConfig{Queue: queue, WaitReplicas: 1, ReplicaTimeout: 2 * time.Second}); err != nil { // a loaded machine
+		t.Fatal(err)
+	}
 	for _, opt := range [][]Option{{Key("k2")}, nil, {Key("k3"), OrderingKey("o")}, {Key("k4"), OrderingKey("o")}} {
 		if _, err := p.Enqueue(context.Background(), text("room-1", "replicated"), opt...); err != nil {
 			t.Errorf("with a replica %v: %v", opt, err)

@@ -101,6 +101,10 @@ type ProducerConfig struct {
 	// ReplicaTimeout bounds the wait for WaitReplicas. Default 1s; it must
 	// stay below the client's read timeout (go-redis: 3s).
 	ReplicaTimeout time.Duration
+	// RelayKeys lets keys start with ReservedKeyPrefix: set by the relay's
+	// own producer only. Every other producer is refused such keys
+	// (ErrReservedKey), so that none can take a relay caller's key.
+	RelayKeys bool
 	// Now reads the clock; default time.Now.
 	Now func() time.Time
 }
@@ -278,7 +282,7 @@ func (p *Producer) build(msg Message, opts []Option) (*asynq.Task, *enqueueOptio
 	if err := msg.Validate(p.cfg.MaxInlineBytes); err != nil {
 		errs = append(errs, err)
 	}
-	if err := validateKey(o.key); err != nil {
+	if err := validateKey(o.key, p.cfg.RelayKeys); err != nil {
 		errs = append(errs, err)
 	}
 	if err := validateOrdering(o); err != nil {
