@@ -83,6 +83,9 @@ type failoverRun struct {
 // tasks left active in the new primary to be recovered by asynq (up to ~90
 // s) and delivered.
 func TestSentinelFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("about a minute: five redis-server processes, a failover")
+	}
 	long := os.Getenv("COURIER_FAILOVER_LONG") != ""
 	lags := []time.Duration{time.Second}
 	if long {
