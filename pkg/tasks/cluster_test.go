@@ -171,6 +171,22 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("WaitReplicas asks the task's shard", func(t *testing.T) {
+		// This cluster has no replicas: the wait fails, on the node that
+		// holds the task (not Missing), for queues in different slots.
+		for _, q := range []string{queue, redistest.Name(t), redistest.Name(t)} {
+			wp, err := NewProducer(rdb, ProducerConfig{Queue: q, WaitReplicas: 1, ReplicaTimeout: 50 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = wp.Enqueue(ctx, text("c-wait", "w"), Key("c-wait"), ProcessIn(time.Hour))
+			var re *ReplicationError
+			if !errors.As(err, &re) || re.Missing || re.Err != nil || re.Acked != 0 {
+				t.Errorf("queue %s: %v (%+v)", q, err, re)
+			}
+		}
+	})
+
 	t.Run("fast recovery", func(t *testing.T) {
 		idle := redistest.Name(t) // a queue no worker serves: the task stays where the test puts it
 		id := enqueue(t, text("c-recover", "orphan"), Queue(idle))
