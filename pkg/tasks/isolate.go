@@ -102,17 +102,6 @@ type taskMeta struct {
 // isolating reports whether suspects are delivered in an isolated process.
 func (h *Handler) isolating() bool { return h.cfg.Isolate != nil && !h.isolated }
 
-// suspect returns how many of the task's deliveries died in a row when
-// that is enough to deliver it in isolation, else 0. A failed read is not a
-// reason to isolate: the delivery's own start then meets Redis's failure.
-func (h *Handler) suspect(ctx context.Context, m taskMeta) int {
-	runs, err := h.rec.rdb.HGet(ctx, taskKey(m.queue, m.id), fieldRuns).Int()
-	if err != nil || runs < suspectAfter {
-		return 0
-	}
-	return runs
-}
-
 // poisoned is the poison verdict on a delivery's start, nil if none. With
 // isolation, only deaths of isolated deliveries count; without it (a
 // Handler under an asynq.Server of one's own), every death does.
@@ -252,7 +241,7 @@ func (w *Worker) ServeIsolated(ctx context.Context, in io.Reader, out io.Writer)
 	if p, err := DecodePayload(req.Payload); err == nil {
 		bot = p.Bot
 	}
-	res := newIsolatedResult(h.process(ctx, m, req.Payload, new(*Claim), new(func())), bot) // the worker releases the sequence, once fenced
+	res := newIsolatedResult(h.process(ctx, m, req.Payload, &delivery{}), bot) // the worker releases the sequence, once fenced
 	if err := enc.Encode(isolatedLine{Result: res}); err != nil {
 		return fmt.Errorf("write isolated delivery: %w", err)
 	}

@@ -50,8 +50,8 @@ func TestRedisFaultMatrix(t *testing.T) {
 	done := func(e *env, id string) redisfault.Match {
 		return redisfault.Match{Name: "evalsha", Args: []string{taskKey(e.queue, id)}}
 	}
-	// The end of a run: the first HDEL rides in the last record's pipeline,
-	// the second is the redelivery's own round trip.
+	// The end of a run: the last record's script ends it inside Redis; the
+	// redelivery's end is its own round trip, the first HDEL sent.
 	end := func(e *env, id string) redisfault.Match {
 		return redisfault.Match{Name: "hdel", Args: []string{taskKey(e.queue, id), fieldRuns}}
 	}
@@ -64,8 +64,8 @@ func TestRedisFaultMatrix(t *testing.T) {
 		{name: "part1-record/cut", match: record, nth: 1, cut: true, log: "level=WARN msg=\"delivery record not written", outcome: Delivered},
 		{name: "part2-record/fail", match: record, nth: 2, log: "level=WARN msg=\"delivery record not written", outcome: Delivered},
 		{name: "part2-record/cut", match: record, nth: 2, cut: true, log: "level=WARN msg=\"delivery record not written", outcome: Delivered},
-		{name: "end-of-run/fail", match: end, nth: 2, log: "level=WARN msg=\"delivery run not ended", outcome: Deduplicated, retried: 1},
-		{name: "end-of-run/cut", match: end, nth: 2, cut: true, log: "level=WARN msg=\"delivery run not ended", outcome: Deduplicated, retried: 1},
+		{name: "end-of-run/fail", match: end, nth: 1, log: "level=WARN msg=\"delivery run not ended", outcome: Deduplicated, retried: 1},
+		{name: "end-of-run/cut", match: end, nth: 1, cut: true, log: "level=WARN msg=\"delivery run not ended", outcome: Deduplicated, retried: 1},
 		{name: "asynq-done/fail", match: done, nth: 2, long: true, log: "level=INFO msg=\"already delivered, not posting again", outcome: Deduplicated},
 		{name: "asynq-done/cut", match: done, nth: 2, cut: true, long: true, log: "level=INFO msg=\"already delivered, not posting again", outcome: Deduplicated},
 	}

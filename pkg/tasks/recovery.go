@@ -140,6 +140,17 @@ type Fence interface {
 
 var _ Fence = (*Recovery)(nil)
 
+// epochFence is a Fence whose claim is the task's epoch (fieldEpoch): the
+// handler may check it inside its own writes.
+type epochFence interface {
+	Fence
+	taskEpoch()
+}
+
+var _ epochFence = (*Recovery)(nil)
+
+func (r *Recovery) taskEpoch() {}
+
 // Claim is one delivery's hold on a task: the task and the epoch it began
 // under.
 type Claim struct {
