@@ -64,7 +64,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 		d.claim = h.isolatedClaim(ctx, m)
 		err = h.isolate(ctx, m, t.Payload(), d.suspect)
 		d.release = h.releaser(ctx, m, t.Payload()) // the isolated process never releases: this worker does, once fenced
-		d.confirmed = time.Time{}                    // the isolated process wrote, not this one: check
+		d.confirmed = time.Time{}                   // the isolated process wrote, not this one: check
 	}
 	claim, release := d.claim, d.release
 	if claim == nil {
