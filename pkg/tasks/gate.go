@@ -165,11 +165,12 @@ type gate struct {
 
 // gateLua decides, in Redis, whether a send may go now: cool-down first,
 // then the breaker (one probe per interval while open), then the GCRA rate
-// limit, which grants up to n permits at once: those whose slot comes
-// within horizon µs. Time comes from Redis, so workers' clocks do not
-// matter. It returns kind, wait in ms, probe, whether a run of failures is
-// open, the permits granted and the first one's slot relative to now (µs,
-// 0 or less).
+// limit, which grants n permits at once, the next n slots of its schedule,
+// when the first comes within horizon µs (each is used at its slot, see
+// views). Time comes from
+// Redis, so workers' clocks do not matter. It returns kind, wait in ms,
+// probe, whether a run of failures is open, the permits granted and the
+// first one's slot relative to now (µs).
 const gateLua = `
 local function gate(cooldown, open, probekey, rate, fails, interval, burst, probe_ms, n, horizon)
   local cd = redis.call('PTTL', cooldown)
@@ -186,8 +187,8 @@ local function gate(cooldown, open, probekey, rate, fails, interval, burst, prob
     local tat = tonumber(redis.call('GET', rate) or now)
     if tat < now then tat = now end
     local first = tat + interval - interval * tonumber(burst)
-    if now < first then return 3, math.ceil((first - now) / 1000), 0, failing, 0, 0 end
-    local k = math.min(tonumber(n), math.floor((now + tonumber(horizon) - first) / interval) + 1)
+    if now + tonumber(horizon) < first then return 3, math.ceil((first - now - tonumber(horizon)) / 1000), 0, failing, 0, 0 end
+    local k = tonumber(n)
     local new_tat = tat + k * interval
     redis.call('SET', rate, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
     return 0, 0, 0, failing, k, first - now
@@ -222,7 +223,8 @@ func (g *gate) interval() time.Duration {
 }
 
 // args are the gate script's arguments: interval in µs (0: no rate limit),
-// burst, probe interval in ms, permits wanted, horizon in µs.
+// burst, probe interval in ms, permits wanted, and how far ahead (µs) the
+// first may be slotted (the batch's span).
 func (g *gate) args(n int) []any {
 	interval := g.interval()
 	horizon := time.Duration(n-1) * interval
@@ -273,14 +275,34 @@ func (g *gate) keys(bot string) (cooldown, open, probe, rate, fails string) {
 // acquire asks whether bot may send now; errors fail open. It answers from
 // this worker's view when it can (gateview.go), else asks Redis.
 func (g *gate) acquire(ctx context.Context, bot string) *decision {
-	if d := g.views.decide(bot, time.Now()); d != nil {
-		return d
+	for {
+		if d := g.views.decide(bot, time.Now()); d != nil {
+			return d
+		}
+		// One fetch of permits per bot at a time: the others wait for it.
+		fetched, wait := g.views.fetching(bot)
+		if wait == nil {
+			d := g.ask(ctx, bot)
+			fetched()
+			return d
+		}
+		select {
+		case <-ctx.Done():
+			return &decision{}
+		case <-wait:
+		}
 	}
+}
+
+// ask asks Redis; with a rate limit and a live view it takes a batch of
+// permits, which the view hands out at their slots.
+func (g *gate) ask(ctx context.Context, bot string) *decision {
 	cooldown, open, probeKey, rate, fails := g.keys(bot)
 	gen, live := g.views.snapshot()
+	keep := live && g.cfg.StateCache > 0
 	n := 1
-	if live && g.cfg.StateCache > 0 {
-		n = g.cfg.Batch
+	if interval := g.interval(); keep && interval > 0 {
+		n = max(1, min(g.cfg.Batch, 1+int(g.cfg.MaxWait/interval)))
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.Timeout)
 	defer cancel()
@@ -290,10 +312,21 @@ func (g *gate) acquire(ctx context.Context, bot string) *decision {
 		return &decision{}
 	}
 	d := newDecision(res[0], res[1], res[2])
-	if d.kind == gateOpen && !d.probe && live && g.cfg.StateCache > 0 {
-		g.views.store(bot, gen, time.Now(), g.cfg.StateCache, res[3] == 1, int(res[4]), time.Duration(res[5])*time.Microsecond, g.interval())
+	now := time.Now()
+	switch {
+	case !keep || d.probe || (d.kind != gateOpen && d.kind != GateRateLimit):
+		return d
+	case d.kind == GateRateLimit: // open road, no slot yet: the others wait for it without asking
+		g.views.store(bot, gen, now, g.cfg.StateCache, res[3] == 1, 0, 0, g.interval(), now.Add(d.wait))
+		return d
 	}
-	return d
+	if !g.views.store(bot, gen, now, g.cfg.StateCache, res[3] == 1, int(res[4]), time.Duration(res[5])*time.Microsecond, g.interval(), time.Time{}) {
+		return d // a change came in meanwhile: this send goes, no view is kept
+	}
+	if d := g.views.decide(bot, now); d != nil {
+		return d
+	}
+	return &decision{}
 }
 
 // result tells the gate what a send got: a 429 (or a 423/503 naming a

@@ -29,6 +29,8 @@ type views struct {
 	live bool   // subscribed: a change made by any worker reaches this one
 	gen  uint64 // moves on at every drop: a read begun before it is stale
 	bots map[string]*botView
+	// inflight holds, per bot, the fetch from Redis under way: one at a time.
+	inflight map[string]chan struct{}
 }
 
 // botView is one bot's gate as last read: open road until until.
@@ -36,6 +38,9 @@ type botView struct {
 	until   time.Time
 	failing bool // a run of failures was open: successes end it
 	permits []permit
+	// next, with no permit left, is when the limit said the next slot
+	// comes: asking before then would only hear "wait".
+	next time.Time
 }
 
 // permit is one send of the shared rate limit, usable in [from, to].
@@ -57,8 +62,9 @@ func (v *views) decide(bot string, now time.Time) *decision {
 		b.permits = b.permits[1:] // unused in its time: dropped, never late
 	}
 	switch {
+	case len(b.permits) == 0 && now.Before(b.next):
+		return &decision{kind: GateRateLimit, wait: b.next.Sub(now)}
 	case len(b.permits) == 0:
-		delete(v.bots, bot)
 		return nil
 	case b.permits[0].from.After(now):
 		return &decision{kind: GateRateLimit, wait: b.permits[0].from.Sub(now)}
@@ -76,32 +82,56 @@ func (v *views) snapshot() (gen uint64, live bool) {
 }
 
 // store keeps an open-road read made at generation gen, unless a change
-// came in since. With a rate limit (interval above 0) the first of the n
-// permits granted is the caller's; the others, slotted interval apart from
-// first (relative to now), are kept.
-func (v *views) store(bot string, gen uint64, now time.Time, ttl time.Duration, failing bool, n int, first, interval time.Duration) {
+// came in since (it then reports false). With a rate limit (interval above
+// 0) it keeps the n permits granted, slotted interval apart from first
+// (relative to now), each usable for the batch's span from its slot; with
+// none, next is when the limit's next slot comes.
+func (v *views) store(bot string, gen uint64, now time.Time, ttl time.Duration, failing bool, n int, first, interval time.Duration, next time.Time) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if !v.live || v.gen != gen {
-		return
+		return false
 	}
 	if v.bots == nil {
 		v.bots = map[string]*botView{}
 	}
-	b := &botView{until: now.Add(ttl), failing: failing}
+	b := &botView{until: now.Add(ttl), failing: failing, next: next}
 	if interval > 0 {
 		b.permits = []permit{}
 		span := time.Duration(max(n-1, 1)) * interval
 		if old := v.bots[bot]; old != nil {
 			b.permits = append(b.permits, old.permits...)
 		}
-		for j := 1; j < n; j++ {
+		for j := range n {
 			from := now.Add(max(first+time.Duration(j)*interval, 0))
 			b.permits = append(b.permits, permit{from: from, to: from.Add(span)})
 		}
 		sortPermits(b.permits)
 	}
 	v.bots[bot] = b
+	return true
+}
+
+// fetching registers a fetch of bot's gate from Redis: it returns the
+// function to call when done, or, when another fetch is under way, a
+// channel closed when that one is done.
+func (v *views) fetching(bot string) (done func(), wait <-chan struct{}) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if ch, ok := v.inflight[bot]; ok {
+		return nil, ch
+	}
+	if v.inflight == nil {
+		v.inflight = map[string]chan struct{}{}
+	}
+	ch := make(chan struct{})
+	v.inflight[bot] = ch
+	return func() {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		delete(v.inflight, bot)
+		close(ch)
+	}, nil
 }
 
 // drop forgets a bot's view (a change was published, or this worker made
