@@ -85,6 +85,11 @@ func run(cmd string, args []string) error {
 		fs.DurationVar(&o.IdleFor, "idle", 20*time.Second, "idle CPU window")
 		fs.BoolVar(&o.Admin, "admin", false, "run courier's worker with its admin server (metrics, asynqmon) as its defaults have it")
 		fs.StringVar(&o.ProfileDir, "profile", "", "directory for CPU profiles of courier's worker (drain.pprof, idle.pprof); turns the admin server on")
+		fs.BoolVar(&o.DrainOnly, "drain-only", false, "measure the drain only (no idle CPU, no latency)")
+		fs.Func("courier-env", "extra environment for courier's worker, KEY=VALUE (repeatable)", func(s string) error {
+			o.CourierEnv = append(o.CourierEnv, s)
+			return nil
+		})
 		verbose := fs.Bool("v", false, "show the workers' output")
 		if err := fs.Parse(args); err != nil {
 			return err

@@ -25,13 +25,17 @@ type CostOptions struct {
 	// ProfileDir, when set, receives CPU profiles of courier's worker: one
 	// while draining (drain.pprof) and one while idle (idle.pprof).
 	ProfileDir string
+	// CourierEnv is extra environment for courier's worker (KEY=VALUE).
+	CourierEnv []string
+	// DrainOnly skips idle CPU and latency.
+	DrainOnly bool
 }
 
 // Cost measures the cost per message side by side (bare asynq A, courier B,
 // alternating): drain rate, CPU per message and peak RSS per concurrency,
 // then idle CPU and latency at Rate per second for both sides.
 func (e *Env) Cost(w io.Writer, o CostOptions) error {
-	var extra []string
+	extra := append([]string(nil), o.CourierEnv...)
 	if o.Admin || o.ProfileDir != "" {
 		extra = append(extra, "COURIER_ADMIN_ADDR="+freeAddr())
 	}
@@ -65,6 +69,9 @@ func (e *Env) Cost(w io.Writer, o CostOptions) error {
 			return err
 		}
 	}
+	if o.DrainOnly {
+		return nil
+	}
 	fmt.Fprintf(w, "\n### Idle CPU (%% of one core over %s, after 5 s) and latency at %d/s for %s\n\n", o.IdleFor, o.Rate, o.RateDuration)
 	fmt.Fprintln(w, "| side | idle CPU | p50 | p99 | max |\n|---|---|---|---|---|")
 	for _, side := range []Side{Bare, Courier} {
@@ -93,10 +100,17 @@ func (e *Env) drain(side Side, n, concurrency int, extra ...string) (DrainResult
 // profileDrain drains once more with courier and saves a CPU profile.
 func (e *Env) profileDrain(o CostOptions, extra []string) error {
 	c := o.Concurrency[0]
+	perr := make(chan error, 1)
 	_, err := e.drainWith(Courier, o.Messages, c, func(addr string) {
-		_ = saveProfile(addr, 3*time.Second, filepath.Join(o.ProfileDir, "drain.pprof"))
+		perr <- saveProfile(addr, 3*time.Second, filepath.Join(o.ProfileDir, "drain.pprof"))
 	}, extra...)
-	return err
+	if err != nil {
+		return err
+	}
+	if err := <-perr; err != nil {
+		return fmt.Errorf("drain profile: %w", err)
+	}
+	return nil
 }
 
 // idleCPU is IdleCPU with extra environment; with dir, it also saves a CPU
@@ -125,8 +139,20 @@ func (e *Env) idleCPU(side Side, d time.Duration, dir string, extra ...string) (
 }
 
 // saveProfile fetches a CPU profile of seconds d from the admin server.
+// It waits up to 10 s for the admin server to listen.
 func saveProfile(addr string, d time.Duration, path string) error {
-	resp, err := (&http.Client{Timeout: d + 30*time.Second}).Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds())))
+	c := &http.Client{Timeout: d + 30*time.Second}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		resp, err := c.Get("http://" + addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			return err
+		}
+	}
+	resp, err := c.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, int(d.Seconds())))
 	if err != nil {
 		return err
 	}
