@@ -57,7 +57,7 @@ func TestCluster(t *testing.T) {
 			Queues: map[string]int{queue: 1}, Concurrency: 4, Policy: fastPolicy, Budget: 500 * time.Millisecond,
 			Schedule: fastSchedule, ShutdownTimeout: 5 * time.Second, TaskCheckInterval: 10 * time.Millisecond,
 			DelayedTaskCheckInterval: 100 * time.Millisecond, UnauthorizedDelay: time.Second,
-			Gate:        GateConfig{Rate: rate, Burst: 1},
+			Gate:        GateConfig{Rate: rate, Burst: 1, Batch: 1}, // a round trip per send: the strict limit
 			DeadLetters: NewDeadLetters(wrdb, "", 0),
 			Logger:      slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		})
@@ -156,6 +156,25 @@ func TestCluster(t *testing.T) {
 		span := reqs[len(reqs)-1].Start.Sub(reqs[0].Start)
 		if min := (n - 1) * time.Second * 8 / (10 * rate); span < min {
 			t.Errorf("%d sends in %v across two workers: the shared limit (%d/s) would take at least %v", n, span, rate, min)
+		}
+	})
+
+	t.Run("shared cool-down", func(t *testing.T) {
+		// A 429 to one worker holds the bot's sends on both (the other
+		// learns it through Redis pub/sub, else up to StateCache late).
+		sim.AddFault(webextest.Fault{Room: "c-cool", Status: 429, RetryAfter: webextest.Duration(2 * time.Second), Count: 1})
+		for i := range 6 {
+			enqueue(t, text("c-cool", fmt.Sprint(i)), Bot("b2"))
+		}
+		waitFor(t, 30*time.Second, "every message after the cool-down", func() bool { return len(texts("c-cool")) == 6 })
+		reqs := sim.Requests("c-cool")
+		for _, r := range reqs[1:] {
+			if d := r.Start.Sub(reqs[0].Time); reqs[0].Status == 429 && d < 1900*time.Millisecond {
+				t.Errorf("a send %v after the 429, inside the 2s cool-down", d)
+			}
+		}
+		if reqs[0].Status != 429 {
+			t.Errorf("first answer %d, want the 429", reqs[0].Status)
 		}
 	})
 
