@@ -86,7 +86,7 @@ func run(cmd string, args []string) error {
 		}
 		defer env.Close()
 		// The Go producer right after, under the same machine load.
-		fmt.Println("| producer | rate/s | messages | p50 | p99 | max |\n|---|---|---|---|---|---|")
+		fmt.Println("| producer | rate/s | messages | p50 | p99 | max | ack p50 | ack p99 |\n|---|---|---|---|---|---|---|---|")
 		for _, side := range []string{"enqueue --jsonl - (kept open)", "Go Producer"} {
 			measure := func() (bench.LatencyResult, error) { return env.CLILatency(*rate, *d) }
 			if side == "Go Producer" {
@@ -96,7 +96,8 @@ func run(cmd string, args []string) error {
 			if err != nil {
 				return err
 			}
-			fmt.Printf("| %s | %d | %d | %.1f ms | %.1f ms | %.1f ms |\n", side, r.Rate, r.N, float64(r.P50)/1e6, float64(r.P99)/1e6, float64(r.Max)/1e6)
+			fmt.Printf("| %s | %d | %d | %.1f ms | %.1f ms | %.1f ms | %.2f ms | %.2f ms |\n", side, r.Rate, r.N, float64(r.P50)/1e6, float64(r.P99)/1e6, float64(r.Max)/1e6,
+				float64(r.AckP50)/1e6, float64(r.AckP99)/1e6)
 		}
 		return nil
 	case "ordered":
