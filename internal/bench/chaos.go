@@ -49,7 +49,7 @@ type ChaosOptions struct {
 // DefaultChaos is the full run of docs/RELIABILITY.md.
 func DefaultChaos() ChaosOptions {
 	return ChaosOptions{Messages: 10000, Workers: 3, Concurrency: 10, KillEvery: 10 * time.Second, Kills: 6, Quiesce: 15 * time.Minute,
-		Latency: 200 * time.Millisecond, RecoveryAfter: 10 * time.Second, MaxDelay: chaosMaxDelay, Log: io.Discard}
+		Latency: 200 * time.Millisecond, RecoveryAfter: tasks.DefaultRecoveryAfter, MaxDelay: chaosMaxDelay, Log: io.Discard}
 }
 
 // ShortChaos is CI's form: about 1,000 messages and 2 worker kills, in under
