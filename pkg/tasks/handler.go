@@ -100,7 +100,18 @@ func (h *Handler) releaser(ctx context.Context, m taskMeta, payload []byte) func
 	if err != nil || p.OrderingKey == "" {
 		return nil
 	}
-	return func() { h.order.release(ctx, m.queue, m.id, p.OrderingKey) }
+	// Tried until it succeeds while the task is held: a delivered head that
+	// completed without its release would leave its sequence to the
+	// Reconciler, which cannot tell it from a deleted one once asynq drops
+	// it (Retention < 0). Once the task's context ends asynq does not
+	// complete it: its redelivery finds it delivered and releases.
+	return func() {
+		err := h.untilDone(ctx, "next message of the sequence not released: retrying while the task is held", m.queue, m.id,
+			func(ctx context.Context) error { return h.order.release(ctx, m.queue, m.id, p.OrderingKey) })
+		if err != nil {
+			h.cfg.Logger.Warn("next message of the sequence not released; the head's redelivery will", "task_id", m.id, "queue", m.queue, "error", err.Error())
+		}
+	}
 }
 
 // isolatedClaim is the claim an isolated delivery runs under, read before
