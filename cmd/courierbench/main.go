@@ -86,7 +86,8 @@ func run(cmd string, args []string) error {
 			return err
 		}
 		defer env.Close()
-		// Both sides under the same machine load, one right after the other.
+		// Both sides under the same machine load, one right after the other,
+		// with the same producer settings (the command's defaults).
 		fmt.Println("| producer | rate/s | messages | p50 | p99 | max | ack p50 | ack p99 |\n|---|---|---|---|---|---|---|---|")
 		sides := []string{"enqueue --jsonl - (kept open)", "Go Producer"}
 		for run := range *runs {
@@ -94,7 +95,7 @@ func run(cmd string, args []string) error {
 				side := sides[(k+run)%2]
 				measure := func() (bench.LatencyResult, error) { return env.CLILatency(*rate, *d) }
 				if side == "Go Producer" {
-					measure = func() (bench.LatencyResult, error) { return env.Latency(bench.Courier, *rate, *d) }
+					measure = func() (bench.LatencyResult, error) { return env.ProducerLatency(*rate, *d) }
 				}
 				r, err := measure()
 				if err != nil {

@@ -234,8 +234,23 @@ type LatencyResult struct {
 // 10), enqueues with a Producer at rate per second for d, and measures
 // enqueue-to-accepted latency at the simulator.
 func (e *Env) Latency(side Side, rate int, d time.Duration) (LatencyResult, error) {
+	return e.producerLatency(side, rate, d, e.producer)
+}
+
+// ProducerLatency is Latency with a Producer configured as the enqueue
+// command's (the defaults: a delivered task is retained for 1 h), the Go
+// side of CLILatency.
+func (e *Env) ProducerLatency(rate int, d time.Duration) (LatencyResult, error) {
+	return e.producerLatency(Courier, rate, d, func(queue string) (*tasks.Producer, func(), error) {
+		rdb := e.Client()
+		p, err := tasks.NewProducer(rdb, tasks.ProducerConfig{Queue: queue, Source: "enqueue"})
+		return p, func() { _ = rdb.Close() }, err
+	})
+}
+
+func (e *Env) producerLatency(side Side, rate int, d time.Duration, producer func(queue string) (*tasks.Producer, func(), error)) (LatencyResult, error) {
 	return e.latency(side, rate, d, func(queue string, acked func(int)) (func(int) error, func() error, error) {
-		prod, done, err := e.producer(queue)
+		prod, done, err := producer(queue)
 		if err != nil {
 			return nil, nil, err
 		}
