@@ -3,7 +3,8 @@
 // order, each once the one before is up; the first part to end (or to fail
 // its start), or the context ending, stops every started part in reverse
 // order, so that a failed start, a signal and a crash all shut down the
-// same way.
+// same way. Group.StopTimeout bounds that stop, so that a part stuck in it
+// (on a hung Redis) cannot hold the process.
 package lifecycle
 
 import (
@@ -34,7 +35,9 @@ type Part struct {
 	Run func() error
 	// Interrupt makes Run return and releases what Start acquired. It is
 	// called once, if Start succeeded, after every part started later has
-	// been stopped.
+	// been interrupted (in turn; Run returns after Interrupt was called).
+	// A part whose Interrupt does not return holds up the parts before it
+	// until Group.StopTimeout.
 	Interrupt func()
 }
 
