@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -30,8 +31,8 @@ type Part struct {
 	// started. ctx ends when the group stops.
 	Start func(ctx context.Context) error
 	// Run blocks while the part works and returns when Interrupt is called;
-	// returning earlier, with or without an error, stops the group. nil: the
-	// part has nothing that runs (a check, a resource).
+	// returning earlier, with or without an error, or panicking, stops the
+	// group. nil: the part has nothing that runs (a check, a resource).
 	Run func() error
 	// Interrupt makes Run return and releases what Start acquired. It is
 	// called once, if Start succeeded, after every part started later has
@@ -103,7 +104,7 @@ func (g *Group) Run(ctx context.Context, stopping func(cause error)) error {
 		if p.Run != nil {
 			live.add(p.Name, 1)
 			running.Go(func() {
-				err := p.Run()
+				err := runPart(p.Run)
 				if err == nil {
 					err = ErrEnded
 				}
@@ -214,6 +215,18 @@ func (l *liveParts) list(parts []Part) []string {
 		}
 	}
 	return names
+}
+
+// runPart runs a part's Run; a panic in it becomes its error, so that the
+// other parts still stop in order (deliveries under way finish) instead of
+// the process dying with them.
+func runPart(run func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
+		}
+	}()
+	return run()
 }
 
 func runStart(ctx context.Context, p Part) error {
