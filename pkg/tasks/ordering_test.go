@@ -715,3 +715,22 @@ func TestHandedBackHeadGoesPromptly(t *testing.T) {
 	}
 	e.waitKeysGone()
 }
+
+// An ordered head delivered in isolation whose claim the worker could not
+// read (Redis failed it) has no fence to release under: it is handed back,
+// and its redelivery finds it delivered and releases the next message,
+// rather than completing (and, unretained, vanishing) with its sequence
+// stuck until the reconciler takes it for a deleted head.
+func TestIsolatedHeadReleasesAfterUnreadClaim(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	head := e.enqueue(text("r", "head"), Ordered(), Retention(-1))
+	e.enqueue(text("r", "next"), Ordered(), Retention(-1))
+	e.died(head, 2) // a suspect: delivered in a process of its own
+	unread := e.faults().FailNth(redisfault.Match{Name: "hmget", Args: []string{taskKey(e.queue, head), fieldEpoch}}, 1)
+	e.startIsolating()
+	waitFor(t, 30*time.Second, "both messages", func() bool { return len(e.sim.Messages("r")) >= 2 })
+	if got := texts(e.sim.Messages("r")); !slices.Equal(got, []string{"head", "next"}) || unread.Failed() != 1 {
+		t.Fatalf("delivered %v (claim read failed %d times)", got, unread.Failed())
+	}
+}
