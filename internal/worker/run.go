@@ -316,7 +316,7 @@ func (p *process) relayPart() lifecycle.Part {
 	var ln net.Listener
 	return lifecycle.Part{Name: "relay",
 		Start: func(context.Context) error {
-			producer, err := tasks.NewProducer(p.rdb, tasks.ProducerConfig{KeyedRetention: p.cfg.KeyedRetention, Source: "relay"})
+			producer, err := tasks.NewProducer(p.rdb, tasks.ProducerConfig{KeyedRetention: p.cfg.KeyedRetention, Source: "relay", RelayKeys: true})
 			if err != nil {
 				return err
 			}

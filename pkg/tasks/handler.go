@@ -47,6 +47,9 @@ type Handler struct {
 	afterRecord func(taskID string, part int) error
 	// isolated: this handler delivers in an isolated process (isolate.go).
 	isolated bool
+	// run is, in an isolated process, the claim and holder of the worker
+	// that started it (isolate.go); nil elsewhere.
+	run *isolatedRun
 }
 
 // ProcessTask delivers one task. It returns nil when the message is
@@ -66,7 +69,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	if died > 0 {
 		claim = h.isolatedClaim(ctx, m)
-		err = h.isolate(ctx, m, t.Payload(), died)
+		err = h.isolate(ctx, m, t.Payload(), died, claim)
 		release = h.releaser(ctx, m, t.Payload()) // the isolated process never releases: this worker does, once fenced
 	} else {
 		err = h.process(ctx, m, t.Payload(), &claim, &release)
@@ -167,14 +170,14 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, held 
 	if h.stopping() {
 		return &DeliveryError{Outcome: Interrupted, Bot: b.name, Err: errors.New("worker stopping"), Delay: retrypolicy.QueueDelay(0)}
 	}
-	st, err := h.rec.begin(ctx, queue, id)
+	st, err := h.rec.begin(ctx, queue, id, h.holder())
 	switch {
 	case err != nil: // Redis's fault, not the message's: not counted
 		return &DeliveryError{Outcome: RedisUnavailable, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0)}
 	case st.gone: // asynq's retry rebuilds the hash from the message it holds
 		return &DeliveryError{Outcome: TaskMissing, Bot: b.name, Err: fmt.Errorf("task hash %s is missing (evicted or deleted?): not posting without a delivery record", taskKey(queue, id)), Delay: retrypolicy.QueueDelay(0)}
 	}
-	claim := Claim{Queue: queue, ID: id, Epoch: st.epoch}
+	claim := h.claimOf(queue, id, st.epoch)
 	*held = &claim
 	if h.cfg.Fence != nil {
 		defer h.cfg.Fence.Hold(claim)()

@@ -596,6 +596,7 @@ type countingFence struct{ check func(Claim) error }
 
 func (f countingFence) Hold(Claim) func()                      { return func() {} }
 func (f countingFence) Check(_ context.Context, c Claim) error { return f.check(c) }
+func (f countingFence) Holder() string                         { return "" }
 
 var _ Fence = countingFence{}
 
