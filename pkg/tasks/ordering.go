@@ -475,9 +475,12 @@ type ordering struct {
 	// release pulls it forward when its turn comes.
 	wait time.Duration
 	// stop ends the watches of released heads (the worker's stop); with it
-	// they run in the background (bg), without it inline.
-	stop context.Context
-	bg   sync.WaitGroup
+	// they run in the background (bg), without it inline. closed: no more
+	// are started (Close).
+	stop   context.Context
+	bg     sync.WaitGroup
+	mu     sync.Mutex
+	closed bool
 	// afterClaim, when set (tests), runs after each claim with its verdict.
 	afterClaim func(id string, head bool)
 }
@@ -562,11 +565,25 @@ func (o *ordering) watch(ctx context.Context, s sequence, id string) {
 		o.promote(ctx, s, id)
 		return
 	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed { // the worker stopped: the hand-back wait runs its course
+		return
+	}
 	o.bg.Add(1)
 	go func() {
 		defer o.bg.Done()
 		o.promote(o.stop, s, id)
 	}()
+}
+
+// close waits for the watches, once stop has ended them, and starts no more
+// (a delivery asynq abandoned at shutdown may still release).
+func (o *ordering) close() {
+	o.mu.Lock()
+	o.closed = true
+	o.mu.Unlock()
+	o.bg.Wait()
 }
 
 // promote polls the new head id until its hand-back lands (then pulls it

@@ -85,7 +85,7 @@ func (w *Worker) Shutdown() {
 	w.srv.Stop()
 	w.stop()
 	w.srv.Shutdown()
-	w.handler.order.bg.Wait() // the watches of released heads (ordering.go) end with w.stop
+	w.handler.order.close() // the watches of released heads (ordering.go) end with w.stop
 	w.running.Store(false)
 }
 
