@@ -475,8 +475,8 @@ type ordering struct {
 	// release pulls it forward when its turn comes.
 	wait time.Duration
 	// stop ends the watches of released heads (the worker's stop); with it
-	// they run in the background (bg), without it inline. closed: no more
-	// are started (Close).
+	// they run in the background (bg), without it inline. Once closed, no
+	// more are started (close).
 	stop   context.Context
 	bg     sync.WaitGroup
 	mu     sync.Mutex
