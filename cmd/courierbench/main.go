@@ -4,6 +4,7 @@
 //
 //	go run ./cmd/courierbench run               # everything, results as markdown
 //	go run ./cmd/courierbench chaos -short      # the chaos run, CI's short form
+//	go run ./cmd/courierbench cost              # cost per message: drain, CPU, RSS, idle, latency at 500/s
 //	go run ./cmd/courierbench cli-latency       # enqueue → Webex latency through `enqueue --jsonl -`
 //	go run ./cmd/courierbench chaos -ordered -messages 5000 -rooms 50   # ordered delivery under chaos
 //	go run ./cmd/courierbench ordered -runs 1   # ordered vs unordered throughput
@@ -29,7 +30,7 @@ import (
 func main() {
 	redis.SetLogger(quiet{}) // Redis is killed on purpose; its client's dial errors are expected
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: courierbench run|chaos|cli-latency|ordered [flags]")
+		fmt.Fprintln(os.Stderr, "usage: courierbench run|cost|chaos|cli-latency|ordered [flags]")
 		os.Exit(2)
 	}
 	if err := run(os.Args[1], os.Args[2:]); err != nil {
@@ -74,6 +75,36 @@ func run(cmd string, args []string) error {
 		defer env.Close()
 		return env.Run(os.Stdout, bench.Options{Messages: *n, Concurrency: ints(*conc), Runs: *runs, EnqueueN: *enq,
 			Rates: ints(*rates), RateDuration: *per, IdleFor: *idle, PlotPath: *plot})
+	case "cost": // cost per message: drain, CPU, RSS, idle CPU and latency, side by side
+		o := bench.CostOptions{}
+		fs.IntVar(&o.Messages, "messages", 20000, "messages per drain run")
+		conc := fs.String("concurrency", "10,100", "drain concurrencies")
+		fs.IntVar(&o.Runs, "runs", 3, "A/B pairs per concurrency")
+		fs.IntVar(&o.Rate, "rate", 500, "latency rate per second")
+		fs.DurationVar(&o.RateDuration, "rate-duration", 10*time.Second, "time at the rate")
+		fs.DurationVar(&o.IdleFor, "idle", 20*time.Second, "idle CPU window")
+		fs.BoolVar(&o.Admin, "admin", false, "run courier's worker with its admin server (metrics, asynqmon) as its defaults have it")
+		fs.StringVar(&o.ProfileDir, "profile", "", "directory for CPU profiles of courier's worker (drain.pprof, idle.pprof); turns the admin server on")
+		fs.BoolVar(&o.DrainOnly, "drain-only", false, "measure the drain only (no idle CPU, no latency)")
+		fs.Func("courier-env", "extra environment for courier's worker, KEY=VALUE (repeatable)", func(s string) error {
+			o.CourierEnv = append(o.CourierEnv, s)
+			return nil
+		})
+		verbose := fs.Bool("v", false, "show the workers' output")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		o.Concurrency = ints(*conc)
+		var log io.Writer = io.Discard
+		if *verbose {
+			log = os.Stderr
+		}
+		env, err := bench.NewEnv(log, "")
+		if err != nil {
+			return err
+		}
+		defer env.Close()
+		return env.Cost(os.Stdout, o)
 	case "cli-latency": // enqueue → Webex latency through `enqueue --jsonl -` kept open
 		rate := fs.Int("rate", 500, "lines per second")
 		d := fs.Duration("duration", 10*time.Second, "time at the rate")
@@ -162,7 +193,7 @@ func run(cmd string, args []string) error {
 		}
 		return rep.Check()
 	}
-	return fmt.Errorf("unknown command %q: want run, chaos, cli-latency or ordered", cmd)
+	return fmt.Errorf("unknown command %q: want run, cost, chaos, cli-latency or ordered", cmd)
 }
 
 type quiet struct{}

@@ -76,23 +76,33 @@ func (e *Env) waitAccepted(n int, timeout time.Duration) error {
 type DrainResult struct {
 	PerSec  float64
 	PeakRSS int64
+	CPU     time.Duration // the worker's CPU time, start-up included
 }
 
 // Drain fills a queue with n messages, starts a worker of side and measures
 // messages per second from the first request to the last acceptance.
 func (e *Env) Drain(side Side, n, concurrency int) (DrainResult, error) {
+	return e.drainWith(side, n, concurrency, nil)
+}
+
+// drainWith is Drain with extra environment for the worker; during, when
+// set, runs while it drains, with the worker's admin address.
+func (e *Env) drainWith(side Side, n, concurrency int, during func(admin string), extra ...string) (DrainResult, error) {
 	queue := fmt.Sprintf("bench-drain-%s-%d", side, time.Now().UnixNano())
 	defer e.dropQueue(queue)
 	if err := e.fill(queue, n); err != nil {
 		return DrainResult{}, err
 	}
 	e.Sim.Reset()
-	p, err := e.StartWorker(side, queue, concurrency)
+	p, err := e.StartWorker(side, queue, concurrency, extra...)
 	if err != nil {
 		return DrainResult{}, err
 	}
+	if during != nil {
+		go during(adminAddr(extra))
+	}
 	err = e.waitAccepted(n, 5*time.Minute)
-	rss := p.PeakRSS()
+	rss, cpu := p.PeakRSS(), p.CPU()
 	p.Stop(30 * time.Second)
 	if err != nil {
 		return DrainResult{}, err
@@ -106,7 +116,7 @@ func (e *Env) Drain(side Side, n, concurrency int) (DrainResult, error) {
 			last = r.Time
 		}
 	}
-	return DrainResult{PerSec: float64(n) / last.Sub(first).Seconds(), PeakRSS: rss}, nil
+	return DrainResult{PerSec: float64(n) / last.Sub(first).Seconds(), PeakRSS: rss, CPU: cpu}, nil
 }
 
 // EnqueueRates measures enqueues per second: bare Client.Enqueue and
