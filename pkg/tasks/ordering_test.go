@@ -735,3 +735,25 @@ func TestIsolatedHeadReleasesAfterUnreadClaim(t *testing.T) {
 		t.Fatalf("delivered %v (claim read failed %d times)", got, unread.Failed())
 	}
 }
+
+// An ordered message costs exactly two courier round trips more than an
+// unordered one (the worker set up as cmd/worker sets it up): the claim
+// before the post and the release after it, one each; an unordered message
+// runs neither.
+func TestOrderedRoundTrips(t *testing.T) {
+	t.Parallel()
+	e, rt, _ := roundTripEnv(t)
+	unordered, _ := deliverCounted(t, e, rt, 3)
+	ordered, _ := deliverCounted(t, e, rt, 3, Ordered())
+	for _, line := range unordered {
+		if strings.Contains(line, "(claim)") || strings.Contains(line, "(release)") {
+			t.Fatalf("an unordered delivery ran an ordering script:\n%s", strings.Join(unordered, "\n"))
+		}
+	}
+	for _, line := range ordered {
+		if strings.Count(line, "evalsha(claim)") != 1 || strings.Count(line, "evalsha(release)") != 1 {
+			t.Fatalf("an ordered delivery without one claim and one release:\n%s", strings.Join(ordered, "\n"))
+		}
+	}
+	t.Logf("per unordered message:\n%s\nper ordered message:\n%s", strings.Join(unordered, "\n"), strings.Join(ordered, "\n"))
+}
