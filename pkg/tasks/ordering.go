@@ -605,12 +605,10 @@ func (o *ordering) promote(ctx context.Context, s sequence, id string) {
 			}
 			return
 		}
-		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
-			t.Stop()
 			return
-		case <-t.C:
+		case <-time.After(delay): // collected once fired or unreachable (Go ≥ 1.23)
 		}
 	}
 }
