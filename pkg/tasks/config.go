@@ -22,6 +22,7 @@ const (
 	DefaultTaskCheckInterval        = 25 * time.Millisecond
 	DefaultDelayedTaskCheckInterval = time.Second
 	DefaultPoisonLimit              = 3
+	DefaultIsolateConcurrency       = 1
 	DefaultUnauthorizedDelay        = 5 * time.Minute
 	DefaultDeferDelay               = 30 * time.Second
 )
@@ -68,6 +69,11 @@ type WorkerConfig struct {
 	// poison verdict means this message kills its process (isolate.go). Nil:
 	// every death counts toward PoisonLimit.
 	Isolate func(ctx context.Context) *exec.Cmd
+	// IsolateConcurrency bounds the isolated processes this worker runs at
+	// once: more suspects wait for a free one (each process costs a worker's
+	// memory, and a flood of them after a crash storm must not exhaust it,
+	// since an out-of-memory kill counts as the message's death). Default 1.
+	IsolateConcurrency int
 	// UnauthorizedDelay is how long tasks of a bot whose token is rejected
 	// wait, and how often one of them probes the token. Default 5m.
 	UnauthorizedDelay time.Duration
@@ -119,6 +125,7 @@ func (c WorkerConfig) WithDefaults() WorkerConfig {
 	c.TaskCheckInterval = cmp.Or(c.TaskCheckInterval, DefaultTaskCheckInterval)
 	c.DelayedTaskCheckInterval = cmp.Or(c.DelayedTaskCheckInterval, DefaultDelayedTaskCheckInterval)
 	c.PoisonLimit = cmp.Or(c.PoisonLimit, DefaultPoisonLimit)
+	c.IsolateConcurrency = cmp.Or(c.IsolateConcurrency, DefaultIsolateConcurrency)
 	c.UnauthorizedDelay = cmp.Or(c.UnauthorizedDelay, DefaultUnauthorizedDelay)
 	c.DeferDelay = cmp.Or(c.DeferDelay, DefaultDeferDelay)
 	c.ReconcileInterval = cmp.Or(c.ReconcileInterval, DefaultReconcileInterval)
@@ -193,6 +200,9 @@ func (c WorkerConfig) ValidateNamed(name func(path string) string) error {
 	}
 	if c.PoisonLimit < 1 {
 		errs = append(errs, fmt.Errorf("%s is %d: must be at least 1", name("PoisonLimit"), c.PoisonLimit))
+	}
+	if c.IsolateConcurrency < 1 {
+		errs = append(errs, fmt.Errorf("%s is %d: must be at least 1", name("IsolateConcurrency"), c.IsolateConcurrency))
 	}
 	return errors.Join(errs...)
 }

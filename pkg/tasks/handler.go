@@ -47,6 +47,8 @@ type Handler struct {
 	afterRecord func(taskID string, part int) error
 	// isolated: this handler delivers in an isolated process (isolate.go).
 	isolated bool
+	// isolateSlots holds a token per isolated process running (isolate.go).
+	isolateSlots chan struct{}
 }
 
 // ProcessTask delivers one task. It returns nil when the message is

@@ -7,7 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
+	"strconv"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/courier-dev/courier/pkg/retrypolicy"
 )
@@ -134,11 +138,27 @@ func (h *Handler) isolate(ctx context.Context, m taskMeta, payload []byte, died 
 	if p, err := DecodePayload(payload); err == nil {
 		bot = p.Bot
 	}
-	h.cfg.Logger.Warn("suspected of killing its worker: delivering it in an isolated process", "task_id", m.id, "queue", m.queue,
-		"bot", botLabel(bot), "died", died)
 	handBack := func(err error) error {
 		return &DeliveryError{Outcome: Interrupted, Bot: bot, Err: err, Delay: retrypolicy.QueueDelay(0)}
 	}
+	// One process per slot: a flood of suspects waits here, in the lease
+	// the worker's heartbeat keeps extending.
+	select {
+	case h.isolateSlots <- struct{}{}:
+		defer func() { <-h.isolateSlots }()
+	case <-ctx.Done():
+		return handBack(fmt.Errorf("isolated delivery: waiting for a free process: %w", context.Cause(ctx)))
+	case <-h.stop.Done():
+		return handBack(errors.New("isolated delivery: worker stopping"))
+	}
+	// What a death is counted against: the deaths so far and the epoch.
+	base, err := h.rec.rdb.HMGet(ctx, taskKey(m.queue, m.id), fieldKilled, fieldEpoch).Result()
+	if err != nil { // Redis's fault: not counted, nothing started
+		return &DeliveryError{Outcome: RedisUnavailable, Bot: bot, Err: fmt.Errorf("isolated delivery: %w", err), Delay: retrypolicy.QueueDelay(0)}
+	}
+	killed, epoch := hashInt(base[0]), hashInt(base[1])
+	h.cfg.Logger.Warn("suspected of killing its worker: delivering it in an isolated process", "task_id", m.id, "queue", m.queue,
+		"bot", botLabel(bot), "died", died)
 	cmd := h.cfg.Isolate(ctx)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -148,7 +168,13 @@ func (h *Handler) isolate(ctx context.Context, m taskMeta, payload []byte, died 
 	if err != nil {
 		return handBack(fmt.Errorf("isolated delivery: %w", err))
 	}
+	// A signal the process asks for when its parent dies (Linux's
+	// Pdeathsig) follows the thread that started it: keep that thread until
+	// the process ended.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if err := cmd.Start(); err != nil {
+		h.cfg.Logger.Error("isolated delivery could not start: the suspect is handed back", "task_id", m.id, "queue", m.queue, "error", err.Error())
 		return handBack(fmt.Errorf("start isolated delivery: %w", err))
 	}
 	req := isolatedRequest{Queue: m.queue, ID: m.id, Retried: m.retried, MaxRetry: m.maxRetry, Payload: payload}
@@ -173,20 +199,34 @@ func (h *Handler) isolate(ctx context.Context, m taskMeta, payload []byte, died 
 		return handBack(fmt.Errorf("isolated delivery ended with the task's lease: %w", context.Cause(ctx)))
 	case !started || h.stopping():
 		return handBack(fmt.Errorf("isolated delivery ended before its delivery began or while stopping: %v", waitErr))
+	case waitErr == nil: // it exited of its own accord, its outcome unreadable: no death
+		return handBack(errors.New("isolated delivery exited without a readable outcome"))
 	}
-	killed, err := h.countKilled(ctx, m)
-	if err != nil { // not counted: the message is not blamed
+	n, err := h.countKilled(ctx, m, killed, epoch)
+	switch {
+	case err != nil: // not counted: the message is not blamed
 		return &DeliveryError{Outcome: RedisUnavailable, Bot: bot, Err: err, Delay: retrypolicy.QueueDelay(0)}
+	case n < 0: // the task is another worker's now: its death is not this message's to count
+		return handBack(fmt.Errorf("isolated delivery died with its process (%v) after its task was taken over or removed: not counted", waitErr))
 	}
 	return &DeliveryError{Outcome: Killed, Bot: bot, Delay: retrypolicy.QueueDelay(0),
-		Err: fmt.Errorf("isolated delivery died with its process (%v): %d of %d such deaths make it poison", waitErr, killed, h.cfg.PoisonLimit)}
+		Err: fmt.Errorf("isolated delivery died with its process (%v): %d of %d such deaths make it poison", waitErr, n, h.cfg.PoisonLimit)}
+}
+
+// hashInt reads an integer field of an HMGET answer; 0 when absent.
+func hashInt(v any) int64 {
+	s, _ := v.(string)
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
 }
 
 // readIsolated reads the isolated process's lines until it closes its
-// output.
+// output. Lines that are not the protocol's are skipped; after one too
+// long to be the protocol's, the rest is read and dropped, so that the
+// process never blocks on a full pipe.
 func readIsolated(r io.Reader) (started bool, res *isolatedResult) {
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
+	sc.Buffer(make([]byte, 0, 64<<10), maxIsolatedLine)
 	for sc.Scan() {
 		var l isolatedLine
 		if json.Unmarshal(sc.Bytes(), &l) != nil {
@@ -197,15 +237,38 @@ func readIsolated(r io.Reader) (started bool, res *isolatedResult) {
 			res = l.Result
 		}
 	}
+	_, _ = io.Copy(io.Discard, r)
 	return started, res
 }
 
-// countKilled counts a death of an isolated delivery against the message.
-func (h *Handler) countKilled(ctx context.Context, m taskMeta) (int, error) {
+// maxIsolatedLine bounds one line of the isolated process's output (a
+// result names at most a message's parts' ids).
+const maxIsolatedLine = 16 << 20
+
+// killedScript counts the death of an isolated delivery: courier_killed
+// becomes the count read before it started plus one. Sent again after a
+// lost answer, it counts nothing more. It counts nothing on a task whose
+// epoch moved on (taken over: no longer this worker's) or whose hash is
+// gone (it would create a stray hash): -1.
+var killedScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if tonumber(redis.call('HGET', KEYS[1], 'courier_epoch') or '0') ~= tonumber(ARGV[2]) then return -1 end
+local k = tonumber(redis.call('HGET', KEYS[1], 'courier_killed') or '0')
+if k > tonumber(ARGV[1]) then return k end
+k = tonumber(ARGV[1]) + 1
+redis.call('HSET', KEYS[1], 'courier_killed', k)
+return k
+`)
+
+// countKilled counts a death of an isolated delivery against the message,
+// once: before is courier_killed as read before the delivery started, epoch
+// the task's epoch then. It returns the deaths counted, -1 when the task is
+// no longer this worker's.
+func (h *Handler) countKilled(ctx context.Context, m taskMeta, before, epoch int64) (int, error) {
 	var n int64
 	err := h.untilDone(ctx, "isolated death not counted: retrying", m.queue, m.id, func(ctx context.Context) error {
 		var err error
-		n, err = h.rec.rdb.HIncrBy(ctx, taskKey(m.queue, m.id), fieldKilled, 1).Result()
+		n, err = killedScript.Run(ctx, h.rec.rdb, []string{taskKey(m.queue, m.id)}, before, epoch).Int64()
 		if err != nil {
 			return fmt.Errorf("count isolated death: %w", err)
 		}

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/courier-dev/courier/internal/redisfault"
 	"github.com/courier-dev/courier/pkg/webex"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
@@ -23,7 +25,19 @@ const (
 	isolatedChildEnv = "COURIER_TASKS_TEST_ISOLATED" // the Redis address
 	isolatedSimEnv   = "COURIER_TASKS_TEST_SIM"      // the simulator's URL
 	isolatedGateEnv  = "COURIER_TASKS_TEST_GATE"     // the gate's namespace
+	// isolatedSetEnv, when set, names a Redis set each isolated process is
+	// a member of while it runs, and (with the suffix ":max") the key of
+	// the most members seen at once.
+	isolatedSetEnv = "COURIER_TASKS_TEST_SET"
 )
+
+// joinScript adds a running process to the set and keeps the most seen.
+var joinScript = redis.NewScript(`
+redis.call('SADD', KEYS[1], ARGV[1])
+local n = redis.call('SCARD', KEYS[1])
+if n > tonumber(redis.call('GET', KEYS[2]) or '0') then redis.call('SET', KEYS[2], n) end
+return n
+`)
 
 // crashRoom is the test hook for a poison message: sending to it crashes
 // the process (a fatal panic outside any recovery, as a runtime fault would).
@@ -44,6 +58,14 @@ func (s crashSender) CreateMessage(ctx context.Context, m webex.Message) (*webex
 func isolatedChild() int {
 	rdb := redis.NewClient(&redis.Options{Addr: os.Getenv(isolatedChildEnv)})
 	defer rdb.Close()
+	if set := os.Getenv(isolatedSetEnv); set != "" {
+		me := strconv.Itoa(os.Getpid())
+		if err := joinScript.Run(context.Background(), rdb, []string{set, set + ":max"}, me).Err(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		defer rdb.SRem(context.Background(), set, me)
+	}
 	c, err := webex.New(webex.Config{BaseURL: os.Getenv(isolatedSimEnv), Token: token})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -65,17 +87,28 @@ func isolatedChild() int {
 
 // startIsolating runs a worker whose suspects are delivered by the test
 // binary in a process of their own; its own sends to crashRoom crash too.
-func (e *env) startIsolating() *Worker {
+// adjust, when set, changes the configuration further.
+func (e *env) startIsolating(adjust ...func(*WorkerConfig)) *Worker {
 	return e.start(func(c *WorkerConfig) {
 		c.Bots = map[string]Sender{"": crashSender{e.client(token)}}
-		c.Isolate = func(ctx context.Context) *exec.Cmd {
-			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), isolatedChildEnv+"="+e.rdb.Options().Addr, isolatedSimEnv+"="+e.sim.URL,
-				isolatedGateEnv+"=courier:{"+e.queue+"}")
-			cmd.Stderr = e.logs
-			return cmd
+		c.Isolate = e.isolatedCmd()
+		for _, f := range adjust {
+			f(c)
 		}
 	})
+}
+
+// isolatedCmd starts the test binary as an isolated delivery process; env
+// is added to its environment.
+func (e *env) isolatedCmd(env ...string) func(ctx context.Context) *exec.Cmd {
+	return func(ctx context.Context) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), isolatedChildEnv+"="+e.rdb.Options().Addr, isolatedSimEnv+"="+e.sim.URL,
+			isolatedGateEnv+"=courier:{"+e.queue+"}")
+		cmd.Env = append(cmd.Env, env...)
+		cmd.Stderr = e.logs
+		return cmd
+	}
 }
 
 // died records n earlier deliveries of the task that died with their worker.
@@ -138,13 +171,7 @@ func TestIsolatedStopIsNotADeath(t *testing.T) {
 	e.died(id, 2)
 	w := e.start(func(c *WorkerConfig) {
 		c.Budget = 4 * time.Second // the isolated process waits between 503s
-		c.Isolate = func(ctx context.Context) *exec.Cmd {
-			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
-			cmd.Env = append(os.Environ(), isolatedChildEnv+"="+e.rdb.Options().Addr, isolatedSimEnv+"="+e.sim.URL,
-				isolatedGateEnv+"=courier:{"+e.queue+"}")
-			cmd.Stderr = e.logs
-			return cmd
-		}
+		c.Isolate = e.isolatedCmd()
 	})
 	waitFor(t, 30*time.Second, "the isolated delivery to try", func() bool { req, _ := e.sim.Counts("slow"); return req > 0 })
 	w.Shutdown()
@@ -154,5 +181,55 @@ func TestIsolatedStopIsNotADeath(t *testing.T) {
 	}
 	if !strings.Contains(e.logs.String(), "outcome=interrupted") || strings.Contains(e.logs.String(), "isolated delivery died") {
 		t.Fatalf("a stop taken for a death:\n%s", e.logs.String())
+	}
+}
+
+// A death of an isolated delivery is counted once even when Redis's answer
+// to the count is lost (and the count is sent again): the verdict follows
+// three real deaths. Before the fix the count was an HINCRBY sent again on
+// a lost answer: two deaths counted three, poison one death early.
+func TestIsolatedDeathCountedOnce(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	id := e.enqueue(text(crashRoom, "x"))
+	e.died(id, 2)
+	rule := e.faults().Add(&redisfault.Rule{Match: redisfault.Match{Name: "evalsha", Args: []string{killedScript.Hash(), taskKey(e.queue, id)}}, After: true})
+	e.startIsolating()
+	info := e.waitState(id, asynq.TaskStateArchived, 60*time.Second)
+	if rule.Failed() != 1 {
+		t.Fatalf("the count's answer was lost %d times, want 1", rule.Failed())
+	}
+	if want := "poison: 3 isolated deliveries died"; !strings.Contains(info.LastErr, want) {
+		t.Fatalf("LastErr %q, want %q", info.LastErr, want)
+	}
+	if n := strings.Count(e.logs.String(), "suspected of killing its worker"); n != 4 {
+		t.Fatalf("%d isolated deliveries, want 4 (3 deaths, then the verdict):\n%s", n, e.logs.String())
+	}
+}
+
+// A flood of suspects (after a crash storm every task in flight is one)
+// runs one isolated process at a time by default, each delivered once.
+// Before the bound, each suspect started its process at once: as many
+// processes as the worker's Concurrency, each with a worker's memory.
+func TestIsolatedProcessesBounded(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	e.sim.AddFault(webextest.Fault{Room: "slow", Delay: webextest.Duration(300 * time.Millisecond)})
+	ids := make([]string, 4)
+	for i := range ids {
+		ids[i] = e.enqueue(text("slow", fmt.Sprint("suspect ", i)))
+		e.died(ids[i], 2)
+	}
+	set := "courier:{" + e.queue + "}:isolated"
+	e.startIsolating(func(c *WorkerConfig) { c.Concurrency = 4; c.Isolate = e.isolatedCmd(isolatedSetEnv + "=" + set) })
+	for _, id := range ids {
+		e.waitState(id, asynq.TaskStateCompleted, 60*time.Second)
+	}
+	if req, _ := e.sim.Counts("slow"); req != len(ids) {
+		t.Fatalf("%d requests, want %d", req, len(ids))
+	}
+	most, err := e.rdb.Get(context.Background(), set+":max").Int()
+	if err != nil || most != DefaultIsolateConcurrency {
+		t.Fatalf("%d isolated processes at once (%v), want at most %d", most, err, DefaultIsolateConcurrency)
 	}
 }
