@@ -1,5 +1,5 @@
 // Command worker delivers courier's queued Webex messages. Configuration
-// comes from flags and environment variables (see README, "Configuration",
+// comes from flags and environment variables (see README.md, "Configuration",
 // or worker -help). "worker ready" asks a running worker's admin server
 // whether it is ready, for container health checks.
 package main
