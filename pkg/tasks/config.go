@@ -74,6 +74,9 @@ type WorkerConfig struct {
 	// memory, and a flood of them after a crash storm must not exhaust it,
 	// since an out-of-memory kill counts as the message's death). Default 1.
 	IsolateConcurrency int
+	// isolatedSilence: an isolated process silent this long after its
+	// delivery began is frozen (isolate.go). Default isolatedSilenceDefault.
+	isolatedSilence time.Duration
 	// UnauthorizedDelay is how long tasks of a bot whose token is rejected
 	// wait, and how often one of them probes the token. Default 5m.
 	UnauthorizedDelay time.Duration
@@ -126,6 +129,7 @@ func (c WorkerConfig) WithDefaults() WorkerConfig {
 	c.DelayedTaskCheckInterval = cmp.Or(c.DelayedTaskCheckInterval, DefaultDelayedTaskCheckInterval)
 	c.PoisonLimit = cmp.Or(c.PoisonLimit, DefaultPoisonLimit)
 	c.IsolateConcurrency = cmp.Or(c.IsolateConcurrency, DefaultIsolateConcurrency)
+	c.isolatedSilence = cmp.Or(c.isolatedSilence, isolatedSilenceDefault)
 	c.UnauthorizedDelay = cmp.Or(c.UnauthorizedDelay, DefaultUnauthorizedDelay)
 	c.DeferDelay = cmp.Or(c.DeferDelay, DefaultDeferDelay)
 	c.ReconcileInterval = cmp.Or(c.ReconcileInterval, DefaultReconcileInterval)

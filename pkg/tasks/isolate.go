@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os/exec"
 	"runtime"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -51,11 +53,24 @@ type isolatedRequest struct {
 }
 
 // isolatedLine is one JSON line the isolated process writes: first
-// Started (the delivery is about to begin), then Result.
+// Started (the delivery is about to begin), then Alive every isolatedBeat
+// while it runs, then Result.
 type isolatedLine struct {
 	Started bool            `json:"started,omitempty"`
+	Alive   bool            `json:"alive,omitempty"`
 	Result  *isolatedResult `json:"result,omitempty"`
 }
+
+// An isolated process that began its delivery writes a line every
+// isolatedBeat. One silent for isolatedSilenceDefault is frozen (SIGSTOP, a
+// frozen cgroup): a running Go process answers even while its delivery is
+// stuck or spinning. The worker kills it and hands the task back, not
+// counted, rather than hold the task, and its isolation slot, until the
+// task's deadline.
+const (
+	isolatedBeat           = time.Second
+	isolatedSilenceDefault = 15 * time.Second
+)
 
 // isolatedResult carries the delivery's outcome back to the worker.
 type isolatedResult struct {
@@ -185,7 +200,7 @@ func (h *Handler) isolate(ctx context.Context, m taskMeta, payload []byte, died 
 	// A stopping worker closes the isolated process's input: it stops too.
 	stopChild := context.AfterFunc(h.stop, func() { _ = stdin.Close() })
 	defer stopChild()
-	started, res := readIsolated(stdout)
+	started, frozen, res := h.watchIsolated(cmd, stdout)
 	_ = stdin.Close()
 	waitErr := cmd.Wait()
 	switch {
@@ -197,6 +212,10 @@ func (h *Handler) isolate(ctx context.Context, m taskMeta, payload []byte, died 
 		return nil
 	case ctx.Err() != nil:
 		return handBack(fmt.Errorf("isolated delivery ended with the task's lease: %w", context.Cause(ctx)))
+	case frozen: // not the message's doing: a running process answers
+		h.cfg.Logger.Error("isolated delivery stopped answering (stopped or frozen?): killed, the suspect is handed back (not counted)",
+			"task_id", m.id, "queue", m.queue, "silent_for", h.cfg.isolatedSilence)
+		return handBack(fmt.Errorf("isolated delivery silent for %s: killed (%v)", h.cfg.isolatedSilence, waitErr))
 	case !started || h.stopping():
 		return handBack(fmt.Errorf("isolated delivery ended before its delivery began or while stopping: %v", waitErr))
 	case waitErr == nil: // it exited of its own accord, its outcome unreadable: no death
@@ -220,25 +239,61 @@ func hashInt(v any) int64 {
 	return n
 }
 
-// readIsolated reads the isolated process's lines until it closes its
-// output. Lines that are not the protocol's are skipped; after one too
-// long to be the protocol's, the rest is read and dropped, so that the
-// process never blocks on a full pipe.
-func readIsolated(r io.Reader) (started bool, res *isolatedResult) {
+// watchIsolated reads the isolated process's lines until it closes its
+// output; it kills the process when it falls silent after its delivery
+// began (frozen).
+func (h *Handler) watchIsolated(cmd *exec.Cmd, stdout io.Reader) (started, frozen bool, res *isolatedResult) {
+	lines := make(chan isolatedLine)
+	go func() {
+		defer close(lines)
+		readIsolated(stdout, func(l isolatedLine) { lines <- l })
+	}()
+	var silence *time.Timer
+	var silent <-chan time.Time
+	defer func() {
+		if silence != nil {
+			silence.Stop()
+		}
+	}()
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				return started, frozen, res
+			}
+			started = started || l.Started
+			if l.Result != nil {
+				res = l.Result
+			}
+			switch {
+			case !started || frozen:
+			case silence == nil:
+				silence = time.NewTimer(h.cfg.isolatedSilence)
+				silent = silence.C
+			default:
+				silence.Reset(h.cfg.isolatedSilence)
+			}
+		case <-silent:
+			frozen, silent = true, nil
+			_ = cmd.Process.Kill()
+		}
+	}
+}
+
+// readIsolated calls line for each of the isolated process's lines until
+// it closes its output. Lines that are not the protocol's are skipped;
+// after one too long to be the protocol's, the rest is read and dropped, so
+// that the process never blocks on a full pipe.
+func readIsolated(r io.Reader, line func(isolatedLine)) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), maxIsolatedLine)
 	for sc.Scan() {
 		var l isolatedLine
-		if json.Unmarshal(sc.Bytes(), &l) != nil {
-			continue
-		}
-		started = started || l.Started
-		if l.Result != nil {
-			res = l.Result
+		if json.Unmarshal(sc.Bytes(), &l) == nil {
+			line(l)
 		}
 	}
 	_, _ = io.Copy(io.Discard, r)
-	return started, res
 }
 
 // maxIsolatedLine bounds one line of the isolated process's output (a
@@ -306,17 +361,39 @@ func (w *Worker) ServeIsolated(ctx context.Context, in io.Reader, out io.Writer)
 	}()
 	h := w.handler
 	h.isolated = true
+	var mu sync.Mutex
 	enc := json.NewEncoder(out)
-	if err := enc.Encode(isolatedLine{Started: true}); err != nil {
+	write := func(l isolatedLine) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return enc.Encode(l)
+	}
+	if err := write(isolatedLine{Started: true}); err != nil {
 		return fmt.Errorf("write isolated delivery: %w", err)
 	}
+	beating, stopBeats := context.WithCancel(context.Background())
+	beats := make(chan struct{})
+	go func() { // the worker takes silence for a frozen process
+		defer close(beats)
+		t := time.NewTicker(isolatedBeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-beating.Done():
+				return
+			case <-t.C:
+				_ = write(isolatedLine{Alive: true})
+			}
+		}
+	}()
+	defer func() { stopBeats(); <-beats }()
 	m := taskMeta{id: req.ID, queue: req.Queue, retried: req.Retried, maxRetry: req.MaxRetry}
 	bot := ""
 	if p, err := DecodePayload(req.Payload); err == nil {
 		bot = p.Bot
 	}
 	res := newIsolatedResult(h.process(ctx, m, req.Payload, new(*Claim), new(func())), bot) // the worker releases the sequence, once fenced
-	if err := enc.Encode(isolatedLine{Result: res}); err != nil {
+	if err := write(isolatedLine{Result: res}); err != nil {
 		return fmt.Errorf("write isolated delivery: %w", err)
 	}
 	return nil

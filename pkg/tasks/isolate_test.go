@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -231,5 +232,41 @@ func TestIsolatedProcessesBounded(t *testing.T) {
 	most, err := e.rdb.Get(context.Background(), set+":max").Int()
 	if err != nil || most != DefaultIsolateConcurrency {
 		t.Fatalf("%d isolated processes at once (%v), want at most %d", most, err, DefaultIsolateConcurrency)
+	}
+}
+
+// An isolated process that is stopped (SIGSTOP) while it delivers is taken
+// for frozen once silent for a while: killed, the suspect handed back (not
+// counted) and delivered by the next isolated process. Before the fix the
+// worker waited for it until the task's deadline (30 minutes by default),
+// holding the only isolation slot.
+func TestIsolatedFrozenHandedBack(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	e.sim.AddFault(webextest.Fault{Room: "slow", Delay: webextest.Duration(2 * time.Second), Count: 1})
+	id := e.enqueue(text("slow", "x"))
+	e.died(id, 2)
+	set := "courier:{" + e.queue + "}:isolated"
+	e.startIsolating(func(c *WorkerConfig) {
+		c.isolatedSilence = 3 * time.Second
+		c.Isolate = e.isolatedCmd(isolatedSetEnv + "=" + set)
+	})
+	var pid int
+	waitFor(t, 30*time.Second, "the isolated delivery to begin", func() bool {
+		n, _ := e.rdb.HGet(context.Background(), taskKey(e.queue, id), fieldRuns).Int()
+		ms, _ := e.rdb.SMembers(context.Background(), set).Result()
+		if n == 3 && len(ms) == 1 {
+			pid, _ = strconv.Atoi(ms[0])
+		}
+		return pid > 0
+	})
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(id, asynq.TaskStateCompleted, 60*time.Second)
+	logs := e.logs.String()
+	if !strings.Contains(logs, "isolated delivery stopped answering") || strings.Contains(logs, "outcome=killed") {
+		t.Fatalf("the frozen process was not handed back uncounted:\n%s", logs)
 	}
 }
