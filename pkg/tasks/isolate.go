@@ -281,19 +281,33 @@ func (h *Handler) watchIsolated(cmd *exec.Cmd, stdout io.Reader) (started, froze
 }
 
 // readIsolated calls line for each of the isolated process's lines until
-// it closes its output. Lines that are not the protocol's are skipped;
-// after one too long to be the protocol's, the rest is read and dropped, so
-// that the process never blocks on a full pipe.
+// it closes its output. Lines that are not the protocol's are skipped, and
+// so are lines too long to be (read and dropped: the process never blocks
+// on a full pipe, and its later lines still count).
 func readIsolated(r io.Reader, line func(isolatedLine)) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), maxIsolatedLine)
-	for sc.Scan() {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var buf []byte
+	tooLong := false
+	for {
+		frag, err := br.ReadSlice('\n')
+		if len(buf)+len(frag) > maxIsolatedLine {
+			tooLong, buf = true, buf[:0]
+		}
+		if !tooLong {
+			buf = append(buf, frag...)
+		}
+		if errors.Is(err, bufio.ErrBufferFull) { // the line goes on
+			continue
+		}
 		var l isolatedLine
-		if json.Unmarshal(sc.Bytes(), &l) == nil {
+		if !tooLong && json.Unmarshal(buf, &l) == nil {
 			line(l)
 		}
+		buf, tooLong = buf[:0], false
+		if err != nil {
+			return
+		}
 	}
-	_, _ = io.Copy(io.Discard, r)
 }
 
 // maxIsolatedLine bounds one line of the isolated process's output (a

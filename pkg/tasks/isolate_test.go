@@ -1,6 +1,7 @@
 package tasks
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -30,6 +31,9 @@ const (
 	// a member of while it runs, and (with the suffix ":max") the key of
 	// the most members seen at once.
 	isolatedSetEnv = "COURIER_TASKS_TEST_SET"
+	// isolatedGarbageEnv, when set, makes the isolated process write a line
+	// of 17 MiB and one that is not JSON before its own lines.
+	isolatedGarbageEnv = "COURIER_TASKS_TEST_GARBAGE"
 )
 
 // joinScript adds a running process to the set and keeps the most seen.
@@ -78,6 +82,9 @@ func isolatedChild() int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
+	}
+	if os.Getenv(isolatedGarbageEnv) != "" {
+		_, _ = os.Stdout.Write(append(bytes.Repeat([]byte("x"), 17<<20), "\nnot json {\n"...))
 	}
 	if err := w.ServeIsolated(context.Background(), os.Stdin, os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -268,5 +275,22 @@ func TestIsolatedFrozenHandedBack(t *testing.T) {
 	logs := e.logs.String()
 	if !strings.Contains(logs, "isolated delivery stopped answering") || strings.Contains(logs, "outcome=killed") {
 		t.Fatalf("the frozen process was not handed back uncounted:\n%s", logs)
+	}
+}
+
+// Output on the isolated process's result channel that is not the
+// protocol's, however long, is skipped: the suspect is delivered once.
+// Before the fix a line beyond the reader's limit ended the reading: the
+// process blocked on a full pipe until the task's deadline, and its outcome
+// was never read.
+func TestIsolatedGarbageSkipped(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	id := e.enqueue(text("r", "x"))
+	e.died(id, 2)
+	e.startIsolating(func(c *WorkerConfig) { c.Isolate = e.isolatedCmd(isolatedGarbageEnv + "=1") })
+	e.waitState(id, asynq.TaskStateCompleted, 30*time.Second)
+	if req, _ := e.sim.Counts("r"); req != 1 {
+		t.Fatalf("%d requests, want 1", req)
 	}
 }
