@@ -30,7 +30,7 @@ func main() {
 		os.Exit(worker.ExitConfig)
 	}
 	cfg.Isolation(os.Args[1:], os.LookupEnv)
-	ctx, stop := signals.Context(context.Background(), func(s os.Signal) {
+	ctx, stop := signals.Context(context.Background(), nil, func(s os.Signal) {
 		fmt.Fprintf(os.Stderr, "worker: second %v: exiting now\n", s)
 		os.Exit(worker.ExitFailure)
 	})

@@ -49,6 +49,9 @@ type Handler struct {
 	isolated bool
 	// isolateSlots holds a token per isolated process running (isolate.go).
 	isolateSlots chan struct{}
+	// run is, in an isolated process, the claim and holder of the worker
+	// that started it (isolate.go); nil elsewhere.
+	run *isolatedRun
 }
 
 // ProcessTask delivers one task. It returns nil when the message is
@@ -68,7 +71,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	if died > 0 {
 		claim = h.isolatedClaim(ctx, m)
-		err = h.isolate(ctx, m, t.Payload(), died)
+		err = h.isolate(ctx, m, t.Payload(), died, claim)
 		release = h.releaser(ctx, m, t.Payload()) // the isolated process never releases: this worker does, once fenced
 	} else {
 		err = h.process(ctx, m, t.Payload(), &claim, &release)
@@ -99,7 +102,18 @@ func (h *Handler) releaser(ctx context.Context, m taskMeta, payload []byte) func
 	if err != nil || p.OrderingKey == "" {
 		return nil
 	}
-	return func() { h.order.release(ctx, m.queue, m.id, p.OrderingKey) }
+	// Tried until it succeeds while the task is held: a delivered head that
+	// completed without its release would leave its sequence to the
+	// Reconciler, which cannot tell it from a deleted one once asynq drops
+	// it (Retention < 0). Once the task's context ends asynq does not
+	// complete it: its redelivery finds it delivered and releases.
+	return func() {
+		err := h.untilDone(ctx, "next message of the sequence not released: retrying while the task is held", m.queue, m.id,
+			func(ctx context.Context) error { return h.order.release(ctx, m.queue, m.id, p.OrderingKey) })
+		if err != nil {
+			h.cfg.Logger.Warn("next message of the sequence not released; the head's redelivery will", "task_id", m.id, "queue", m.queue, "error", err.Error())
+		}
+	}
 }
 
 // isolatedClaim is the claim an isolated delivery runs under, read before
@@ -155,14 +169,14 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, held 
 	if h.stopping() {
 		return &DeliveryError{Outcome: Interrupted, Bot: b.name, Err: errors.New("worker stopping"), Delay: retrypolicy.QueueDelay(0)}
 	}
-	st, err := h.rec.begin(ctx, queue, id)
+	st, err := h.rec.begin(ctx, queue, id, h.holder())
 	switch {
 	case err != nil: // Redis's fault, not the message's: not counted
 		return &DeliveryError{Outcome: RedisUnavailable, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0)}
 	case st.gone: // asynq's retry rebuilds the hash from the message it holds
 		return &DeliveryError{Outcome: TaskMissing, Bot: b.name, Err: fmt.Errorf("task hash %s is missing (evicted or deleted?): not posting without a delivery record", taskKey(queue, id)), Delay: retrypolicy.QueueDelay(0)}
 	}
-	claim := Claim{Queue: queue, ID: id, Epoch: st.epoch}
+	claim := h.claimOf(queue, id, st.epoch)
 	*held = &claim
 	if h.cfg.Fence != nil {
 		defer h.cfg.Fence.Hold(claim)()

@@ -39,6 +39,10 @@ const (
 	// the fencing token a delivery begins under (see Recovery).
 	fieldEpoch  = "courier_epoch"
 	fieldKilled = "courier_killed" // deaths of isolated deliveries (isolate.go)
+	// fieldHolder names the worker whose delivery is under way (its
+	// Fence.Holder), from the delivery's begin to the end of its run: fast
+	// recovery takes the task over once that worker's liveness lapses.
+	fieldHolder = "courier_holder"
 )
 
 // taskKey is asynq's key of a task's hash (its base.TaskKey).
@@ -51,6 +55,7 @@ const unconfirmedID = "\x00unconfirmed"
 
 var beginScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0, 0} end
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'courier_holder', ARGV[1]) end
 local runs = redis.call('HINCRBY', KEYS[1], 'courier_runs', 1)
 local result = redis.call('HGET', KEYS[1], 'result') or ''
 local killed = tonumber(redis.call('HGET', KEYS[1], 'courier_killed') or '0')
@@ -68,9 +73,9 @@ type begun struct {
 }
 
 // begin reads the parts already delivered and counts this delivery as
-// running, in one round trip.
-func (r *records) begin(ctx context.Context, queue, id string) (begun, error) {
-	res, err := beginScript.Run(ctx, r.rdb, []string{taskKey(queue, id)}).Slice()
+// running, under holder ("": none), in one round trip.
+func (r *records) begin(ctx context.Context, queue, id, holder string) (begun, error) {
+	res, err := beginScript.Run(ctx, r.rdb, []string{taskKey(queue, id)}, holder).Slice()
 	if err == nil && len(res) != 4 {
 		err = fmt.Errorf("unexpected answer %v", res)
 	}
@@ -127,7 +132,7 @@ func (r *records) markSent(ctx context.Context, queue, id string, sent []string,
 	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		p.HSet(ctx, taskKey(queue, id), fieldResult, b)
 		if finished {
-			p.HDel(ctx, taskKey(queue, id), fieldRuns, fieldKilled)
+			p.HDel(ctx, taskKey(queue, id), fieldRuns, fieldKilled, fieldHolder)
 		}
 		if also != nil {
 			also(p)
@@ -142,7 +147,7 @@ func (r *records) markSent(ctx context.Context, queue, id string, sent []string,
 
 // end marks the run finished (the delivery returned, whatever its outcome).
 func (r *records) end(ctx context.Context, queue, id string) error {
-	if err := r.rdb.HDel(ctx, taskKey(queue, id), fieldRuns, fieldKilled).Err(); err != nil {
+	if err := r.rdb.HDel(ctx, taskKey(queue, id), fieldRuns, fieldKilled, fieldHolder).Err(); err != nil {
 		return fmt.Errorf("end delivery run: %w", err)
 	}
 	return nil
