@@ -40,6 +40,8 @@ func TestRedisFaultMatrix(t *testing.T) {
 		// retried is the redeliveries the cell's own injected failure
 		// (not Redis's) counts.
 		retried int
+		// fence runs the delivery under fast crash recovery's fence.
+		fence bool
 	}
 	begin := func(e *env, id string) redisfault.Match { return e.beginCmd(id) }
 	gateCmd := func(*env, string) redisfault.Match {
@@ -55,11 +57,25 @@ func TestRedisFaultMatrix(t *testing.T) {
 	end := func(e *env, id string) redisfault.Match {
 		return redisfault.Match{Name: "hdel", Args: []string{taskKey(e.queue, id), fieldRuns}}
 	}
+	// The fence reads the task's epoch before each post, before each
+	// record and before the outcome goes back to asynq: 1, 2 (part 1),
+	// 3, 4 (part 2), 5.
+	fenceCmd := func(e *env, id string) redisfault.Match {
+		return redisfault.Match{Name: "hmget", Args: []string{taskKey(e.queue, id), fieldEpoch}}
+	}
 	cells := []cell{
 		{name: "begin/fail", match: begin, nth: 1, log: "level=WARN msg=\"Redis failed during the delivery", outcome: RedisUnavailable},
 		{name: "begin/cut", match: begin, nth: 1, cut: true, long: true, log: "level=WARN msg=\"Redis failed during the delivery", outcome: RedisUnavailable},
 		{name: "gate/fail", match: gateCmd, nth: 1, log: "level=WARN msg=\"Redis did not answer the send gate", outcome: Delivered},
 		{name: "gate/cut", match: gateCmd, nth: 1, cut: true, log: "level=WARN msg=\"Redis did not answer the send gate", outcome: Delivered},
+		{name: "part2-gate/fail", match: gateCmd, nth: 2, log: "level=WARN msg=\"Redis did not answer the send gate", outcome: Delivered},
+		{name: "part2-gate/cut", match: gateCmd, nth: 2, cut: true, log: "level=WARN msg=\"Redis did not answer the send gate", outcome: Delivered},
+		{name: "fence-before-post/fail", match: fenceCmd, nth: 1, fence: true, log: "level=INFO msg=delivered", outcome: Delivered},
+		{name: "fence-before-post/cut", match: fenceCmd, nth: 1, cut: true, fence: true, log: "level=INFO msg=delivered", outcome: Delivered},
+		{name: "fence-before-record/fail", match: fenceCmd, nth: 2, fence: true, log: "level=INFO msg=delivered", outcome: Delivered},
+		{name: "fence-before-record/cut", match: fenceCmd, nth: 2, cut: true, fence: true, log: "level=INFO msg=delivered", outcome: Delivered},
+		{name: "fence-before-outcome/fail", match: fenceCmd, nth: 5, fence: true, log: "level=INFO msg=delivered", outcome: Delivered},
+		{name: "fence-before-outcome/cut", match: fenceCmd, nth: 5, cut: true, fence: true, log: "level=INFO msg=delivered", outcome: Delivered},
 		{name: "part1-record/fail", match: record, nth: 1, log: "level=WARN msg=\"delivery record not written", outcome: Delivered},
 		{name: "part1-record/cut", match: record, nth: 1, cut: true, log: "level=WARN msg=\"delivery record not written", outcome: Delivered},
 		{name: "part2-record/fail", match: record, nth: 2, log: "level=WARN msg=\"delivery record not written", outcome: Delivered},
@@ -99,7 +115,16 @@ func TestRedisFaultMatrix(t *testing.T) {
 			hook.Add(rule)
 			// The end of a run is only its own round trip on a redelivery
 			// that finds the message delivered: lose the first completion.
-			w := e.start(func(cfg *WorkerConfig) { cfg.Observer = obs })
+			var fence *testRecovery
+			if c.fence {
+				fence = newTestRecovery(t, e.workerRdb, e.queue)
+			}
+			w := e.start(func(cfg *WorkerConfig) {
+				cfg.Observer = obs
+				if fence != nil {
+					cfg.Fence = fence
+				}
+			})
 			if c.retried > 0 {
 				lost := false
 				w.handler.afterRecord = func(_ string, part int) error {
@@ -129,6 +154,9 @@ func TestRedisFaultMatrix(t *testing.T) {
 			}
 			if !obs.has(c.outcome) || (c.retried == 0 && obs.has(Transient)) {
 				t.Fatalf("outcomes %v, want %v and no transient", obs.all(), c.outcome)
+			}
+			if fence != nil && fence.halts.Load() != 0 {
+				t.Fatalf("the fence halted the worker %d times", fence.halts.Load())
 			}
 		})
 	}
