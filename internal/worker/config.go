@@ -87,7 +87,8 @@ type Config struct {
 	PoisonLimit int
 	// IsolateConcurrency bounds the isolated delivery processes (suspects
 	// of killing their worker) that run at once
-	// (COURIER_ISOLATE_CONCURRENCY). Default 1; at least 1.
+	// (COURIER_ISOLATE_CONCURRENCY); more are handed back to the queue.
+	// Default 2; at least 1.
 	IsolateConcurrency int
 	// UnauthorizedDelay is the hold time and probe interval for a bot whose
 	// token Webex rejects (COURIER_UNAUTHORIZED_DELAY). Default 5m.
@@ -263,7 +264,7 @@ func flags(c *Config) *settings.Set {
 	s.Duration(&c.DelayedInterval, "delayed-task-check-interval", "COURIER_DELAYED_TASK_CHECK_INTERVAL", tasks.DefaultDelayedTaskCheckInterval, "how often scheduled and redelivered tasks are made due")
 	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "COURIER_SHUTDOWN_TIMEOUT", tasks.DefaultShutdownTimeout, "how long a stop lets deliveries under way finish (the whole stop: 10s more, then exit 1)")
 	s.Int(&c.PoisonLimit, "poison-limit", "COURIER_POISON_LIMIT", tasks.DefaultPoisonLimit, "dead-letter a task after this many of its isolated deliveries died with their process")
-	s.Int(&c.IsolateConcurrency, "isolate-concurrency", "COURIER_ISOLATE_CONCURRENCY", tasks.DefaultIsolateConcurrency, "isolated delivery processes (suspects of killing their worker) run at once; more wait")
+	s.Int(&c.IsolateConcurrency, "isolate-concurrency", "COURIER_ISOLATE_CONCURRENCY", tasks.DefaultIsolateConcurrency, "isolated delivery processes (suspects of killing their worker) run at once; more are handed back to the queue")
 	s.Duration(&c.UnauthorizedDelay, "unauthorized-delay", "COURIER_UNAUTHORIZED_DELAY", tasks.DefaultUnauthorizedDelay, "hold time and probe interval for a bot whose token is rejected")
 	s.Duration(&c.RecoveryAfter, "recovery-after", "COURIER_RECOVERY_AFTER", tasks.DefaultRecoveryAfter, "take over a dead worker's tasks once it has been silent this long; 0: off (asynq's own recovery, 60-130s)")
 	s.Float(&c.Gate.Rate, "rate", "COURIER_RATE", 0, "requests per second per bot, shared by all workers; 0: no shared limit")

@@ -22,7 +22,7 @@ const (
 	DefaultTaskCheckInterval        = 25 * time.Millisecond
 	DefaultDelayedTaskCheckInterval = time.Second
 	DefaultPoisonLimit              = 3
-	DefaultIsolateConcurrency       = 1
+	DefaultIsolateConcurrency       = 2
 	DefaultUnauthorizedDelay        = 5 * time.Minute
 	DefaultDeferDelay               = 30 * time.Second
 )
@@ -70,9 +70,10 @@ type WorkerConfig struct {
 	// every death counts toward PoisonLimit.
 	Isolate func(ctx context.Context) *exec.Cmd
 	// IsolateConcurrency bounds the isolated processes this worker runs at
-	// once: more suspects wait for a free one (each process costs a worker's
-	// memory, and a flood of them after a crash storm must not exhaust it,
-	// since an out-of-memory kill counts as the message's death). Default 1.
+	// once: more suspects are handed back (not counted) to wait their turn
+	// in the queue. Each process costs a worker's memory, and a flood of
+	// them after a crash storm must not exhaust it, since an out-of-memory
+	// kill counts as the message's death. Default 2.
 	IsolateConcurrency int
 	// isolatedSilence: an isolated process silent this long after its
 	// delivery began is frozen (isolate.go). Default isolatedSilenceDefault.

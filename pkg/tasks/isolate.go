@@ -209,15 +209,14 @@ func (h *Handler) isolate(ctx context.Context, m taskMeta, payload []byte, died 
 	handBack := func(err error) error {
 		return &DeliveryError{Outcome: Interrupted, Bot: bot, Err: err, Delay: retrypolicy.QueueDelay(0)}
 	}
-	// One process per slot: a flood of suspects waits here, in the lease
-	// the worker's heartbeat keeps extending.
+	// One process per slot. A flood of suspects (after a crash storm every
+	// task in flight is one) waits its turn in the queue, not in this
+	// worker's delivery slots, which healthy messages need.
 	select {
 	case h.isolateSlots <- struct{}{}:
 		defer func() { <-h.isolateSlots }()
-	case <-ctx.Done():
-		return handBack(fmt.Errorf("isolated delivery: waiting for a free process: %w", context.Cause(ctx)))
-	case <-h.stop.Done():
-		return handBack(errors.New("isolated delivery: worker stopping"))
+	default:
+		return handBack(fmt.Errorf("isolated deliveries busy (%d at once)", cap(h.isolateSlots)))
 	}
 	// What a death is counted against: the deaths so far and the epoch.
 	base, err := h.rec.rdb.HMGet(ctx, taskKey(m.queue, m.id), fieldKilled, fieldEpoch).Result()

@@ -256,9 +256,10 @@ func TestIsolatedDeathCountedOnce(t *testing.T) {
 }
 
 // A flood of suspects (after a crash storm every task in flight is one)
-// runs one isolated process at a time by default, each delivered once.
-// Before the bound, each suspect started its process at once: as many
-// processes as the worker's Concurrency, each with a worker's memory.
+// runs at most IsolateConcurrency isolated processes at once (2 by
+// default; the others are handed back), each delivered once. Before the
+// bound, each suspect started its process at once: as many processes as
+// the worker's Concurrency, each with a worker's memory.
 func TestIsolatedProcessesBounded(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, webextest.Options{})
@@ -277,7 +278,7 @@ func TestIsolatedProcessesBounded(t *testing.T) {
 		t.Fatalf("%d requests, want %d", req, len(ids))
 	}
 	most, err := e.rdb.Get(context.Background(), set+":max").Int()
-	if err != nil || most != DefaultIsolateConcurrency {
+	if err != nil || most > DefaultIsolateConcurrency {
 		t.Fatalf("%d isolated processes at once (%v), want at most %d", most, err, DefaultIsolateConcurrency)
 	}
 }
