@@ -335,3 +335,67 @@ func TestIsolatedGarbageSkipped(t *testing.T) {
 		t.Fatalf("%d requests, want 1", req)
 	}
 }
+
+// The worker's own Redis round trips for an isolated delivery, failed once
+// and cut for 3s (the isolated process reaches Redis directly, unharmed):
+// the read of the deaths so far before it starts, and the count of a death.
+// A healthy suspect is delivered once; a message that kills its process is
+// archived as poison after exactly three counted deaths: no death counted
+// twice, none lost. baseline/cut needs asynq's recoverer (the hand-back
+// meets the cut, as in TestRedisFaultMatrix): long form only.
+func TestIsolatedRedisFaults(t *testing.T) {
+	t.Parallel()
+	baseline := func(e *env, id string) redisfault.Match {
+		return redisfault.Match{Name: "hmget", Args: []string{taskKey(e.queue, id), fieldKilled}}
+	}
+	count := func(e *env, id string) redisfault.Match {
+		return redisfault.Match{Name: "evalsha", Args: []string{killedScript.Hash(), taskKey(e.queue, id)}}
+	}
+	cells := []struct {
+		name   string
+		room   string
+		match  func(e *env, id string) redisfault.Match
+		cut    bool
+		long   bool
+		state  asynq.TaskState
+		log    string
+		killed int // isolated deaths logged
+	}{
+		{name: "baseline/fail", room: "r", match: baseline, state: asynq.TaskStateCompleted, log: "msg=\"Redis failed during the delivery"},
+		{name: "baseline/cut", room: "r", match: baseline, cut: true, long: true, state: asynq.TaskStateCompleted, log: "msg=\"Redis failed during the delivery"},
+		{name: "count/fail", room: crashRoom, match: count, state: asynq.TaskStateArchived, log: "msg=\"isolated death not counted: retrying", killed: 3},
+		{name: "count/cut", room: crashRoom, match: count, cut: true, state: asynq.TaskStateArchived, log: "msg=\"isolated death not counted: retrying", killed: 3},
+	}
+	for _, c := range cells {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			if c.long && testing.Short() {
+				t.Skip("needs asynq's recoverer (up to ~2 minutes): long form only")
+			}
+			e := newEnv(t, webextest.Options{})
+			proxy, hook := e.faultyWorkerRedis()
+			id := e.enqueue(text(c.room, "x"))
+			e.died(id, 2)
+			rule := &redisfault.Rule{Match: c.match(e, id), Nth: 1}
+			if c.cut {
+				rule.Do = func() { proxy.Cut(3 * time.Second) }
+			}
+			hook.Add(rule)
+			e.startIsolating()
+			info := e.waitState(id, c.state, 150*time.Second)
+			logs := e.logs.String()
+			if rule.Failed() != 1 || !strings.Contains(logs, c.log) {
+				t.Fatalf("rule fired %d times; log lacks %q", rule.Failed(), c.log)
+			}
+			if n := strings.Count(logs, "outcome=killed"); n != c.killed {
+				t.Fatalf("%d isolated deaths logged, want %d", n, c.killed)
+			}
+			if req, _ := e.sim.Counts("r"); info.State == asynq.TaskStateCompleted && req != 1 {
+				t.Fatalf("%d requests, want 1", req)
+			}
+			if info.State == asynq.TaskStateArchived && !strings.Contains(info.LastErr, "poison: 3 isolated deliveries died") {
+				t.Fatalf("LastErr %q", info.LastErr)
+			}
+		})
+	}
+}

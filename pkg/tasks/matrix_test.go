@@ -115,17 +115,7 @@ func TestRedisFaultMatrix(t *testing.T) {
 				t.Skip("needs asynq's recoverer (up to ~2 minutes): long form only")
 			}
 			e := newEnv(t, webextest.Options{})
-			proxy, err := redisfault.NewProxy(e.rdb.Options().Addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { _ = proxy.Close() })
-			opt := *e.rdb.Options()
-			opt.Addr = proxy.Addr
-			e.workerRdb = redis.NewClient(&opt)
-			t.Cleanup(func() { _ = e.workerRdb.Close() })
-			hook := &redisfault.Hook{}
-			e.workerRdb.AddHook(hook)
+			proxy, hook := e.faultyWorkerRedis()
 			obs := &outcomes{}
 
 			opts := []Option{MaxRedeliveries(c.retried)} // no redelivery to spare beyond what the cell counts
@@ -197,4 +187,23 @@ func TestRedisFaultMatrix(t *testing.T) {
 			}
 		})
 	}
+}
+
+// faultyWorkerRedis gives the worker (started next) its own Redis client,
+// through a proxy that can cut it and with a hook that fails its commands;
+// the test's own client stays direct.
+func (e *env) faultyWorkerRedis() (*redisfault.Proxy, *redisfault.Hook) {
+	e.t.Helper()
+	proxy, err := redisfault.NewProxy(e.rdb.Options().Addr)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = proxy.Close() })
+	opt := *e.rdb.Options()
+	opt.Addr = proxy.Addr
+	e.workerRdb = redis.NewClient(&opt)
+	e.t.Cleanup(func() { _ = e.workerRdb.Close() })
+	hook := &redisfault.Hook{}
+	e.workerRdb.AddHook(hook)
+	return proxy, hook
 }
