@@ -114,9 +114,10 @@ type isolatedLine struct {
 }
 
 // An isolated process that began its delivery writes a line every
-// isolatedBeat. One silent for isolatedSilenceDefault is frozen (SIGSTOP, a
-// frozen cgroup): a running Go process answers even while its delivery is
-// stuck or spinning. The worker kills it and hands the task back, not
+// isolatedBeat. One silent for isolatedSilenceDefault, and two beats more
+// (a worker that was paused itself reads the lines written meanwhile), is
+// frozen (SIGSTOP, a frozen cgroup): a running Go process answers even while
+// its delivery is stuck or spinning. The worker kills it and hands the task back, not
 // counted, rather than hold the task, and its isolation slot, until the
 // task's deadline.
 const (
@@ -316,6 +317,7 @@ func (h *Handler) watchIsolated(cmd *exec.Cmd, stdout io.Reader) (started, froze
 			silence.Stop()
 		}
 	}()
+	doubt := false // the bound passed once: look again shortly
 	for {
 		select {
 		case l, ok := <-lines:
@@ -326,6 +328,7 @@ func (h *Handler) watchIsolated(cmd *exec.Cmd, stdout io.Reader) (started, froze
 			if l.Result != nil {
 				res = l.Result
 			}
+			doubt = false
 			switch {
 			case !started || frozen:
 			case silence == nil:
@@ -335,6 +338,13 @@ func (h *Handler) watchIsolated(cmd *exec.Cmd, stdout io.Reader) (started, froze
 				silence.Reset(h.cfg.isolatedSilence)
 			}
 		case <-silent:
+			if !doubt {
+				// This worker may have been paused itself: the lines
+				// written meanwhile wait in the pipe, read in a moment.
+				doubt = true
+				silence.Reset(2 * isolatedBeat)
+				continue
+			}
 			frozen, silent = true, nil
 			_ = cmd.Process.Kill()
 		}
