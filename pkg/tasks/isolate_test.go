@@ -35,6 +35,9 @@ const (
 	// isolatedGarbageEnv, when set, makes the isolated process write a line
 	// of 17 MiB and one that is not JSON before its own lines.
 	isolatedGarbageEnv = "COURIER_TASKS_TEST_GARBAGE"
+	// isolatedMuteEnv, when set, makes the isolated process say it started
+	// and exit 0 without an outcome.
+	isolatedMuteEnv = "COURIER_TASKS_TEST_MUTE"
 )
 
 // joinScript adds a running process to the set and keeps the most seen.
@@ -83,6 +86,10 @@ func isolatedChild() int {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
+	}
+	if os.Getenv(isolatedMuteEnv) != "" {
+		_, _ = os.Stdout.WriteString("{\"started\":true}\n")
+		return 0
 	}
 	if os.Getenv(isolatedGarbageEnv) != "" {
 		_, _ = os.Stdout.Write(append(bytes.Repeat([]byte("x"), 17<<20), "\nnot json {\n"...))
@@ -397,5 +404,22 @@ func TestIsolatedRedisFaults(t *testing.T) {
 				t.Fatalf("LastErr %q", info.LastErr)
 			}
 		})
+	}
+}
+
+// An isolated process that exits by itself (status 0) without an outcome
+// did not die: the suspect is handed back, no death counted. Before, it was
+// counted as the message's death, three of them poison.
+func TestIsolatedCleanExitIsNotADeath(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	id := e.enqueue(text("r", "x"))
+	e.died(id, 2)
+	e.startIsolating(func(c *WorkerConfig) { c.Isolate = e.isolatedCmd(isolatedMuteEnv + "=1") })
+	waitFor(t, 30*time.Second, "three isolated deliveries", func() bool {
+		return strings.Count(e.logs.String(), "isolated delivery exited without a readable outcome") >= 3
+	})
+	if logs := e.logs.String(); strings.Contains(logs, "outcome=killed") || strings.Contains(logs, "outcome=poison") {
+		t.Fatalf("a clean exit counted as a death:\n%s", logs)
 	}
 }
