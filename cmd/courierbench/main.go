@@ -4,6 +4,7 @@
 //
 //	go run ./cmd/courierbench run               # everything, results as markdown
 //	go run ./cmd/courierbench chaos -short      # the chaos run, CI's short form
+//	go run ./cmd/courierbench cost              # cost per message: drain, CPU, RSS, idle, latency at 500/s
 //	go run ./cmd/courierbench cli-latency       # enqueue → Webex latency through `enqueue --jsonl -`
 //	go run ./cmd/courierbench chaos -ordered -messages 5000 -rooms 50   # ordered delivery under chaos
 //	go run ./cmd/courierbench ordered -runs 1   # ordered vs unordered throughput
@@ -29,7 +30,7 @@ import (
 func main() {
 	redis.SetLogger(quiet{}) // Redis is killed on purpose; its client's dial errors are expected
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: courierbench run|chaos|cli-latency|ordered [flags]")
+		fmt.Fprintln(os.Stderr, "usage: courierbench run|cost|chaos|cli-latency|ordered [flags]")
 		os.Exit(2)
 	}
 	if err := run(os.Args[1], os.Args[2:]); err != nil {
@@ -74,9 +75,40 @@ func run(cmd string, args []string) error {
 		defer env.Close()
 		return env.Run(os.Stdout, bench.Options{Messages: *n, Concurrency: ints(*conc), Runs: *runs, EnqueueN: *enq,
 			Rates: ints(*rates), RateDuration: *per, IdleFor: *idle, PlotPath: *plot})
+	case "cost": // cost per message: drain, CPU, RSS, idle CPU and latency, side by side
+		o := bench.CostOptions{}
+		fs.IntVar(&o.Messages, "messages", 20000, "messages per drain run")
+		conc := fs.String("concurrency", "10,100", "drain concurrencies")
+		fs.IntVar(&o.Runs, "runs", 3, "A/B pairs per concurrency")
+		fs.IntVar(&o.Rate, "rate", 500, "latency rate per second")
+		fs.DurationVar(&o.RateDuration, "rate-duration", 10*time.Second, "time at the rate")
+		fs.DurationVar(&o.IdleFor, "idle", 20*time.Second, "idle CPU window")
+		fs.BoolVar(&o.Admin, "admin", false, "run courier's worker with its admin server (metrics, asynqmon) as its defaults have it")
+		fs.StringVar(&o.ProfileDir, "profile", "", "directory for CPU profiles of courier's worker (drain.pprof, idle.pprof); turns the admin server on")
+		fs.BoolVar(&o.DrainOnly, "drain-only", false, "measure the drain only (no idle CPU, no latency)")
+		fs.Func("courier-env", "extra environment for courier's worker, KEY=VALUE (repeatable)", func(s string) error {
+			o.CourierEnv = append(o.CourierEnv, s)
+			return nil
+		})
+		verbose := fs.Bool("v", false, "show the workers' output")
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		o.Concurrency = ints(*conc)
+		var log io.Writer = io.Discard
+		if *verbose {
+			log = os.Stderr
+		}
+		env, err := bench.NewEnv(log, "")
+		if err != nil {
+			return err
+		}
+		defer env.Close()
+		return env.Cost(os.Stdout, o)
 	case "cli-latency": // enqueue → Webex latency through `enqueue --jsonl -` kept open
 		rate := fs.Int("rate", 500, "lines per second")
 		d := fs.Duration("duration", 10*time.Second, "time at the rate")
+		runs := fs.Int("runs", 1, "pairs of runs; the order alternates (CLI first, then the Go producer first)")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
@@ -85,18 +117,24 @@ func run(cmd string, args []string) error {
 			return err
 		}
 		defer env.Close()
-		// The Go producer right after, under the same machine load.
-		fmt.Println("| producer | rate/s | messages | p50 | p99 | max |\n|---|---|---|---|---|---|")
-		for _, side := range []string{"enqueue --jsonl - (kept open)", "Go Producer"} {
-			measure := func() (bench.LatencyResult, error) { return env.CLILatency(*rate, *d) }
-			if side == "Go Producer" {
-				measure = func() (bench.LatencyResult, error) { return env.Latency(bench.Courier, *rate, *d) }
+		// Both sides under the same machine load, one right after the other,
+		// with the same producer settings (the command's defaults).
+		fmt.Println("| producer | rate/s | messages | p50 | p99 | max | ack p50 | ack p99 |\n|---|---|---|---|---|---|---|---|")
+		sides := []string{"enqueue --jsonl - (kept open)", "Go Producer"}
+		for run := range *runs {
+			for k := range sides {
+				side := sides[(k+run)%2]
+				measure := func() (bench.LatencyResult, error) { return env.CLILatency(*rate, *d) }
+				if side == "Go Producer" {
+					measure = func() (bench.LatencyResult, error) { return env.ProducerLatency(*rate, *d) }
+				}
+				r, err := measure()
+				if err != nil {
+					return err
+				}
+				fmt.Printf("| %s | %d | %d | %.1f ms | %.1f ms | %.1f ms | %.2f ms | %.2f ms |\n", side, r.Rate, r.N, float64(r.P50)/1e6, float64(r.P99)/1e6, float64(r.Max)/1e6,
+					float64(r.AckP50)/1e6, float64(r.AckP99)/1e6)
 			}
-			r, err := measure()
-			if err != nil {
-				return err
-			}
-			fmt.Printf("| %s | %d | %d | %.1f ms | %.1f ms | %.1f ms |\n", side, r.Rate, r.N, float64(r.P50)/1e6, float64(r.P99)/1e6, float64(r.Max)/1e6)
 		}
 		return nil
 	case "ordered":
@@ -162,7 +200,7 @@ func run(cmd string, args []string) error {
 		}
 		return rep.Check()
 	}
-	return fmt.Errorf("unknown command %q: want run, chaos, cli-latency or ordered", cmd)
+	return fmt.Errorf("unknown command %q: want run, cost, chaos, cli-latency or ordered", cmd)
 }
 
 type quiet struct{}

@@ -34,7 +34,7 @@ func (e *env) beginCmd(id string) redisfault.Match {
 
 // recordCmd matches the dedup-record write of task id.
 func (e *env) recordCmd(id string) redisfault.Match {
-	return redisfault.Match{Name: "hset", Args: []string{taskKey(e.queue, id), fieldResult}}
+	return redisfault.Match{Name: "evalsha", Args: []string{markScript.Hash(), taskKey(e.queue, id)}}
 }
 
 // panicky panics on its first call, then sends.
@@ -212,7 +212,7 @@ func TestAsynqKeyLayout(t *testing.T) {
 		t.Fatalf("asynq's task hash %s: %v %v", taskKey(e.queue, id), fields, err)
 	}
 	rec := &records{rdb: e.rdb}
-	if err := rec.markSent(ctx, e.queue, id, []string{"msg-1"}, false, nil); err != nil {
+	if err := rec.markSent(ctx, e.queue, id, []string{"msg-1"}, false, false, 0, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.rdb.HSet(ctx, taskKey(e.queue, id), fieldRuns, 1).Err(); err != nil {
@@ -222,7 +222,7 @@ func TestAsynqKeyLayout(t *testing.T) {
 	if err != nil || string(info.Result) != `{"message_ids":["msg-1"]}` || info.State != asynq.TaskStatePending {
 		t.Fatalf("asynq does not read courier's result field: %+v %v", info, err)
 	}
-	got, err := rec.begin(ctx, e.queue, id, "")
+	got, err := rec.begin(ctx, e.queue, id, "", 0)
 	if err != nil || got.gone || len(got.sent) != 1 || got.sent[0] != "msg-1" || got.died != 1 {
 		t.Fatalf("begin = %+v, %v", got, err)
 	}

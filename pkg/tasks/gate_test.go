@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -192,4 +195,155 @@ func TestGateWaitBoundedInTotal(t *testing.T) {
 	if !errors.As(err, &held) || held.Kind != GateCooldown {
 		t.Fatalf("wait = %v, want a *GateError (cool-down) before the context ends", err)
 	}
+}
+
+// watchedGate is newGate with its subscription live, stopped at cleanup.
+func watchedGate(t *testing.T, rdb redis.UniversalClient, cfg GateConfig) (*gate, *syncBuffer) {
+	t.Helper()
+	g, logs := newGate(t, rdb, cfg)
+	stop, done := g.watch()
+	t.Cleanup(func() { stop(); <-done })
+	waitFor(t, 10*time.Second, "the gate's subscription", func() bool { _, live := g.views.snapshot(); return live })
+	return g, logs
+}
+
+// A worker answers from its view of an open gate without asking Redis, and
+// a cool-down or a breaker opened by another worker reaches it through
+// pub/sub: its next send is held, well before the view would have expired.
+func TestGateViewDroppedOnChange(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.Client(t)
+	ns := "courier:{" + redistest.Name(t) + "}"
+	redistest.DeleteKeys(t, rdb, ns+":*")
+	cfg := GateConfig{Namespace: ns, StateCache: time.Hour, BreakerFailures: 2, ProbeInterval: time.Hour}
+	counted := redis.NewClient(rdb.Options())
+	t.Cleanup(func() { _ = counted.Close() })
+	calls := &countScripts{}
+	counted.AddHook(calls)
+	a, _ := watchedGate(t, counted, cfg)
+	b, _ := watchedGate(t, rdb, cfg)
+	ctx := context.Background()
+	for range 10 {
+		if d := a.acquire(ctx, "bot"); d.kind != gateOpen {
+			t.Fatalf("open gate held a send: %+v", d)
+		}
+	}
+	if n := calls.n.Load(); n != 1 {
+		t.Fatalf("10 sends asked Redis %d times, want once (then the view)", n)
+	}
+	b.result(ctx, "bot", &webex.APIError{StatusCode: 429, RetryAfter: 30 * time.Second}, false)
+	waitFor(t, 5*time.Second, "the cool-down to reach the other worker", func() bool { return a.acquire(ctx, "bot").kind == GateCooldown })
+
+	for range 2 { // the breaker, on another bot
+		b.result(ctx, "other", &webex.APIError{StatusCode: 503}, false)
+	}
+	waitFor(t, 5*time.Second, "the open breaker to reach the other worker", func() bool {
+		d := a.acquire(ctx, "other")
+		return d.kind == GateCircuitOpen || d.probe
+	})
+}
+
+// countScripts counts the gate scripts a client sends.
+type countScripts struct{ n atomic.Int64 }
+
+func (c *countScripts) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (c *countScripts) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if a := cmd.Args(); len(a) > 1 && a[1] == acquireScript.Hash() {
+			c.n.Add(1)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (c *countScripts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// Without a live subscription (a message may have been lost) a worker keeps
+// no view: it asks Redis before every send, as if views did not exist.
+func TestGateViewNeedsTheSubscription(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t, false)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	g, _ := watchedGate(t, rdb, GateConfig{StateCache: time.Hour})
+	ctx := context.Background()
+	g.acquire(ctx, "bot")
+	if d := g.views.decide("bot", time.Now()); d == nil {
+		t.Fatal("no view kept while subscribed")
+	}
+	if err := rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the lost subscription to drop the views", func() bool { return g.views.decide("bot", time.Now()) == nil })
+	waitFor(t, 10*time.Second, "the subscription back", func() bool { _, live := g.views.snapshot(); return live })
+}
+
+// With a shared rate limit taken in batches by several workers, the
+// cluster never exceeds the limit by more than the batch: in every window,
+// sends ≤ rate × window + burst + batch (plus what one round trip's
+// latency lets slip, measured).
+func TestGateBatchedPermitsBound(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.Client(t)
+	ns := "courier:{" + redistest.Name(t) + "}"
+	redistest.DeleteKeys(t, rdb, ns+":*")
+	for _, workers := range []int{1, 3} {
+		t.Run(fmt.Sprintf("%d workers", workers), func(t *testing.T) { batchedPermits(t, rdb, ns+fmt.Sprint(workers), workers) })
+	}
+}
+
+func batchedPermits(t *testing.T, rdb *redis.Client, ns string, workers int) {
+	const rate, burst, batch, senders = 40.0, 2, 5, 4
+	cfg := GateConfig{Namespace: ns, Rate: rate, Burst: burst, Batch: batch, MaxWait: time.Second, StateCache: time.Minute}
+	var mu sync.Mutex
+	var sends []time.Time
+	var slowest time.Duration
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	counted := redis.NewClient(rdb.Options())
+	t.Cleanup(func() { _ = counted.Close() })
+	calls := &countScripts{}
+	counted.AddHook(calls)
+	var wg sync.WaitGroup
+	for range workers {
+		g, _ := watchedGate(t, counted, cfg)
+		for range senders {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for ctx.Err() == nil {
+					start := time.Now()
+					if _, err := g.wait(ctx, "bot"); err != nil {
+						continue
+					}
+					now := time.Now()
+					mu.Lock()
+					sends = append(sends, now)
+					slowest = max(slowest, now.Sub(start))
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	slices.SortFunc(sends, func(a, b time.Time) int { return a.Compare(b) })
+	slack := min(slowest, time.Second).Seconds() * rate // a reply held up that long shifts its permits as late
+	worst := 0.0
+	for i := range sends {
+		for j := i; j < len(sends); j++ {
+			over := float64(j-i+1) - (rate*sends[j].Sub(sends[i]).Seconds() + burst)
+			worst = max(worst, over)
+		}
+	}
+	if worst > batch+slack {
+		t.Fatalf("%d sends in 3s: a window exceeded the limit by %.1f, want at most the batch %d (+%.1f for a slow reply)", len(sends), worst, batch, slack)
+	}
+	if min := int(rate * 2); len(sends) < min { // the limit is used, not starved
+		t.Fatalf("%d sends in 3s at %v/s", len(sends), rate)
+	}
+	if n := calls.n.Load(); n >= int64(len(sends)) || workers == 1 && n > int64(len(sends)/batch*2) {
+		t.Fatalf("%d round trips for %d sends: permits not batched", n, len(sends))
+	}
+	t.Logf("%d sends in 3s at %v/s, %d gate round trips, worst window %.1f over rate×window+burst (batch %d)", len(sends), rate, calls.n.Load(), worst, batch)
 }

@@ -1,6 +1,7 @@
 package tasks
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -62,20 +63,15 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	m.queue, _ = asynq.GetQueueName(ctx)
 	m.retried, _ = asynq.GetRetryCount(ctx)
 	m.maxRetry, _ = asynq.GetMaxRetry(ctx)
-	var err error
-	var claim *Claim
-	var release func()
-	died := 0
-	if h.isolating() {
-		died = h.suspect(ctx, m)
+	var d delivery
+	err := h.process(ctx, m, t.Payload(), &d)
+	if d.suspect > 0 {
+		d.claim = h.isolatedClaim(ctx, m)
+		err = h.isolate(ctx, m, t.Payload(), d.suspect, d.claim)
+		d.release = h.releaser(ctx, m, t.Payload()) // the isolated process never releases: this worker does, once fenced
+		d.confirmed = time.Time{}                   // the isolated process wrote, not this one: check
 	}
-	if died > 0 {
-		claim = h.isolatedClaim(ctx, m)
-		err = h.isolate(ctx, m, t.Payload(), died, claim)
-		release = h.releaser(ctx, m, t.Payload()) // the isolated process never releases: this worker does, once fenced
-	} else {
-		err = h.process(ctx, m, t.Payload(), &claim, &release)
-	}
+	claim, release := d.claim, d.release
 	if claim == nil {
 		return err // nothing began: nothing to fence, nothing to release
 	}
@@ -83,7 +79,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	// before asynq records the outcome on the new owner's entries, and never
 	// releases the next message of a sequence: the new owner may still be
 	// posting this one.
-	if ferr := h.fence(ctx, *claim); ferr != nil {
+	if ferr := h.fence(ctx, *claim, d.confirmed); ferr != nil {
 		if err == nil {
 			err = &DeliveryError{Outcome: Interrupted, Err: ferr, Delay: retrypolicy.QueueDelay(0)}
 		}
@@ -131,11 +127,25 @@ func (h *Handler) isolatedClaim(ctx context.Context, m taskMeta) *Claim {
 	return &Claim{Queue: m.queue, ID: m.id, Epoch: epoch}
 }
 
-// process delivers one task, in the worker or in an isolated process; once
-// the delivery has begun, *held is its claim, fenced until process returns.
-// For a delivered ordered message it sets *release to hand its sequence
-// on, which ProcessTask calls once the fence allows.
-func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, held **Claim, release *func()) (err error) {
+// delivery is what process tells ProcessTask.
+type delivery struct {
+	// claim is the delivery's hold on the task once it has begun, fenced
+	// until process returns; nil when nothing began.
+	claim *Claim
+	// release, for a delivered ordered message, hands its sequence on;
+	// ProcessTask calls it once the fence allows.
+	release func()
+	// confirmed is when Redis last confirmed the claim's epoch (the start
+	// of the delivery, each fenced record write); zero: never.
+	confirmed time.Time
+	// suspect, above 0, is how many deliveries of the task died in a row:
+	// nothing began here, ProcessTask delivers it in isolation.
+	suspect int
+}
+
+// process delivers one task, in the worker or in an isolated process,
+// filling d as it goes.
+func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, d *delivery) (err error) {
 	id, queue, retried, maxRetry := m.id, m.queue, m.retried, m.maxRetry
 	defer func() {
 		if r := recover(); r != nil { // counted, through the limit like every counted outcome
@@ -155,7 +165,7 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, held 
 		if de := h.order.claim(ctx, queue, id, p.OrderingKey); de != nil {
 			return de
 		}
-		*release = h.releaser(ctx, m, payload) // called once delivered (not after a panic: the sequence waits)
+		d.release = h.releaser(ctx, m, payload) // called once delivered (not after a panic: the sequence waits)
 	}
 	if p.ParentTask != "" { // a reply: to its parent's Webex message, once delivered
 		if de := h.threadReply(ctx, queue, id, p); de != nil {
@@ -169,15 +179,25 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, held 
 	if h.stopping() {
 		return &DeliveryError{Outcome: Interrupted, Bot: b.name, Err: errors.New("worker stopping"), Delay: retrypolicy.QueueDelay(0)}
 	}
-	st, err := h.rec.begin(ctx, queue, id, h.holder())
+	suspectAt := 0
+	if h.isolating() {
+		suspectAt = suspectAfter
+	}
+	st, err := h.rec.begin(ctx, queue, id, h.holder(), suspectAt)
 	switch {
 	case err != nil: // Redis's fault, not the message's: not counted
 		return &DeliveryError{Outcome: RedisUnavailable, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0)}
 	case st.gone: // asynq's retry rebuilds the hash from the message it holds
 		return &DeliveryError{Outcome: TaskMissing, Bot: b.name, Err: fmt.Errorf("task hash %s is missing (evicted or deleted?): not posting without a delivery record", taskKey(queue, id)), Delay: retrypolicy.QueueDelay(0)}
+	case st.suspect:
+		d.suspect = st.died
+		return nil
 	}
 	claim := h.claimOf(queue, id, st.epoch)
-	*held = &claim
+	d.claim = &claim
+	if claim.Epoch == st.epoch { // Redis just confirmed it (an isolated process runs under the worker's)
+		d.confirmed = time.Now()
+	}
 	if h.cfg.Fence != nil {
 		defer h.cfg.Fence.Hold(claim)()
 	}
@@ -231,7 +251,7 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, held 
 			if err != nil {
 				return nil, err
 			}
-			if err := h.fence(ctx, claim); err != nil {
+			if err := h.fence(ctx, claim, d.confirmed); err != nil {
 				return nil, err
 			}
 			attempts++
@@ -268,12 +288,15 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, held 
 			h.cfg.Logger.Info("Webex accepts the bot's token again: delivering", "bot", botLabel(b.name))
 		}
 		last := delivered(sent) == len(parts)
-		if err := h.fence(ctx, claim); err != nil { // not the new owner's record to write
-			return &DeliveryError{Outcome: Interrupted, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0), Part: i + 1, Parts: len(parts)}
-		}
-		if err := h.record(ctx, queue, id, sent, last, b.name); err != nil {
+		if err := h.record(ctx, claim, sent, last, b.name); err != nil {
+			if errors.Is(err, ErrTakenOver) || errors.Is(err, ErrFenceUnknown) { // not the new owner's record to write
+				return &DeliveryError{Outcome: Interrupted, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0), Part: i + 1, Parts: len(parts)}
+			}
 			// Only this worker knew the ids: the redelivery posts these parts again.
 			return &DeliveryError{Outcome: RedisUnavailable, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0), Part: i + 1, Parts: len(parts)}
+		}
+		if h.fencedWrites() {
+			d.confirmed = time.Now()
 		}
 		finished = last
 		if h.afterRecord != nil {
@@ -301,13 +324,31 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, held 
 // keeps trying, never counting a redelivery, until the handler's context
 // ends (asynq ends it when the task's lease expires, at its deadline or on
 // abort; a lease cannot be extended while Redis is down, so this outlasts
-// outages shorter than the lease, about 25s). It also ends the breaker's
-// run of failures for the bot, in the same round trip: a success means
-// Webex answers.
-func (h *Handler) record(ctx context.Context, queue, id string, sent []string, last bool, bot string) error {
-	return h.untilDone(ctx, "delivery record not written: retrying while the task is held", queue, id, func(ctx context.Context) error {
-		return h.rec.markSent(ctx, queue, id, sent, last, h.gate.succeeded(ctx, bot))
+// outages shorter than the lease, about 25s). It ends the breaker's run of
+// failures for the bot in the same round trip when one may be open (a
+// success means Webex answers), and checks the fence: with *Recovery in the
+// write's own script, else with Fence.Check before it. A write the fence
+// refuses returns ErrTakenOver (or ErrFenceUnknown), the fence having
+// halted the worker.
+func (h *Handler) record(ctx context.Context, c Claim, sent []string, last bool, bot string) error {
+	fenced := h.fencedWrites()
+	if !fenced {
+		if err := h.fence(ctx, c, time.Time{}); err != nil {
+			return err
+		}
+	}
+	var refused error
+	err := h.untilDone(ctx, "delivery record not written: retrying while the task is held", c.Queue, c.ID, func(ctx context.Context) error {
+		err := h.rec.markSent(ctx, c.Queue, c.ID, sent, last, fenced, c.Epoch, h.gate.succeeded(ctx, bot))
+		if errors.Is(err, errFenced) {
+			if refused = h.fence(ctx, c, time.Time{}); refused == nil { // the fence halts the worker
+				refused = fmt.Errorf("%w: %w", ErrTakenOver, err)
+			}
+			return nil
+		}
+		return err
 	})
+	return cmp.Or(refused, err)
 }
 
 // endRun ends the delivery's run, retrying like record (but for at most a
@@ -315,7 +356,7 @@ func (h *Handler) record(ctx context.Context, queue, id string, sent []string, l
 // taken for a delivery that died with its worker. A delivery whose task was
 // taken over leaves the run marker alone: it is the new owner's.
 func (h *Handler) endRun(ctx context.Context, c Claim) {
-	if h.fence(ctx, c) != nil {
+	if h.fence(ctx, c, time.Time{}) != nil {
 		return
 	}
 	queue, id := c.Queue, c.ID
@@ -411,9 +452,14 @@ func (h *Handler) stopping() bool { return h.stop.Err() != nil }
 
 // fence asks WorkerConfig.Fence whether this delivery may still post and
 // write. Its error is final (the fence retries Redis itself): it stops the
-// attempts at once and is never the message's fault.
-func (h *Handler) fence(ctx context.Context, c Claim) error {
+// attempts at once and is never the message's fault. With *Recovery, a
+// claim Redis confirmed less than fenceFresh ago (confirmed) is not asked
+// again (see fenceFresh).
+func (h *Handler) fence(ctx context.Context, c Claim, confirmed time.Time) error {
 	if h.cfg.Fence == nil {
+		return nil
+	}
+	if ef, ok := h.cfg.Fence.(epochFence); ok && ef.live() && !confirmed.IsZero() && time.Since(confirmed) < fenceFresh {
 		return nil
 	}
 	err := h.cfg.Fence.Check(ctx, c)
@@ -424,6 +470,25 @@ func (h *Handler) fence(ctx context.Context, c Claim) error {
 		err = fmt.Errorf("%w: %w", ErrFenceUnknown, err)
 	}
 	return retrypolicy.MarkPermanent(err)
+}
+
+// fenceFresh is how long a claim Redis confirmed (the start-of-delivery
+// script read its epoch; a record write checked it) stands without asking
+// again before a post or before the outcome goes back to asynq, while the
+// worker's own liveness key stands for fenceFresh and a margin more
+// (epochFence.live): a takeover needs the holder's liveness key gone (not
+// refreshed for RecoveryConfig.After) and its lease still, so within
+// fenceFresh of a confirmation nobody can overtake a live worker. A pause
+// longer than fenceFresh (SIGSTOP, a stalled VM) is always checked, and so
+// is every claim while this worker's liveness writes fail.
+const fenceFresh = time.Second
+
+// fencedWrites reports whether the fence is the task's epoch (*Recovery):
+// the record write then checks it in its own script, and a fresh claim is
+// not asked again.
+func (h *Handler) fencedWrites() bool {
+	_, ok := h.cfg.Fence.(epochFence)
+	return ok
 }
 
 var _ asynq.Handler = (*Handler)(nil)

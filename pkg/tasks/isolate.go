@@ -89,17 +89,18 @@ func (h *Handler) claimOf(queue, id string, epoch int64) Claim {
 	return Claim{Queue: queue, ID: id, Epoch: epoch}
 }
 
-// epochFence is the isolated process's fence: the task's epoch must still
-// be the claim's. Unlike a Recovery it halts nothing: the delivery returns
+// isolatedFence is the isolated process's fence: the task's epoch must
+// still be the claim's. Unlike a Recovery it halts nothing: the delivery returns
 // Interrupted and the worker, checking its own fence, halts.
-type epochFence struct{ rdb redis.UniversalClient }
+type isolatedFence struct{ rdb redis.UniversalClient }
 
-var _ Fence = epochFence{}
+var _ epochFence = isolatedFence{}
 
-func (epochFence) Hold(Claim) func() { return func() {} }
-func (epochFence) Holder() string    { return "" }
+func (isolatedFence) Hold(Claim) func() { return func() {} }
+func (isolatedFence) Holder() string    { return "" }
+func (isolatedFence) live() bool        { return false } // the worker's liveness: unknown here
 
-func (f epochFence) Check(ctx context.Context, c Claim) error {
+func (f isolatedFence) Check(ctx context.Context, c Claim) error {
 	_, err := checkEpoch(ctx, f.rdb, c)
 	return err
 }
@@ -173,17 +174,6 @@ type taskMeta struct {
 
 // isolating reports whether suspects are delivered in an isolated process.
 func (h *Handler) isolating() bool { return h.cfg.Isolate != nil && !h.isolated }
-
-// suspect returns how many of the task's deliveries died in a row when
-// that is enough to deliver it in isolation, else 0. A failed read is not a
-// reason to isolate: the delivery's own start then meets Redis's failure.
-func (h *Handler) suspect(ctx context.Context, m taskMeta) int {
-	runs, err := h.rec.rdb.HGet(ctx, taskKey(m.queue, m.id), fieldRuns).Int()
-	if err != nil || runs < suspectAfter {
-		return 0
-	}
-	return runs
-}
 
 // poisoned is the poison verdict on a delivery's start, nil if none. With
 // isolation, only deaths of isolated deliveries count; without it (a
@@ -446,7 +436,7 @@ func (w *Worker) ServeIsolated(ctx context.Context, in io.Reader, out io.Writer)
 	}()
 	h := w.handler
 	h.isolated, h.run = true, req.Run
-	h.cfg.Fence = epochFence{h.rec.rdb}
+	h.cfg.Fence = isolatedFence{h.rec.rdb}
 	var mu sync.Mutex
 	enc := json.NewEncoder(out)
 	write := func(l isolatedLine) error {
@@ -478,7 +468,7 @@ func (w *Worker) ServeIsolated(ctx context.Context, in io.Reader, out io.Writer)
 	if p, err := DecodePayload(req.Payload); err == nil {
 		bot = p.Bot
 	}
-	res := newIsolatedResult(h.process(ctx, m, req.Payload, new(*Claim), new(func())), bot) // the worker releases the sequence, once fenced
+	res := newIsolatedResult(h.process(ctx, m, req.Payload, &delivery{}), bot) // the worker releases the sequence, once fenced
 	if err := write(isolatedLine{Result: res}); err != nil {
 		return fmt.Errorf("write isolated delivery: %w", err)
 	}

@@ -3,8 +3,10 @@ package tasks
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -24,10 +26,11 @@ import (
 //   - courier_killed: of those, isolated deliveries whose own process died
 //     (isolate.go); with isolation, too many make the task poison.
 //
-// Reading the record and counting the run take one script at the start of a
-// delivery (the send gate is asked apart, only when a part is to be sent,
-// with its own timeout); recording a part and ending the run
-// take one pipeline after it.
+// Reading the record, counting the run and spotting a suspect take one
+// script at the start of a delivery; recording a part, ending the run and
+// checking the crash-recovery fence take one script after Webex accepts it.
+// Those are a delivery's two round trips on the common path (see
+// docs/BENCHMARKS.md, "Round trips per message").
 type records struct {
 	rdb redis.UniversalClient
 }
@@ -54,13 +57,18 @@ func taskKey(queue, id string) string { return "asynq:{" + queue + "}:t:" + id }
 const unconfirmedID = "\x00unconfirmed"
 
 var beginScript = redis.NewScript(`
-if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0, 0} end
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0, 0, 0} end
+local suspect = tonumber(ARGV[2])
+if suspect > 0 then
+  local runs = tonumber(redis.call('HGET', KEYS[1], 'courier_runs') or '0')
+  if runs >= suspect then return {runs, '', 0, 0, 1} end
+end
 if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'courier_holder', ARGV[1]) end
 local runs = redis.call('HINCRBY', KEYS[1], 'courier_runs', 1)
 local result = redis.call('HGET', KEYS[1], 'result') or ''
 local killed = tonumber(redis.call('HGET', KEYS[1], 'courier_killed') or '0')
 local epoch = tonumber(redis.call('HGET', KEYS[1], 'courier_epoch') or '0')
-return {runs, result, killed, epoch}
+return {runs, result, killed, epoch, 0}
 `)
 
 // begun is what the start of a delivery finds.
@@ -70,13 +78,18 @@ type begun struct {
 	killed int      // of them, isolated ones whose process died (isolate.go)
 	gone   bool     // the task's hash is missing
 	epoch  int64    // the task's epoch (fieldEpoch) the delivery runs under
+	// suspect: the task's deliveries died suspectAt times in a row; nothing
+	// was begun (the isolated delivery begins it, isolate.go).
+	suspect bool
 }
 
 // begin reads the parts already delivered and counts this delivery as
-// running, under holder ("": none), in one round trip.
-func (r *records) begin(ctx context.Context, queue, id, holder string) (begun, error) {
-	res, err := beginScript.Run(ctx, r.rdb, []string{taskKey(queue, id)}, holder).Slice()
-	if err == nil && len(res) != 4 {
+// running, under holder ("": none), in one round trip. With suspectAt above
+// 0, a task whose deliveries died that many times in a row is not begun: it
+// is a suspect.
+func (r *records) begin(ctx context.Context, queue, id, holder string, suspectAt int) (begun, error) {
+	res, err := beginScript.Run(ctx, r.rdb, []string{taskKey(queue, id)}, holder, suspectAt).Slice()
+	if err == nil && len(res) != 5 {
 		err = fmt.Errorf("unexpected answer %v", res)
 	}
 	if err != nil {
@@ -85,6 +98,9 @@ func (r *records) begin(ctx context.Context, queue, id, holder string) (begun, e
 	runs, _ := res[0].(int64)
 	if runs < 0 {
 		return begun{gone: true}, nil
+	}
+	if s, _ := res[4].(int64); s == 1 {
+		return begun{died: int(runs), suspect: true}, nil
 	}
 	killed, _ := res[2].(int64)
 	epoch, _ := res[3].(int64)
@@ -121,28 +137,82 @@ func newTaskResult(sent []string) TaskResult {
 	return tr
 }
 
+// markLua writes the result (the dedup record) and, with ARGV[2] = 1, ends
+// the run; with an epoch in ARGV[3] only while the task's epoch is still
+// that one (the crash-recovery fence, checked where the write happens). It
+// returns 1, or 0 when the task was taken over (its epoch moved on or its
+// hash is gone) and nothing was written.
+const markLua = `
+if ARGV[3] ~= '' then
+  local v = redis.call('HMGET', KEYS[1], 'state', 'courier_epoch')
+  if not v[1] or tonumber(v[2] or '0') ~= tonumber(ARGV[3]) then return 0 end
+end
+redis.call('HSET', KEYS[1], 'result', ARGV[1])
+if ARGV[2] == '1' then redis.call('HDEL', KEYS[1], 'courier_runs', 'courier_killed', 'courier_holder') end
+return 1
+`
+
+var markScript = redis.NewScript(markLua)
+
+// errFenced is markSent's answer when the task's epoch moved on: nothing
+// was written.
+var errFenced = errors.New("the task's epoch moved on: not written")
+
 // markSent writes the result (the dedup record) after a part was accepted;
-// with finished it also ends the run. also, when set, adds commands to the
-// same round trip (the gate's end of the breaker's run of failures).
-func (r *records) markSent(ctx context.Context, queue, id string, sent []string, finished bool, also func(redis.Pipeliner)) error {
+// with finished it also ends the run. With fenced, it writes only while the
+// task's epoch is still epoch (else errFenced). also, when set, adds
+// commands to the same round trip (the gate's end of the breaker's run of
+// failures).
+func (r *records) markSent(ctx context.Context, queue, id string, sent []string, finished bool, fenced bool, epoch int64, also func(redis.Pipeliner)) error {
 	b, err := json.Marshal(newTaskResult(sent))
 	if err != nil {
 		return err
 	}
-	_, err = r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		p.HSet(ctx, taskKey(queue, id), fieldResult, b)
-		if finished {
-			p.HDel(ctx, taskKey(queue, id), fieldRuns, fieldKilled, fieldHolder)
-		}
-		if also != nil {
-			also(p)
-		}
-		return nil
-	})
-	if err != nil {
+	fin, ep := "0", ""
+	if finished {
+		fin = "1"
+	}
+	if fenced {
+		ep = strconv.FormatInt(epoch, 10)
+	}
+	keys, args := []string{taskKey(queue, id)}, []any{b, fin, ep}
+	var n int64
+	if also == nil {
+		n, err = markScript.Run(ctx, r.rdb, keys, args...).Int64()
+	} else {
+		n, err = r.markPipelined(ctx, keys, args, also)
+	}
+	switch {
+	case err != nil:
 		return fmt.Errorf("write delivery record: %w", err)
+	case n == 0:
+		return errFenced
 	}
 	return nil
+}
+
+// markPipelined runs markScript with also's commands in one round trip. A
+// pipeline cannot fall back from EVALSHA to EVAL by itself: when Redis does
+// not know the script (a restart), it loads it and sends again.
+func (r *records) markPipelined(ctx context.Context, keys []string, args []any, also func(redis.Pipeliner)) (int64, error) {
+	for try := 0; ; try++ {
+		var cmd *redis.Cmd
+		_, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			cmd = markScript.EvalSha(ctx, p, keys, args...)
+			also(p)
+			return nil
+		})
+		if err != nil && try == 0 && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			if err := markScript.Load(ctx, r.rdb).Err(); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		if err != nil {
+			return 0, err
+		}
+		return cmd.Int64()
+	}
 }
 
 // end marks the run finished (the delivery returned, whatever its outcome).

@@ -13,6 +13,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/courier-dev/courier/pkg/webex"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
 
@@ -506,4 +507,53 @@ func TestDeliveryRecordsItsHolder(t *testing.T) {
 	if n, _ := e.rdb.HExists(ctx, taskKey(e.queue, id), fieldHolder).Result(); n {
 		t.Fatal("holder left after the run ended")
 	}
+}
+
+// The same takeover with *Recovery as the fence, as cmd/worker runs it: the
+// post goes out on a claim confirmed moments ago (no check of its own), and
+// the record's script, which checks the epoch where it writes, refuses the
+// write; the worker halts, and nothing of the stale delivery lands in the
+// new owner's task.
+func TestTakenOverDuringPostRecordRefused(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	r := newTestRecovery(t, e.rdb, e.queue)
+	var once sync.Once
+	e.start(func(c *WorkerConfig) {
+		c.Fence = r
+		c.Bots = map[string]Sender{"": takeOverDuring{Sender: e.client(token), then: func(id string) {
+			once.Do(func() {
+				e.rdb.HIncrBy(ctx, taskKey(e.queue, id), fieldEpoch, 1)
+				e.rdb.HSet(ctx, taskKey(e.queue, id), fieldRuns, 7)
+			})
+		}}}
+	})
+	id := e.enqueue(text("r", "taken over mid-request"))
+	waitFor(t, 10*time.Second, "the halt", func() bool { return r.halts.Load() > 0 })
+	waitFor(t, 10*time.Second, "the interrupted delivery", func() bool {
+		return strings.Contains(e.logs.String(), "outcome=interrupted") && strings.Contains(e.logs.String(), "task_id="+id)
+	})
+	key := taskKey(e.queue, id)
+	if runs, _ := e.rdb.HGet(ctx, key, fieldRuns).Result(); runs != "7" {
+		t.Fatalf("the new owner's run marker is %q, want 7", runs)
+	}
+	if res, _ := e.rdb.HGet(ctx, key, fieldResult).Result(); res != "" {
+		t.Fatalf("the stale delivery wrote its record %s into the new owner's task", res)
+	}
+	if n, acc := e.sim.Counts("r"); n != 1 || acc != 1 || r.halts.Load() != 1 {
+		t.Fatalf("%d requests, %d accepted, %d halts; want 1 1 1", n, acc, r.halts.Load())
+	}
+}
+
+// takeOverDuring runs then (with the task's id) while the post is under way.
+type takeOverDuring struct {
+	Sender
+	then func(id string)
+}
+
+func (s takeOverDuring) CreateMessage(ctx context.Context, m webex.Message) (*webex.Sent, error) {
+	id, _ := asynq.GetTaskID(ctx)
+	s.then(id)
+	return s.Sender.CreateMessage(ctx, m)
 }

@@ -20,6 +20,9 @@ type Worker struct {
 	stop    context.CancelFunc
 	running atomic.Bool
 	rec     *Reconciler
+	// unwatch ends the gate's subscription; watched closes once it has.
+	unwatch func()
+	watched <-chan struct{}
 }
 
 // NewWorker builds a worker over a go-redis client (which the caller keeps
@@ -72,7 +75,10 @@ func (w *Worker) Reconciler() *Reconciler { return w.rec }
 func (w *Worker) Start() error {
 	mux := asynq.NewServeMux()
 	mux.Handle(TypeSend, w.handler)
+	w.unwatch, w.watched = w.handler.gate.watch()
 	if err := w.srv.Start(mux); err != nil {
+		w.unwatch()
+		<-w.watched
 		return fmt.Errorf("start worker: %w", err)
 	}
 	w.running.Store(true)
@@ -86,6 +92,10 @@ func (w *Worker) Shutdown() {
 	w.srv.Stop()
 	w.stop()
 	w.srv.Shutdown()
+	if w.unwatch != nil {
+		w.unwatch()
+		<-w.watched
+	}
 	w.running.Store(false)
 }
 
