@@ -48,6 +48,8 @@ type Handler struct {
 	afterRecord func(taskID string, part int) error
 	// isolated: this handler delivers in an isolated process (isolate.go).
 	isolated bool
+	// isolateSlots holds a token per isolated process running (isolate.go).
+	isolateSlots chan struct{}
 	// run is, in an isolated process, the claim and holder of the worker
 	// that started it (isolate.go); nil elsewhere.
 	run *isolatedRun

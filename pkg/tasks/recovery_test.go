@@ -259,11 +259,13 @@ func TestRecoveryScanFencesHeldTasks(t *testing.T) {
 	}
 }
 
-// A fence that cannot reach Redis fails closed: it halts the worker within
+// A fence that cannot reach Redis fails closed: once the delivery's
+// context ended (its lease: here a second), it halts the worker within
 // FenceTimeout, and the handler posts nothing.
 func TestFenceFailsClosedWithoutRedis(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
 	down := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
 	t.Cleanup(func() { _ = down.Close() })
 	tr := &testRecovery{logs: &syncBuffer{}}

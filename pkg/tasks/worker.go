@@ -35,7 +35,8 @@ func NewWorker(rdb redis.UniversalClient, cfg WorkerConfig) (*Worker, error) {
 	stopCtx, stop := context.WithCancel(context.Background())
 	g := &gate{cfg: cfg.Gate, rdb: rdb, log: cfg.Logger, obs: cfg.Observer}
 	h := &Handler{cfg: cfg, rec: &records{rdb: rdb}, bots: map[string]*bot{}, stop: stopCtx, gate: g,
-		order: &ordering{rdb: rdb, log: cfg.Logger, obs: cfg.Observer, now: cfg.Now, wait: cfg.DeferDelay, stop: stopCtx}}
+		order:        &ordering{rdb: rdb, log: cfg.Logger, obs: cfg.Observer, now: cfg.Now, wait: cfg.DeferDelay, stop: stopCtx},
+		isolateSlots: make(chan struct{}, cfg.IsolateConcurrency)}
 	for name, s := range cfg.Bots {
 		h.bots[name] = &bot{name: name, sender: s}
 	}
