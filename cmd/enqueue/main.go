@@ -13,6 +13,8 @@ import (
 
 func main() {
 	ctx, stop := signals.Context(context.Background(), func(s os.Signal) {
+		fmt.Fprintf(os.Stderr, "enqueue: %v: stopping; a second signal exits now\n", s)
+	}, func(s os.Signal) {
 		fmt.Fprintf(os.Stderr, "enqueue: second %v: exiting now\n", s)
 		os.Exit(enqueue.ExitFailure)
 	})

@@ -4,7 +4,7 @@
 //	webexsim -addr 127.0.0.1:3210 -tokens "dev-token=bot,reports-token=reports"
 //
 // Point a client at http://ADDR (or http://ADDR/v1). Faults, rate limits and
-// the request log are under http://ADDR/_sim/ (see README, "Webex simulator").
+// the request log are under http://ADDR/_sim/ (see docs/SIMULATOR.md).
 package main
 
 import (

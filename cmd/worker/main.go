@@ -1,5 +1,5 @@
 // Command worker delivers courier's queued Webex messages. Configuration
-// comes from flags and environment variables (see README, "Configuration",
+// comes from flags and environment variables (see README.md, "Configuration",
 // or worker -help). "worker ready" asks a running worker's admin server
 // whether it is ready, for container health checks.
 package main
@@ -30,7 +30,7 @@ func main() {
 		os.Exit(worker.ExitConfig)
 	}
 	cfg.Isolation(os.Args[1:], os.LookupEnv)
-	ctx, stop := signals.Context(context.Background(), func(s os.Signal) {
+	ctx, stop := signals.Context(context.Background(), nil, func(s os.Signal) {
 		fmt.Fprintf(os.Stderr, "worker: second %v: exiting now\n", s)
 		os.Exit(worker.ExitFailure)
 	})

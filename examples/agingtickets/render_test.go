@@ -121,11 +121,11 @@ func TestLongReportStaysUnderTheLimit(t *testing.T) {
 	}
 }
 
-// README's Producers section shows the exact markdown of the payments team's
+// docs/PRODUCERS.md shows the exact markdown of the payments team's
 // report; it must stay what the code sends.
-func TestReadmeShowsTheReport(t *testing.T) {
+func TestDocsShowTheReport(t *testing.T) {
 	t.Parallel()
-	readme, err := os.ReadFile("../../README.md")
+	readme, err := os.ReadFile("../../docs/PRODUCERS.md")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +133,7 @@ func TestReadmeShowsTheReport(t *testing.T) {
 	_, shown, _ := strings.Cut(section, "````markdown\n")
 	shown, _, found := strings.Cut(shown, "````\n")
 	if !found {
-		t.Fatal("README: no ````markdown block under \"What the team sees\"")
+		t.Fatal("docs/PRODUCERS.md: no ````markdown block under \"What the team sees\"")
 	}
 	ts, err := LoadTickets("sample/tickets.csv")
 	if err != nil {
@@ -146,6 +146,6 @@ func TestReadmeShowsTheReport(t *testing.T) {
 	reports, _ := Build(ts, DefaultBuckets, reportTime, cfg.Rooms)
 	md, _ := reports[slices.IndexFunc(reports, func(r *TeamReport) bool { return r.Team == "payments" })].Render(reportTime, 15)
 	if shown != md {
-		t.Fatalf("README shows:\n%s\nthe report is:\n%s", shown, md)
+		t.Fatalf("docs/PRODUCERS.md shows:\n%s\nthe report is:\n%s", shown, md)
 	}
 }

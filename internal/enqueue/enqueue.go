@@ -257,14 +257,6 @@ func countSet(fs *flag.FlagSet, names ...string) int {
 	return n
 }
 
-// ReservedKeyPrefix starts the task keys of the relay's Idempotency-Keys
-// (relay/<token id>/<key>): another producer's key of that form could take
-// a relay caller's key, so the CLI refuses it.
-const ReservedKeyPrefix = "relay/"
-
-// ErrReservedKey matches a key that starts with ReservedKeyPrefix.
-var ErrReservedKey = errors.New("keys starting with " + ReservedKeyPrefix + " are reserved for the relay")
-
 // clip shortens an input value quoted in an error.
 func clip(s string) string {
 	if len(s) > 80 {
@@ -338,8 +330,8 @@ func build(n int, l Line, extraFiles []string, cardFile string, files *fileReade
 		}
 		opts = append(opts, o)
 	}
-	if strings.HasPrefix(l.Key, ReservedKeyPrefix) {
-		errs = append(errs, fmt.Errorf("key: %q: %w", clip(l.Key), ErrReservedKey))
+	if strings.HasPrefix(l.Key, tasks.ReservedKeyPrefix) { // the producer refuses it too; said here with the line's other problems
+		errs = append(errs, fmt.Errorf("key: %q: %w", clip(l.Key), tasks.ErrReservedKey))
 	}
 	if l.Key != "" {
 		opts = append(opts, tasks.Key(l.Key))

@@ -34,3 +34,18 @@ func TestKeysURLsAndPathsRefused(t *testing.T) {
 		t.Fatalf("upper-case scheme: exit %d %q, want one message with the URL", code, out)
 	}
 }
+
+// Issue 16: the relay's control-character rule for text and markdown holds
+// for the CLI too (the producer applies it): quoted, never printed raw.
+func TestControlCharactersRefused(t *testing.T) {
+	t.Parallel()
+	c := newCLI(t)
+	code, out, _ := c.run(`{"roomId":"r","text":"a\u0007b"}`+"\n"+`{"roomId":"r","markdown":"ok\tand\nlines"}`, "--jsonl", "-")
+	if code != ExitInput || !strings.Contains(out, `text: contains the control character '\a' at byte 1`) || strings.Contains(out, "\a") || len(c.payloads()) != 1 {
+		t.Errorf("JSONL text with a control character: exit %d, output %q, %d enqueued; want 2, the line refused, the other enqueued", code, out, len(c.payloads()))
+	}
+	code, out, _ = c.run("", "--room", "r", "--markdown", "x\x1b[2J")
+	if code != ExitInput || !strings.Contains(out, `markdown: contains the control character '\x1b' at byte 1`) || strings.Contains(out, "\x1b") {
+		t.Errorf("--markdown with a control character: exit %d, output %q", code, out)
+	}
+}

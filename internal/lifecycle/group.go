@@ -10,7 +10,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
+	"time"
 )
 
 // ErrEnded is the cause when a part's Run returns nil while the group is
@@ -55,6 +58,10 @@ func (e *PartError) Unwrap() error { return e.Err }
 // Group is an ordered set of parts. The zero value is empty and ready.
 type Group struct {
 	parts []Part
+
+	// StopTimeout bounds the stop: once it began, Run returns after this
+	// long even if a part's Interrupt or Run has not returned. 0: no bound.
+	StopTimeout time.Duration
 }
 
 // Add appends a part: it starts after, and stops before, the parts added
@@ -62,32 +69,44 @@ type Group struct {
 func (g *Group) Add(p Part) { g.parts = append(g.parts, p) }
 
 // Run starts the parts in order and waits until ctx ends or a part's Run
-// returns; then it interrupts the started parts in reverse order, waits for
-// every Run to return, and returns the cause: nil when ctx ended (also
-// during start-up), else a *PartError. stopping, when not nil, is called
-// once with that cause before the first part is interrupted.
+// returns (a part that ends while a later one starts cancels that start);
+// then it interrupts the started parts in reverse order, waits for every Run
+// to return, and returns the cause: nil when ctx ended (also during
+// start-up), else a *PartError. stopping, when not nil, is called once with
+// that cause before the first part is interrupted. When StopTimeout is set
+// and the stop takes longer, Run returns at once with a *StopError naming
+// the parts not stopped, and leaves them behind.
 func (g *Group) Run(ctx context.Context, stopping func(cause error)) error {
 	startCtx, cancelStart := context.WithCancel(ctx)
 	defer cancelStart()
 	ended := make(chan *PartError, len(g.parts))
 	var running sync.WaitGroup
+	live := &liveParts{count: map[string]int{}}
 	started := 0
 	var cause error
 	for _, p := range g.parts {
 		if err := runStart(startCtx, p); err != nil {
-			if ctx.Err() == nil {
-				cause = &PartError{Part: p.Name, Start: true, Err: err}
+			select {
+			case e := <-ended: // an earlier part ended, which cancelled this start
+				cause = e
+			default:
+				if ctx.Err() == nil {
+					cause = &PartError{Part: p.Name, Start: true, Err: err}
+				}
 			}
 			break
 		}
 		started++
 		if p.Run != nil {
+			live.add(p.Name, 1)
 			running.Go(func() {
 				err := p.Run()
 				if err == nil {
 					err = ErrEnded
 				}
 				ended <- &PartError{Part: p.Name, Err: err}
+				live.add(p.Name, -1)
+				cancelStart()
 			})
 		}
 		if ctx.Err() != nil {
@@ -113,13 +132,85 @@ func (g *Group) Run(ctx context.Context, stopping func(cause error)) error {
 	if stopping != nil {
 		stopping(cause)
 	}
-	for i := started - 1; i >= 0; i-- {
-		if stop := g.parts[i].Interrupt; stop != nil {
-			stop()
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for i := started - 1; i >= 0; i-- {
+			if p := g.parts[i]; p.Interrupt != nil {
+				live.add(p.Name, 1)
+				p.Interrupt()
+				live.add(p.Name, -1)
+			}
+		}
+		running.Wait()
+	}()
+	if g.StopTimeout <= 0 {
+		<-stopped
+		return cause
+	}
+	t := time.NewTimer(g.StopTimeout)
+	defer t.Stop()
+	select {
+	case <-stopped:
+		return cause
+	case <-t.C:
+		return &StopError{Cause: cause, After: g.StopTimeout, Parts: live.list(g.parts)}
+	}
+}
+
+// StopError says that the stop outlasted Group.StopTimeout.
+type StopError struct {
+	// Cause is what ended the group (nil: the context).
+	Cause error
+	// After is the StopTimeout.
+	After time.Duration
+	// Parts are the parts whose Run or Interrupt has not returned, in start
+	// order.
+	Parts []string
+}
+
+// ErrStopTimeout matches a *StopError.
+var ErrStopTimeout = errors.New("the stop did not finish in time")
+
+func (e *StopError) Error() string {
+	msg := fmt.Sprintf("%v: after %v, not stopped: %s", ErrStopTimeout, e.After, strings.Join(e.Parts, ", "))
+	if e.Cause != nil {
+		return e.Cause.Error() + "; then " + msg
+	}
+	return msg
+}
+
+func (e *StopError) Unwrap() []error {
+	if e.Cause == nil {
+		return []error{ErrStopTimeout}
+	}
+	return []error{ErrStopTimeout, e.Cause}
+}
+
+// liveParts counts, by part name, the Runs and Interrupts that have not
+// returned.
+type liveParts struct {
+	mu    sync.Mutex
+	count map[string]int
+}
+
+func (l *liveParts) add(name string, n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.count[name] += n
+}
+
+// list names the live parts once each, in the order of parts.
+func (l *liveParts) list(parts []Part) []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var names []string
+	for _, p := range parts {
+		if l.count[p.Name] > 0 && !slices.Contains(names, p.Name) {
+			names = append(names, p.Name)
 		}
 	}
-	running.Wait()
-	return cause
+	return names
 }
 
 func runStart(ctx context.Context, p Part) error {

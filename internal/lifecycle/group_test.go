@@ -162,3 +162,78 @@ func TestContextEndDuringStartIsCleanStop(t *testing.T) {
 		t.Fatalf("journal %q, want %q", j.get(), want)
 	}
 }
+
+// A part that ends while a later part is still starting (the admin server
+// failing while the tokens are checked) cancels that start and is the
+// cause: the group does not wait for the start to finish by itself.
+func TestPartEndingDuringALaterStartStopsTheGroup(t *testing.T) {
+	t.Parallel()
+	j := &journal{}
+	crash := make(chan error, 1)
+	var g lifecycle.Group
+	g.Add(server(j, "a", crash))
+	g.Add(lifecycle.Part{Name: "slow", Start: func(ctx context.Context) error {
+		j.add("start slow")
+		crash <- errors.New("listener closed")
+		<-ctx.Done()
+		return ctx.Err()
+	}})
+	g.Add(server(j, "never", nil))
+	err, causes := run(t, context.Background(), &g)
+	var pe *lifecycle.PartError
+	if !errors.As(err, &pe) || pe.Part != "a" || pe.Start || err.Error() != "a: listener closed" {
+		t.Fatalf("err = %v", err)
+	}
+	if want := []string{"start a", "start slow", "stop a"}; !slices.Equal(j.get(), want) {
+		t.Fatalf("journal %q, want %q", j.get(), want)
+	}
+	if len(causes) != 1 || causes[0] != err {
+		t.Fatalf("stopping called with %v", causes)
+	}
+}
+
+// A part that does not stop (an Interrupt stuck on a hung Redis, a Run that
+// ignores its interrupt) does not hold the process: after StopTimeout Run
+// returns a *StopError naming the parts still stopping.
+// A part that does not stop (an Interrupt stuck on a hung Redis, a Run that
+// ignores its interrupt) does not hold the process: after StopTimeout Run
+// returns a *StopError naming the parts not stopped.
+func TestStopTimeoutNamesThePartsNotStopped(t *testing.T) {
+	t.Parallel()
+	j := &journal{}
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	ctx, cancel := context.WithCancel(context.Background())
+	g := lifecycle.Group{StopTimeout: 100 * time.Millisecond}
+	g.Add(server(j, "a", nil))
+	g.Add(lifecycle.Part{Name: "stuck", Interrupt: func() { j.add("stop stuck"); <-release }})
+	g.Add(lifecycle.Part{Name: "deaf", Run: func() error { <-release; return nil }})
+	g.Add(lifecycle.Part{Name: "cancel", Start: func(context.Context) error { cancel(); return nil }})
+	err, _ := run(t, ctx, &g)
+	var se *lifecycle.StopError
+	if !errors.As(err, &se) || !errors.Is(err, lifecycle.ErrStopTimeout) || se.Cause != nil || !slices.Equal(se.Parts, []string{"a", "stuck", "deaf"}) {
+		t.Fatalf("err = %v", err)
+	}
+	if want := "the stop did not finish in time: after 100ms, not stopped: a, stuck, deaf"; err.Error() != want {
+		t.Fatalf("err = %q, want %q", err, want)
+	}
+	if want := []string{"start a", "stop stuck"}; !slices.Equal(j.get(), want) {
+		t.Fatalf("journal %q, want %q", j.get(), want)
+	}
+}
+
+// A part's failure stays the cause when the stop then outlasts its bound.
+func TestStopTimeoutKeepsTheCause(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	boom := errors.New("port taken")
+	g := lifecycle.Group{StopTimeout: 100 * time.Millisecond}
+	g.Add(lifecycle.Part{Name: "stuck", Interrupt: func() { <-release }})
+	g.Add(lifecycle.Part{Name: "relay", Start: func(context.Context) error { return boom }})
+	err, _ := run(t, context.Background(), &g)
+	if !errors.Is(err, boom) || !errors.Is(err, lifecycle.ErrStopTimeout) ||
+		err.Error() != "start relay: port taken; then the stop did not finish in time: after 100ms, not stopped: stuck" {
+		t.Fatalf("err = %v", err)
+	}
+}

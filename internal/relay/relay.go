@@ -415,11 +415,6 @@ func validate(m tasks.Message, maxInline int) error {
 			errs = append(errs, &webex.ValidationError{Field: "files", Problem: fmt.Sprintf("%q is not an http(s) URL: send a local file as a multipart part", clip(f))})
 		}
 	}
-	for field, v := range map[string]string{"text": m.Text, "markdown": m.Markdown} {
-		if i := strings.IndexFunc(v, isControl); i >= 0 {
-			errs = append(errs, &webex.ValidationError{Field: field, Problem: fmt.Sprintf("contains the control character %q at byte %d: only tab, CR and LF are allowed", v[i], i)})
-		}
-	}
 	if err := wm.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -427,12 +422,6 @@ func validate(m tasks.Message, maxInline int) error {
 		return err
 	}
 	return m.Validate(maxInline)
-}
-
-// isControl reports a C0 control character (or DEL) other than tab, LF and
-// CR: Webex's clients do not show them, and NUL ends strings in many.
-func isControl(r rune) bool {
-	return (r < 0x20 || r == 0x7f) && r != '\t' && r != '\n' && r != '\r'
 }
 
 // MaxIdempotencyKeyBytes is the longest Idempotency-Key header the relay

@@ -50,7 +50,7 @@ func newEnv(t *testing.T, maxBody int64) *env {
 	insp := asynq.NewInspectorFromRedisClient(rdb)
 	t.Cleanup(func() { _ = insp.DeleteQueue(queue, true) })
 	redistest.DeleteKeys(t, rdb, "asynq:{"+queue+"}:*", "courier:{"+queue+"}:*")
-	p, err := tasks.NewProducer(rdb, tasks.ProducerConfig{Queue: queue})
+	p, err := tasks.NewProducer(rdb, tasks.ProducerConfig{Queue: queue, RelayKeys: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -410,7 +410,7 @@ func BenchmarkRelayCreate(b *testing.B) {
 	queue := redistest.Name(b)
 	insp := asynq.NewInspectorFromRedisClient(rdb)
 	b.Cleanup(func() { _ = insp.DeleteQueue(queue, true) })
-	p, _ := tasks.NewProducer(rdb, tasks.ProducerConfig{Queue: queue, Retention: -1})
+	p, _ := tasks.NewProducer(rdb, tasks.ProducerConfig{Queue: queue, Retention: -1, RelayKeys: true})
 	srv := httptest.NewServer(relay.New(relay.Config{Tokens: map[string]string{relayToken: ""}, Producer: p, Inspector: insp, Queue: queue,
 		Logger: slog.New(slog.DiscardHandler)}))
 	defer srv.Close()
@@ -486,7 +486,7 @@ func TestUnavailableAndTrackingID(t *testing.T) {
 	ln.Close() // nothing listens there now
 	rdb := redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
 	t.Cleanup(func() { _ = rdb.Close() })
-	p, err := tasks.NewProducer(rdb, tasks.ProducerConfig{})
+	p, err := tasks.NewProducer(rdb, tasks.ProducerConfig{RelayKeys: true})
 	if err != nil {
 		t.Fatal(err)
 	}

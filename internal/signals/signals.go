@@ -10,10 +10,16 @@ import (
 	"syscall"
 )
 
-// Context returns a context cancelled by the first SIGINT or SIGTERM; a
-// second calls exit (in main: print a line and os.Exit). stop releases the
-// signals and ends the watching goroutine.
-func Context(parent context.Context, exit func(os.Signal)) (ctx context.Context, stop func()) {
+// Context returns a context cancelled by the first SIGINT or SIGTERM, after
+// which it calls first (nil: nothing; in main: say that a second signal
+// exits); a second calls exit (in main: print a line and os.Exit). stop
+// releases the signals and ends the watching goroutine.
+//
+// Go's runtime keeps one pending instance of each signal for os/signal: a
+// second SIGTERM that arrives before the first was handed to this package
+// is merged into it. A caller that must see two signals (a test) sends the
+// second once first has run.
+func Context(parent context.Context, first, exit func(os.Signal)) (ctx context.Context, stop func()) {
 	ctx, cancel := context.WithCancel(parent)
 	ch := make(chan os.Signal, 2)
 	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
@@ -22,8 +28,11 @@ func Context(parent context.Context, exit func(os.Signal)) (ctx context.Context,
 	go func() {
 		defer close(finished)
 		select {
-		case <-ch:
+		case sig := <-ch:
 			cancel()
+			if first != nil {
+				first(sig)
+			}
 		case <-done:
 			return
 		}

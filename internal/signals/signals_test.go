@@ -13,7 +13,8 @@ import (
 // The first signal cancels the context; the second ends the process.
 func TestSecondSignalExits(t *testing.T) {
 	exited := make(chan os.Signal, 1)
-	ctx, stop := signals.Context(context.Background(), func(s os.Signal) { exited <- s })
+	firsts := make(chan os.Signal, 1)
+	ctx, stop := signals.Context(context.Background(), func(s os.Signal) { firsts <- s }, func(s os.Signal) { exited <- s })
 	defer stop()
 	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -22,6 +23,14 @@ func TestSecondSignalExits(t *testing.T) {
 	case <-ctx.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("first signal did not cancel")
+	}
+	select {
+	case s := <-firsts:
+		if s != syscall.SIGTERM {
+			t.Fatalf("first: signal %v", s)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("first was not called")
 	}
 	select {
 	case <-exited:

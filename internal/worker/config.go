@@ -77,8 +77,10 @@ type Config struct {
 	// DelayedInterval is how often scheduled and redelivered tasks are made
 	// due (COURIER_DELAYED_TASK_CHECK_INTERVAL). Default 1s.
 	DelayedInterval time.Duration
-	// ShutdownTimeout bounds a graceful stop; deliveries still running then
-	// are requeued (COURIER_SHUTDOWN_TIMEOUT). Default 30s.
+	// ShutdownTimeout is how long a graceful stop lets deliveries under way
+	// finish; those still running then are requeued
+	// (COURIER_SHUTDOWN_TIMEOUT). Default 30s. The whole stop may take 10 s
+	// more (stopMargin); a stop that outlasts that exits 1.
 	ShutdownTimeout time.Duration
 	// PoisonLimit dead-letters a task after this many of its deliveries died
 	// with their worker (COURIER_POISON_LIMIT). Default 3; at least 1.
@@ -97,10 +99,10 @@ type Config struct {
 	// whose head left asynq unnoticed (COURIER_RECONCILE_INTERVAL). Default
 	// tasks.DefaultReconcileInterval (30s).
 	ReconcileInterval time.Duration
-	// RecoveryAfter: a dead worker's tasks go back to pending once their
-	// lease stood still this long (COURIER_RECOVERY_AFTER). Default
-	// tasks.DefaultRecoveryAfter (10s), at least tasks.MinRecoveryAfter
-	// (6s); 0: off (asynq's own recovery, 60-130s). Off in dev mode.
+	// RecoveryAfter: a dead worker's tasks go back to pending once it has
+	// been silent this long (COURIER_RECOVERY_AFTER). Default
+	// tasks.DefaultRecoveryAfter (5s), at least tasks.MinRecoveryAfter
+	// (3s); 0: off (asynq's own recovery, 60-130s). Off in dev mode.
 	RecoveryAfter time.Duration
 
 	// LogFormat is auto (colour text on a terminal, JSON otherwise), text or
@@ -255,10 +257,10 @@ func flags(c *Config) *settings.Set {
 	s.Duration(&c.KeyedRetention, "keyed-retention", "COURIER_KEYED_RETENTION", tasks.DefaultKeyedRetention, "how long keyed tasks that the worker itself enqueues (relay, dead-letter requeue) are kept after delivery")
 	s.Duration(&c.TaskCheckInterval, "task-check-interval", "COURIER_TASK_CHECK_INTERVAL", tasks.DefaultTaskCheckInterval, "idle poll for new tasks: latency floor of an idle queue")
 	s.Duration(&c.DelayedInterval, "delayed-task-check-interval", "COURIER_DELAYED_TASK_CHECK_INTERVAL", tasks.DefaultDelayedTaskCheckInterval, "how often scheduled and redelivered tasks are made due")
-	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "COURIER_SHUTDOWN_TIMEOUT", tasks.DefaultShutdownTimeout, "graceful stop bound")
+	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "COURIER_SHUTDOWN_TIMEOUT", tasks.DefaultShutdownTimeout, "how long a stop lets deliveries under way finish (the whole stop: 10s more, then exit 1)")
 	s.Int(&c.PoisonLimit, "poison-limit", "COURIER_POISON_LIMIT", tasks.DefaultPoisonLimit, "dead-letter a task after this many of its isolated deliveries died with their process")
 	s.Duration(&c.UnauthorizedDelay, "unauthorized-delay", "COURIER_UNAUTHORIZED_DELAY", tasks.DefaultUnauthorizedDelay, "hold time and probe interval for a bot whose token is rejected")
-	s.Duration(&c.RecoveryAfter, "recovery-after", "COURIER_RECOVERY_AFTER", tasks.DefaultRecoveryAfter, "take over a dead worker's tasks once their lease stood still this long; 0: off (asynq's own recovery, 60-130s)")
+	s.Duration(&c.RecoveryAfter, "recovery-after", "COURIER_RECOVERY_AFTER", tasks.DefaultRecoveryAfter, "take over a dead worker's tasks once it has been silent this long; 0: off (asynq's own recovery, 60-130s)")
 	s.Float(&c.Gate.Rate, "rate", "COURIER_RATE", 0, "requests per second per bot, shared by all workers; 0: no shared limit")
 	s.Int(&c.Gate.Burst, "burst", "COURIER_BURST", tasks.DefaultGateBurst, "requests a bot may send at once above the shared rate")
 	s.Duration(&c.Gate.MaxWait, "gate-max-wait", "COURIER_GATE_MAX_WAIT", tasks.DefaultGateMaxWait, "longest in-process wait for the shared limit or cool-down; longer waits hand the task back")
@@ -402,7 +404,7 @@ func (c *Config) validate() []error {
 		errs = append(errs, fmt.Errorf("COURIER_KEYED_RETENTION is %v: must be greater than 0", c.KeyedRetention))
 	}
 	if c.RecoveryAfter != 0 && c.RecoveryAfter < tasks.MinRecoveryAfter {
-		errs = append(errs, fmt.Errorf("COURIER_RECOVERY_AFTER is %v: must be 0 (off) or at least %v (asynq's heartbeat and a margin)", c.RecoveryAfter, tasks.MinRecoveryAfter))
+		errs = append(errs, fmt.Errorf("COURIER_RECOVERY_AFTER is %v: must be 0 (off) or at least %v (three liveness refreshes)", c.RecoveryAfter, tasks.MinRecoveryAfter))
 	}
 	if err := c.workerConfig(nil).WithDefaults().ValidateNamed(settingName); err != nil {
 		errs = append(errs, err)

@@ -162,8 +162,8 @@ func TestValidationNamesSettings(t *testing.T) {
 
 func TestLoadRecoveryAfter(t *testing.T) {
 	c, err := Load(nil, env(map[string]string{"WEBEX_TOKEN": "tok"}))
-	if err != nil || c.RecoveryAfter != 10*time.Second {
-		t.Fatalf("default: %v %v, want 10s", c.RecoveryAfter, err)
+	if err != nil || c.RecoveryAfter != 5*time.Second {
+		t.Fatalf("default: %v %v, want 5s", c.RecoveryAfter, err)
 	}
 	for v, want := range map[string]time.Duration{"0": 0, "8s": 8 * time.Second} {
 		c, err := Load(nil, env(map[string]string{"WEBEX_TOKEN": "tok", "COURIER_RECOVERY_AFTER": v}))
@@ -171,8 +171,8 @@ func TestLoadRecoveryAfter(t *testing.T) {
 			t.Errorf("COURIER_RECOVERY_AFTER=%s: %v %v, want %v", v, c.RecoveryAfter, err, want)
 		}
 	}
-	_, err = Load(nil, env(map[string]string{"WEBEX_TOKEN": "tok", "COURIER_RECOVERY_AFTER": "3s"}))
-	if err == nil || !strings.Contains(err.Error(), "COURIER_RECOVERY_AFTER is 3s: must be 0 (off) or at least 6s") {
+	_, err = Load(nil, env(map[string]string{"WEBEX_TOKEN": "tok", "COURIER_RECOVERY_AFTER": "2s"}))
+	if err == nil || !strings.Contains(err.Error(), "COURIER_RECOVERY_AFTER is 2s: must be 0 (off) or at least 3s") {
 		t.Fatalf("3s: %v", err)
 	}
 }

@@ -2,6 +2,8 @@ package worker_test
 
 import (
 	"context"
+	"errors"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/courier-dev/courier/internal/worker"
+	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
 
 // Issue 14, item 5: a message that crashes its worker is dead-lettered as
@@ -50,5 +53,48 @@ func TestPoisonMessageProcess(t *testing.T) {
 	}
 	if req, _ := s.sim.Counts("crash"); req != 0 {
 		t.Fatalf("%d requests to the crash room", req)
+	}
+}
+
+// suspect records two deaths of the task's worker: its next delivery is
+// isolated.
+func (s *setup) suspect(t *testing.T, id string) {
+	t.Helper()
+	if err := s.rdb.HSet(context.Background(), "asynq:{"+s.queue+"}:t:"+id, "courier_runs", 2).Err(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// An isolated delivery that finds its task taken over (or cannot reach
+// Redis to tell) stops posting and hands the task back: it does not exit
+// like a fenced worker, which the worker would count as the message's death.
+// Before the fix the isolated process exited 3 and the worker counted it
+// toward poison (courier_killed 1) on a task no longer its own.
+func TestIsolatedFencedIsNotADeath(t *testing.T) {
+	t.Parallel()
+	s := sharedSetup(t)
+	s.sim.AddFault(webextest.Fault{Room: "slow", Delay: webextest.Duration(3 * time.Second), Count: 1})
+	id := s.enqueue(t, "slow", "in flight at a takeover")
+	s.suspect(t, id)
+	key := "asynq:{" + s.queue + "}:t:" + id
+	w := startWorker(t, s.env("good")...)
+	// The isolated delivery began (courier_runs 3): another worker takes
+	// the task over, as fast crash recovery does (its epoch moves on).
+	waitFor(t, 30*time.Second, "the isolated delivery to begin", func() bool {
+		n, _ := s.rdb.HGet(context.Background(), key, "courier_runs").Int()
+		return n == 3
+	})
+	if err := s.rdb.HIncrBy(context.Background(), key, "courier_epoch", 1).Err(); err != nil {
+		t.Fatal(err)
+	}
+	var ee *exec.ExitError
+	if err := w.wait(t, 30*time.Second); !errors.As(err, &ee) || ee.ExitCode() != worker.ExitTombstoned {
+		t.Fatalf("worker exited with %v, want exit %d (fenced)", err, worker.ExitTombstoned)
+	}
+	if killed, err := s.rdb.HGet(context.Background(), key, "courier_killed").Result(); err != redis.Nil {
+		t.Fatalf("courier_killed = %q (%v): a takeover counted as the message's death", killed, err)
+	}
+	if out := w.out.String(); strings.Contains(out, "isolated delivery died") {
+		t.Fatalf("a fenced isolated delivery taken for a death:\n%s", out)
 	}
 }

@@ -23,8 +23,15 @@ func newRecovery(cfg *Config, rdb redis.UniversalClient, reg prometheus.Register
 		queues = append(queues, q)
 	}
 	slices.Sort(queues)
+	halt := func() { os.Exit(ExitTombstoned) }
+	if cfg.isolated {
+		// An isolated delivery that is fenced hands its outcome back instead
+		// (interrupted): an exit would be taken for the message's death.
+		// The worker then checks its own fence and halts if it must.
+		halt = nil
+	}
 	return tasks.NewRecovery(rdb, tasks.RecoveryConfig{After: cfg.RecoveryAfter, Queues: queues, Logger: log,
-		Recovered: metrics.Recovered(reg), Halt: func() { os.Exit(ExitTombstoned) }})
+		Recovered: metrics.Recovered(reg), Halt: halt})
 }
 
 // recoveryOn says whether fast crash recovery runs.

@@ -21,7 +21,7 @@ import (
 const movedLog = "task of a dead worker moved back to pending"
 
 // warm starts n workers and waits until their detectors may act: the
-// default window (10s) + 5s after start.
+// default window (5s) + 5s after start.
 func (s *setup) warm(t *testing.T, n int, extra ...string) []*proc {
 	t.Helper()
 	start := time.Now()
@@ -65,10 +65,12 @@ func other(ws []*proc, p *proc) *proc {
 }
 
 // SIGKILL in the middle of a Webex request: the other worker delivers
-// within 20 s of the kill (a kill right after a heartbeat: its key lapses
-// 10 s later and must stay absent 6 s more, about 17 s), exactly once, without using a redelivery (asynq
-// alone: 60–130 s).
-func TestSIGKILLRecoveredWithin20s(t *testing.T) {
+// within 15 s of the kill, exactly once, without using a redelivery (asynq
+// alone: 60–130 s). By design within about 8 s: the dead worker's liveness
+// key lapses at most COURIER_RECOVERY_AFTER (5 s) after the kill, its lease
+// has stood still for 6 s at most 7 s after it, the next scan (1 s) moves
+// the task; the rest is margin for a loaded machine.
+func TestSIGKILLRecoveredWithin15s(t *testing.T) {
 	t.Parallel()
 	s := sharedSetup(t)
 	s.sim.AddFault(webextest.Fault{Room: "slow", Delay: webextest.Duration(time.Minute), Count: 1})
@@ -82,8 +84,8 @@ func TestSIGKILLRecoveredWithin20s(t *testing.T) {
 	waitFor(t, 30*time.Second, "delivery by the other worker", func() bool { _, acc := s.sim.Counts("slow"); return acc >= 1 })
 	took := time.Since(killed)
 	t.Logf("delivered %v after the kill", took.Round(time.Millisecond))
-	if took > 20*time.Second {
-		t.Fatalf("delivered %v after the kill, want within 20s", took.Round(time.Millisecond))
+	if took > 15*time.Second {
+		t.Fatalf("delivered %v after the kill, want within 15s", took.Round(time.Millisecond))
 	}
 	waitFor(t, 10*time.Second, "completion", func() bool { st, _ := s.state(id); return st == asynq.TaskStateCompleted })
 	if _, retried := s.state(id); retried != 0 {

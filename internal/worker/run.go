@@ -26,7 +26,7 @@ import (
 // Exit codes of cmd/worker.
 const (
 	ExitOK      = 0 // stopped by SIGINT or SIGTERM
-	ExitFailure = 1 // a part failed to start, or stopped by itself
+	ExitFailure = 1 // a part failed to start or stopped by itself, or the stop outlasted its bound
 	ExitConfig  = 2 // Load refused the configuration
 	// ExitTombstoned: another worker found this one dead and took its tasks
 	// over (it was paused or cut off long enough to look dead). It exits at
@@ -48,15 +48,17 @@ func ExitCode(err error) int {
 
 // Run runs the worker's parts as one ordered group (internal/lifecycle) and
 // blocks until ctx ends or a part fails. In start order: the dev-mode
-// Redis and simulator, the Redis check, the admin server, the token checks,
-// the delivery server, the ordering reconciler, the crash-recovery detector
-// and the relay. Whatever ends the group (a signal, a
-// part failing to start, a part stopping by itself), the started parts stop
-// in reverse order: the relay stops accepting; fetching stops, in-process
-// waits end, requests under way finish and what is left is requeued within
-// the shutdown timeout; the admin server stops last. Run returns nil after
-// ctx ended, else a *lifecycle.PartError naming the part. cfg is not
-// changed.
+// Redis and simulator, the Redis check, the delivery worker's build, the
+// admin server, the token checks, the crash-recovery detector, the delivery
+// server, the ordering reconciler and the relay. Whatever ends the group (a
+// signal, a part failing to start, a part stopping by itself), the started
+// parts stop in reverse order: the relay stops accepting; fetching stops,
+// in-process waits end, requests under way finish and what is left is
+// requeued within the shutdown timeout; the detector fences until then; the
+// admin server stops last. The whole stop is bounded by the shutdown
+// timeout + stopMargin. Run returns nil after ctx ended, else a
+// *lifecycle.PartError naming the part, or a *lifecycle.StopError when the
+// stop outlasted its bound. cfg is not changed.
 func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	p := &process{cfg: *cfg, log: log}
 	if p.cfg.isolated {
@@ -87,10 +89,22 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	if p.cfg.RelayAddr != "" {
 		g.Add(p.relayPart())
 	}
+	g.StopTimeout = p.cfg.ShutdownTimeout + stopMargin
 	err := g.Run(ctx, p.stopping)
+	if se := (*lifecycle.StopError)(nil); errors.As(err, &se) {
+		log.Error("stop did not finish in time: exiting", "not_stopped", se.Parts, "timeout", g.StopTimeout)
+		return err
+	}
 	log.Info("stopped")
 	return err
 }
+
+// stopMargin is how much longer than the shutdown timeout (the bound on
+// deliveries under way) the whole stop may take: the relay's 5 s before
+// delivery stops, the admin server's 2 s after, and asynq's last writes.
+// A stop that outlasts it (Redis hung) exits 1 at once; asynq's leases
+// and crash recovery give the tasks it held to other workers.
+const stopMargin = 10 * time.Second
 
 // runIsolated delivers one suspect task for the worker that started this
 // process (isolate.go): Redis and the delivery worker, none of the servers.
@@ -302,7 +316,7 @@ func (p *process) relayPart() lifecycle.Part {
 	var ln net.Listener
 	return lifecycle.Part{Name: "relay",
 		Start: func(context.Context) error {
-			producer, err := tasks.NewProducer(p.rdb, tasks.ProducerConfig{KeyedRetention: p.cfg.KeyedRetention, Source: "relay"})
+			producer, err := tasks.NewProducer(p.rdb, tasks.ProducerConfig{KeyedRetention: p.cfg.KeyedRetention, Source: "relay", RelayKeys: true})
 			if err != nil {
 				return err
 			}

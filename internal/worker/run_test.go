@@ -6,10 +6,16 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os/exec"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/courier-dev/courier/internal/lifecycle"
 	"github.com/courier-dev/courier/internal/redistest"
@@ -159,6 +165,8 @@ func TestExitCode(t *testing.T) {
 		{nil, worker.ExitOK},
 		{&lifecycle.PartError{Part: "relay", Start: true, Err: errors.New("bind")}, worker.ExitFailure},
 		{&lifecycle.PartError{Part: "crash-recovery detector", Err: tasks.ErrTakenOver}, worker.ExitTombstoned},
+		{&lifecycle.StopError{Parts: []string{"delivery server"}}, worker.ExitFailure},
+		{&lifecycle.StopError{Cause: &lifecycle.PartError{Part: "crash-recovery detector", Err: tasks.ErrTakenOver}}, worker.ExitTombstoned},
 	} {
 		if got := worker.ExitCode(c.err); got != c.want {
 			t.Errorf("ExitCode(%v) = %d, want %d", c.err, got, c.want)
@@ -189,4 +197,74 @@ func TestReconcilerRunsInTheWorker(t *testing.T) {
 		msgs := s.sim.Messages("ordered")
 		return len(msgs) == 1 && msgs[0].Text == "b"
 	})
+}
+
+// A stop that hangs on Redis (SIGSTOPped: connections open, nothing
+// answers) does not hold the worker: past the shutdown timeout and the
+// stop's margin it exits 1, naming the parts that had not stopped (before,
+// it waited on go-redis's timeouts and exited 0 some 20 s later).
+func TestStopBoundedWhenRedisHangs(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t, false)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { _ = rdb.Close() })
+	s := newSetup(t, rdb, "redis://"+srv.Addr+"/0")
+	w := startWorker(t, s.env("good", "COURIER_SHUTDOWN_TIMEOUT=1s", "COURIER_BUDGET=500ms")...)
+	waitFor(t, 30*time.Second, "the worker to start", func() bool { return strings.Contains(w.out.String(), `"msg":"worker started"`) })
+	if err := srv.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Resume() })
+	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err := w.wait(t, 60*time.Second)
+	out := w.out.String()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != worker.ExitFailure {
+		t.Fatalf("exit %v, want %d:\n%s", err, worker.ExitFailure, out)
+	}
+	if !strings.Contains(out, `"level":"ERROR","msg":"stop did not finish in time: exiting","not_stopped":[`) ||
+		!strings.Contains(out, `"delivery server"`) || !strings.Contains(out, `"timeout":11000000000`) ||
+		!strings.Contains(out, "worker: the stop did not finish in time: after 11s, not stopped: ") {
+		t.Fatalf("output:\n%s", out)
+	}
+}
+
+// A second SIGTERM during a stop that waits on a Webex request ends the
+// worker at once with exit 1 (the first stops it gracefully; the task it
+// held comes back through its lease).
+func TestSecondSignalExits1(t *testing.T) {
+	t.Parallel()
+	s := sharedSetup(t)
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	webex := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			once.Do(func() { close(arrived) })
+			<-release
+		}
+		s.sim.ServeHTTP(w, r)
+	}))
+	t.Cleanup(webex.Close)
+	t.Cleanup(func() { close(release) })
+	s.enqueue(t, "r", "held at Webex")
+	w := startWorker(t, s.env("good", "WEBEX_BASE_URL="+webex.URL)...)
+	select {
+	case <-arrived:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no request reached Webex:\n%s", w.out.String())
+	}
+	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// The worker took the first signal once it says it is stopping.
+	waitFor(t, 30*time.Second, "the graceful stop", func() bool { return strings.Contains(w.out.String(), `"msg":"stopping: no new tasks`) })
+	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err := w.wait(t, 30*time.Second)
+	out := w.out.String()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != worker.ExitFailure || !strings.Contains(out, "worker: second terminated: exiting now") {
+		t.Fatalf("exit %v, want %d:\n%s", err, worker.ExitFailure, out)
+	}
 }

@@ -101,7 +101,7 @@ func TestAsynqRequeueLayout(t *testing.T) {
 	if _, ok := v.dead[dead]; !ok {
 		t.Fatalf("dead server %s not listed: %+v", dead, v.dead)
 	}
-	if !r.takeOver(ctx, taskRef{e.queue, second}, sighting{score: v.leases[taskRef{e.queue, second}], since: time.Now()}, []string{dead}, time.Now()) {
+	if !r.takeOver(ctx, taskRef{e.queue, second}, sighting{score: v.leases[taskRef{e.queue, second}], since: time.Now()}, "", []string{dead}, time.Now()) {
 		t.Fatal("not moved")
 	}
 	info, err := e.inspector.GetTaskInfo(e.queue, second)

@@ -48,6 +48,9 @@ type Handler struct {
 	afterRecord func(taskID string, part int) error
 	// isolated: this handler delivers in an isolated process (isolate.go).
 	isolated bool
+	// run is, in an isolated process, the claim and holder of the worker
+	// that started it (isolate.go); nil elsewhere.
+	run *isolatedRun
 }
 
 // ProcessTask delivers one task. It returns nil when the message is
@@ -62,7 +65,7 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	err := h.process(ctx, m, t.Payload(), &d)
 	if d.suspect > 0 {
 		d.claim = h.isolatedClaim(ctx, m)
-		err = h.isolate(ctx, m, t.Payload(), d.suspect)
+		err = h.isolate(ctx, m, t.Payload(), d.suspect, d.claim)
 		d.release = h.releaser(ctx, m, t.Payload()) // the isolated process never releases: this worker does, once fenced
 		d.confirmed = time.Time{}                   // the isolated process wrote, not this one: check
 	}
@@ -167,7 +170,7 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, d *de
 	if h.isolating() {
 		suspectAt = suspectAfter
 	}
-	st, err := h.rec.begin(ctx, queue, id, suspectAt)
+	st, err := h.rec.begin(ctx, queue, id, h.holder(), suspectAt)
 	switch {
 	case err != nil: // Redis's fault, not the message's: not counted
 		return &DeliveryError{Outcome: RedisUnavailable, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0)}
@@ -177,8 +180,11 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, d *de
 		d.suspect = st.died
 		return nil
 	}
-	claim := Claim{Queue: queue, ID: id, Epoch: st.epoch}
-	d.claim, d.confirmed = &claim, time.Now()
+	claim := h.claimOf(queue, id, st.epoch)
+	d.claim = &claim
+	if claim.Epoch == st.epoch { // (an isolated process runs under the worker's claim: confirmed only if the task still has it)
+		d.confirmed = time.Now()
+	}
 	if h.cfg.Fence != nil {
 		defer h.cfg.Fence.Hold(claim)()
 	}
@@ -468,7 +474,7 @@ const fenceFresh = time.Second
 // the record write then checks it in its own script, and a fresh claim is
 // not asked again.
 func (h *Handler) fencedWrites() bool {
-	_, ok := h.cfg.Fence.(epochFence)
+	_, ok := h.cfg.Fence.(epochFenced)
 	return ok
 }
 

@@ -9,6 +9,8 @@ import (
 	"io"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/courier-dev/courier/pkg/retrypolicy"
 )
 
@@ -30,6 +32,14 @@ import (
 // When the worker itself dies, the isolated process sees its standard input
 // close and stops like a stopping worker; nobody counts that death against
 // the message. The task stays a suspect and is isolated again.
+//
+// The isolated delivery runs under the worker's claim: the epoch the worker
+// read before starting it, and the worker's holder name (fast recovery
+// watches the worker's liveness, which the worker keeps). The isolated
+// process checks that epoch itself before each post and write, whatever
+// fence its configuration has, so that a worker found dead (paused, say)
+// while its isolated delivery runs gets nothing posted for a task another
+// worker took over; the worker then finds the same and halts.
 
 // suspectAfter is the number of deaths in a row after which a task is
 // delivered in an isolated process.
@@ -44,6 +54,53 @@ type isolatedRequest struct {
 	MaxRetry int       `json:"max_retry"`
 	Deadline time.Time `json:"deadline,omitzero"`
 	Payload  []byte    `json:"payload"`
+	// Run is the worker's claim on the task; nil when the worker could not
+	// read it (the isolated delivery's own start then meets the cause).
+	Run *isolatedRun `json:"run,omitempty"`
+}
+
+// isolatedRun is the claim an isolated delivery runs under: the worker's.
+type isolatedRun struct {
+	Epoch  int64  `json:"epoch"`
+	Holder string `json:"holder,omitempty"`
+}
+
+// holder is the name a delivery records as its holder: the worker's.
+func (h *Handler) holder() string {
+	switch {
+	case h.run != nil:
+		return h.run.Holder
+	case h.cfg.Fence != nil:
+		return h.cfg.Fence.Holder()
+	}
+	return ""
+}
+
+// claimOf is the claim a delivery that began under epoch runs under: in an
+// isolated process, the worker's.
+func (h *Handler) claimOf(queue, id string, epoch int64) Claim {
+	if h.run != nil {
+		epoch = h.run.Epoch
+	}
+	return Claim{Queue: queue, ID: id, Epoch: epoch}
+}
+
+// epochFence is the isolated process's fence: the task's epoch must still
+// be the claim's. Unlike a Recovery it halts nothing: the delivery returns
+// Interrupted and the worker, checking its own fence, halts.
+type epochFence struct{ rdb redis.UniversalClient }
+
+var _ Fence = epochFence{}
+
+var _ epochFenced = epochFence{} // the record write checks the epoch in its script
+
+func (epochFence) taskEpoch()        {}
+func (epochFence) Hold(Claim) func() { return func() {} }
+func (epochFence) Holder() string    { return "" }
+
+func (f epochFence) Check(ctx context.Context, c Claim) error {
+	_, err := checkEpoch(ctx, f.rdb, c)
+	return err
 }
 
 // isolatedLine is one JSON line the isolated process writes: first
@@ -117,8 +174,9 @@ func (h *Handler) poisoned(st begun, bot string, sent []string) *DeliveryError {
 	return nil
 }
 
-// isolate delivers a suspect in a process of its own and waits for it.
-func (h *Handler) isolate(ctx context.Context, m taskMeta, payload []byte, died int) error {
+// isolate delivers a suspect in a process of its own, under the worker's
+// claim (nil when it could not be read), and waits for it.
+func (h *Handler) isolate(ctx context.Context, m taskMeta, payload []byte, died int, claim *Claim) error {
 	bot := ""
 	if p, err := DecodePayload(payload); err == nil {
 		bot = p.Bot
@@ -141,6 +199,12 @@ func (h *Handler) isolate(ctx context.Context, m taskMeta, payload []byte, died 
 		return handBack(fmt.Errorf("start isolated delivery: %w", err))
 	}
 	req := isolatedRequest{Queue: m.queue, ID: m.id, Retried: m.retried, MaxRetry: m.maxRetry, Payload: payload}
+	if claim != nil {
+		req.Run = &isolatedRun{Epoch: claim.Epoch, Holder: h.holder()}
+		if h.cfg.Fence != nil { // the worker's scans fence it too
+			defer h.cfg.Fence.Hold(*claim)()
+		}
+	}
 	if d, ok := ctx.Deadline(); ok {
 		req.Deadline = d
 	}
@@ -231,7 +295,8 @@ func (w *Worker) ServeIsolated(ctx context.Context, in io.Reader, out io.Writer)
 		w.stop()
 	}()
 	h := w.handler
-	h.isolated = true
+	h.isolated, h.run = true, req.Run
+	h.cfg.Fence = epochFence{h.rec.rdb}
 	enc := json.NewEncoder(out)
 	if err := enc.Encode(isolatedLine{Started: true}); err != nil {
 		return fmt.Errorf("write isolated delivery: %w", err)

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -155,4 +156,43 @@ func TestIsolatedStopIsNotADeath(t *testing.T) {
 	if !strings.Contains(e.logs.String(), "outcome=interrupted") || strings.Contains(e.logs.String(), "isolated delivery died") {
 		t.Fatalf("a stop taken for a death:\n%s", e.logs.String())
 	}
+}
+
+// Issue 18: an isolated delivery runs under its worker's claim. When the
+// task is taken over after the worker read its epoch (the worker was found
+// dead while it started the process), the isolated process posts nothing;
+// the worker, fenced too, halts. Before, the isolated process began under
+// the new epoch and posted a second copy.
+func TestIsolatedDeliveryFencedByTheWorkersClaim(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	id := e.enqueue(text("r", "x"))
+	e.died(id, 2)
+	r := newTestRecovery(t, e.rdb, e.queue)
+	posted := make(chan int, 1) // requests when the worker halts
+	r.cfg.Halt = func() { n, _ := e.sim.Counts("r"); posted <- n }
+	var once sync.Once
+	e.start(func(c *WorkerConfig) {
+		c.Bots = map[string]Sender{"": crashSender{e.client(token)}}
+		c.Fence = r
+		c.Isolate = func(ctx context.Context) *exec.Cmd {
+			once.Do(func() { e.rdb.HIncrBy(ctx, taskKey(e.queue, id), fieldEpoch, 1) }) // another worker takes it over
+			cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), isolatedChildEnv+"="+e.rdb.Options().Addr, isolatedSimEnv+"="+e.sim.URL,
+				isolatedGateEnv+"=courier:{"+e.queue+"}")
+			cmd.Stderr = e.logs
+			return cmd
+		}
+	})
+	select {
+	case n := <-posted:
+		if n != 0 {
+			t.Fatalf("the isolated process posted %d times for a task taken over", n)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the worker did not halt")
+	}
+	waitFor(t, 10*time.Second, "the interrupted isolated delivery", func() bool {
+		return strings.Contains(e.logs.String(), "outcome=interrupted") && strings.Contains(e.logs.String(), "declared dead by another worker")
+	})
 }

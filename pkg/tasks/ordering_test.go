@@ -581,5 +581,6 @@ type countingFence struct{ check func() error }
 
 func (f countingFence) Hold(Claim) func()                  { return func() {} }
 func (f countingFence) Check(context.Context, Claim) error { return f.check() }
+func (f countingFence) Holder() string                     { return "" }
 
 var _ Fence = countingFence{}

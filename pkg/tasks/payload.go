@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 	"unicode"
 
@@ -88,6 +89,12 @@ func (m *Message) Validate(maxInline int) error {
 		errs = append(errs, &webex.ValidationError{Field: "uploads",
 			Problem: fmt.Sprintf("files total %d bytes, the inline limit is %d (send larger files by URL)", total, maxInline)})
 	}
+	for field, v := range map[string]string{"text": m.Text, "markdown": m.Markdown} {
+		if i := strings.IndexFunc(v, isControl); i >= 0 {
+			errs = append(errs, &webex.ValidationError{Field: field,
+				Problem: fmt.Sprintf("contains the control character %q at byte %d: only tab, CR and LF are allowed", v[i], i)})
+		}
+	}
 	for i, part := range m.Parts() {
 		if err := part.Validate(); err != nil {
 			if i > 0 {
@@ -97,6 +104,20 @@ func (m *Message) Validate(maxInline int) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// isControl reports a C0 control character (or DEL) other than tab, LF and
+// CR: Webex's clients do not show them, and NUL ends strings in many.
+func isControl(r rune) bool {
+	return (r < 0x20 || r == 0x7f) && r != '\t' && r != '\n' && r != '\r'
+}
+
+// clipValue shortens a producer's value quoted in an error.
+func clipValue(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
 }
 
 // Payload is the JSON a send task carries.
@@ -144,10 +165,29 @@ func DecodePayload(b []byte) (*Payload, error) {
 	return &p, nil
 }
 
-// validateKey checks an idempotency key: printable, no spaces, bounded.
-func validateKey(key string) error {
+// ReservedKeyPrefix starts the keys the relay gives its callers'
+// Idempotency-Keys (relay/<token id>/<key>): the same key from another
+// producer would take a relay caller's, so only a producer made for the
+// relay (ProducerConfig.RelayKeys) may use it.
+const ReservedKeyPrefix = "relay/"
+
+// ErrReservedKey matches a key refused for starting with ReservedKeyPrefix
+// (the error is also a *webex.ValidationError for the field "key").
+var ErrReservedKey = errors.New("keys starting with " + ReservedKeyPrefix + " are reserved for the relay")
+
+// reservedKeyError is a validation error that also matches ErrReservedKey.
+type reservedKeyError struct{ webex.ValidationError }
+
+func (e *reservedKeyError) Unwrap() []error { return []error{&e.ValidationError, ErrReservedKey} }
+
+// validateKey checks an idempotency key: printable, no spaces, bounded, and
+// outside the relay's key space unless relay.
+func validateKey(key string, relay bool) error {
 	if len(key) > MaxKeyBytes {
 		return &webex.ValidationError{Field: "key", Problem: fmt.Sprintf("is %d bytes, the limit is %d", len(key), MaxKeyBytes)}
+	}
+	if !relay && strings.HasPrefix(key, ReservedKeyPrefix) {
+		return &reservedKeyError{webex.ValidationError{Field: "key", Problem: fmt.Sprintf("%q: %v", clipValue(key), ErrReservedKey)}}
 	}
 	for _, r := range key {
 		if !unicode.IsPrint(r) || unicode.IsSpace(r) {

@@ -91,6 +91,10 @@ type ProducerConfig struct {
 	Retention time.Duration
 	// Source names the producer in payloads and logs.
 	Source string
+	// RelayKeys lets keys start with ReservedKeyPrefix: set by the relay's
+	// own producer only. Every other producer is refused such keys
+	// (ErrReservedKey), so that none can take a relay caller's key.
+	RelayKeys bool
 	// Now reads the clock; default time.Now.
 	Now func() time.Time
 }
@@ -246,7 +250,7 @@ func (p *Producer) build(msg Message, opts []Option) (*asynq.Task, *enqueueOptio
 	if err := msg.Validate(p.cfg.MaxInlineBytes); err != nil {
 		errs = append(errs, err)
 	}
-	if err := validateKey(o.key); err != nil {
+	if err := validateKey(o.key, p.cfg.RelayKeys); err != nil {
 		errs = append(errs, err)
 	}
 	if err := validateOrdering(o); err != nil {

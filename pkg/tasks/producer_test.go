@@ -33,6 +33,9 @@ func TestEnqueueRejectsInvalid(t *testing.T) {
 		{"negative redeliveries", text("r", "x"), []Option{MaxRedeliveries(-1)}, []string{"max_redeliveries: is -1"}},
 		{"several problems", Message{Message: webex.Message{Markdown: strings.Repeat("x", 8000)}}, []Option{Key("a b")}, []string{"roomId: ", "markdown: is 8000 bytes", "key: "}},
 		{"streamed file", Message{Message: webex.Message{RoomID: "r"}, Uploads: []webex.File{{Name: "a", Size: 1, Open: func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader("a")), nil }}}}, nil, []string{"uploads[0]: a streamed file (Open) cannot be queued"}},
+		{"relay key", text("r", "x"), []Option{Key("relay/543cae55ff12/build-1")}, []string{`key: "relay/543cae55ff12/build-1": keys starting with relay/ are reserved for the relay`}},
+		{"control in text", text("r", "a\x00b"), nil, []string{`text: contains the control character '\x00' at byte 1: only tab, CR and LF are allowed`}},
+		{"control in markdown", Message{Message: webex.Message{RoomID: "r", Markdown: "**x**\x1b[2J"}}, nil, []string{`markdown: contains the control character '\x1b' at byte 5`}},
 		{"second file invalid", Message{Message: webex.Message{RoomID: "r", Text: "x"}, Uploads: []webex.File{{Name: "a", Data: []byte("a")}, {Data: []byte("b")}}}, nil, []string{"file 2: files: a local file needs a name"}},
 	}
 	for _, tt := range tests {
@@ -96,6 +99,29 @@ func TestEnqueueMany(t *testing.T) {
 	q, _ := e.inspector.GetQueueInfo(e.queue)
 	if q.Pending != 2 {
 		t.Fatalf("%d pending, want 2", q.Pending)
+	}
+}
+
+// Issue 16: the relay's key space is refused to every producer but the
+// relay's own, with an error that says so (errors.Is ErrReservedKey); tab,
+// CR and LF are text, not control characters.
+func TestProducerReservesRelayKeys(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	_, err := e.producer.Enqueue(ctx, text("r", "x"), Key("relay/543cae55ff12/build-1"))
+	if !errors.Is(err, ErrReservedKey) {
+		t.Fatalf("err = %v, want ErrReservedKey", err)
+	}
+	relay, err := NewProducer(e.rdb, ProducerConfig{Queue: e.queue, RelayKeys: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := relay.Enqueue(ctx, text("r", "x"), Key("relay/543cae55ff12/build-1")); err != nil {
+		t.Fatalf("the relay's producer: %v", err)
+	}
+	if _, err := e.producer.Enqueue(ctx, text("r", "tab\tCR\rLF\n")); err != nil {
+		t.Fatalf("tab, CR, LF: %v", err)
 	}
 }
 

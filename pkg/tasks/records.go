@@ -42,6 +42,10 @@ const (
 	// the fencing token a delivery begins under (see Recovery).
 	fieldEpoch  = "courier_epoch"
 	fieldKilled = "courier_killed" // deaths of isolated deliveries (isolate.go)
+	// fieldHolder names the worker whose delivery is under way (its
+	// Fence.Holder), from the delivery's begin to the end of its run: fast
+	// recovery takes the task over once that worker's liveness lapses.
+	fieldHolder = "courier_holder"
 )
 
 // taskKey is asynq's key of a task's hash (its base.TaskKey).
@@ -54,11 +58,12 @@ const unconfirmedID = "\x00unconfirmed"
 
 var beginScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0, 0, 0} end
-local suspect = tonumber(ARGV[1])
+local suspect = tonumber(ARGV[2])
 if suspect > 0 then
   local runs = tonumber(redis.call('HGET', KEYS[1], 'courier_runs') or '0')
   if runs >= suspect then return {runs, '', 0, 0, 1} end
 end
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'courier_holder', ARGV[1]) end
 local runs = redis.call('HINCRBY', KEYS[1], 'courier_runs', 1)
 local result = redis.call('HGET', KEYS[1], 'result') or ''
 local killed = tonumber(redis.call('HGET', KEYS[1], 'courier_killed') or '0')
@@ -79,10 +84,11 @@ type begun struct {
 }
 
 // begin reads the parts already delivered and counts this delivery as
-// running, in one round trip. With suspectAt above 0, a task whose
-// deliveries died that many times in a row is not begun: it is a suspect.
-func (r *records) begin(ctx context.Context, queue, id string, suspectAt int) (begun, error) {
-	res, err := beginScript.Run(ctx, r.rdb, []string{taskKey(queue, id)}, suspectAt).Slice()
+// running, under holder ("": none), in one round trip. With suspectAt
+// above 0, a task whose deliveries died that many times in a row is not
+// begun: it is a suspect.
+func (r *records) begin(ctx context.Context, queue, id, holder string, suspectAt int) (begun, error) {
+	res, err := beginScript.Run(ctx, r.rdb, []string{taskKey(queue, id)}, holder, suspectAt).Slice()
 	if err == nil && len(res) != 5 {
 		err = fmt.Errorf("unexpected answer %v", res)
 	}
@@ -142,7 +148,7 @@ if ARGV[3] ~= '' then
   if not v[1] or tonumber(v[2] or '0') ~= tonumber(ARGV[3]) then return 0 end
 end
 redis.call('HSET', KEYS[1], 'result', ARGV[1])
-if ARGV[2] == '1' then redis.call('HDEL', KEYS[1], 'courier_runs', 'courier_killed') end
+if ARGV[2] == '1' then redis.call('HDEL', KEYS[1], 'courier_runs', 'courier_killed', 'courier_holder') end
 return 1
 `
 
@@ -211,7 +217,7 @@ func (r *records) markPipelined(ctx context.Context, keys []string, args []any, 
 
 // end marks the run finished (the delivery returned, whatever its outcome).
 func (r *records) end(ctx context.Context, queue, id string) error {
-	if err := r.rdb.HDel(ctx, taskKey(queue, id), fieldRuns, fieldKilled).Err(); err != nil {
+	if err := r.rdb.HDel(ctx, taskKey(queue, id), fieldRuns, fieldKilled, fieldHolder).Err(); err != nil {
 		return fmt.Errorf("end delivery run: %w", err)
 	}
 	return nil

@@ -3,9 +3,12 @@ package tasks
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -27,11 +30,17 @@ var ErrFenceUnknown = errors.New("cannot check whether another worker took the t
 
 // Defaults of RecoveryConfig.
 const (
-	DefaultRecoveryAfter    = 10 * time.Second
+	DefaultRecoveryAfter    = 5 * time.Second
 	DefaultRecoveryInterval = time.Second
-	// MinRecoveryAfter is asynq's heartbeat and a margin: a live worker's
-	// lease moves at every heartbeat.
-	MinRecoveryAfter = asynqHeartbeat + time.Second
+	// MinRecoveryAfter is three refreshes of a worker's liveness key at the
+	// default interval: one late refresh is no death.
+	MinRecoveryAfter = 3 * DefaultRecoveryInterval
+	// leaseStill is how long a task's lease must stand still before it is
+	// moved: asynq's heartbeat and a margin (whole seconds). A live asynq
+	// server moves the lease of every task it runs at each heartbeat, also
+	// of one it fetched a moment ago whose delivery has not begun (whose
+	// holder is not yet recorded).
+	leaseStill = asynqHeartbeat + time.Second
 	// goneFor is how long a server's key must have been absent, in every
 	// scan, before its server counts as dead: a heartbeat and a margin, so
 	// that one slow or failed heartbeat of a live worker (its key lapses
@@ -47,10 +56,13 @@ const (
 
 // RecoveryConfig configures a Recovery. Zero fields take the defaults.
 type RecoveryConfig struct {
-	// After is how long a task's lease must stand still, with its worker
-	// gone from Redis, before another worker moves it back to pending. It is
-	// also how long the detector and Redis must have been up before it
-	// moves anything (plus 5s). Default 10s, minimum 6s.
+	// After is how long a worker must have been silent (its liveness key,
+	// refreshed every Interval, not refreshed) before another worker moves
+	// the tasks it was delivering back to pending. It is also how long the
+	// detector and Redis must have been up before it moves anything (plus
+	// 5s). A task whose delivery had not begun when its worker died goes by
+	// asynq's own liveness instead: its lease still for max(After, 6s) and
+	// its server's key gone for 6s. Default 5s, minimum 3s.
 	After time.Duration
 	// Queues are the queues watched. Default {DefaultQueue}.
 	Queues []string
@@ -86,10 +98,10 @@ func (c RecoveryConfig) WithDefaults() RecoveryConfig {
 func (c RecoveryConfig) Validate() error {
 	var errs []error
 	if c.After < MinRecoveryAfter {
-		errs = append(errs, fmt.Errorf("RecoveryAfter is %v: must be at least %v (asynq's heartbeat and a margin)", c.After, MinRecoveryAfter))
+		errs = append(errs, fmt.Errorf("RecoveryAfter is %v: must be at least %v (three liveness refreshes)", c.After, MinRecoveryAfter))
 	}
-	if c.Interval <= 0 || c.Interval > c.After/2 {
-		errs = append(errs, fmt.Errorf("recovery Interval is %v: must be above 0 and at most half of After (%v)", c.Interval, c.After))
+	if c.Interval <= 0 || c.Interval > c.After/3 {
+		errs = append(errs, fmt.Errorf("recovery Interval is %v: must be above 0 and at most a third of After (%v)", c.Interval, c.After))
 	}
 	for _, q := range c.Queues {
 		if q == "" {
@@ -104,13 +116,21 @@ func (c RecoveryConfig) Validate() error {
 // recoverer takes 60–130 s. Every worker runs one; the Lua script that moves
 // a task lets only one of them move it.
 //
-// A task is taken over only when its lease has not moved for After (a live
-// worker's heartbeat moves it every 5 s), it is in no live worker's list,
-// the server that held it has been gone from Redis (its key expired) in
-// every scan for a heartbeat and a margin, and its lease has not expired
-// yet by Redis's clock (an expired one is asynq's recoverer's); and only
-// once this detector and Redis have both been up for After + 5 s, since
-// right after a Redis restart every worker looks dead.
+// Each worker keeps a liveness key of its own (courier:alive:{id}), written
+// every Interval with a time to live of After, and a delivery records its
+// worker's id in the task's hash when it begins (courier_holder, removed
+// when its run ends). A task is taken over when its recorded holder's
+// liveness key is gone (the holder has not refreshed it for After) and its
+// lease has not moved for asynq's heartbeat and a margin (6 s: the asynq
+// server running it stopped beating too, so no live worker fetched it since
+// the holder's delivery began); and only once this detector and Redis have
+// both been up for After + 5 s, since right after a Redis restart every
+// worker looks dead. A task whose delivery had not begun (no holder
+// recorded) is taken over by asynq's own liveness: it is in no live worker's
+// list, the server that held it has been gone from Redis (its key expired)
+// in every scan for a heartbeat and a margin, and its lease has not moved
+// for max(After, 6 s). Either way its lease must not have expired yet by
+// Redis's clock (an expired one is asynq's recoverer's).
 //
 // The takeover moves the task's epoch (courier_epoch in its hash) on: a
 // fencing token. A delivery reads the epoch when it begins (Claim); before
@@ -122,10 +142,14 @@ func (c RecoveryConfig) Validate() error {
 type Recovery struct {
 	rdb redis.UniversalClient
 	cfg RecoveryConfig
+	id  string // this worker's name in liveness keys and holder fields
 
 	mu     sync.Mutex
 	held   map[Claim]int // deliveries under way, by claim
 	halted atomic.Bool
+	// alive is set once the liveness key was first written: only then may a
+	// delivery name this worker as its holder.
+	alive atomic.Bool
 }
 
 // Fence guards deliveries against a second copy after a takeover by
@@ -136,18 +160,21 @@ type Fence interface {
 	// Check returns nil while the claim stands; any error means the
 	// delivery must post and write nothing more.
 	Check(ctx context.Context, c Claim) error
+	// Holder is the name a delivery records as its holder when it begins,
+	// the name under which this worker's liveness is kept; "" records none.
+	Holder() string
 }
 
 var _ Fence = (*Recovery)(nil)
 
-// epochFence is a Fence whose claim is the task's epoch (fieldEpoch): the
+// epochFenced is a Fence whose claim is the task's epoch (fieldEpoch): the
 // handler may check it inside its own writes.
-type epochFence interface {
+type epochFenced interface {
 	Fence
 	taskEpoch()
 }
 
-var _ epochFence = (*Recovery)(nil)
+var _ epochFenced = (*Recovery)(nil)
 
 func (r *Recovery) taskEpoch() {}
 
@@ -164,7 +191,55 @@ func NewRecovery(rdb redis.UniversalClient, cfg RecoveryConfig) (*Recovery, erro
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("recovery config: %w", err)
 	}
-	return &Recovery{rdb: rdb, cfg: cfg, held: map[Claim]int{}}, nil
+	return &Recovery{rdb: rdb, cfg: cfg, id: workerID(), held: map[Claim]int{}}, nil
+}
+
+// workerID is host:pid:random, the form of asynq's server ids.
+func workerID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "unknown"
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return host + ":" + strconv.Itoa(os.Getpid()) + ":" + hex.EncodeToString(b[:])
+}
+
+// aliveKey is the liveness key of the worker named id.
+func aliveKey(id string) string { return "courier:alive:{" + id + "}" }
+
+// Holder is this worker's name once its liveness key is written, else "".
+func (r *Recovery) Holder() string {
+	if r.alive.Load() {
+		return r.id
+	}
+	return ""
+}
+
+// beat writes this worker's liveness key, valid for After.
+func (r *Recovery) beat(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, r.cfg.Interval)
+	defer cancel()
+	if err := r.rdb.Set(ctx, aliveKey(r.id), 1, r.cfg.After).Err(); err != nil {
+		r.cfg.Logger.Debug("recovery: cannot write this worker's liveness", "error", err.Error())
+		return
+	}
+	r.alive.Store(true)
+}
+
+// beating writes the liveness key every Interval until ctx ends, apart from
+// the scans so that a slow scan never delays it.
+func (r *Recovery) beating(ctx context.Context) {
+	t := time.NewTicker(r.cfg.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			r.beat(ctx)
+		}
+	}
 }
 
 // Run watches until ctx ends (it then returns nil), or until it finds a
@@ -172,6 +247,12 @@ func NewRecovery(rdb redis.UniversalClient, cfg RecoveryConfig) (*Recovery, erro
 // ErrTakenOver. Redis errors are not returned: they restart the observation
 // window.
 func (r *Recovery) Run(ctx context.Context) error {
+	r.beat(ctx)
+	beatCtx, stopBeating := context.WithCancel(ctx)
+	var beating sync.WaitGroup
+	beating.Go(func() { r.beating(beatCtx) })
+	defer beating.Wait()
+	defer stopBeating()
 	s := &scan{seen: map[taskRef]sighting{}, owner: map[string]string{}, servers: map[string]float64{}, gone: map[string]time.Time{}}
 	t := time.NewTicker(r.cfg.Interval)
 	defer t.Stop()
@@ -208,34 +289,47 @@ func (r *Recovery) Hold(c Claim) (release func()) {
 // ErrTakenOver. It retries a Redis it cannot reach for FenceTimeout, then
 // fails closed: it calls Halt and returns ErrFenceUnknown.
 func (r *Recovery) Check(ctx context.Context, c Claim) error {
+	now, err := checkEpoch(ctx, r.rdb, c)
+	switch {
+	case errors.Is(err, ErrTakenOver):
+		r.takenOver(c, now)
+	case err != nil:
+		r.halt("cannot check whether another worker took the task over: exiting at once, posting nothing more",
+			"task_id", c.ID, "queue", c.Queue, "error", err.Error())
+	}
+	return err
+}
+
+// checkEpoch reads the task's epoch: ErrTakenOver (with the epoch read)
+// when it is not the claim's; it retries a Redis it cannot reach for
+// FenceTimeout, then returns ErrFenceUnknown.
+func checkEpoch(ctx context.Context, rdb redis.UniversalClient, c Claim) (int64, error) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), FenceTimeout)
 	defer cancel()
 	delay := 50 * time.Millisecond
 	for {
-		epochs, err := r.epochs(ctx, []Claim{c})
+		epochs, err := readEpochs(ctx, rdb, []Claim{c})
 		if err == nil {
 			if epochs[0] != c.Epoch {
-				return r.takenOver(c, epochs[0])
+				return epochs[0], ErrTakenOver
 			}
-			return nil
+			return epochs[0], nil
 		}
 		t := time.NewTimer(delay)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			r.halt("cannot check whether another worker took the task over: exiting at once, posting nothing more",
-				"task_id", c.ID, "queue", c.Queue, "error", err.Error())
-			return fmt.Errorf("%w: %w", ErrFenceUnknown, err)
+			return 0, fmt.Errorf("%w: %w", ErrFenceUnknown, err)
 		case <-t.C:
 		}
 		delay = min(2*delay, 500*time.Millisecond)
 	}
 }
 
-// epochs reads the tasks' current epochs, in one round trip; a task whose
-// hash is gone reads -1.
-func (r *Recovery) epochs(ctx context.Context, cs []Claim) ([]int64, error) {
-	p := r.rdb.Pipeline()
+// readEpochs reads the tasks' current epochs, in one round trip; a task
+// whose hash is gone reads -1.
+func readEpochs(ctx context.Context, rdb redis.UniversalClient, cs []Claim) ([]int64, error) {
+	p := rdb.Pipeline()
 	cmds := make([]*redis.SliceCmd, len(cs))
 	for i, c := range cs {
 		cmds[i] = p.HMGet(ctx, taskKey(c.Queue, c.ID), "state", fieldEpoch)
@@ -285,7 +379,7 @@ func (r *Recovery) checkHeld(ctx context.Context) error {
 	if len(cs) == 0 {
 		return nil
 	}
-	epochs, err := r.epochs(ctx, cs)
+	epochs, err := readEpochs(ctx, r.rdb, cs)
 	if err != nil {
 		return nil
 	}
@@ -365,17 +459,72 @@ func (r *Recovery) tick(ctx context.Context, s *scan) error {
 	if up := r.cfg.After + r.cfg.settle; now.Sub(s.watching) < up || v.uptime < up {
 		return nil
 	}
+	var still []taskRef // leases that stood still for a heartbeat and a margin
 	for ref, sg := range s.seen {
-		if now.Sub(sg.since) < r.cfg.After {
-			continue
+		if now.Sub(sg.since) >= leaseStill {
+			still = append(still, ref)
 		}
-		if dead := s.deadHolders(ref, sg.score, v); len(dead) > 0 {
-			if r.takeOver(ctx, ref, sg, dead, now) {
-				delete(s.seen, ref)
+	}
+	if len(still) == 0 {
+		return nil
+	}
+	holders, alive, err := r.holders(ctx, still)
+	if err != nil {
+		r.cfg.Logger.Debug("recovery: cannot read the holders of still leases", "error", err.Error())
+		return nil
+	}
+	for _, ref := range still {
+		sg, moved := s.seen[ref], false
+		switch h := holders[ref]; {
+		case h != "": // its delivery began: its holder's liveness decides
+			if !alive[h] {
+				moved = r.takeOver(ctx, ref, sg, h, nil, now)
 			}
+		case now.Sub(sg.since) >= max(r.cfg.After, leaseStill): // asynq's liveness decides
+			if dead := s.deadHolders(ref, sg.score, v); len(dead) > 0 {
+				moved = r.takeOver(ctx, ref, sg, "", dead, now)
+			}
+		}
+		if moved {
+			delete(s.seen, ref)
 		}
 	}
 	return nil
+}
+
+// holders reads the holder each task's delivery recorded ("" for none),
+// and whether each holder's liveness key is there, in two round trips.
+func (r *Recovery) holders(ctx context.Context, refs []taskRef) (map[taskRef]string, map[string]bool, error) {
+	p := r.rdb.Pipeline()
+	cmds := make([]*redis.StringCmd, len(refs))
+	for i, ref := range refs {
+		cmds[i] = p.HGet(ctx, taskKey(ref.queue, ref.id), fieldHolder)
+	}
+	if _, err := p.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+		return nil, nil, err
+	}
+	holders := map[taskRef]string{}
+	exists := map[string]*redis.IntCmd{}
+	p = r.rdb.Pipeline()
+	for i, ref := range refs {
+		if h := cmds[i].Val(); h != "" {
+			holders[ref] = h
+			if exists[h] == nil {
+				exists[h] = p.Exists(ctx, aliveKey(h))
+			}
+		}
+	}
+	if len(exists) == 0 {
+		return holders, nil, nil
+	}
+	if _, err := p.Exec(ctx); err != nil {
+		return nil, nil, err
+	}
+	alive := map[string]bool{}
+	for h, n := range exists {
+		alive[h] = n.Val() > 0
+	}
+	return holders, alive, nil
 }
 
 // look reads the leases of the watched queues, the live servers' task
@@ -521,21 +670,25 @@ func (s *scan) deadHolders(ref taskRef, score float64, v *view) []string {
 	return dead
 }
 
-// takeOverScript moves one task of a dead server back to pending, at the
+// takeOverScript moves one task of a dead worker back to pending, at the
 // head of the queue as asynq's own requeue does, and moves the task's epoch
 // on (the fence of the worker that held it): only if the task is still
-// active with the same lease score, none of the servers that may hold it
-// came back, its lease has not expired by Redis's clock (an expired one is
-// asynq's recoverer's, which lists and then moves it in two steps), and it
-// was not moved already for this lease.
+// active with the same lease score, its recorded holder is the dead worker
+// named (or, taken by asynq's liveness, it has none), none of the keys that
+// would show that worker alive exists, its lease has not expired by Redis's
+// clock (an expired one is asynq's recoverer's, which lists and then moves
+// it in two steps), and it was not moved already for this lease.
 //
-// KEYS: active, lease, pending, task hash, then each server's asynq key.
-// ARGV: task id, lease score. It returns the new epoch, or 0.
+// KEYS: active, lease, pending, task hash, then the dead worker's liveness
+// key or each server's asynq key. ARGV: task id, lease score, holder ("":
+// none). It returns the new epoch, or 0.
 var takeOverScript = redis.NewScript(`
 for i = 5, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 1 then return 0 end
 end
 if redis.call('EXISTS', KEYS[4]) == 0 then return 0 end
+local holder = redis.call('HGET', KEYS[4], 'courier_holder') or ''
+if holder ~= ARGV[3] then return 0 end
 local score = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not score or tonumber(score) ~= tonumber(ARGV[2]) then return 0 end
 if tonumber(score) <= tonumber(redis.call('TIME')[1]) then return 0 end
@@ -545,16 +698,23 @@ if redis.call('LREM', KEYS[1], 0, ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('RPUSH', KEYS[3], ARGV[1])
 redis.call('HSET', KEYS[4], 'state', 'pending', 'courier_moved_lease', score)
+redis.call('HDEL', KEYS[4], 'courier_holder')
 return redis.call('HINCRBY', KEYS[4], 'courier_epoch', 1)
 `)
 
-// takeOver runs the script; it reports whether this detector moved the task.
-func (r *Recovery) takeOver(ctx context.Context, ref taskRef, sg sighting, dead []string, now time.Time) bool {
+// takeOver runs the script for a task whose delivery's holder is dead, or,
+// with holder "", for one held by one of the dead asynq servers; it reports
+// whether this detector moved the task.
+func (r *Recovery) takeOver(ctx context.Context, ref taskRef, sg sighting, holder string, dead []string, now time.Time) bool {
 	keys := []string{activeKey(ref.queue), leaseKey(ref.queue), pendingKey(ref.queue), taskKey(ref.queue, ref.id)}
-	for _, srv := range dead {
-		keys = append(keys, serverKey(srv))
+	if holder != "" {
+		keys, dead = append(keys, aliveKey(holder)), []string{holder}
+	} else {
+		for _, srv := range dead {
+			keys = append(keys, serverKey(srv))
+		}
 	}
-	epoch, err := takeOverScript.Run(ctx, r.rdb, keys, ref.id, strconv.FormatFloat(sg.score, 'f', -1, 64)).Int64()
+	epoch, err := takeOverScript.Run(ctx, r.rdb, keys, ref.id, strconv.FormatFloat(sg.score, 'f', -1, 64), holder).Int64()
 	if err != nil {
 		r.cfg.Logger.Warn("recovery: could not move a dead worker's task back; will try again", "task_id", ref.id, "queue", ref.queue, "error", err.Error())
 		return false

@@ -305,7 +305,7 @@ func TestRecoveryOneMissedHeartbeatIsNoDeath(t *testing.T) {
 	r := newTestRecovery(t, e.rdb, e.queue)
 	start := time.Now()
 	r.run(t)
-	up := MinRecoveryAfter + time.Second // the leases have stood still for the window, and the detector is up
+	up := max(MinRecoveryAfter, leaseStill) + time.Second // the leases have stood still for the window, and the detector is up
 	waitFor(t, 2*up, "the window", func() bool { return time.Since(start) > up })
 	e.rdb.Del(ctx, serverKey(srv), workers) // one heartbeat missed: both lapse
 	lapse := time.Now()
@@ -355,14 +355,14 @@ func TestRecoveryMovesATaskOncePerLease(t *testing.T) {
 	r := newTestRecovery(t, e.rdb, e.queue)
 	score := e.rdb.ZScore(ctx, leaseKey(e.queue), id).Val()
 	ref, sg := taskRef{e.queue, id}, sighting{score: score, since: time.Now()}
-	if !r.takeOver(ctx, ref, sg, []string{dead}, time.Now()) {
+	if !r.takeOver(ctx, ref, sg, "", []string{dead}, time.Now()) {
 		t.Fatal("not moved")
 	}
 	e.rdb.LRem(ctx, pendingKey(e.queue), 0, id) // a new owner fetches it, its lease has the same score
 	e.rdb.LPush(ctx, activeKey(e.queue), id)
 	e.rdb.ZAdd(ctx, leaseKey(e.queue), redis.Z{Score: score, Member: id})
 	e.rdb.HSet(ctx, taskKey(e.queue, id), "state", "active")
-	if r.takeOver(ctx, ref, sg, []string{dead}, time.Now()) {
+	if r.takeOver(ctx, ref, sg, "", []string{dead}, time.Now()) {
 		t.Fatal("moved twice for the same lease")
 	}
 	if st := e.taskState(id); st != asynq.TaskStateActive {
@@ -391,6 +391,119 @@ func TestRecoveryRemembersServersTheInspectorPrunes(t *testing.T) {
 	waitFor(t, 20*time.Second, "the task back in pending", func() bool { return e.taskState(id) == asynq.TaskStatePending })
 	if !strings.Contains(r.logs.String(), dead) {
 		t.Fatalf("log does not name %s:\n%s", dead, r.logs.String())
+	}
+}
+
+// fakeSilentHolder records a delivery of a task (active, its lease set now)
+// whose holder's liveness key is gone, while the asynq server that fetched
+// it still looks alive (its key is there): only courier's own liveness can
+// tell the holder died. It returns the holder's name.
+func fakeSilentHolder(t *testing.T, rdb *redis.Client, queue, id string) string {
+	t.Helper()
+	ctx := context.Background()
+	srv := fakeDeadHolder(t, rdb, queue, id)
+	rdb.Set(ctx, serverKey(srv), "x", time.Minute) // asynq's liveness: alive for a minute more
+	t.Cleanup(func() { rdb.Del(context.Background(), serverKey(srv)) })
+	holder := "silenthost:4343:" + id
+	rdb.HSet(ctx, taskKey(queue, id), fieldHolder, holder)
+	return holder
+}
+
+// A task whose delivery's holder stopped refreshing its liveness is moved
+// back once its lease stood still for a heartbeat and a margin, long before
+// asynq's server key of that worker would lapse; the holder is named in the
+// log, its record is removed, the epoch moves on.
+func TestRecoveryTakesOverASilentHoldersTask(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	id := e.enqueue(text("r", "orphan"))
+	holder := fakeSilentHolder(t, e.rdb, e.queue, id)
+	r := newTestRecovery(t, e.rdb, e.queue)
+	start := time.Now()
+	r.run(t)
+	waitFor(t, 20*time.Second, "the task back in pending", func() bool { return e.taskState(id) == asynq.TaskStatePending })
+	if took := time.Since(start); took < leaseStill {
+		t.Fatalf("moved after %v, before its lease stood still for %v", took, leaseStill)
+	}
+	v, err := e.rdb.HMGet(ctx, taskKey(e.queue, id), fieldEpoch, fieldHolder).Result()
+	if err != nil || v[0] != "1" || v[1] != nil {
+		t.Fatalf("epoch and holder after the takeover: %v %v, want 1 and none", v, err)
+	}
+	for _, want := range []string{"task of a dead worker moved back to pending", "dead_worker=" + holder, "dead_pid=4343"} {
+		if !strings.Contains(r.logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, r.logs.String())
+		}
+	}
+}
+
+// A holder that keeps its liveness keeps its task, however long its lease
+// stands still (a failed heartbeat); a task whose lease moves (its asynq
+// server beats: fetched again a moment ago, its delivery not begun) is kept
+// though the holder recorded earlier is silent.
+func TestRecoveryLeavesTasksOfLiveHolders(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	alive, moving, orphan := e.enqueue(text("r", "alive")), e.enqueue(text("r", "moving")), e.enqueue(text("r", "orphan"))
+	live := fakeSilentHolder(t, e.rdb, e.queue, alive)
+	fakeSilentHolder(t, e.rdb, e.queue, moving)
+	fakeSilentHolder(t, e.rdb, e.queue, orphan)
+	stop, beat := make(chan struct{}), make(chan struct{})
+	go func() { // the live holder's liveness, and the moving task's heartbeat
+		defer close(beat)
+		for i := 1; ; i++ {
+			e.rdb.Set(ctx, aliveKey(live), 1, 2*time.Second)
+			e.rdb.ZAddXX(ctx, leaseKey(e.queue), redis.Z{Score: float64(time.Now().Add(asynqLeaseDuration).Unix() + int64(i)), Member: moving})
+			select {
+			case <-stop:
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-beat; e.rdb.Del(context.Background(), aliveKey(live)) })
+	r := newTestRecovery(t, e.rdb, e.queue)
+	r.run(t)
+	waitFor(t, 20*time.Second, "the silent holder's task back in pending", func() bool { return e.taskState(orphan) == asynq.TaskStatePending })
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if a, m := e.taskState(alive), e.taskState(moving); a != asynq.TaskStateActive || m != asynq.TaskStateActive {
+			t.Fatalf("a live worker's task was taken over: alive %v, moving %v", a, m)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := r.recovered.Load(); got != 1 {
+		t.Fatalf("recovered %d, want 1", got)
+	}
+}
+
+// A delivery records its worker as the task's holder while it runs, once
+// the worker's liveness is written, and removes it when its run ends.
+func TestDeliveryRecordsItsHolder(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	r := newTestRecovery(t, e.rdb, e.queue)
+	r.run(t)
+	waitFor(t, 5*time.Second, "the liveness key", func() bool { return r.Holder() != "" })
+	if n, _ := e.rdb.Exists(ctx, aliveKey(r.Holder())).Result(); n != 1 {
+		t.Fatal("no liveness key")
+	}
+	var during string
+	var once sync.Once // the check before the post (the last one, after the run ended, finds none)
+	e.start(func(c *WorkerConfig) {
+		c.Fence = afterCheck{r, func(c Claim) {
+			once.Do(func() { during, _ = e.rdb.HGet(ctx, taskKey(c.Queue, c.ID), fieldHolder).Result() })
+		}}
+	})
+	id := e.enqueue(text("r", "held"))
+	e.waitState(id, asynq.TaskStateCompleted, 10*time.Second)
+	if during != r.Holder() {
+		t.Fatalf("holder during the delivery %q, want %q", during, r.Holder())
+	}
+	if n, _ := e.rdb.HExists(ctx, taskKey(e.queue, id), fieldHolder).Result(); n {
+		t.Fatal("holder left after the run ended")
 	}
 }
 

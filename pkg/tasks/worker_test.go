@@ -210,7 +210,7 @@ func TestDedupRecordPreventsRepost(t *testing.T) {
 }
 
 // 8b. A connection dropped after Webex accepted: the one duplicate courier
-// cannot prevent (README, "Delivery semantics").
+// cannot prevent (docs/SEMANTICS.md).
 func TestDroppedAfterAcceptDuplicates(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, webextest.Options{})
