@@ -3,13 +3,15 @@
 // order, each once the one before is up; the first part to end (or to fail
 // its start), or the context ending, stops every started part in reverse
 // order, so that a failed start, a signal and a crash all shut down the
-// same way.
+// same way. Group.StopTimeout bounds that stop, so that a part stuck in it
+// (on a hung Redis) cannot hold the process.
 package lifecycle
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -29,12 +31,14 @@ type Part struct {
 	// started. ctx ends when the group stops.
 	Start func(ctx context.Context) error
 	// Run blocks while the part works and returns when Interrupt is called;
-	// returning earlier, with or without an error, stops the group. nil: the
-	// part has nothing that runs (a check, a resource).
+	// returning earlier, with or without an error, or panicking, stops the
+	// group. nil: the part has nothing that runs (a check, a resource).
 	Run func() error
 	// Interrupt makes Run return and releases what Start acquired. It is
 	// called once, if Start succeeded, after every part started later has
-	// been stopped.
+	// been interrupted (in turn; Run returns after Interrupt was called).
+	// A part whose Interrupt does not return holds up the parts before it
+	// until Group.StopTimeout.
 	Interrupt func()
 }
 
@@ -100,7 +104,7 @@ func (g *Group) Run(ctx context.Context, stopping func(cause error)) error {
 		if p.Run != nil {
 			live.add(p.Name, 1)
 			running.Go(func() {
-				err := p.Run()
+				err := runPart(p.Run)
 				if err == nil {
 					err = ErrEnded
 				}
@@ -211,6 +215,18 @@ func (l *liveParts) list(parts []Part) []string {
 		}
 	}
 	return names
+}
+
+// runPart runs a part's Run; a panic in it becomes its error, so that the
+// other parts still stop in order (deliveries under way finish) instead of
+// the process dying with them.
+func runPart(run func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v\n%s", r, debug.Stack())
+		}
+	}()
+	return run()
 }
 
 func runStart(ctx context.Context, p Part) error {

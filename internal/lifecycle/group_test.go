@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -235,5 +236,25 @@ func TestStopTimeoutKeepsTheCause(t *testing.T) {
 	if !errors.Is(err, boom) || !errors.Is(err, lifecycle.ErrStopTimeout) ||
 		err.Error() != "start relay: port taken; then the stop did not finish in time: after 100ms, not stopped: stuck" {
 		t.Fatalf("err = %v", err)
+	}
+}
+
+// A part whose Run panics stops the group like a part that failed: the
+// other parts stop in reverse order and the panic, with its stack, is the
+// cause.
+func TestPanicInRunStopsEveryPartInReverse(t *testing.T) {
+	t.Parallel()
+	j := &journal{}
+	var g lifecycle.Group
+	g.Add(server(j, "a", nil))
+	g.Add(lifecycle.Part{Name: "buggy", Run: func() error { panic("nil map") }})
+	g.Add(server(j, "b", nil))
+	err, _ := run(t, context.Background(), &g)
+	var pe *lifecycle.PartError
+	if !errors.As(err, &pe) || pe.Part != "buggy" || pe.Start || !strings.HasPrefix(err.Error(), "buggy: panic: nil map\ngoroutine ") {
+		t.Fatalf("err = %v", err)
+	}
+	if got := j.get(); !slices.Equal(got, []string{"start a", "start b", "stop b", "stop a"}) && !slices.Equal(got, []string{"start a", "stop a"}) {
+		t.Fatalf("journal %q", got)
 	}
 }

@@ -81,11 +81,12 @@ func checkTokens(ctx context.Context, clients map[string]*webex.Client, h *tasks
 
 // checkToken asks Webex who the bot is. A rejected token does not stop the
 // worker: the bot's tasks are held and readiness is false until it works.
-func checkToken(ctx context.Context, name string, c *webex.Client, h *tasks.Handler, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+func checkToken(stop context.Context, name string, c *webex.Client, h *tasks.Handler, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(stop, 10*time.Second)
 	defer cancel()
 	me, err := c.Me(ctx)
 	switch {
+	case err != nil && stop.Err() != nil: // the worker is stopping: it will not deliver
 	case errors.Is(err, webex.ErrUnauthorized):
 		h.MarkRejected(name)
 		log.Error("Webex rejects the bot's token: its tasks are held (not dead-lettered) and the worker is not ready until the token works",

@@ -58,8 +58,12 @@ func (d *dev) close() {
 // clock is moved, so a ticker moves it with the wall clock: TTL-based
 // features (dedup records, retention) behave as on a real Redis.
 func startDev(cfg *Config, log *slog.Logger) (*dev, error) {
+	// The simulator's listener first: a failed start leaves nothing running.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("dev: simulator: %w", err)
+	}
 	m := miniredis.NewMiniRedis()
-	var err error
 	for port := 6379; port < 6400; port++ {
 		if err = m.StartAddr("127.0.0.1:" + strconv.Itoa(port)); err == nil {
 			break
@@ -67,15 +71,12 @@ func startDev(cfg *Config, log *slog.Logger) (*dev, error) {
 	}
 	if err != nil {
 		if err = m.StartAddr("127.0.0.1:0"); err != nil {
+			_ = ln.Close()
 			return nil, fmt.Errorf("dev: embedded Redis: %w", err)
 		}
 	}
 	d := &dev{redis: m, sim: webextest.New(webextest.Options{Tokens: map[string]string{devToken: "courier-dev", devLimitedToken: "courier-dev-limited"}, Logger: log}), stop: make(chan struct{})}
 	go d.tick()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("dev: simulator: %w", err)
-	}
 	d.srv = &http.Server{Handler: d.sim, ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = d.srv.Serve(ln) }()
 	cfg.RedisURL = "redis://" + m.Addr() + "/0"

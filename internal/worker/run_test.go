@@ -268,3 +268,31 @@ func TestSecondSignalExits1(t *testing.T) {
 		t.Fatalf("exit %v, want %d:\n%s", err, worker.ExitFailure, out)
 	}
 }
+
+// A signal while the bots' tokens are checked (Webex silent) stops the
+// worker cleanly, without "delivering anyway" warnings for checks the stop
+// cut short, and without starting delivery.
+func TestSignalDuringTokenCheck(t *testing.T) {
+	t.Parallel()
+	s := sharedSetup(t)
+	webexURL, open := silentWebex(t)
+	cfg, _ := adminConfig(t, s.url, webexURL, s.queue, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	logs := &lockedBuffer{}
+	done := make(chan error, 1)
+	go func() { done <- worker.Run(ctx, cfg, slog.New(slog.NewJSONHandler(logs, nil))) }()
+	waitFor(t, 10*time.Second, "the token check under way", func() bool { return open() >= 1 })
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Run did not stop")
+	}
+	out := logs.String()
+	if strings.Contains(out, "could not check the bot's token") || strings.Contains(out, `"msg":"worker started"`) || !strings.Contains(out, `"msg":"stopped"`) {
+		t.Fatalf("log:\n%s", out)
+	}
+}

@@ -107,7 +107,18 @@ func (h *Handler) releaser(ctx context.Context, m taskMeta, payload []byte) func
 	if err != nil || p.OrderingKey == "" {
 		return nil
 	}
-	return func() { h.order.release(ctx, m.queue, m.id, p.OrderingKey) }
+	// Tried until it succeeds while the task is held: a delivered head that
+	// completed without its release would leave its sequence to the
+	// Reconciler, which cannot tell it from a deleted one once asynq drops
+	// it (Retention < 0). Once the task's context ends asynq does not
+	// complete it: its redelivery finds it delivered and releases.
+	return func() {
+		err := h.untilDone(ctx, "next message of the sequence not released: retrying while the task is held", m.queue, m.id,
+			func(ctx context.Context) error { return h.order.release(ctx, m.queue, m.id, p.OrderingKey) })
+		if err != nil {
+			h.cfg.Logger.Warn("next message of the sequence not released; the head's redelivery will", "task_id", m.id, "queue", m.queue, "error", err.Error())
+		}
+	}
 }
 
 // isolatedClaim is the claim an isolated delivery runs under, read before
@@ -193,7 +204,7 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, d *de
 	}
 	claim := h.claimOf(queue, id, st.epoch)
 	d.claim = &claim
-	if claim.Epoch == st.epoch { // (an isolated process runs under the worker's claim: confirmed only if the task still has it)
+	if claim.Epoch == st.epoch { // Redis just confirmed it (an isolated process runs under the worker's)
 		d.confirmed = time.Now()
 	}
 	if h.cfg.Fence != nil {
@@ -457,7 +468,7 @@ func (h *Handler) fence(ctx context.Context, c Claim, confirmed time.Time) error
 	if h.cfg.Fence == nil {
 		return nil
 	}
-	if h.fencedWrites() && !confirmed.IsZero() && time.Since(confirmed) < fenceFresh {
+	if ef, ok := h.cfg.Fence.(epochFence); ok && ef.live() && !confirmed.IsZero() && time.Since(confirmed) < fenceFresh {
 		return nil
 	}
 	err := h.cfg.Fence.Check(ctx, c)
@@ -472,20 +483,20 @@ func (h *Handler) fence(ctx context.Context, c Claim, confirmed time.Time) error
 
 // fenceFresh is how long a claim Redis confirmed (the start-of-delivery
 // script read its epoch; a record write checked it) stands without asking
-// again before a post or before the outcome goes back to asynq. A takeover
-// needs the holder's heartbeats to have stopped for asynq's server TTL and
-// goneFor (16s) and its lease to have stood still for RecoveryConfig.After:
-// within fenceFresh of a confirmation, only a worker whose heartbeats
-// stopped long before can be overtaken, which is the same window a check
-// leaves between its answer and the post it guards. A pause longer than
-// fenceFresh (SIGSTOP, a stalled VM) is always checked.
+// again before a post or before the outcome goes back to asynq, while the
+// worker's own liveness key stands for fenceFresh and a margin more
+// (epochFence.live): a takeover needs the holder's liveness key gone (not
+// refreshed for RecoveryConfig.After) and its lease still, so within
+// fenceFresh of a confirmation nobody can overtake a live worker. A pause
+// longer than fenceFresh (SIGSTOP, a stalled VM) is always checked, and so
+// is every claim while this worker's liveness writes fail.
 const fenceFresh = time.Second
 
 // fencedWrites reports whether the fence is the task's epoch (*Recovery):
 // the record write then checks it in its own script, and a fresh claim is
 // not asked again.
 func (h *Handler) fencedWrites() bool {
-	_, ok := h.cfg.Fence.(epochFenced)
+	_, ok := h.cfg.Fence.(epochFence)
 	return ok
 }
 

@@ -81,10 +81,14 @@ func (h *Handler) HandleError(ctx context.Context, t *asynq.Task, err error) {
 	attrs = append(attrs, "error", errText(de.Err))
 	log := h.cfg.Logger
 	if archived {
-		behind := h.order.releaseDeadLetter(ctx, t, queue, id)
-		h.recordDeadLetter(ctx, t, id, queue, de, behind, log)
+		behind := h.order.releaseDeadLetter(ctx, t, queue, id, err)
+		if de.Outcome != PassedOver { // recorded when it was first dead-lettered
+			h.recordDeadLetter(ctx, t, id, queue, de, behind, log)
+		}
 	}
 	switch {
+	case de.Outcome == PassedOver:
+		log.Error("dead-lettered again: a dead letter came back without being archived after its sequence moved on past it; not delivered out of order", attrs...)
 	case de.Outcome == Exhausted:
 		log.Error(fmt.Sprintf("failed after %d redeliveries, dead-lettered", retried), attrs...)
 	case de.Outcome.DeadLetter():

@@ -85,20 +85,18 @@ func (h *Handler) claimOf(queue, id string, epoch int64) Claim {
 	return Claim{Queue: queue, ID: id, Epoch: epoch}
 }
 
-// epochFence is the isolated process's fence: the task's epoch must still
-// be the claim's. Unlike a Recovery it halts nothing: the delivery returns
+// isolatedFence is the isolated process's fence: the task's epoch must
+// still be the claim's. Unlike a Recovery it halts nothing: the delivery returns
 // Interrupted and the worker, checking its own fence, halts.
-type epochFence struct{ rdb redis.UniversalClient }
+type isolatedFence struct{ rdb redis.UniversalClient }
 
-var _ Fence = epochFence{}
+var _ epochFence = isolatedFence{}
 
-var _ epochFenced = epochFence{} // the record write checks the epoch in its script
+func (isolatedFence) Hold(Claim) func() { return func() {} }
+func (isolatedFence) Holder() string    { return "" }
+func (isolatedFence) live() bool        { return false } // the worker's liveness: unknown here
 
-func (epochFence) taskEpoch()        {}
-func (epochFence) Hold(Claim) func() { return func() {} }
-func (epochFence) Holder() string    { return "" }
-
-func (f epochFence) Check(ctx context.Context, c Claim) error {
+func (f isolatedFence) Check(ctx context.Context, c Claim) error {
 	_, err := checkEpoch(ctx, f.rdb, c)
 	return err
 }
@@ -296,7 +294,7 @@ func (w *Worker) ServeIsolated(ctx context.Context, in io.Reader, out io.Writer)
 	}()
 	h := w.handler
 	h.isolated, h.run = true, req.Run
-	h.cfg.Fence = epochFence{h.rec.rdb}
+	h.cfg.Fence = isolatedFence{h.rec.rdb}
 	enc := json.NewEncoder(out)
 	if err := enc.Encode(isolatedLine{Started: true}); err != nil {
 		return fmt.Errorf("write isolated delivery: %w", err)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
@@ -29,9 +31,12 @@ import (
 //	courier:{<queue>}:seq:<key>     list: the task ids behind the head, in order
 //	courier:{<queue>}:seqmsg:<key>  hash: task id → its encoded asynq message
 //	courier:{<queue>}:waiting       hash: task id → ordering key, of every message behind a head
+//	courier:{<queue>}:dead          hash: task id → mark, of heads dead-lettered and passed over
 //
 // A sequence that drains leaves nothing behind (Redis deletes empty lists
 // and hashes, and the head's field goes), so an idle key costs no memory.
+// A dead mark lives until asynq has archived its task (the Reconciler
+// clears it then) or the task's id is enqueued again.
 //
 // Enqueueing makes the message the head (into asynq's pending list) when
 // its sequence is empty, else appends it, in one script. When the head is
@@ -43,6 +48,15 @@ import (
 // An ordered task that reaches a worker without being its sequence's head
 // (a dead letter re-run from asynqmon, a task run early by an operator)
 // joins the end of its sequence and is handed back until its turn comes.
+//
+// A dead-lettered head releases its successor before asynq archives it
+// (asynq calls the error handler first), and asynq skips the archive when
+// the task's lease is no longer valid or the task moved meanwhile: the
+// task then comes back although its sequence moved on past it. The release
+// marks it dead with the error text asynq archives it with; a delivery
+// that meets the mark is dead-lettered again (PassedOver) unless its task
+// carries that text, which only asynq's archive writes: then it was
+// archived and re-run by an operator, and it joins the end of its sequence.
 
 // Ordered marks the message ordered: it is delivered after every ordered
 // message enqueued before it with the same ordering key (by default its
@@ -58,6 +72,12 @@ func OrderingKey(k string) Option {
 // BehindHead is the outcome of an ordered delivery that is not its
 // sequence's head: it waits its turn (handed back, not counted).
 const BehindHead Outcome = "behind_head"
+
+// PassedOver is the outcome of an ordered message that was dead-lettered,
+// whose sequence moved on past it, and that came back without being
+// archived (asynq skipped the archive): it is dead-lettered again rather
+// than delivered out of order. Its dead letter was recorded the first time.
+const PassedOver Outcome = "passed_over"
 
 // orderingKey is the key of an ordered message: the one given, else its
 // destination. "" for an unordered message.
@@ -115,6 +135,17 @@ func (s sequence) list() string    { return "courier:{" + s.queue + "}:seq:" + s
 func (s sequence) msgs() string    { return "courier:{" + s.queue + "}:seqmsg:" + s.key }
 func (s sequence) prefix() string  { return "asynq:{" + s.queue + "}:" }
 func (s sequence) waiting() string { return waitingKey(s.queue) }
+func (s sequence) dead() string    { return deadKey(s.queue) }
+
+// deadKey is the hash of the dead marks of a queue's passed-over heads.
+func deadKey(queue string) string { return "courier:{" + queue + "}:dead" }
+
+// deadMark is the mark of a head dead-lettered with asynq error text msg.
+func deadMark(msg string) string {
+	h := fnv.New64a()
+	h.Write([]byte(msg))
+	return strconv.FormatUint(h.Sum64(), 16)
+}
 
 // waitingKey is the hash naming the sequence of each message behind a head.
 func waitingKey(queue string) string { return "courier:{" + queue + "}:waiting" }
@@ -125,10 +156,12 @@ func headsKey(queue string) string { return "courier:{" + queue + "}:heads" }
 // enqueueOrderedScript makes the message its sequence's head (asynq's own
 // enqueue: the task hash and the pending list) or appends it behind.
 // Returns 0 for a task id already taken, 3 for one already waiting, 1 for a
-// new head, 2 for a message behind the head.
+// new head, 2 for a message behind the head. A new message drops the dead
+// mark an earlier task with its id left.
 var enqueueOrderedScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return 3 end
+redis.call('HDEL', KEYS[7], ARGV[2])
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then
   redis.call('HSET', KEYS[4], 'msg', ARGV[3], 'state', 'pending', 'pending_since', ARGV[4])
   redis.call('LPUSH', KEYS[5], ARGV[2])
@@ -152,7 +185,7 @@ func (p *Producer) enqueueOrdered(ctx context.Context, task *asynq.Task, o *enqu
 	if err := p.knownQueue(ctx, o.queue); err != nil {
 		return nil, err
 	}
-	n, err := enqueueOrderedScript.Run(ctx, p.rdb, []string{s.heads(), s.list(), s.msgs(), taskKey(o.queue, id), s.prefix() + "pending", s.waiting()},
+	n, err := enqueueOrderedScript.Run(ctx, p.rdb, []string{s.heads(), s.list(), s.msgs(), taskKey(o.queue, id), s.prefix() + "pending", s.waiting(), s.dead()},
 		o.orderingKey, id, msg, p.cfg.Now().UnixNano()).Int()
 	if err != nil {
 		return nil, fmt.Errorf("enqueue: %w", err)
@@ -257,16 +290,23 @@ func (p *Producer) chains(reqs []Request) [][]int {
 // claimScript lets an ordered delivery go ahead when its task is the head
 // (or its sequence has none: it becomes the head). Otherwise the task joins
 // the end of the sequence, once, as a task already in asynq (no message in
-// the seqmsg hash), and must wait. Returns 1 to go ahead, 0 to wait.
+// the seqmsg hash), and must wait. Returns {1} to go ahead, {0} to wait, or
+// {2, mark, asynq's message} for a task marked dead, unless ARGV[3] is '1'
+// (the caller found it archived since): then the mark goes.
 var claimScript = redis.NewScript(`
+local mark = redis.call('HGET', KEYS[3], ARGV[2])
+if mark then
+  if ARGV[3] ~= '1' then return {2, mark, redis.call('HGET', KEYS[4], 'msg') or ''} end
+  redis.call('HDEL', KEYS[3], ARGV[2])
+end
 local head = redis.call('HGET', KEYS[1], ARGV[1])
 if not head then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  return 1
+  return {1}
 end
-if head == ARGV[2] then return 1 end
+if head == ARGV[2] then return {1} end
 if not redis.call('LPOS', KEYS[2], ARGV[2]) then redis.call('RPUSH', KEYS[2], ARGV[2]) end
-return 0
+return {0}
 `)
 
 // releaseLua defines release(heads, list, msgs, waiting, key, head, prefix,
@@ -325,6 +365,13 @@ end
 `
 
 var releaseScript = redis.NewScript(releaseLua + `
+return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]))
+`)
+
+// deadLetterScript is releaseScript for a dead-lettered head, which it
+// also marks dead (KEYS[5], mark ARGV[6]).
+var deadLetterScript = redis.NewScript(releaseLua + `
+redis.call('HSET', KEYS[5], ARGV[2], ARGV[6])
 return release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]))
 `)
 
@@ -403,31 +450,54 @@ type ordering struct {
 	wait time.Duration
 }
 
-// claim lets an ordered delivery go ahead (nil) or hands it back.
+// claim lets an ordered delivery go ahead (nil), hands it back, or
+// dead-letters a head its sequence passed over.
 func (o *ordering) claim(ctx context.Context, queue, id, key string) *DeliveryError {
 	s := sequence{queue, key}
-	ok, err := claimScript.Run(ctx, o.rdb, []string{s.heads(), s.list()}, key, id).Int()
-	switch {
-	case err != nil: // Redis's fault, not the message's: not counted
+	keys := []string{s.heads(), s.list(), s.dead(), taskKey(queue, id)}
+	v, err := claimScript.Run(ctx, o.rdb, keys, key, id, 0).Slice()
+	if err == nil && len(v) == 3 && rerun(v) { // archived since it was marked, and re-run by an operator
+		v, err = claimScript.Run(ctx, o.rdb, keys, key, id, 1).Slice()
+	}
+	if err == nil && len(v) == 0 {
+		err = fmt.Errorf("unexpected answer %v", v)
+	}
+	if err != nil { // Redis's fault, not the message's: not counted
 		return &DeliveryError{Outcome: RedisUnavailable, Err: fmt.Errorf("claim the head of the sequence: %w", err), Delay: retrypolicy.QueueDelay(0)}
-	case ok == 0:
+	}
+	switch n, _ := v[0].(int64); n {
+	case 1:
+		return nil
+	case 0:
 		return &DeliveryError{Outcome: BehindHead, Err: errors.New("waiting for the messages ahead of it in its sequence"), Delay: retrypolicy.QueueDelay(o.wait)}
 	}
-	return nil
+	return &DeliveryError{Outcome: PassedOver, Err: errors.New("dead-lettered earlier and its sequence moved on past it; back without an operator's re-run, so not delivered out of order")}
 }
 
-// release hands the sequence on after its head id was delivered. A failure
-// is logged: the Reconciler releases the successor later.
-func (o *ordering) release(ctx context.Context, queue, id, key string) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if _, err := o.run(ctx, sequence{queue, key}, id, 0); err != nil {
-		o.log.Warn("next message of the sequence not released; the reconciler will", "task_id", id, "queue", queue, "error", err.Error())
-	}
+// rerun reports whether claim's answer for a task marked dead shows it
+// archived since: asynq's message carries the error text of the mark,
+// which only asynq's archive writes into it.
+func rerun(v []any) bool {
+	mark, _ := v[1].(string)
+	msg, _ := v[2].(string)
+	text, err := errorMsgOf([]byte(msg))
+	return err == nil && deadMark(text) == mark
+}
+
+// release hands the sequence on after its head id was delivered.
+func (o *ordering) release(ctx context.Context, queue, id, key string) error {
+	_, err := o.run(ctx, sequence{queue, key}, id, 0)
+	return err
 }
 
 func (o *ordering) run(ctx context.Context, s sequence, head string, behind int) (released, error) {
-	v, err := releaseScript.Run(ctx, o.rdb, []string{s.heads(), s.list(), s.msgs(), s.waiting()}, s.key, head, s.prefix(), o.now().UnixNano(), behind).Slice()
+	return o.runScript(ctx, releaseScript, s, head, behind)
+}
+
+// runScript runs releaseScript, or deadLetterScript with its mark.
+func (o *ordering) runScript(ctx context.Context, script *redis.Script, s sequence, head string, behind int, mark ...any) (released, error) {
+	args := append([]any{s.key, head, s.prefix(), o.now().UnixNano(), behind}, mark...)
+	v, err := script.Run(ctx, o.rdb, []string{s.heads(), s.list(), s.msgs(), s.waiting(), s.dead()}, args...).Slice()
 	if err != nil {
 		return released{}, fmt.Errorf("release the next message: %w", err)
 	}
@@ -445,19 +515,21 @@ func (o *ordering) logDropped(queue, head string, r released) {
 	}
 }
 
-// releaseDeadLetter hands the sequence on after its head was dead-lettered,
-// loudly, and returns the ids of the messages that were behind it.
-func (o *ordering) releaseDeadLetter(ctx context.Context, t *asynq.Task, queue, id string) []string {
+// releaseDeadLetter hands the sequence on after its head was dead-lettered
+// with err, loudly, marks it dead, and returns the ids of the messages that
+// were behind it.
+func (o *ordering) releaseDeadLetter(ctx context.Context, t *asynq.Task, queue, id string, err error) []string {
 	if o == nil {
 		return nil
 	}
-	p, err := DecodePayload(t.Payload())
-	if err != nil || p.OrderingKey == "" {
+	p, perr := DecodePayload(t.Payload())
+	if perr != nil || p.OrderingKey == "" {
 		return nil // unordered, or unreadable: the Reconciler finds its sequence
 	}
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	r, err := o.run(ctx, sequence{queue, p.OrderingKey}, id, maxBehind)
+	// asynq archives the task with err's text as its error message.
+	r, err := o.runScript(ctx, deadLetterScript, sequence{queue, p.OrderingKey}, id, maxBehind, deadMark(err.Error()))
 	switch {
 	case err != nil:
 		o.log.Error("dead letter did not release the next message of its sequence; the reconciler will", "task_id", id, "queue", queue, "error", err.Error())

@@ -2,18 +2,21 @@ package tasks
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/courier-dev/courier/internal/redisfault"
 	"github.com/courier-dev/courier/pkg/webex"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
@@ -33,7 +36,7 @@ func (e *env) sequenceKeys() []string {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	for _, k := range []string{headsKey(e.queue), waitingKey(e.queue)} {
+	for _, k := range []string{headsKey(e.queue), waitingKey(e.queue), deadKey(e.queue)} {
 		if n, _ := e.rdb.HLen(context.Background(), k).Result(); n > 0 {
 			keys = append(keys, fmt.Sprintf("%s (%d fields)", k, n))
 		}
@@ -398,6 +401,10 @@ func TestOrderedExpiredAndRequeued(t *testing.T) {
 	if got := texts(e.sim.Messages("r")); !slices.Equal(got, []string{"on time", "enqueued before the requeue", "late"}) {
 		t.Fatalf("delivered %v", got)
 	}
+	// The expired head's dead mark lives until a reconciler pass sees it archived.
+	if _, err := NewReconciler(e.rdb, ReconcilerConfig{Queues: []string{e.queue}, Logger: e.logger()}).Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	e.waitKeysGone()
 }
 
@@ -458,7 +465,7 @@ func TestUnorderedTouchesNoSequence(t *testing.T) {
 	}
 	e.waitState(r.TaskID, asynq.TaskStateCompleted, 10*time.Second)
 	w.Shutdown()
-	ordering := []string{enqueueOrderedScript.Hash(), claimScript.Hash(), releaseScript.Hash(), parentScript.Hash(), ":seq", ":heads", ":waiting"}
+	ordering := []string{enqueueOrderedScript.Hash(), claimScript.Hash(), releaseScript.Hash(), deadLetterScript.Hash(), parentScript.Hash(), ":seq", ":heads", ":waiting", ":dead"}
 	log.mu.Lock()
 	defer log.mu.Unlock()
 	for _, c := range log.cmds {
@@ -544,43 +551,105 @@ func TestReleaseLogsDroppedWaitingMessage(t *testing.T) {
 	}
 }
 
-// A worker whose task was taken over (its fence says so after the post)
-// does not release the next message: the new owner may still be posting
-// the head.
+// A worker whose task was taken over once its delivery was recorded (its
+// fence says so at the very end, where the release would follow) does not
+// release the next message: the new owner may still be posting the head.
+// Every earlier fence check passes, so the delivery reaches the release
+// point; only the final fence keeps the sequence where it is.
 func TestFencedWorkerDoesNotRelease(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, webextest.Options{})
 	head := e.enqueue(text("r", "head"), Ordered())
 	next := e.enqueue(text("r", "next"), Ordered())
-	var calls sync.Mutex
-	n := 0
+	recorded := func() bool { // the head's delivery record names every part
+		var r TaskResult
+		b, err := e.rdb.HGet(context.Background(), taskKey(e.queue, head), fieldResult).Bytes()
+		return err == nil && json.Unmarshal(b, &r) == nil && len(r.sent()) == 1 && delivered(r.sent()) == 1
+	}
+	var fenced atomic.Int32
 	e.start(func(c *WorkerConfig) {
 		c.ReconcileInterval = time.Hour
-		c.Fence = countingFence{check: func() error { // the post goes ahead; then the worker is declared dead
-			calls.Lock()
-			defer calls.Unlock()
-			if n++; n > 1 {
+		c.Fence = countingFence{check: func(cl Claim) error {
+			if cl.ID == head && recorded() { // declared dead right after recording: the release point
+				fenced.Add(1)
 				return ErrTakenOver
 			}
 			return nil
 		}}
 	})
-	// The head was posted, then its delivery came back fenced (handed back,
-	// nothing recorded): its sequence must not have moved on.
-	waitFor(t, 10*time.Second, "the head posted and handed back", func() bool {
+	// The head was posted and recorded, then its delivery came back fenced
+	// (handed back): its sequence must not have moved on.
+	waitFor(t, 10*time.Second, "the head posted, recorded and handed back", func() bool {
 		info, err := e.inspector.GetTaskInfo(e.queue, head)
-		return len(e.sim.Messages("r")) == 1 && err == nil && info.State != asynq.TaskStateActive
+		return recorded() && err == nil && info.State != asynq.TaskStateActive
 	})
 	if _, err := e.producer.Waiting(context.Background(), e.queue, next); err != nil {
 		t.Fatalf("the next message was released by a fenced worker: %v; delivered %v", err, texts(e.sim.Messages("r")))
 	}
+	if fenced.Load() == 0 || len(e.sim.Messages("r")) != 1 {
+		t.Fatalf("fenced %d times, delivered %v: the fence must fail at the release point, after the post", fenced.Load(), texts(e.sim.Messages("r")))
+	}
 }
 
 // countingFence is a Fence whose verdict a test decides.
-type countingFence struct{ check func() error }
+type countingFence struct{ check func(Claim) error }
 
-func (f countingFence) Hold(Claim) func()                  { return func() {} }
-func (f countingFence) Check(context.Context, Claim) error { return f.check() }
-func (f countingFence) Holder() string                     { return "" }
+func (f countingFence) Hold(Claim) func()                      { return func() {} }
+func (f countingFence) Check(_ context.Context, c Claim) error { return f.check(c) }
+func (f countingFence) Holder() string                         { return "" }
 
 var _ Fence = countingFence{}
+
+// A dead-lettered head releases its successor before asynq archives it;
+// when asynq then skips the archive (here the task was moved to retry just
+// as the archive ran, as after an expired lease), the head comes
+// back although its sequence moved on. It is dead-lettered again, never
+// delivered after its successors, and its dead letter is recorded once. A
+// reconciler pass then clears its dead mark.
+func TestDeadLetterSkippedArchiveNotDeliveredLate(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	e.sim.AddFault(webextest.Fault{Room: "r", Status: 404, Count: 1}) // the head's first delivery only
+	dls := NewDeadLetters(e.rdb, "courier:{"+e.queue+"}:deadletters", 100)
+	head := e.enqueue(text("r", "first"), Ordered())
+	e.enqueue(text("r", "second"), Ordered())
+	e.enqueue(text("r", "third"), Ordered())
+	moved := e.faults().Add(&redisfault.Rule{ // asynq's archive of the head finds it moved
+		Match: redisfault.Match{Name: "evalsha", Args: []string{taskKey(e.queue, head), "asynq:{" + e.queue + "}:archived"}},
+		Do: func() { // as asynq's recoverer retries a task whose lease expired: due in a second
+			ctx := context.Background()
+			prefix := "asynq:{" + e.queue + "}:"
+			e.rdb.LRem(ctx, prefix+"active", 0, head)
+			e.rdb.ZRem(ctx, prefix+"lease", head)
+			e.rdb.HSet(ctx, taskKey(e.queue, head), "state", "retry")
+			e.rdb.ZAdd(ctx, prefix+"retry", redis.Z{Score: float64(time.Now().Unix() + 1), Member: head})
+		},
+	})
+	e.start(func(c *WorkerConfig) { c.DeadLetters, c.ReconcileInterval = dls, time.Hour })
+	var info *asynq.TaskInfo
+	waitFor(t, 20*time.Second, "the successors, and the head's end", func() bool {
+		var err error
+		info, err = e.inspector.GetTaskInfo(e.queue, head)
+		return err == nil && len(e.sim.Messages("r")) >= 2 &&
+			(info.State == asynq.TaskStateArchived || info.State == asynq.TaskStateCompleted)
+	})
+	if moved.Seen() == 0 {
+		t.Fatal("asynq's archive of the head never ran")
+	}
+	if got := texts(e.sim.Messages("r")); !slices.Equal(got, []string{"second", "third"}) || info.State != asynq.TaskStateArchived {
+		t.Fatalf("delivered %v, head %v: the passed-over head came back and was delivered out of order", got, info.State)
+	}
+	if !strings.Contains(info.LastErr, string(PassedOver)) || !strings.Contains(e.logs.String(), "outcome=passed_over") {
+		t.Fatalf("head archived with %q; logs:\n%s", info.LastErr, e.logs.String())
+	}
+	if list, err := dls.List(context.Background(), 10); err != nil || len(list) != 1 {
+		t.Fatalf("dead letters %+v, %v: want the head's, once", list, err)
+	}
+	rec := NewReconciler(e.rdb, ReconcilerConfig{Queues: []string{e.queue}, Logger: e.logger()})
+	if _, err := rec.Reconcile(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := e.rdb.HLen(context.Background(), deadKey(e.queue)).Result(); err != nil || n != 0 {
+		t.Fatalf("%d dead marks left after the archive (%v)", n, err)
+	}
+}

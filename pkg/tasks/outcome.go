@@ -52,7 +52,7 @@ const (
 // DeadLetter reports whether the outcome archives the task.
 func (o Outcome) DeadLetter() bool {
 	switch o {
-	case Permanent, Exhausted, Expired, Corrupt, Poison:
+	case Permanent, Exhausted, Expired, Corrupt, Poison, PassedOver:
 		return true
 	}
 	return false

@@ -74,9 +74,13 @@ func (r *Reconciler) Run(ctx context.Context) error {
 }
 
 // Reconcile checks every sequence once and returns how many it moved on.
+// It also drops the dead marks (ordering.go) of tasks asynq has archived.
 func (r *Reconciler) Reconcile(ctx context.Context) (int, error) {
 	moved := 0
 	for _, q := range r.cfg.Queues {
+		if err := r.sweep(ctx, q); err != nil {
+			return moved, fmt.Errorf("reconcile queue %s: %w", q, err)
+		}
 		var cursor uint64
 		for {
 			fields, next, err := r.rdb.HScan(ctx, headsKey(q), cursor, "", 200).Result()
@@ -123,4 +127,41 @@ func (r *Reconciler) repair(ctx context.Context, s sequence) (bool, error) {
 		r.order.successorReleased(s.queue, "reconciled", head, rel, "head_state", cmp.Or(state, "deleted"))
 	}
 	return true, nil
+}
+
+// sweepScript drops the dead marks (hash KEYS[1]) of the task ids ARGV[2..]
+// whose task asynq archived, completed or no longer has (task key prefix
+// ARGV[1]); a mark whose task is still live stays for its next delivery.
+var sweepScript = redis.NewScript(`
+local n = 0
+for i = 2, #ARGV do
+  local state = redis.call('HGET', ARGV[1] .. 't:' .. ARGV[i], 'state')
+  if not state or state == 'archived' or state == 'completed' then
+    n = n + redis.call('HDEL', KEYS[1], ARGV[i])
+  end
+end
+return n
+`)
+
+// sweep drops the dead marks of queue whose task left asynq's live states.
+func (r *Reconciler) sweep(ctx context.Context, queue string) error {
+	var cursor uint64
+	for {
+		fields, next, err := r.rdb.HScan(ctx, deadKey(queue), cursor, "", 200).Result()
+		if err != nil {
+			return err
+		}
+		args := []any{sequence{queue: queue}.prefix()}
+		for i := 0; i < len(fields); i += 2 {
+			args = append(args, fields[i])
+		}
+		if len(args) > 1 {
+			if err := sweepScript.Run(ctx, r.rdb, []string{deadKey(queue)}, args...).Err(); err != nil {
+				return err
+			}
+		}
+		if cursor = next; cursor == 0 {
+			return nil
+		}
+	}
 }

@@ -84,9 +84,9 @@ type begun struct {
 }
 
 // begin reads the parts already delivered and counts this delivery as
-// running, under holder ("": none), in one round trip. With suspectAt
-// above 0, a task whose deliveries died that many times in a row is not
-// begun: it is a suspect.
+// running, under holder ("": none), in one round trip. With suspectAt above
+// 0, a task whose deliveries died that many times in a row is not begun: it
+// is a suspect.
 func (r *records) begin(ctx context.Context, queue, id, holder string, suspectAt int) (begun, error) {
 	res, err := beginScript.Run(ctx, r.rdb, []string{taskKey(queue, id)}, holder, suspectAt).Slice()
 	if err == nil && len(res) != 5 {

@@ -150,6 +150,8 @@ type Recovery struct {
 	// alive is set once the liveness key was first written: only then may a
 	// delivery name this worker as its holder.
 	alive atomic.Bool
+	// beatAt is when the last liveness write that succeeded was sent.
+	beatAt atomic.Pointer[time.Time]
 }
 
 // Fence guards deliveries against a second copy after a takeover by
@@ -167,16 +169,24 @@ type Fence interface {
 
 var _ Fence = (*Recovery)(nil)
 
-// epochFenced is a Fence whose claim is the task's epoch (fieldEpoch): the
+// epochFence is a Fence whose claim is the task's epoch (fieldEpoch): the
 // handler may check it inside its own writes.
-type epochFenced interface {
+type epochFence interface {
 	Fence
-	taskEpoch()
+	// live reports whether no other worker can take this worker's tasks
+	// over within fenceFresh and a margin: only then may a claim Redis
+	// confirmed less than fenceFresh ago stand without asking again.
+	live() bool
 }
 
-var _ epochFenced = (*Recovery)(nil)
+var _ epochFence = (*Recovery)(nil)
 
-func (r *Recovery) taskEpoch() {}
+// live: this worker's liveness key, written at beatAt for After, stands
+// for fenceFresh and a second more.
+func (r *Recovery) live() bool {
+	at := r.beatAt.Load()
+	return at != nil && time.Since(*at) < r.cfg.After-fenceFresh-time.Second
+}
 
 // Claim is one delivery's hold on a task: the task and the epoch it began
 // under.
@@ -220,10 +230,12 @@ func (r *Recovery) Holder() string {
 func (r *Recovery) beat(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Interval)
 	defer cancel()
+	at := time.Now() // the key lives at least After from here
 	if err := r.rdb.Set(ctx, aliveKey(r.id), 1, r.cfg.After).Err(); err != nil {
 		r.cfg.Logger.Debug("recovery: cannot write this worker's liveness", "error", err.Error())
 		return
 	}
+	r.beatAt.Store(&at)
 	r.alive.Store(true)
 }
 

@@ -28,6 +28,7 @@ const (
 	fieldID        = 3
 	fieldQueue     = 4
 	fieldRetry     = 5
+	fieldErrorMsg  = 7
 	fieldTimeout   = 8
 	fieldRetention = 12
 )
@@ -62,21 +63,32 @@ func encodeTaskMessage(m taskMessage) []byte {
 }
 
 // payloadOf reads the payload field of an encoded asynq task message.
-func payloadOf(b []byte) ([]byte, error) {
+func payloadOf(b []byte) ([]byte, error) { return bytesField(b, fieldPayload) }
+
+// errorMsgOf reads the error message field of an encoded asynq task
+// message: the text of the error asynq last retried or archived it with.
+func errorMsgOf(b []byte) (string, error) {
+	v, err := bytesField(b, fieldErrorMsg)
+	return string(v), err
+}
+
+// bytesField reads field num (a string or bytes field) of an encoded asynq
+// task message; nil when it is absent.
+func bytesField(b []byte, num protowire.Number) ([]byte, error) {
 	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
+		got, typ, n := protowire.ConsumeTag(b)
 		if n < 0 {
 			return nil, protowire.ParseError(n)
 		}
 		b = b[n:]
-		if num == fieldPayload && typ == protowire.BytesType {
+		if got == num && typ == protowire.BytesType {
 			v, n := protowire.ConsumeBytes(b)
 			if n < 0 {
 				return nil, protowire.ParseError(n)
 			}
 			return v, nil
 		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
+		n = protowire.ConsumeFieldValue(got, typ, b)
 		if n < 0 {
 			return nil, protowire.ParseError(n)
 		}
