@@ -1,7 +1,5 @@
 package tasks
 
-import "sync"
-
 // warm runs deliveries on long-lived goroutines. asynq starts a goroutine
 // per task, and a delivery's calls (retry policy, HTTP client, Redis) grow
 // its stack from the smallest size every time: a profile of a draining
@@ -12,7 +10,6 @@ import "sync"
 // it as before.
 type warm struct {
 	jobs chan warmJob
-	wg   sync.WaitGroup
 }
 
 type warmJob struct {
@@ -30,10 +27,8 @@ type warmResult struct {
 // more deliveries at once; more would wait their turn).
 func newWarm(n int) *warm {
 	w := &warm{jobs: make(chan warmJob)}
-	w.wg.Add(n)
 	for range n {
 		go func() {
-			defer w.wg.Done()
 			for j := range w.jobs {
 				j.done <- call(j.fn)
 			}
@@ -62,8 +57,7 @@ func (w *warm) run(fn func() error) error {
 	return r.err
 }
 
-// stop ends the goroutines once the deliveries under way return.
-func (w *warm) stop() {
-	close(w.jobs)
-	w.wg.Wait()
-}
+// stop ends the goroutines as the deliveries under way return; it does not
+// wait for them: a delivery asynq gave up on at its shutdown timeout (its
+// context cancelled) ends by itself, as it did on asynq's own goroutine.
+func (w *warm) stop() { close(w.jobs) }
