@@ -285,6 +285,8 @@ func flags(c *Config) *settings.Set {
 	s.Duration(&c.RecoveryAfter, "recovery-after", "COURIER_RECOVERY_AFTER", tasks.DefaultRecoveryAfter, "take over a dead worker's tasks once it has been silent this long; 0: off (asynq's own recovery, 60-130s)")
 	s.Float(&c.Gate.Rate, "rate", "COURIER_RATE", 0, "requests per second per bot, shared by all workers; 0: no shared limit")
 	s.Int(&c.Gate.Burst, "burst", "COURIER_BURST", tasks.DefaultGateBurst, "requests a bot may send at once above the shared rate")
+	s.Int(&c.Gate.Batch, "rate-batch", "COURIER_RATE_BATCH", tasks.DefaultGateBatch, "with COURIER_RATE, permits a worker takes per Redis round trip; all workers together exceed the rate by at most this many")
+	s.Duration(&c.Gate.StateCache, "gate-state-cache", "COURIER_GATE_STATE_CACHE", tasks.DefaultGateStateCache, "how long a worker trusts an open gate without asking Redis (changes reach it at once through pub/sub); negative: ask before every send")
 	s.Duration(&c.Gate.MaxWait, "gate-max-wait", "COURIER_GATE_MAX_WAIT", tasks.DefaultGateMaxWait, "longest in-process wait for the shared limit or cool-down; longer waits hand the task back")
 	s.Int(&c.Gate.BreakerFailures, "breaker-failures", "COURIER_BREAKER_FAILURES", tasks.DefaultGateBreakerFailures, "open the shared circuit after this many transient failures in the window; -1: no breaker")
 	s.Duration(&c.Gate.BreakerWindow, "breaker-window", "COURIER_BREAKER_WINDOW", tasks.DefaultGateBreakerWindow, "window the breaker counts failures in")
@@ -447,7 +449,7 @@ var settingNames = map[string]string{
 	"ShutdownTimeout": "COURIER_SHUTDOWN_TIMEOUT", "TaskCheckInterval": "COURIER_TASK_CHECK_INTERVAL",
 	"DelayedTaskCheckInterval": "COURIER_DELAYED_TASK_CHECK_INTERVAL", "PoisonLimit": "COURIER_POISON_LIMIT",
 	"IsolateConcurrency": "COURIER_ISOLATE_CONCURRENCY",
-	"UnauthorizedDelay":  "COURIER_UNAUTHORIZED_DELAY", "Gate.Rate": "COURIER_RATE", "Gate.Burst": "COURIER_BURST",
+	"UnauthorizedDelay":  "COURIER_UNAUTHORIZED_DELAY", "Gate.Rate": "COURIER_RATE", "Gate.Burst": "COURIER_BURST", "Gate.Batch": "COURIER_RATE_BATCH",
 	"Gate.MaxWait": "COURIER_GATE_MAX_WAIT", "Gate.BreakerWindow": "COURIER_BREAKER_WINDOW", "Gate.ProbeInterval": "COURIER_PROBE_INTERVAL",
 	"ReconcileInterval": "COURIER_RECONCILE_INTERVAL",
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -50,6 +51,9 @@ type Handler struct {
 	isolated bool
 	// isolateSlots holds a token per isolated process running (isolate.go).
 	isolateSlots chan struct{}
+	// warm, while the worker runs, runs deliveries on goroutines whose
+	// stacks have grown already (warm.go).
+	warm atomic.Pointer[warm]
 	// run is, in an isolated process, the claim and holder of the worker
 	// that started it (isolate.go); nil elsewhere.
 	run *isolatedRun
@@ -58,6 +62,13 @@ type Handler struct {
 // ProcessTask delivers one task. It returns nil when the message is
 // delivered (or was already), else a *DeliveryError.
 func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	if w := h.warm.Load(); w != nil {
+		return w.run(func() error { return h.processTask(ctx, t) })
+	}
+	return h.processTask(ctx, t)
+}
+
+func (h *Handler) processTask(ctx context.Context, t *asynq.Task) error {
 	var m taskMeta
 	m.id, _ = asynq.GetTaskID(ctx)
 	m.queue, _ = asynq.GetQueueName(ctx)

@@ -76,7 +76,11 @@ func (w *Worker) Start() error {
 	mux := asynq.NewServeMux()
 	mux.Handle(TypeSend, w.handler)
 	w.unwatch, w.watched = w.handler.gate.watch()
+	pool := newWarm(w.cfg.Concurrency)
+	w.handler.warm.Store(pool)
 	if err := w.srv.Start(mux); err != nil {
+		w.handler.warm.Store(nil)
+		pool.stop()
 		w.unwatch()
 		<-w.watched
 		return fmt.Errorf("start worker: %w", err)
@@ -92,6 +96,9 @@ func (w *Worker) Shutdown() {
 	w.srv.Stop()
 	w.stop()
 	w.srv.Shutdown()
+	if pool := w.handler.warm.Swap(nil); pool != nil {
+		pool.stop()
+	}
 	w.handler.order.close() // the watches of released heads (ordering.go) end with w.stop
 	if w.unwatch != nil {
 		w.unwatch()
