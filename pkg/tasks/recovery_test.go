@@ -13,6 +13,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/courier-dev/courier/internal/redisfault"
 	"github.com/courier-dev/courier/pkg/webex"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
@@ -554,4 +555,82 @@ func (s takeOverDuring) CreateMessage(ctx context.Context, m webex.Message) (*we
 	id, _ := asynq.GetTaskID(ctx)
 	s.then(id)
 	return s.Sender.CreateMessage(ctx, m)
+}
+
+// A claim Redis confirmed while this worker's liveness key had lapsed (its
+// liveness writes failed, its other commands went through) is checked
+// again before the post even though a liveness write succeeded since: the
+// key was gone in between, so another worker may have taken the task over
+// right after the confirmation.
+func TestLivenessLapseVoidsFreshClaims(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	id := e.enqueue(text("r", "held"))
+	faults := e.faults()
+	r := newTestRecovery(t, e.rdb, e.queue)
+	r.run(t)
+	waitFor(t, 5*time.Second, "the liveness key", func() bool { return r.Holder() != "" })
+	rule := faults.Add(&redisfault.Rule{Match: redisfault.Match{Name: "set", Args: []string{aliveKey(r.Holder())}}, Count: -1})
+	waitFor(t, 10*time.Second, "the liveness key to lapse", func() bool { return e.rdb.Exists(ctx, aliveKey(r.Holder())).Val() == 0 })
+	c := Claim{Queue: e.queue, ID: id}
+	confirmed := time.Now()                                 // Redis confirms the claim (epoch 0) while the key is gone
+	e.rdb.HIncrBy(ctx, taskKey(e.queue, id), fieldEpoch, 1) // another worker takes it over
+	rule.Remove()
+	waitFor(t, 5*time.Second, "the liveness key back", func() bool { return e.rdb.Exists(ctx, aliveKey(r.Holder())).Val() == 1 })
+	h := &Handler{cfg: WorkerConfig{Fence: r.Recovery}}
+	if err := h.fence(ctx, c, confirmed); !errors.Is(err, ErrTakenOver) {
+		t.Fatalf("fence %v after the confirmation: %v, want ErrTakenOver", time.Since(confirmed).Round(time.Millisecond), err)
+	}
+}
+
+// A worker frozen (SIGSTOP, a stalled VM) right after the start of its
+// delivery answered is checked before it posts, however fresh its own
+// clock says the confirmation is: while it was frozen its liveness lapsed,
+// another worker took the task over, and its own liveness write came first
+// when it resumed. It posts nothing and halts.
+func TestFrozenAfterBeginPostsNothing(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	faults := e.faults()
+	r := newTestRecovery(t, e.rdb, e.queue)
+	r.run(t)
+	waitFor(t, 5*time.Second, "the liveness key", func() bool { return r.Holder() != "" })
+	id := e.enqueue(text("r", "frozen after begin"))
+	key := taskKey(e.queue, id)
+	e.rdb.AddHook(afterCmd{match: e.beginCmd(id), then: func() { // the freeze, between the answer and the handler
+		rule := faults.Add(&redisfault.Rule{Match: redisfault.Match{Name: "set", Args: []string{aliveKey(r.Holder())}}, Count: -1})
+		waitFor(t, 10*time.Second, "the liveness key to lapse", func() bool { return e.rdb.Exists(ctx, aliveKey(r.Holder())).Val() == 0 })
+		e.rdb.HIncrBy(ctx, key, fieldEpoch, 1) // taken over, fetched again by the new owner
+		rule.Remove()
+		waitFor(t, 5*time.Second, "the liveness key back", func() bool { return e.rdb.Exists(ctx, aliveKey(r.Holder())).Val() == 1 })
+	}, once: &atomic.Bool{}})
+	e.start(func(c *WorkerConfig) { c.Fence = r })
+	waitFor(t, 30*time.Second, "the halt", func() bool { return r.halts.Load() > 0 })
+	if n, _ := e.sim.Counts("r"); n != 0 {
+		t.Fatalf("the frozen worker posted %d", n)
+	}
+}
+
+// afterCmd runs then, once, after the first command match matches has
+// been answered, before the caller sees the answer.
+type afterCmd struct {
+	match redisfault.Match
+	then  func()
+	once  *atomic.Bool
+}
+
+func (a afterCmd) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (a afterCmd) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+func (a afterCmd) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		if a.match.Matches(cmd) && a.once.CompareAndSwap(false, true) {
+			a.then()
+		}
+		return err
+	}
 }
