@@ -634,3 +634,28 @@ func (a afterCmd) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		return err
 	}
 }
+
+// A delivery by a worker that records no holder (its liveness not written
+// yet) removes a holder an earlier run left behind (its end failed): the
+// task then goes by the asynq liveness of the worker delivering it, not by
+// the liveness of a worker that no longer runs it, whose silence would let
+// a detector take a live worker's task over.
+func TestDeliveryWithoutHolderClearsAStaleOne(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	r := newTestRecovery(t, e.rdb, e.queue) // not run: no liveness, no holder
+	id := e.enqueue(text("r", "stale holder"))
+	e.rdb.HSet(ctx, taskKey(e.queue, id), fieldHolder, "gonehost:99:stale") // left by an earlier run
+	var during []any
+	var once sync.Once
+	e.start(func(c *WorkerConfig) {
+		c.Fence = afterCheck{r, func(c Claim) {
+			once.Do(func() { during, _ = e.rdb.HMGet(ctx, taskKey(c.Queue, c.ID), fieldHolder).Result() })
+		}}
+	})
+	e.waitState(id, asynq.TaskStateCompleted, 10*time.Second)
+	if len(during) != 1 || during[0] != nil {
+		t.Fatalf("holder during a delivery that records none: %v, want none", during)
+	}
+}
