@@ -659,3 +659,30 @@ func TestDeliveryWithoutHolderClearsAStaleOne(t *testing.T) {
 		t.Fatalf("holder during a delivery that records none: %v, want none", during)
 	}
 }
+
+// KNOWN DEFECT (review of issue 18, not fixed): a worker frozen (SIGSTOP, a
+// stalled VM, or its begin request held up in the network) between asynq's
+// fetch and the start of its delivery is taken over by asynq's liveness
+// (its server's key gone, the task's lease still); the new owner fetches
+// the task; the frozen worker resumes and its start reads the new epoch as
+// its own claim: both post. Simulated here by moving the epoch on just
+// before the start-of-delivery script runs.
+func TestTakenOverBeforeBeginPostsNothing(t *testing.T) {
+	t.Skip("known defect: a delivery that begins after a takeover claims the new epoch (see the report of review-18)")
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	faults := e.faults()
+	r := newTestRecovery(t, e.rdb, e.queue)
+	r.run(t)
+	waitFor(t, 5*time.Second, "the liveness key", func() bool { return r.Holder() != "" })
+	id := e.enqueue(text("r", "taken over before begin"))
+	faults.Add(&redisfault.Rule{Match: e.beginCmd(id), Do: func() { // taken over while frozen, fetched again by the new owner
+		e.rdb.HIncrBy(ctx, taskKey(e.queue, id), fieldEpoch, 1)
+	}})
+	e.start(func(c *WorkerConfig) { c.Fence = r })
+	waitFor(t, 30*time.Second, "the halt or a post", func() bool { n, _ := e.sim.Counts("r"); return r.halts.Load() > 0 || n > 0 })
+	if n, _ := e.sim.Counts("r"); n != 0 {
+		t.Fatalf("the frozen worker posted %d", n)
+	}
+}
