@@ -686,3 +686,27 @@ func TestTakenOverBeforeBeginPostsNothing(t *testing.T) {
 		t.Fatalf("the frozen worker posted %d", n)
 	}
 }
+
+// A live worker whose liveness writes fail (that command only) while a
+// 12 s Webex call is under way is not taken over by another worker's
+// detector: its asynq server keeps moving the task's lease. The message is
+// posted once and the worker does not halt.
+func TestLivenessWritesFailingOnALiveWorker(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	e.sim.AddFault(webextest.Fault{Room: "r", Delay: webextest.Duration(12 * time.Second), Count: 1})
+	faults := e.faults()
+	r, other := newTestRecovery(t, e.rdb, e.queue), newTestRecovery(t, e.rdb, e.queue)
+	r.run(t)
+	other.run(t)
+	waitFor(t, 5*time.Second, "the liveness key", func() bool { return r.Holder() != "" })
+	faults.Add(&redisfault.Rule{Match: redisfault.Match{Name: "set", Args: []string{aliveKey(r.Holder())}}, Count: -1})
+	e.start(func(c *WorkerConfig) { c.Fence = r })
+	id := e.enqueue(text("r", "slow, on a worker whose liveness lapses"))
+	waitFor(t, 10*time.Second, "the liveness key to lapse", func() bool { return e.rdb.Exists(ctx, aliveKey(r.Holder())).Val() == 0 })
+	e.waitState(id, asynq.TaskStateCompleted, 40*time.Second)
+	if n, acc := e.sim.Counts("r"); n != 1 || acc != 1 || r.halts.Load() != 0 || other.recovered.Load() != 0 {
+		t.Fatalf("%d requests, %d accepted, %d halts, %d taken over; want 1 1 0 0", n, acc, r.halts.Load(), other.recovered.Load())
+	}
+}
