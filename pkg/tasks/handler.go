@@ -197,6 +197,7 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, d *de
 	if h.isolating() {
 		suspectAt = suspectAfter
 	}
+	asked := time.Now() // the epoch read is at least this recent (not the answer's time: a freeze may come between)
 	st, err := h.rec.begin(ctx, queue, id, h.holder(), suspectAt)
 	switch {
 	case err != nil: // Redis's fault, not the message's: not counted
@@ -210,7 +211,7 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, d *de
 	claim := h.claimOf(queue, id, st.epoch)
 	d.claim = &claim
 	if claim.Epoch == st.epoch { // Redis just confirmed it (an isolated process runs under the worker's)
-		d.confirmed = time.Now()
+		d.confirmed = asked
 	}
 	if h.cfg.Fence != nil {
 		defer h.cfg.Fence.Hold(claim)()
@@ -302,6 +303,7 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, d *de
 			h.cfg.Logger.Info("Webex accepts the bot's token again: delivering", "bot", botLabel(b.name))
 		}
 		last := delivered(sent) == len(parts)
+		asked := time.Now()
 		if err := h.record(ctx, claim, sent, last, b.name); err != nil {
 			if errors.Is(err, ErrTakenOver) || errors.Is(err, ErrFenceUnknown) { // not the new owner's record to write
 				return &DeliveryError{Outcome: Interrupted, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0), Part: i + 1, Parts: len(parts)}
@@ -310,7 +312,7 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, d *de
 			return &DeliveryError{Outcome: RedisUnavailable, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0), Part: i + 1, Parts: len(parts)}
 		}
 		if h.fencedWrites() {
-			d.confirmed = time.Now()
+			d.confirmed = asked
 		}
 		finished = last
 		if h.afterRecord != nil {
@@ -473,7 +475,7 @@ func (h *Handler) fence(ctx context.Context, c Claim, confirmed time.Time) error
 	if h.cfg.Fence == nil {
 		return nil
 	}
-	if ef, ok := h.cfg.Fence.(epochFence); ok && ef.live() && !confirmed.IsZero() && time.Since(confirmed) < fenceFresh {
+	if ef, ok := h.cfg.Fence.(epochFence); ok && !confirmed.IsZero() && ef.live(confirmed) && time.Since(confirmed) < fenceFresh {
 		return nil
 	}
 	err := h.cfg.Fence.Check(ctx, c)

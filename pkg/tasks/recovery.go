@@ -154,6 +154,10 @@ type Recovery struct {
 	alive atomic.Bool
 	// beatAt is when the last liveness write that succeeded was sent.
 	beatAt atomic.Pointer[time.Time]
+	// liveSince is when the liveness key last came back after it may have
+	// lapsed (a write answered more than After after the previous
+	// successful one was sent): it has stood without a break since.
+	liveSince atomic.Pointer[time.Time]
 }
 
 // Fence guards deliveries against a second copy after a takeover by
@@ -175,19 +179,21 @@ var _ Fence = (*Recovery)(nil)
 // handler may check it inside its own writes.
 type epochFence interface {
 	Fence
-	// live reports whether no other worker can take this worker's tasks
-	// over within fenceFresh and a margin: only then may a claim Redis
-	// confirmed less than fenceFresh ago stand without asking again.
-	live() bool
+	// live reports whether no other worker can have taken this worker's
+	// tasks over since confirmed, nor can within fenceFresh and a margin:
+	// only then may a claim Redis confirmed (a request sent at confirmed)
+	// less than fenceFresh ago stand without asking again.
+	live(confirmed time.Time) bool
 }
 
 var _ epochFence = (*Recovery)(nil)
 
-// live: this worker's liveness key, written at beatAt for After, stands
-// for fenceFresh and a second more.
-func (r *Recovery) live() bool {
-	at := r.beatAt.Load()
-	return at != nil && time.Since(*at) < r.cfg.After-fenceFresh-time.Second
+// live: this worker's liveness key has stood without a break since
+// confirmed (a takeover needs it gone), and, written at beatAt for After,
+// stands for fenceFresh and a second more.
+func (r *Recovery) live(confirmed time.Time) bool {
+	at, since := r.beatAt.Load(), r.liveSince.Load()
+	return at != nil && since != nil && !confirmed.Before(*since) && time.Since(*at) < r.cfg.After-fenceFresh-time.Second
 }
 
 // Claim is one delivery's hold on a task: the task and the epoch it began
@@ -236,6 +242,12 @@ func (r *Recovery) beat(ctx context.Context) {
 	if err := r.rdb.Set(ctx, aliveKey(r.id), 1, r.cfg.After).Err(); err != nil {
 		r.cfg.Logger.Debug("recovery: cannot write this worker's liveness", "error", err.Error())
 		return
+	}
+	// The previous key (from a write sent at beatAt) lives at least After
+	// from then; answered later, this write may have come after a lapse.
+	if prev := r.beatAt.Load(); prev == nil || time.Since(*prev) >= r.cfg.After {
+		now := time.Now()
+		r.liveSince.Store(&now)
 	}
 	r.beatAt.Store(&at)
 	r.alive.Store(true)
