@@ -433,6 +433,9 @@ func (g *gate) wait(ctx context.Context, bot string) (probe bool, err error) {
 	deadline := time.Now().Add(g.cfg.MaxWait)
 	for {
 		d := g.acquire(ctx, bot)
+		if err := ctx.Err(); err != nil { // the answer was cut short (fail open) or waited for: not this send's
+			return false, err
+		}
 		if d.kind == gateOpen {
 			return d.probe, nil
 		}

@@ -10,6 +10,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/courier-dev/courier/internal/redistest"
 	"github.com/courier-dev/courier/pkg/webex"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
@@ -91,5 +92,48 @@ func pausedAfter(t *testing.T, script string, m Message, posts int) {
 	}
 	if r.halts.Load() == 0 {
 		t.Fatal("the worker did not halt")
+	}
+}
+
+// slowGate holds each of the gate's scripts for d before sending it (a
+// slow or loaded Redis).
+type slowGate struct{ d time.Duration }
+
+func (s slowGate) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (s slowGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if strings.HasSuffix(cmdName(cmd), "(gate)") {
+			time.Sleep(s.d)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (s slowGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A stop (the wait's context ends) while deliveries wait for the gate's
+// answer from Redis, one asking and the others waiting for it, during a
+// cool-down: none of them is let through; each wait ends with the stop.
+func TestGateWaitEndsWithTheStop(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.Client(t)
+	slow := redis.NewClient(rdb.Options())
+	t.Cleanup(func() { _ = slow.Close() })
+	slow.AddHook(slowGate{d: 300 * time.Millisecond})
+	g, _ := watchedGate(t, slow, GateConfig{Timeout: 5 * time.Second, MaxWait: 10 * time.Second})
+	redistest.DeleteKeys(t, rdb, g.cfg.Namespace+":*")
+	g.result(context.Background(), "bot", &webex.APIError{StatusCode: 429, RetryAfter: 5 * time.Second}, false)
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, 3)
+	for range 3 {
+		go func() { _, err := g.wait(ctx, "bot"); errs <- err }()
+	}
+	time.Sleep(100 * time.Millisecond) // not synchronisation: any moment during the first answer will do
+	cancel()
+	for range 3 {
+		if err := <-errs; err == nil {
+			t.Fatal("a wait cut short by the stop let its send through during a cool-down")
+		}
 	}
 }
