@@ -108,6 +108,7 @@ func run(cmd string, args []string) error {
 	case "cli-latency": // enqueue → Webex latency through `enqueue --jsonl -` kept open
 		rate := fs.Int("rate", 500, "lines per second")
 		d := fs.Duration("duration", 10*time.Second, "time at the rate")
+		runs := fs.Int("runs", 1, "pairs of runs; the order alternates (CLI first, then the Go producer first)")
 		if err := fs.Parse(args); err != nil {
 			return err
 		}
@@ -116,18 +117,24 @@ func run(cmd string, args []string) error {
 			return err
 		}
 		defer env.Close()
-		// The Go producer right after, under the same machine load.
-		fmt.Println("| producer | rate/s | messages | p50 | p99 | max |\n|---|---|---|---|---|---|")
-		for _, side := range []string{"enqueue --jsonl - (kept open)", "Go Producer"} {
-			measure := func() (bench.LatencyResult, error) { return env.CLILatency(*rate, *d) }
-			if side == "Go Producer" {
-				measure = func() (bench.LatencyResult, error) { return env.Latency(bench.Courier, *rate, *d) }
+		// Both sides under the same machine load, one right after the other,
+		// with the same producer settings (the command's defaults).
+		fmt.Println("| producer | rate/s | messages | p50 | p99 | max | ack p50 | ack p99 |\n|---|---|---|---|---|---|---|---|")
+		sides := []string{"enqueue --jsonl - (kept open)", "Go Producer"}
+		for run := range *runs {
+			for k := range sides {
+				side := sides[(k+run)%2]
+				measure := func() (bench.LatencyResult, error) { return env.CLILatency(*rate, *d) }
+				if side == "Go Producer" {
+					measure = func() (bench.LatencyResult, error) { return env.ProducerLatency(*rate, *d) }
+				}
+				r, err := measure()
+				if err != nil {
+					return err
+				}
+				fmt.Printf("| %s | %d | %d | %.1f ms | %.1f ms | %.1f ms | %.2f ms | %.2f ms |\n", side, r.Rate, r.N, float64(r.P50)/1e6, float64(r.P99)/1e6, float64(r.Max)/1e6,
+					float64(r.AckP50)/1e6, float64(r.AckP99)/1e6)
 			}
-			r, err := measure()
-			if err != nil {
-				return err
-			}
-			fmt.Printf("| %s | %d | %d | %.1f ms | %.1f ms | %.1f ms |\n", side, r.Rate, r.N, float64(r.P50)/1e6, float64(r.P99)/1e6, float64(r.Max)/1e6)
 		}
 		return nil
 	case "ordered":

@@ -5,6 +5,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/courier-dev/courier/pkg/tasks"
 )
 
 // Ordered delivery under chaos: three worker processes against a simulator
@@ -19,7 +21,7 @@ func TestOrderedChaos(t *testing.T) {
 	}
 	log := &lockedBuffer{}
 	o := ChaosOptions{Messages: 600, Rooms: 12, Workers: 3, Concurrency: 5, KillEvery: 4 * time.Second, Kills: 1,
-		Quiesce: 4 * time.Minute, Latency: 50 * time.Millisecond, RecoveryAfter: 10 * time.Second, Ordered: true, KeepRedis: true, Log: log}
+		Quiesce: 4 * time.Minute, Latency: 50 * time.Millisecond, RecoveryAfter: tasks.DefaultRecoveryAfter, Ordered: true, KeepRedis: true, Log: log}
 	rep, err := Chaos(o)
 	if rep != nil {
 		var out bytes.Buffer

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -229,42 +230,80 @@ func (e *Env) EnqueueRates(n int) (map[string]float64, error) {
 	return out, err
 }
 
-// LatencyResult is the enqueue-to-accepted latency at a steady rate.
+// LatencyResult is the enqueue-to-accepted latency at a steady rate, and
+// the producer's own share: from handing a message over to its
+// acknowledgement (Enqueue returned; the CLI printed the line's outcome).
 type LatencyResult struct {
-	Rate          int
-	N             int
-	P50, P99, Max time.Duration
+	Rate           int
+	N              int
+	P50, P99, Max  time.Duration
+	AckP50, AckP99 time.Duration
 }
 
 // Latency starts a worker of side (its default configuration, concurrency
 // 10), enqueues with a Producer at rate per second for d, and measures
 // enqueue-to-accepted latency at the simulator.
 func (e *Env) Latency(side Side, rate int, d time.Duration) (LatencyResult, error) {
-	return e.latency(side, rate, d, func(queue string) (func(int) error, func() error, error) {
-		prod, done, err := e.producer(queue)
+	return e.producerLatency(side, rate, d, e.producer)
+}
+
+// ProducerLatency is Latency with a Producer configured as the enqueue
+// command's (the defaults: a delivered task is retained for 1 h), the Go
+// side of CLILatency.
+func (e *Env) ProducerLatency(rate int, d time.Duration) (LatencyResult, error) {
+	return e.producerLatency(Courier, rate, d, func(queue string) (*tasks.Producer, func(), error) {
+		rdb := e.Client()
+		p, err := tasks.NewProducer(rdb, tasks.ProducerConfig{Queue: queue, Source: "enqueue"})
+		return p, func() { _ = rdb.Close() }, err
+	})
+}
+
+func (e *Env) producerLatency(side Side, rate int, d time.Duration, producer func(queue string) (*tasks.Producer, func(), error)) (LatencyResult, error) {
+	return e.latency(side, rate, d, func(queue string, acked func(int)) (func(int) error, func() error, error) {
+		prod, done, err := producer(queue)
 		if err != nil {
 			return nil, nil, err
 		}
-		send := func(i int) error { _, err := prod.Enqueue(context.Background(), message(i)); return err }
+		send := func(i int) error {
+			_, err := prod.Enqueue(context.Background(), message(i))
+			acked(i)
+			return err
+		}
 		return send, func() error { done(); return nil }, nil
 	})
 }
 
 // CLILatency is Latency through the enqueue command: one process kept open,
 // one JSON line written per message to its standard input (a producer
-// piping events), a courier worker delivering.
+// piping events), a courier worker delivering. The acknowledgement is the
+// line's outcome on the command's output.
 func (e *Env) CLILatency(rate int, d time.Duration) (LatencyResult, error) {
-	return e.latency(Courier, rate, d, func(queue string) (func(int) error, func() error, error) {
+	return e.latency(Courier, rate, d, func(queue string, acked func(int)) (func(int) error, func() error, error) {
 		cmd := exec.Command(e.EnqBin, "--jsonl", "-", "--queue", queue, "--json")
 		cmd.Env = append(os.Environ(), "REDIS_URL=redis://"+e.Redis.Addr+"/0")
-		cmd.Stdout, cmd.Stderr = e.Log, e.Log
+		cmd.Stderr = e.Log
 		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			return nil, nil, err
+		}
+		stdout, err := cmd.StdoutPipe()
 		if err != nil {
 			return nil, nil, err
 		}
 		if err := cmd.Start(); err != nil {
 			return nil, nil, err
 		}
+		read := make(chan struct{})
+		go func() { // line 1 is the warm-up message; line k+2 is message k
+			defer close(read)
+			sc := bufio.NewScanner(stdout)
+			for sc.Scan() {
+				var o struct{ Line int }
+				if json.Unmarshal(sc.Bytes(), &o) == nil && o.Line > 1 {
+					acked(o.Line - 2)
+				}
+			}
+		}()
 		send := func(i int) error {
 			b, err := json.Marshal(message(i).Message)
 			if err != nil {
@@ -273,13 +312,13 @@ func (e *Env) CLILatency(rate int, d time.Duration) (LatencyResult, error) {
 			_, err = stdin.Write(append(b, '\n'))
 			return err
 		}
-		return send, func() error { _ = stdin.Close(); return cmd.Wait() }, nil
+		return send, func() error { _ = stdin.Close(); <-read; return cmd.Wait() }, nil
 	})
 }
 
 // latency runs a worker of side, sends at rate per second for d through the
 // sender newSender makes for the queue, and measures enqueue-to-accepted.
-func (e *Env) latency(side Side, rate int, d time.Duration, newSender func(queue string) (send func(int) error, done func() error, err error)) (LatencyResult, error) {
+func (e *Env) latency(side Side, rate int, d time.Duration, newSender func(queue string, acked func(int)) (send func(int) error, done func() error, err error)) (LatencyResult, error) {
 	queue := fmt.Sprintf("bench-lat-%s-%d", side, time.Now().UnixNano())
 	defer e.dropQueue(queue)
 	p, err := e.StartWorker(side, queue, 10)
@@ -287,7 +326,17 @@ func (e *Env) latency(side Side, rate int, d time.Duration, newSender func(queue
 		return LatencyResult{}, err
 	}
 	defer p.Stop(30 * time.Second)
-	send, done, err := newSender(queue)
+	n := int(d.Seconds() * float64(rate))
+	sent, acks := make([]time.Time, n), make([]time.Time, n)
+	var acksMu sync.Mutex
+	acked := func(i int) {
+		if i >= 0 && i < n {
+			acksMu.Lock()
+			acks[i] = time.Now()
+			acksMu.Unlock()
+		}
+	}
+	send, done, err := newSender(queue, acked)
 	if err != nil {
 		return LatencyResult{}, err
 	}
@@ -301,8 +350,6 @@ func (e *Env) latency(side Side, rate int, d time.Duration, newSender func(queue
 		return LatencyResult{}, err
 	}
 	e.Sim.Reset()
-	n := int(d.Seconds() * float64(rate))
-	sent := make([]time.Time, n)
 	interval := time.Second / time.Duration(rate)
 	start := time.Now()
 	for i := range n {
@@ -327,7 +374,22 @@ func (e *Env) latency(side Side, rate int, d time.Duration, newSender func(queue
 		lat = append(lat, m.Created.Sub(sent[i]))
 	}
 	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	return LatencyResult{Rate: rate, N: len(lat), P50: percentile(lat, .5), P99: percentile(lat, .99), Max: lat[len(lat)-1]}, nil
+	if err := done(); err != nil { // every acknowledgement read
+		return LatencyResult{}, err
+	}
+	done = func() error { return nil }
+	var ack []time.Duration
+	for i, a := range acks {
+		if !a.IsZero() {
+			ack = append(ack, a.Sub(sent[i]))
+		}
+	}
+	sort.Slice(ack, func(i, j int) bool { return ack[i] < ack[j] })
+	r := LatencyResult{Rate: rate, N: len(lat), P50: percentile(lat, .5), P99: percentile(lat, .99), Max: lat[len(lat)-1]}
+	if len(ack) > 0 {
+		r.AckP50, r.AckP99 = percentile(ack, .5), percentile(ack, .99)
+	}
+	return r, nil
 }
 
 // IdleCPU is the share of one core a worker of side uses with nothing to do.

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"time"
 
 	"github.com/courier-dev/courier/pkg/tasks"
 )
@@ -21,12 +20,6 @@ const (
 	MaxLineBytes = 16 << 20
 	// batchSize bounds how many JSON lines are enqueued at once.
 	batchSize = 500
-	// batchWait is how long a line waits for others to join its batch:
-	// what has arrived is enqueued when the input pauses, and at the latest
-	// this long after the batch's first line, so a producer that keeps its
-	// pipe open gets each line's answer within milliseconds, even at a
-	// steady rate that never pauses.
-	batchWait = 2 * time.Millisecond
 )
 
 // ErrLineTooLong matches a JSON line over MaxLineBytes.
@@ -91,9 +84,11 @@ func readLines(r io.Reader, out chan<- rawLine, stop <-chan struct{}) error {
 	}
 }
 
-// collect waits for a line, then takes what else arrives within batchWait,
-// up to a full batch. ok is false once the input has ended (the
-// batch may still hold lines) or ctx ended.
+// collect waits for a line, then takes the lines that have arrived with
+// it, up to a full batch, without waiting for more: a line that comes alone
+// is enqueued at once, and lines that arrive while a batch is enqueued make
+// the next batch (a file is read in batches of batchSize). ok is false once
+// the input has ended (the batch may still hold lines) or ctx ended.
 func collect(ctx context.Context, lines <-chan rawLine) (batch []rawLine, ok bool) {
 	select {
 	case l, more := <-lines:
@@ -104,8 +99,6 @@ func collect(ctx context.Context, lines <-chan rawLine) (batch []rawLine, ok boo
 	case <-ctx.Done():
 		return nil, false
 	}
-	pause := time.NewTimer(batchWait)
-	defer pause.Stop()
 	for len(batch) < batchSize {
 		select {
 		case l, more := <-lines:
@@ -113,10 +106,10 @@ func collect(ctx context.Context, lines <-chan rawLine) (batch []rawLine, ok boo
 				return batch, false
 			}
 			batch = append(batch, l)
-		case <-pause.C:
-			return batch, true
 		case <-ctx.Done():
 			return batch, false
+		default:
+			return batch, true
 		}
 	}
 	return batch, true

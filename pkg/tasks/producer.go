@@ -373,6 +373,11 @@ var ErrChainBroken = errors.New("not attempted: an earlier message with the same
 // (ErrChainBroken, wrapping the failure).
 func (p *Producer) EnqueueMany(ctx context.Context, reqs []Request) []Result {
 	results := make([]Result, len(reqs))
+	if len(reqs) == 1 { // no goroutine to hand it to (a line streamed alone, say)
+		e, err := p.Enqueue(ctx, reqs[0].Message, reqs[0].Options...)
+		results[0] = Result{Enqueued: e, Err: err}
+		return results
+	}
 	sem := make(chan struct{}, 16)
 	var wg sync.WaitGroup
 	for _, chain := range p.chains(reqs) {
