@@ -10,6 +10,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/courier-dev/courier/internal/redisfault"
 	"github.com/courier-dev/courier/internal/redistest"
 	"github.com/courier-dev/courier/pkg/webex"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
@@ -135,5 +136,40 @@ func TestGateWaitEndsWithTheStop(t *testing.T) {
 		if err := <-errs; err == nil {
 			t.Fatal("a wait cut short by the stop let its send through during a cool-down")
 		}
+	}
+}
+
+// Redis restarts (its scripts gone, its data kept) between Webex's answer
+// and the record, which goes as a pipeline (the record script by its SHA and
+// the end of the breaker's run): the pipeline loads the script and sends
+// again; the message is posted once, recorded, and not redelivered.
+func TestRecordPipelineAfterRestart(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t, true)
+	rdb := redis.NewClient(srv.Options())
+	t.Cleanup(func() { _ = rdb.Close() })
+	e := newEnvOn(t, rdb, webextest.Options{})
+	e.workerRdb = redis.NewClient(srv.Options())
+	t.Cleanup(func() { _ = e.workerRdb.Close() })
+	faults := &redisfault.Hook{}
+	e.workerRdb.AddHook(faults)
+	e.start(func(c *WorkerConfig) { c.Gate.StateCache = -1 })                              // no view: the record ends the run, in a pipeline
+	e.waitState(e.enqueue(text("r", "warm-up")), asynq.TaskStateCompleted, 20*time.Second) // the scripts loaded
+	restarted := faults.Add(&redisfault.Rule{Match: redisfault.Match{Name: "evalsha", Args: []string{markScript.Hash()}}, Do: func() {
+		srv.Kill()
+		if err := srv.Restart(); err != nil {
+			t.Error(err)
+		}
+	}})
+	id := e.enqueue(text("r", "restart before the record"))
+	info := e.waitState(id, asynq.TaskStateCompleted, 30*time.Second)
+	if restarted.Seen() == 0 {
+		t.Fatal("the record was never sent")
+	}
+	if n, acc := e.sim.Counts("r"); n != 2 || acc != 2 {
+		t.Fatalf("%d requests, %d accepted; want 2 (warm-up and the message, once each)", n, acc)
+	}
+	if info.Retried != 0 || !strings.Contains(string(info.Result), `"message_ids"`) {
+		t.Fatalf("retried %d, result %s: want recorded, not redelivered", info.Retried, info.Result)
 	}
 }
