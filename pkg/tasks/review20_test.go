@@ -173,3 +173,53 @@ func TestRecordPipelineAfterRestart(t *testing.T) {
 		t.Fatalf("retried %d, result %s: want recorded, not redelivered", info.Retried, info.Result)
 	}
 }
+
+// Worker A starts a cool-down while worker B's subscription is lost (killed
+// by Redis, or Redis restarted), so that A's message may never reach B: B
+// keeps no view while it is down and drops every view when it is back, so
+// its next send once subscribed again is held, even with views trusted for
+// an hour.
+func TestGateCooldownAcrossSubscriptionLoss(t *testing.T) {
+	t.Parallel()
+	for _, how := range []string{"client kill", "restart"} {
+		t.Run(how, func(t *testing.T) {
+			t.Parallel()
+			srv := redistest.Start(t, true)
+			rdb := redis.NewClient(srv.Options())
+			t.Cleanup(func() { _ = rdb.Close() })
+			cfg := GateConfig{Namespace: "courier:{gate}", StateCache: time.Hour}
+			a, _ := watchedGate(t, rdb, cfg)
+			rdbB := redis.NewClient(srv.Options())
+			t.Cleanup(func() { _ = rdbB.Close() })
+			b, _ := watchedGate(t, rdbB, cfg)
+			ctx := context.Background()
+			if d := b.acquire(ctx, "bot"); d.kind != gateOpen || b.views.decide("bot", time.Now()) == nil {
+				t.Fatalf("open road not kept in the view: %+v", d)
+			}
+			genBefore, _ := b.views.snapshot()
+			switch how {
+			case "client kill":
+				if err := rdb.Do(ctx, "CLIENT", "KILL", "TYPE", "pubsub").Err(); err != nil {
+					t.Fatal(err)
+				}
+			case "restart":
+				srv.Kill()
+				if err := srv.Restart(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			cooldown, _, _, _, _ := a.keys("bot")
+			waitFor(t, 10*time.Second, "A's cool-down in Redis", func() bool {
+				a.result(ctx, "bot", &webex.APIError{StatusCode: 429, RetryAfter: time.Minute}, false)
+				return rdb.Exists(ctx, cooldown).Val() == 1
+			})
+			waitFor(t, 10*time.Second, "B subscribed again", func() bool {
+				gen, live := b.views.snapshot()
+				return live && gen != genBefore
+			})
+			if d := b.acquire(ctx, "bot"); d.kind != GateCooldown {
+				t.Fatalf("B, subscribed again, answers %+v during A's cool-down", d)
+			}
+		})
+	}
+}
