@@ -49,7 +49,9 @@ type GateConfig struct {
 	// asking Redis again. A worker that starts a cool-down or opens the
 	// breaker publishes it (Redis pub/sub), and every worker drops its view
 	// at once; a worker that lost its subscription asks Redis before every
-	// send until it is back. Default 1s; negative: ask before every send.
+	// send until it is back (a connection gone silent without a reset is
+	// found within about 4s, by a ping). Default 1s; negative: ask before
+	// every send.
 	StateCache time.Duration
 	// Batch is, with Rate set, how many permits a worker takes from the
 	// shared limit in one round trip. It uses them in the order the limit

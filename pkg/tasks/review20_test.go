@@ -2,8 +2,10 @@ package tasks
 
 import (
 	"context"
+	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -222,4 +224,43 @@ func TestGateCooldownAcrossSubscriptionLoss(t *testing.T) {
 			}
 		})
 	}
+}
+
+// Worker B's subscription goes silent without a reset (a half-open TCP
+// connection: a firewall or NAT dropped it) while its other connections
+// work, and worker A starts a cool-down whose message never reaches B. B,
+// trusting its views for an hour, finds the silent connection with an
+// unanswered ping, drops its views and subscribes again: its sends are
+// held within seconds, not after the hour.
+func TestGateSilentSubscription(t *testing.T) {
+	t.Parallel()
+	srv := redistest.Start(t, false)
+	rdb := redis.NewClient(srv.Options())
+	t.Cleanup(func() { _ = rdb.Close() })
+	proxy, err := redisfault.NewProxy(srv.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxy.Close() })
+	var dials atomic.Int32
+	opt := srv.Options()
+	opt.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if dials.Add(1) == 1 { // the subscription's connection, the first one dialled
+			addr = proxy.Addr
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	rdbB := redis.NewClient(opt)
+	t.Cleanup(func() { _ = rdbB.Close() })
+	cfg := GateConfig{Namespace: "courier:{gate}", StateCache: time.Hour}
+	a, _ := watchedGate(t, rdb, cfg)
+	b, _ := watchedGate(t, rdbB, cfg)
+	ctx := context.Background()
+	if d := b.acquire(ctx, "bot"); d.kind != gateOpen || b.views.decide("bot", time.Now()) == nil {
+		t.Fatalf("open road not kept in the view: %+v", d)
+	}
+	proxy.Stall(time.Hour)
+	a.result(ctx, "bot", &webex.APIError{StatusCode: 429, RetryAfter: time.Minute}, false)
+	waitFor(t, 20*time.Second, "B to hold its sends during A's cool-down", func() bool { return b.acquire(ctx, "bot").kind == GateCooldown })
 }
