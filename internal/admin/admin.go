@@ -22,10 +22,10 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/hibiken/asynq"
 	"github.com/hibiken/asynqmon"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/courier-dev/courier/pkg/tasks"
 )
@@ -36,7 +36,7 @@ const MonitoringPath = "/monitoring/"
 // Config configures the admin server.
 type Config struct {
 	// Redis is where asynqmon looks (it keeps its own connections).
-	Redis *redis.Options
+	Redis asynq.RedisConnOpt
 	// Ready reports nil when the worker can deliver, else why not.
 	Ready func(context.Context) error
 	// Gatherer serves /metrics.
@@ -87,7 +87,7 @@ func Handler(cfg Config) (h http.Handler, closeFn func() error) {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	mon := asynqmon.New(asynqmon.Options{
 		RootPath:         MonitoringPath,
-		RedisConnOpt:     connOpt{cfg.Redis},
+		RedisConnOpt:     cfg.Redis,
 		ReadOnly:         !cfg.Writable,
 		PayloadFormatter: asynqmon.PayloadFormatterFunc(FormatPayload),
 	})
@@ -160,11 +160,6 @@ func basicAuth(h http.Handler, user, password string) http.Handler {
 		h.ServeHTTP(w, r)
 	})
 }
-
-// connOpt gives asynqmon connections of its own to the worker's Redis.
-type connOpt struct{ opt *redis.Options }
-
-func (c connOpt) MakeRedisClient() any { return redis.NewClient(c.opt) }
 
 // FormatPayload shows a send task's payload in asynqmon with inline file
 // contents elided (name and size only). Other payloads show as they are.

@@ -12,6 +12,7 @@ import (
 
 	"github.com/courier-dev/courier/internal/admin"
 	"github.com/courier-dev/courier/internal/redistest"
+	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/pkg/tasks"
 )
 
@@ -27,7 +28,7 @@ func TestCrossOriginRequestsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, closeMon := admin.Handler(admin.Config{Redis: redistest.Options(t), Ready: func(context.Context) error { return nil },
+	h, closeMon := admin.Handler(admin.Config{Redis: redisurl.Single(redistest.Options(t)), Ready: func(context.Context) error { return nil },
 		Gatherer: prometheus.NewRegistry(), Writable: true, DeadLetters: tasks.NewDeadLetters(rdb, "courier:{"+queue+"}:deadletters", 10), Producer: p})
 	t.Cleanup(func() { _ = closeMon() })
 	srv := httptest.NewServer(h)

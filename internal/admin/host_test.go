@@ -13,6 +13,7 @@ import (
 
 	"github.com/courier-dev/courier/internal/admin"
 	"github.com/courier-dev/courier/internal/redistest"
+	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/pkg/tasks"
 )
 
@@ -29,7 +30,7 @@ func TestForeignHostRefusedWithoutAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = insp.DeleteQueue(queue, true) })
-	h, closeMon := admin.Handler(admin.Config{Redis: redistest.Options(t), Ready: func(context.Context) error { return nil },
+	h, closeMon := admin.Handler(admin.Config{Redis: redisurl.Single(redistest.Options(t)), Ready: func(context.Context) error { return nil },
 		Gatherer: prometheus.NewRegistry(), Writable: true, Addr: "127.0.0.1:18916",
 		DeadLetters: tasks.NewDeadLetters(rdb, "courier:{"+queue+"}:deadletters", 10), Producer: p})
 	t.Cleanup(func() { _ = closeMon() })
@@ -72,7 +73,7 @@ func TestForeignHostRefusedWithoutAuth(t *testing.T) {
 		}
 	}
 	// With auth, the credentials are the guard: any Host.
-	h2, close2 := admin.Handler(admin.Config{Redis: redistest.Options(t), Ready: func(context.Context) error { return nil },
+	h2, close2 := admin.Handler(admin.Config{Redis: redisurl.Single(redistest.Options(t)), Ready: func(context.Context) error { return nil },
 		Gatherer: prometheus.NewRegistry(), User: "admin", Password: "pw", DeadLetters: tasks.NewDeadLetters(rdb, "courier:{"+queue+"}:deadletters", 10)})
 	t.Cleanup(func() { _ = close2() })
 	req := httptest.NewRequest("GET", "/deadletters", nil)

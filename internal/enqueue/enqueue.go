@@ -14,8 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/internal/settings"
 	"github.com/courier-dev/courier/pkg/tasks"
@@ -122,6 +120,8 @@ type options struct {
 	timeout   time.Duration
 	redisURL  string
 	retention time.Duration
+	// waitReplicas is tasks.ProducerConfig.WaitReplicas.
+	waitReplicas int
 }
 
 // Run is the whole command; it returns the exit code.
@@ -137,14 +137,17 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintln(stderr, "enqueue:", err)
 		return ExitInput
 	}
-	ropt, err := redisurl.Parse(o.redisURL)
+	mode, err := redisurl.ParseMode(getenv("REDIS_MODE"))
+	if err != nil {
+		fmt.Fprintf(stderr, "enqueue: REDIS_MODE: %v\n", err)
+		return ExitInput
+	}
+	ropt, err := redisurl.Parse(o.redisURL, mode)
 	if err != nil {
 		fmt.Fprintf(stderr, "enqueue: REDIS_URL %s: %v\n", redisurl.Redact(o.redisURL), err)
 		return ExitInput
 	}
-	ropt.DialTimeout, ropt.ReadTimeout, ropt.WriteTimeout = min(o.timeout, 5*time.Second), o.timeout, o.timeout
-	ropt.MaxRetries = 1
-	rdb := redis.NewClient(ropt)
+	rdb := ropt.Tune(min(o.timeout, 5*time.Second), o.timeout, o.timeout, 1).NewClient()
 	defer rdb.Close()
 	pingCtx, cancel := context.WithTimeout(ctx, o.timeout)
 	err = rdb.Ping(pingCtx).Err()
@@ -153,7 +156,7 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintf(stderr, "enqueue: redis at %s: no answer within %v: %s\n", redisurl.Redact(o.redisURL), o.timeout, redisurl.Scrub(err.Error(), o.redisURL))
 		return ExitFailure
 	}
-	cfg := tasks.ProducerConfig{Source: "enqueue", KeyedRetention: o.retention}
+	cfg := tasks.ProducerConfig{Source: "enqueue", KeyedRetention: o.retention, WaitReplicas: o.waitReplicas}
 	p, err := tasks.NewProducer(rdb, cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "enqueue:", err)
@@ -220,6 +223,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*o
 	fs.StringVar(&o.filesDir, "files-dir", "", "with --jsonl: read the lines' local files under this directory only (default: no local files, URLs only)")
 	fs.BoolVar(&o.jsonOut, "json", false, "print one JSON object per message and a summary")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "give up on an unreachable or silent Redis after this long")
+	set.Int(&o.waitReplicas, "wait-replicas", "COURIER_WAIT_REPLICAS", 0, "return only once this many Redis replicas have each message (WAIT), so a failover cannot lose it; 0: no wait")
 	set.Duration(&o.retention, "keyed-retention", "COURIER_KEYED_RETENTION", tasks.DefaultKeyedRetention, "keep delivered keyed messages (and so their keys) this long")
 	// An empty variable is unset here, as for REDIS_URL.
 	if err := set.Parse(args, func(k string) (string, bool) { v := getenv(k); return v, v != "" }); err != nil {
@@ -235,7 +239,7 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*o
 	if o.timeout <= 0 {
 		return nil, errors.New("--timeout must be greater than 0")
 	}
-	if o.jsonl != "" && fs.NFlag() > countSet(fs, "jsonl", "json", "timeout", "keyed-retention", "queue", "bot", "files-dir") {
+	if o.jsonl != "" && fs.NFlag() > countSet(fs, "jsonl", "json", "timeout", "keyed-retention", "queue", "bot", "files-dir", "wait-replicas") {
 		return nil, errors.New("--jsonl reads every message from JSON lines: only --queue and --bot (defaults for the lines), --files-dir, --json and --timeout go with it")
 	}
 	if o.filesDir != "" && o.jsonl == "" {

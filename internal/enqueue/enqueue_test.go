@@ -314,3 +314,28 @@ func TestKeyedRetentionSetting(t *testing.T) {
 		t.Fatalf("bad value: %v", err)
 	}
 }
+
+// --wait-replicas: a message no replica has is a failure (exit 1) that says
+// so; with a replica in sync it is enqueued. REDIS_MODE is read and checked.
+func TestWaitReplicasFlag(t *testing.T) {
+	t.Parallel()
+	primary := redistest.Start(t, false)
+	run := func(env map[string]string, args ...string) (int, string) {
+		var out, errb bytes.Buffer
+		getenv := func(k string) string { return env[k] }
+		code := Run(context.Background(), append([]string{"--room", "r", "--text", "x", "--timeout", "5s"}, args...), nil, &out, &errb, getenv)
+		return code, out.String() + errb.String()
+	}
+	env := map[string]string{"REDIS_URL": "redis://" + primary.Addr + "/0"}
+	if code, out := run(env, "--wait-replicas", "1"); code != ExitFailure || !strings.Contains(out, "0 of 1 replicas") {
+		t.Errorf("no replica: exit %d, %s", code, out)
+	}
+	redistest.StartReplica(t, primary)
+	if code, out := run(env, "--wait-replicas", "1"); code != ExitOK {
+		t.Errorf("with a replica: exit %d, %s", code, out)
+	}
+	env["REDIS_MODE"] = "sentinel"
+	if code, out := run(env); code != ExitInput || !strings.Contains(out, "master_name") {
+		t.Errorf("REDIS_MODE=sentinel without master_name: exit %d, %s", code, out)
+	}
+}

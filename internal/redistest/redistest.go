@@ -123,8 +123,12 @@ type Server struct {
 	dir  string
 	aof  bool
 	port int
-	cmd  *exec.Cmd
-	done chan struct{}
+	// conf is a config file read first (Sentinel's, which it rewrites);
+	// extra are further arguments.
+	conf  string
+	extra []string
+	cmd   *exec.Cmd
+	done  chan struct{}
 }
 
 // Start runs a redis-server on a free loopback port, with append-only
@@ -153,13 +157,20 @@ func startServer(dir string, aof bool) (*Server, error) {
 }
 
 func (s *Server) start() error {
-	args := []string{"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--save", "", "--dir", s.dir,
-		"--logfile", filepath.Join(s.dir, "redis.log")}
-	if s.aof {
-		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
-	} else {
-		args = append(args, "--appendonly", "no")
+	var args []string
+	if s.conf != "" {
+		args = append(args, s.conf, "--sentinel")
 	}
+	args = append(args, "--port", strconv.Itoa(s.port), "--bind", "127.0.0.1", "--dir", s.dir,
+		"--logfile", filepath.Join(s.dir, "redis.log"))
+	switch {
+	case s.conf != "": // a Sentinel keeps no data
+	case s.aof:
+		args = append(args, "--save", "", "--appendonly", "yes", "--appendfsync", "always")
+	default:
+		args = append(args, "--save", "", "--appendonly", "no")
+	}
+	args = append(args, s.extra...)
 	s.cmd = exec.Command("redis-server", args...)
 	if err := s.cmd.Start(); err != nil {
 		return fmt.Errorf("start redis-server: %w", err)

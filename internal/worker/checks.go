@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/pkg/tasks"
 	"github.com/courier-dev/courier/pkg/webex"
 )
@@ -22,14 +23,12 @@ import (
 // waitForRedis pings until Redis answers or timeout passes, and then
 // reports the last real cause (a refused connection, a wrong password), not
 // the deadline that cut the last ping short.
-func waitForRedis(ctx context.Context, opt *redis.Options, timeout time.Duration) error {
+func waitForRedis(ctx context.Context, opt *redisurl.Options, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	// A client of its own that neither retries commands nor dials: go-redis's
 	// retries would run into the deadline and hide the cause behind it.
-	probe := *opt
-	probe.MaxRetries, probe.DialerRetries = -1, 1
-	rdb := redis.NewClient(&probe)
+	rdb := opt.Tune(0, 0, 0, -1).NewClient()
 	defer rdb.Close()
 	var cause error
 	for {
@@ -52,7 +51,7 @@ func waitForRedis(ctx context.Context, opt *redis.Options, timeout time.Duration
 }
 
 // checkRedisSettings warns about settings that lose tasks.
-func checkRedisSettings(ctx context.Context, rdb *redis.Client, log *slog.Logger) {
+func checkRedisSettings(ctx context.Context, rdb redis.UniversalClient, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	policy, err := rdb.ConfigGet(ctx, "maxmemory-policy").Result()

@@ -29,8 +29,15 @@ const DefaultAdminAddr = "127.0.0.1:8080"
 // environment variables (named beside each field); the defaults are Load's.
 type Config struct {
 	// RedisURL is where the queues live (REDIS_URL): redis:// or rediss://,
-	// with an optional ACL user and password. Default redis://127.0.0.1:6379/0.
+	// with an optional ACL user and password; a Sentinel set-up
+	// (?master_name=NAME&addr=…, or redis-sentinel://) or a Cluster
+	// (?addr=node2:port&addr=…) in go-redis's URL forms (internal/redisurl).
+	// Default redis://127.0.0.1:6379/0.
 	RedisURL string
+	// RedisMode says how to read RedisURL (REDIS_MODE): auto (from the URL,
+	// the default), single, sentinel or cluster. A cluster reached through
+	// one address (a managed service's configuration endpoint) needs cluster.
+	RedisMode redisurl.Mode
 	// RedisTimeout is how long start-up waits for Redis to answer before the
 	// worker exits 1 (COURIER_REDIS_TIMEOUT). Default 10s.
 	RedisTimeout time.Duration
@@ -71,6 +78,10 @@ type Config struct {
 	// (relay, dead-letter requeue) are kept after delivery
 	// (COURIER_KEYED_RETENTION). Default tasks.DefaultKeyedRetention (25h).
 	KeyedRetention time.Duration
+	// WaitReplicas makes the relay's and the admin requeue's enqueues wait
+	// until this many replicas have each task (COURIER_WAIT_REPLICAS; see
+	// tasks.ProducerConfig.WaitReplicas). Default 0: no wait.
+	WaitReplicas int
 	// TaskCheckInterval is the idle poll for new tasks, the latency floor of
 	// an idle queue (COURIER_TASK_CHECK_INTERVAL). Default 25ms.
 	TaskCheckInterval time.Duration
@@ -208,7 +219,11 @@ func Envs() []string {
 
 func flags(c *Config) *settings.Set {
 	s := settings.New("worker")
-	s.String(&c.RedisURL, "redis-url", "REDIS_URL", "redis://127.0.0.1:6379/0", "Redis: redis:// or rediss://[user:password@]host:port/db")
+	s.String(&c.RedisURL, "redis-url", "REDIS_URL", "redis://127.0.0.1:6379/0", "Redis: redis:// or rediss://[user:password@]host:port/db; Sentinel: ?master_name=NAME&addr=host:port…; Cluster: ?addr=host:port&addr=…")
+	s.Func("redis-mode", "REDIS_MODE", "auto", "how to read REDIS_URL: auto, single, sentinel or cluster (a cluster behind one address needs cluster)", func(v string) (err error) {
+		c.RedisMode, err = redisurl.ParseMode(v)
+		return err
+	})
 	s.Duration(&c.RedisTimeout, "redis-timeout", "COURIER_REDIS_TIMEOUT", 10*time.Second, "how long start-up waits for Redis")
 	s.String(&c.WebexBaseURL, "webex-base-url", "WEBEX_BASE_URL", webex.DefaultBaseURL, "Webex API base URL")
 	s.Func("bots", "COURIER_BOTS", "", "further bots by name, comma-separated; each reads COURIER_BOT_<NAME>_TOKEN or _TOKEN_FILE", func(v string) error {
@@ -254,6 +269,7 @@ func flags(c *Config) *settings.Set {
 	s.Duration(&c.Schedule.Base, "redelivery-base", "COURIER_REDELIVERY_BASE", retrypolicy.DefaultSchedule.Base, "delay before the first redelivery")
 	s.Duration(&c.Schedule.Cap, "redelivery-cap", "COURIER_REDELIVERY_CAP", retrypolicy.DefaultSchedule.Cap, "cap on redelivery delays")
 	s.Int(&c.MaxRedeliveries, "max-redeliveries", "COURIER_MAX_REDELIVERIES", 0, "cap on every task's redeliveries; 0: each task's own (30 unless set at enqueue)")
+	s.Int(&c.WaitReplicas, "wait-replicas", "COURIER_WAIT_REPLICAS", 0, "the relay's enqueues return only once this many Redis replicas have the task (WAIT): none lost in a failover; 0: no wait")
 	s.Duration(&c.KeyedRetention, "keyed-retention", "COURIER_KEYED_RETENTION", tasks.DefaultKeyedRetention, "how long keyed tasks that the worker itself enqueues (relay, dead-letter requeue) are kept after delivery")
 	s.Duration(&c.TaskCheckInterval, "task-check-interval", "COURIER_TASK_CHECK_INTERVAL", tasks.DefaultTaskCheckInterval, "idle poll for new tasks: latency floor of an idle queue")
 	s.Duration(&c.DelayedInterval, "delayed-task-check-interval", "COURIER_DELAYED_TASK_CHECK_INTERVAL", tasks.DefaultDelayedTaskCheckInterval, "how often scheduled and redelivered tasks are made due")
@@ -380,7 +396,7 @@ func readToken(getenv func(string) string, env, fileEnv string) (string, error) 
 
 func (c *Config) validate() []error {
 	var errs []error
-	if _, err := redisurl.Parse(c.RedisURL); err != nil {
+	if _, err := redisurl.Parse(c.RedisURL, c.RedisMode); err != nil {
 		errs = append(errs, fmt.Errorf("REDIS_URL %s: %w", redisurl.Redact(c.RedisURL), err))
 	}
 	if c.RedisTimeout <= 0 {
@@ -399,6 +415,9 @@ func (c *Config) validate() []error {
 	}
 	if c.DeadLetterMax < 1 {
 		errs = append(errs, fmt.Errorf("COURIER_DEADLETTER_MAX is %d: must be at least 1", c.DeadLetterMax))
+	}
+	if c.WaitReplicas < 0 {
+		errs = append(errs, fmt.Errorf("COURIER_WAIT_REPLICAS is %d: must be 0 (no wait) or more", c.WaitReplicas))
 	}
 	if c.KeyedRetention <= 0 {
 		errs = append(errs, fmt.Errorf("COURIER_KEYED_RETENTION is %v: must be greater than 0", c.KeyedRetention))

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/courier-dev/courier/internal/redisurl"
 )
 
 func env(m map[string]string) func(string) (string, bool) {
@@ -174,5 +176,23 @@ func TestLoadRecoveryAfter(t *testing.T) {
 	_, err = Load(nil, env(map[string]string{"WEBEX_TOKEN": "tok", "COURIER_RECOVERY_AFTER": "2s"}))
 	if err == nil || !strings.Contains(err.Error(), "COURIER_RECOVERY_AFTER is 2s: must be 0 (off) or at least 3s") {
 		t.Fatalf("3s: %v", err)
+	}
+}
+
+// A bad Redis mode, or a URL the mode does not take, is named, and the
+// password does not show.
+func TestLoadRedisMode(t *testing.T) {
+	_, err := Load(nil, env(map[string]string{"WEBEX_TOKEN": "t", "REDIS_MODE": "clustered"}))
+	if err == nil || !strings.Contains(err.Error(), "REDIS_MODE: want auto, single, sentinel or cluster") {
+		t.Errorf("REDIS_MODE=clustered: %v", err)
+	}
+	_, err = Load(nil, env(map[string]string{"WEBEX_TOKEN": "t", "REDIS_MODE": "cluster",
+		"REDIS_URL": "redis://:Zq7Wv9Kx@s1:26379?master_name=m&password=Zq7Wv9Kx"}))
+	if err == nil || !strings.Contains(err.Error(), "REDIS_URL") || !strings.Contains(err.Error(), "master_name") || strings.Contains(err.Error(), "Zq7Wv9Kx") {
+		t.Errorf("a Sentinel URL in cluster mode: %v", err)
+	}
+	c, err := Load(nil, env(map[string]string{"WEBEX_TOKEN": "t", "REDIS_URL": "redis://s1:26379?master_name=m&addr=s2:26379"}))
+	if err != nil || c.RedisMode != redisurl.ModeAuto {
+		t.Errorf("a Sentinel URL: %v %+v", err, c)
 	}
 }

@@ -105,7 +105,7 @@ func (d *dev) tick() {
 }
 
 // devStarted seeds one message per outcome and prints the banner.
-func devStarted(ctx context.Context, cfg *Config, adminAddr string, rdb *redis.Client, log *slog.Logger) {
+func devStarted(ctx context.Context, cfg *Config, adminAddr string, rdb redis.UniversalClient, log *slog.Logger) {
 	p, err := tasks.NewProducer(rdb, tasks.ProducerConfig{Source: "dev-seed"})
 	if err != nil {
 		log.Error("dev: seed", "error", err.Error())

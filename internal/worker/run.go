@@ -125,8 +125,8 @@ type process struct {
 	cfg Config
 	log *slog.Logger
 
-	opt     *redis.Options
-	rdb     *redis.Client
+	opt     *redisurl.Options
+	rdb     redis.UniversalClient
 	reg     *prometheus.Registry
 	clients map[string]*webex.Client
 	dead    *tasks.DeadLetters
@@ -164,15 +164,15 @@ func (p *process) redisPart() lifecycle.Part {
 	return lifecycle.Part{Name: "redis",
 		Start: func(ctx context.Context) error {
 			redis.SetLogger(redisLogger{p.log}) // go-redis's own lines, as structured records
-			opt, err := redisurl.Parse(p.cfg.RedisURL)
+			opt, err := redisurl.Parse(p.cfg.RedisURL, p.cfg.RedisMode)
 			if err != nil {
 				return fmt.Errorf("REDIS_URL %s: %w", redisurl.Redact(p.cfg.RedisURL), err)
 			}
 			if err := waitForRedis(ctx, opt, p.cfg.RedisTimeout); err != nil {
 				return fmt.Errorf("%s %s", redisurl.Redact(p.cfg.RedisURL), redisurl.Scrub(err.Error(), p.cfg.RedisURL))
 			}
-			p.opt, p.rdb = opt, redis.NewClient(opt)
-			p.log.Info("redis reachable", "redis", redisurl.Redact(p.cfg.RedisURL))
+			p.opt, p.rdb = opt, opt.NewClient()
+			p.log.Info("redis reachable", "redis", redisurl.Redact(p.cfg.RedisURL), "mode", opt.Mode)
 			if !p.cfg.Dev && !p.cfg.isolated {
 				checkRedisSettings(ctx, p.rdb, p.log)
 			}
@@ -234,7 +234,7 @@ func (p *process) adminPart() lifecycle.Part {
 	closeMon := func() error { return nil }
 	return lifecycle.Part{Name: "admin server",
 		Start: func(context.Context) error {
-			producer, err := tasks.NewProducer(p.rdb, tasks.ProducerConfig{KeyedRetention: p.cfg.KeyedRetention, Source: "admin"})
+			producer, err := tasks.NewProducer(p.rdb, tasks.ProducerConfig{KeyedRetention: p.cfg.KeyedRetention, Source: "admin", WaitReplicas: p.cfg.WaitReplicas})
 			if err != nil {
 				return err
 			}
@@ -316,7 +316,7 @@ func (p *process) relayPart() lifecycle.Part {
 	var ln net.Listener
 	return lifecycle.Part{Name: "relay",
 		Start: func(context.Context) error {
-			producer, err := tasks.NewProducer(p.rdb, tasks.ProducerConfig{KeyedRetention: p.cfg.KeyedRetention, Source: "relay", RelayKeys: true})
+			producer, err := tasks.NewProducer(p.rdb, tasks.ProducerConfig{KeyedRetention: p.cfg.KeyedRetention, Source: "relay", RelayKeys: true, WaitReplicas: p.cfg.WaitReplicas})
 			if err != nil {
 				return err
 			}

@@ -124,18 +124,18 @@ func TestAsynqRequeueLayout(t *testing.T) {
 // now, as asynq's dequeue script and heartbeat leave it (the layout the test
 // above pins), and counts the run as the handler's begin does. It returns
 // the dead server's host:pid:sid.
-func fakeDeadHolder(t *testing.T, rdb *redis.Client, queue, id string) string {
+func fakeDeadHolder(t *testing.T, rdb redis.UniversalClient, queue, id string) string {
 	return fakeDeadHolderSince(t, rdb, queue, id, 0)
 }
 
 // fakeDeadHolderSince is fakeDeadHolder for a server whose last heartbeat,
 // which set the task's lease, was ago.
-func fakeDeadHolderSince(t *testing.T, rdb *redis.Client, queue, id string, ago time.Duration) string {
+func fakeDeadHolderSince(t *testing.T, rdb redis.UniversalClient, queue, id string, ago time.Duration) string {
 	t.Helper()
 	ctx := context.Background()
 	srv := "deadhost:4242:" + queue + "-" + id
 	now := time.Now().Add(-ago)
-	_, err := rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+	_, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error { // not a transaction: a Cluster keeps asynq:servers apart
 		p.LRem(ctx, pendingKey(queue), 0, id)
 		p.LPush(ctx, activeKey(queue), id)
 		p.ZAdd(ctx, leaseKey(queue), redis.Z{Score: float64(now.Add(asynqLeaseDuration).Unix()), Member: id})

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -96,6 +97,9 @@ func (c GateConfig) ValidateNamed(name func(field string) string) error {
 	var errs []error
 	if c.Rate < 0 {
 		errs = append(errs, fmt.Errorf("%s is %v: must be 0 (off) or more", name("Rate"), c.Rate))
+	}
+	if strings.Contains(c.Namespace, "{}") {
+		errs = append(errs, fmt.Errorf("%s is %q: must not contain {} (an empty hash tag spreads a bot's keys over a Redis Cluster)", name("Namespace"), c.Namespace))
 	}
 	if c.Burst < 1 {
 		errs = append(errs, fmt.Errorf("%s is %d: must be at least 1", name("Burst"), c.Burst))
@@ -269,8 +273,12 @@ end
 return 0
 `)
 
+// keys are the bot's gate keys. The bot's name is their hash tag, so that
+// a Redis Cluster keeps them in one slot (the scripts touch several); the
+// default bot's tag is ":default" (a bot name has no ':'), since an empty
+// tag ({}) would hash each whole key to a slot of its own.
 func (g *gate) keys(bot string) (cooldown, open, probe, rate, fails string) {
-	p := g.cfg.Namespace + ":gate:{" + bot + "}:"
+	p := g.cfg.Namespace + ":gate:{" + cmp.Or(bot, ":default") + "}:"
 	return p + "cooldown", p + "open", p + "probe", p + "rate", p + "fails"
 }
 

@@ -91,6 +91,16 @@ type ProducerConfig struct {
 	Retention time.Duration
 	// Source names the producer in payloads and logs.
 	Source string
+	// WaitReplicas, when above 0, makes each enqueue return only once that
+	// many replicas of the task's primary have it (Redis WAIT,
+	// durability.go), so that a failover to one of them cannot lose an
+	// acknowledged enqueue; else the enqueue fails with ErrNotReplicated.
+	// Default 0: the primary's acknowledgement is enough (replication is
+	// asynchronous, and a failover can lose the last writes).
+	WaitReplicas int
+	// ReplicaTimeout bounds the wait for WaitReplicas. Default 1s; it must
+	// stay below the client's read timeout (go-redis: 3s).
+	ReplicaTimeout time.Duration
 	// RelayKeys lets keys start with ReservedKeyPrefix: set by the relay's
 	// own producer only. Every other producer is refused such keys
 	// (ErrReservedKey), so that none can take a relay caller's key.
@@ -105,6 +115,7 @@ func (c ProducerConfig) withDefaults() ProducerConfig {
 	c.MaxRedeliveries = cmp.Or(c.MaxRedeliveries, DefaultMaxRedeliveries)
 	c.KeyedRetention = cmp.Or(c.KeyedRetention, DefaultKeyedRetention)
 	c.Retention = cmp.Or(c.Retention, DefaultRetention)
+	c.ReplicaTimeout = cmp.Or(c.ReplicaTimeout, DefaultReplicaTimeout)
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -117,13 +128,16 @@ func (c ProducerConfig) validate() error {
 	for _, f := range []struct {
 		field string
 		v     int64
-	}{{"MaxRedeliveries", int64(c.MaxRedeliveries)}, {"MaxInlineBytes", int64(c.MaxInlineBytes)}} {
+	}{{"MaxRedeliveries", int64(c.MaxRedeliveries)}, {"MaxInlineBytes", int64(c.MaxInlineBytes)}, {"WaitReplicas", int64(c.WaitReplicas)}} {
 		if f.v < 0 {
 			errs = append(errs, fmt.Errorf("%s is %d: must not be negative", f.field, f.v))
 		}
 	}
 	if c.KeyedRetention < 0 {
 		errs = append(errs, fmt.Errorf("KeyedRetention is %v: must not be negative", c.KeyedRetention))
+	}
+	if c.ReplicaTimeout < 0 {
+		errs = append(errs, fmt.Errorf("ReplicaTimeout is %v: must be greater than 0", c.ReplicaTimeout))
 	}
 	return errors.Join(errs...)
 }
@@ -143,6 +157,11 @@ func NewProducer(rdb redis.UniversalClient, cfg ProducerConfig) (*Producer, erro
 	cfg = cfg.withDefaults()
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("producer config: %w", err)
+	}
+	if cfg.WaitReplicas > 0 {
+		if err := waitable(rdb); err != nil {
+			return nil, fmt.Errorf("producer config: %w", err)
+		}
 	}
 	return &Producer{cfg: cfg, rdb: rdb, client: asynq.NewClientFromRedisClient(rdb), inspector: asynq.NewInspectorFromRedisClient(rdb)}, nil
 }
@@ -214,8 +233,21 @@ type Enqueued struct {
 
 // Enqueue validates msg and enqueues it. An invalid message never reaches
 // Redis: the error holds a *webex.ValidationError per problem. A keyed
-// duplicate returns a *DuplicateError (errors.Is ErrDuplicate).
+// duplicate returns a *DuplicateError (errors.Is ErrDuplicate). With
+// WaitReplicas, an enqueue not known to be on the replicas returns a
+// *ReplicationError (errors.Is ErrNotReplicated).
 func (p *Producer) Enqueue(ctx context.Context, msg Message, opts ...Option) (*Enqueued, error) {
+	e, err := p.enqueue(ctx, msg, opts)
+	if err != nil || p.cfg.WaitReplicas == 0 {
+		return e, err
+	}
+	if err := p.waitReplicas(ctx, e); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+func (p *Producer) enqueue(ctx context.Context, msg Message, opts []Option) (*Enqueued, error) {
 	task, o, err := p.build(msg, opts)
 	if err != nil {
 		return nil, err

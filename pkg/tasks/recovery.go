@@ -692,7 +692,8 @@ func (s *scan) deadHolders(ref taskRef, score float64, v *view) []string {
 // it in two steps), and it was not moved already for this lease.
 //
 // KEYS: active, lease, pending, task hash, then the dead worker's liveness
-// key or each server's asynq key. ARGV: task id, lease score, holder ("":
+// key or each server's asynq key (on a Cluster, none: takeOver checks
+// them just before, they hash to other slots). ARGV: task id, lease score, holder ("":
 // none). It returns the new epoch, or 0.
 var takeOverScript = redis.NewScript(`
 for i = 5, #KEYS do
@@ -714,17 +715,49 @@ redis.call('HDEL', KEYS[4], 'courier_holder')
 return redis.call('HINCRBY', KEYS[4], 'courier_epoch', 1)
 `)
 
+// anyExists reports whether any of keys exists, one command per key (they
+// may live in different Cluster slots).
+func (r *Recovery) anyExists(ctx context.Context, keys []string) (bool, error) {
+	cmds, err := r.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			p.Exists(ctx, k)
+		}
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	for _, c := range cmds {
+		if c.(*redis.IntCmd).Val() > 0 {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // takeOver runs the script for a task whose delivery's holder is dead, or,
 // with holder "", for one held by one of the dead asynq servers; it reports
 // whether this detector moved the task.
 func (r *Recovery) takeOver(ctx context.Context, ref taskRef, sg sighting, holder string, dead []string, now time.Time) bool {
 	keys := []string{activeKey(ref.queue), leaseKey(ref.queue), pendingKey(ref.queue), taskKey(ref.queue, ref.id)}
+	var alive []string // the keys that would show the holder alive
 	if holder != "" {
-		keys, dead = append(keys, aliveKey(holder)), []string{holder}
+		alive, dead = []string{aliveKey(holder)}, []string{holder}
 	} else {
 		for _, srv := range dead {
-			keys = append(keys, serverKey(srv))
+			alive = append(alive, serverKey(srv))
 		}
+	}
+	if _, cluster := r.rdb.(*redis.ClusterClient); cluster {
+		// Those keys hash to slots of their own, which a Cluster may keep
+		// on another node than the queue's: check them just before. A
+		// worker that comes back in between finds its task's epoch moved
+		// on, and halts (the fence).
+		if back, err := r.anyExists(ctx, alive); err != nil || back {
+			return false
+		}
+	} else {
+		keys = append(keys, alive...)
 	}
 	epoch, err := takeOverScript.Run(ctx, r.rdb, keys, ref.id, strconv.FormatFloat(sg.score, 'f', -1, 64), holder).Int64()
 	if err != nil {

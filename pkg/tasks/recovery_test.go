@@ -25,7 +25,7 @@ type testRecovery struct {
 	halts     atomic.Int32
 }
 
-func newTestRecovery(t *testing.T, rdb *redis.Client, queue string) *testRecovery {
+func newTestRecovery(t *testing.T, rdb redis.UniversalClient, queue string) *testRecovery {
 	t.Helper()
 	tr := &testRecovery{logs: &syncBuffer{}}
 	r, err := NewRecovery(rdb, RecoveryConfig{After: MinRecoveryAfter, Interval: 200 * time.Millisecond, Queues: []string{queue},
