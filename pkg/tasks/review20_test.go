@@ -260,6 +260,12 @@ func TestGateSilentSubscription(t *testing.T) {
 	if d := b.acquire(ctx, "bot"); d.kind != gateOpen || b.views.decide("bot", time.Now()) == nil {
 		t.Fatalf("open road not kept in the view: %+v", d)
 	}
+	// Pings answered keep the subscription and the views: quiet is not loss.
+	gen, _ := b.views.snapshot()
+	time.Sleep(2*subscriptionCheck + time.Second) // an observation window, not synchronisation
+	if now, live := b.views.snapshot(); now != gen || !live || b.views.decide("bot", time.Now()) == nil {
+		t.Fatal("a quiet subscription, its pings answered, was taken for lost")
+	}
 	proxy.Stall(time.Hour)
 	a.result(ctx, "bot", &webex.APIError{StatusCode: 429, RetryAfter: time.Minute}, false)
 	waitFor(t, 20*time.Second, "B to hold its sends during A's cool-down", func() bool { return b.acquire(ctx, "bot").kind == GateCooldown })
