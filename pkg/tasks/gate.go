@@ -289,6 +289,9 @@ func (g *gate) acquire(ctx context.Context, bot string) *decision {
 		if d := g.views.decide(bot, time.Now()); d != nil {
 			return d
 		}
+		if _, live := g.views.snapshot(); !live || g.cfg.StateCache <= 0 {
+			return g.ask(ctx, bot) // no view to share: each send asks, as before views
+		}
 		// One fetch of permits per bot at a time: the others wait for it.
 		fetched, wait := g.views.fetching(bot)
 		if wait == nil {

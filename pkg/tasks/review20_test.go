@@ -270,3 +270,53 @@ func TestGateSilentSubscription(t *testing.T) {
 	a.result(ctx, "bot", &webex.APIError{StatusCode: 429, RetryAfter: time.Minute}, false)
 	waitFor(t, 20*time.Second, "B to hold its sends during A's cool-down", func() bool { return b.acquire(ctx, "bot").kind == GateCooldown })
 }
+
+// inflightGate counts the gate's scripts under way at once (each held for
+// d, a slow Redis), and the most at any time.
+type inflightGate struct {
+	d         time.Duration
+	now, most atomic.Int32
+}
+
+func (s *inflightGate) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (s *inflightGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if strings.HasSuffix(cmdName(cmd), "(gate)") {
+			n := s.now.Add(1)
+			defer s.now.Add(-1)
+			for m := s.most.Load(); n > m && !s.most.CompareAndSwap(m, n); m = s.most.Load() {
+			}
+			time.Sleep(s.d)
+		}
+		return next(ctx, cmd)
+	}
+}
+func (s *inflightGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A worker that keeps no views (StateCache negative, or its subscription
+// lost) asks Redis before every send as before views existed: its
+// deliveries of one bot ask at once, not one after another (a slow Redis
+// would otherwise hold the n-th of them n answers long).
+func TestGateWithoutViewsAsksInParallel(t *testing.T) {
+	t.Parallel()
+	rdb := redistest.Client(t)
+	slow := redis.NewClient(rdb.Options())
+	t.Cleanup(func() { _ = slow.Close() })
+	counted := &inflightGate{d: 200 * time.Millisecond}
+	slow.AddHook(counted)
+	g, _ := newGate(t, slow, GateConfig{StateCache: -1, Timeout: 5 * time.Second})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			if _, err := g.wait(context.Background(), "bot"); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	if m := counted.most.Load(); m < 2 {
+		t.Fatalf("at most %d of 4 deliveries asked the gate at once: they queued behind each other", m)
+	}
+}
