@@ -462,7 +462,7 @@ func (h *Handler) fence(ctx context.Context, c Claim, confirmed time.Time) error
 	if h.cfg.Fence == nil {
 		return nil
 	}
-	if ef, ok := h.cfg.Fence.(epochFence); ok && ef.live() && !confirmed.IsZero() && time.Since(confirmed) < fenceFresh {
+	if ef, ok := h.cfg.Fence.(epochFence); ok && !confirmed.IsZero() && ef.live(confirmed) && time.Since(confirmed) < fenceFresh {
 		return nil
 	}
 	err := h.cfg.Fence.Check(ctx, c)

@@ -92,9 +92,9 @@ type isolatedFence struct{ rdb redis.UniversalClient }
 
 var _ epochFence = isolatedFence{}
 
-func (isolatedFence) Hold(Claim) func() { return func() {} }
-func (isolatedFence) Holder() string    { return "" }
-func (isolatedFence) live() bool        { return false } // the worker's liveness: unknown here
+func (isolatedFence) Hold(Claim) func()   { return func() {} }
+func (isolatedFence) Holder() string      { return "" }
+func (isolatedFence) live(time.Time) bool { return false } // the worker's liveness: unknown here
 
 func (f isolatedFence) Check(ctx context.Context, c Claim) error {
 	_, err := checkEpoch(ctx, f.rdb, c)

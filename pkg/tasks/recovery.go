@@ -152,6 +152,10 @@ type Recovery struct {
 	alive atomic.Bool
 	// beatAt is when the last liveness write that succeeded was sent.
 	beatAt atomic.Pointer[time.Time]
+	// standsSince is when the liveness key surely stood again after a gap
+	// (or first): the answer to the first write that succeeded after the
+	// key may have lapsed.
+	standsSince atomic.Pointer[time.Time]
 }
 
 // Fence guards deliveries against a second copy after a takeover by
@@ -173,19 +177,21 @@ var _ Fence = (*Recovery)(nil)
 // handler may check it inside its own writes.
 type epochFence interface {
 	Fence
-	// live reports whether no other worker can take this worker's tasks
-	// over within fenceFresh and a margin: only then may a claim Redis
-	// confirmed less than fenceFresh ago stand without asking again.
-	live() bool
+	// live reports whether no other worker can have taken this worker's
+	// tasks over since confirmed, nor can within fenceFresh and a margin:
+	// only then may a claim Redis confirmed at confirmed, less than
+	// fenceFresh ago, stand without asking again.
+	live(confirmed time.Time) bool
 }
 
 var _ epochFence = (*Recovery)(nil)
 
-// live: this worker's liveness key, written at beatAt for After, stands
-// for fenceFresh and a second more.
-func (r *Recovery) live() bool {
-	at := r.beatAt.Load()
-	return at != nil && time.Since(*at) < r.cfg.After-fenceFresh-time.Second
+// live: this worker's liveness key has stood without a gap since
+// confirmed, and, written at beatAt for After, stands for fenceFresh and a
+// second more.
+func (r *Recovery) live(confirmed time.Time) bool {
+	at, since := r.beatAt.Load(), r.standsSince.Load()
+	return at != nil && since != nil && !confirmed.Before(*since) && time.Since(*at) < r.cfg.After-fenceFresh-time.Second
 }
 
 // Claim is one delivery's hold on a task: the task and the epoch it began
@@ -234,6 +240,11 @@ func (r *Recovery) beat(ctx context.Context) {
 	if err := r.rdb.Set(ctx, aliveKey(r.id), 1, r.cfg.After).Err(); err != nil {
 		r.cfg.Logger.Debug("recovery: cannot write this worker's liveness", "error", err.Error())
 		return
+	}
+	// The key written before stood at least After from when it was sent:
+	// unless this write was answered within that, there may have been a gap.
+	if done, prev := time.Now(), r.beatAt.Load(); prev == nil || done.Sub(*prev) >= r.cfg.After {
+		r.standsSince.Store(&done)
 	}
 	r.beatAt.Store(&at)
 	r.alive.Store(true)

@@ -320,3 +320,39 @@ func TestGateWithoutViewsAsksInParallel(t *testing.T) {
 		t.Fatalf("at most %d of 4 deliveries asked the gate at once: they queued behind each other", m)
 	}
 }
+
+// The worker's liveness writes fail until its key lapses; a delivery begins
+// meanwhile (its claim confirmed), the task is taken over, and the very next
+// liveness write succeeds: all within fenceFresh. The key was gone after the
+// claim was confirmed, so the claim is not fresh: it is checked before the
+// post, which never goes out.
+func TestLivenessLapseAfterTheClaim(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	e.workerRdb = redis.NewClient(e.rdb.Options())
+	t.Cleanup(func() { _ = e.workerRdb.Close() })
+	faults := &redisfault.Hook{}
+	e.workerRdb.AddHook(faults)
+	r := newTestRecovery(t, e.workerRdb, e.queue)
+	r.run(t)
+	waitFor(t, 10*time.Second, "the worker's liveness", func() bool { return r.Holder() != "" })
+	beats := faults.Add(&redisfault.Rule{Match: redisfault.Match{Name: "set", Args: []string{aliveKey(r.id)}}, Count: -1})
+	waitFor(t, 10*time.Second, "the worker's liveness key to lapse", func() bool { return e.rdb.Exists(ctx, aliveKey(r.id)).Val() == 0 })
+	e.workerRdb.AddHook(&afterScript{script: "begin", then: func(ctx context.Context) {
+		id, _ := asynq.GetTaskID(ctx)
+		e.rdb.HIncrBy(ctx, taskKey(e.queue, id), fieldEpoch, 1) // taken over: its holder's key is gone
+		beats.Remove()
+		waitFor(t, 10*time.Second, "the liveness written again", func() bool {
+			return e.rdb.Exists(ctx, aliveKey(r.id)).Val() == 1 && r.live(time.Now())
+		})
+	}})
+	e.start(func(c *WorkerConfig) { c.Fence = r })
+	id := e.enqueue(text("r", "begun while the liveness lapsed"))
+	waitFor(t, 20*time.Second, "the interrupted delivery", func() bool {
+		return strings.Contains(e.logs.String(), "outcome=interrupted") && strings.Contains(e.logs.String(), "task_id="+id)
+	})
+	if n, _ := e.sim.Counts("r"); n != 0 {
+		t.Fatalf("%d posts after the takeover, want none", n)
+	}
+}
