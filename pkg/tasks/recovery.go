@@ -154,10 +154,10 @@ type Recovery struct {
 	alive atomic.Bool
 	// beatAt is when the last liveness write that succeeded was sent.
 	beatAt atomic.Pointer[time.Time]
-	// liveSince is when the liveness key last came back after it may have
-	// lapsed (a write answered more than After after the previous
-	// successful one was sent): it has stood without a break since.
-	liveSince atomic.Pointer[time.Time]
+	// standsSince is when the liveness key surely stood again after a gap
+	// (or first): the answer to the first write that succeeded after the
+	// key may have lapsed.
+	standsSince atomic.Pointer[time.Time]
 }
 
 // Fence guards deliveries against a second copy after a takeover by
@@ -181,18 +181,18 @@ type epochFence interface {
 	Fence
 	// live reports whether no other worker can have taken this worker's
 	// tasks over since confirmed, nor can within fenceFresh and a margin:
-	// only then may a claim Redis confirmed (a request sent at confirmed)
-	// less than fenceFresh ago stand without asking again.
+	// only then may a claim Redis confirmed at confirmed, less than
+	// fenceFresh ago, stand without asking again.
 	live(confirmed time.Time) bool
 }
 
 var _ epochFence = (*Recovery)(nil)
 
-// live: this worker's liveness key has stood without a break since
-// confirmed (a takeover needs it gone), and, written at beatAt for After,
-// stands for fenceFresh and a second more.
+// live: this worker's liveness key has stood without a gap since
+// confirmed, and, written at beatAt for After, stands for fenceFresh and a
+// second more.
 func (r *Recovery) live(confirmed time.Time) bool {
-	at, since := r.beatAt.Load(), r.liveSince.Load()
+	at, since := r.beatAt.Load(), r.standsSince.Load()
 	return at != nil && since != nil && !confirmed.Before(*since) && time.Since(*at) < r.cfg.After-fenceFresh-time.Second
 }
 
@@ -243,11 +243,10 @@ func (r *Recovery) beat(ctx context.Context) {
 		r.cfg.Logger.Debug("recovery: cannot write this worker's liveness", "error", err.Error())
 		return
 	}
-	// The previous key (from a write sent at beatAt) lives at least After
-	// from then; answered later, this write may have come after a lapse.
-	if prev := r.beatAt.Load(); prev == nil || time.Since(*prev) >= r.cfg.After {
-		now := time.Now()
-		r.liveSince.Store(&now)
+	// The key written before stood at least After from when it was sent:
+	// unless this write was answered within that, there may have been a gap.
+	if done, prev := time.Now(), r.beatAt.Load(); prev == nil || done.Sub(*prev) >= r.cfg.After {
+		r.standsSince.Store(&done)
 	}
 	r.beatAt.Store(&at)
 	r.alive.Store(true)
