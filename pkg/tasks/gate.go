@@ -167,6 +167,9 @@ type gate struct {
 	obs      Observer
 	lastWarn atomic.Int64 // unix seconds of the last fail-open warning
 	views    views        // what this worker knows of each bot's gate (gateview.go)
+	// heard, when set (tests), is called by the subscription before it
+	// applies a published change: a test holds it there to order events.
+	heard func(bot string)
 }
 
 // gateLua decides, in Redis, whether a send may go now: cool-down first,
@@ -347,6 +350,12 @@ func (g *gate) ask(ctx context.Context, bot string) *decision {
 // the breaker's run; any other answer from Webex (a 429, a refusal) ends the
 // run; a success after a probe closes the breaker. (Other successes end the
 // run in the dedup record's round trip, see succeeded.)
+//
+// A change this worker makes drops its view before the script (no send of
+// its own goes from the view meanwhile) and again after it: a read another
+// of its sends began after the first drop may have reached Redis before the
+// script and kept an open road, which the script's own message would drop
+// only when the subscription gets to it.
 func (g *gate) result(ctx context.Context, bot string, err error, probe bool) {
 	cooldown, open, probeKey, _, fails := g.keys(bot)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), g.cfg.Timeout)
@@ -370,11 +379,13 @@ func (g *gate) result(ctx context.Context, bot string, err error, probe bool) {
 		if rerr := cooldownScript.Run(ctx, g.rdb, []string{cooldown, fails}, cooldownMS(dec.RetryAfter), g.channel(), bot).Err(); rerr != nil {
 			g.failOpen(rerr)
 		}
+		g.views.drop(bot) // and after: see result
 	case errors.As(err, &ae) && dec.Class.Retryable() && dec.RetryAfter > 0 && (ae.StatusCode == 423 || ae.StatusCode == 503):
 		g.views.drop(bot)
 		if rerr := cooldownScript.Run(ctx, g.rdb, []string{cooldown}, cooldownMS(dec.RetryAfter), g.channel(), bot).Err(); rerr != nil {
 			g.failOpen(rerr)
 		}
+		g.views.drop(bot)
 		g.failure(ctx, bot, open, fails)
 	case dec.Class == retrypolicy.Transient:
 		g.failure(ctx, bot, open, fails)
@@ -404,6 +415,7 @@ func (g *gate) failure(ctx context.Context, bot, open, fails string) {
 	g.views.drop(bot)
 	opened, err := failureScript.Run(ctx, g.rdb, []string{fails, open}, g.cfg.BreakerWindow.Milliseconds(),
 		g.cfg.BreakerFailures, openFor.Milliseconds(), g.channel(), bot).Int()
+	g.views.drop(bot) // and after: see result
 	if err != nil {
 		g.failOpen(err)
 		return

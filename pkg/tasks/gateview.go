@@ -231,6 +231,9 @@ func (g *gate) watch() (stop func(), done <-chan struct{}) {
 					g.views.setLive(true)
 				}
 			case *redis.Message:
+				if g.heard != nil {
+					g.heard(m.Payload)
+				}
 				g.views.drop(m.Payload)
 			}
 			if err == nil {
