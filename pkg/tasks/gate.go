@@ -318,7 +318,7 @@ func (g *gate) ask(ctx context.Context, bot string) *decision {
 	keep := live && g.cfg.StateCache > 0
 	n := 1
 	if interval := g.interval(); keep && interval > 0 {
-		n = max(1, min(g.cfg.Batch, 1+int(g.cfg.MaxWait/interval)))
+		n = max(1, min(g.cfg.Batch, 1+int(g.cfg.MaxWait/interval))-g.views.spare(bot, time.Now()))
 	}
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.Timeout)
 	defer cancel()
@@ -333,7 +333,11 @@ func (g *gate) ask(ctx context.Context, bot string) *decision {
 	case !keep || d.probe || (d.kind != gateOpen && d.kind != GateRateLimit):
 		return d
 	case d.kind == GateRateLimit: // open road, no slot yet: the others wait for it without asking
-		g.views.store(bot, gen, now, g.cfg.StateCache, res[3] == 1, 0, 0, g.interval(), now.Add(d.wait))
+		if g.views.store(bot, gen, now, g.cfg.StateCache, res[3] == 1, 0, 0, g.interval(), now.Add(d.wait)) {
+			if kept := g.views.decide(bot, now); kept != nil { // permits kept from a dropped view
+				return kept
+			}
+		}
 		return d
 	}
 	if !g.views.store(bot, gen, now, g.cfg.StateCache, res[3] == 1, int(res[4]), time.Duration(res[5])*time.Microsecond, g.interval(), time.Time{}) {

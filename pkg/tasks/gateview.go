@@ -22,8 +22,8 @@ import (
 //
 // With a shared rate limit the view also holds the permits the worker took
 // in one round trip (GateConfig.Batch): permit j may be used from its slot
-// in the limit's schedule for Batch intervals, and is dropped with the
-// view.
+// in the limit's schedule for Batch intervals. A dropped view keeps its
+// unused permits for after the next read (see drop).
 
 // views is what one worker knows of its bots' gates.
 type views struct {
@@ -137,12 +137,35 @@ func (v *views) fetching(bot string) (done func(), wait <-chan struct{}) {
 }
 
 // drop forgets a bot's view (a change was published, or this worker made
-// one).
+// one). Its unused permits stay, out of sight until a read says open road
+// again (store adds them to the new view): they are slots the limit already
+// gave this worker, each usable only within its span, so keeping them
+// cannot take the cluster above the limit, and dropping them would waste
+// them (under intermittent failures, the rate would fall toward Rate/Batch).
 func (v *views) drop(bot string) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.gen++
+	if b := v.bots[bot]; b != nil && len(b.permits) > 0 {
+		v.bots[bot] = &botView{permits: b.permits} // expired: decide asks Redis first
+		return
+	}
 	delete(v.bots, bot)
+}
+
+// spare counts bot's permits still usable at now or later.
+func (v *views) spare(bot string, now time.Time) int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	n := 0
+	if b := v.bots[bot]; b != nil {
+		for _, p := range b.permits {
+			if !p.to.Before(now) {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // calm reports whether the view says no run of failures is open for bot.

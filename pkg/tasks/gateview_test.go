@@ -127,3 +127,44 @@ func TestGateViewOwn429NotRefilled(t *testing.T) {
 		t.Fatalf("next send after this worker's own 429 = %+v, want held by the cool-down", d)
 	}
 }
+
+// A change that drops a worker's view (here another worker's failure
+// starting a run) does not throw away the permits it took: its next sends
+// use the slots its batch already holds, and the refetch reserves only what
+// they lack, rather than a whole new batch while the held slots pass unused.
+func TestGateViewDropKeepsPermits(t *testing.T) {
+	t.Parallel()
+	ns := "courier:{" + redistest.Name(t) + "}"
+	rdb := redistest.Client(t)
+	redistest.DeleteKeys(t, rdb, ns+":*")
+	const interval = 500 * time.Millisecond // Rate 2: a batch of 5 spans 2s
+	cfg := GateConfig{Namespace: ns, StateCache: time.Hour, Rate: 2, Batch: 5, MaxWait: 10 * time.Second}
+	a, _ := watchedGate(t, rdb, cfg)
+	b, _ := watchedGate(t, rdb, cfg)
+	ctx := context.Background()
+	_, _, _, rate, _ := a.keys("bot")
+	reserved := func() time.Duration { // the limit's schedule: the end of the slots given out
+		tat, err := rdb.Get(ctx, rate).Int64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return time.Duration(tat) * time.Microsecond
+	}
+	if _, err := a.wait(ctx, "bot"); err != nil {
+		t.Fatal(err)
+	}
+	before := reserved()
+	gen, _ := a.views.snapshot()
+	b.result(ctx, "bot", &webex.APIError{StatusCode: 503}, false) // a run of failures starts: published
+	waitFor(t, 10*time.Second, "the change to drop the view", func() bool { g, _ := a.views.snapshot(); return g != gen })
+	for range 4 { // the batch's other 4 slots
+		if _, err := a.wait(ctx, "bot"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One more slot reserved (the refetch takes at least one); a whole new
+	// batch would be 5.
+	if more := reserved() - before; more > 2*interval {
+		t.Errorf("4 sends after the drop reserved %v more of the schedule (%d slots), want 1 slot: the batch's held slots were thrown away", more, more/interval)
+	}
+}
