@@ -92,8 +92,11 @@ func courierScripts() map[*redis.Script]string {
 // breaker closed) costs at most two courier round trips beyond asynq's own
 // fetch and completion, with the worker set up as cmd/worker sets it up
 // (crash-recovery fence, isolation of suspects, the shared gate): one read
-// before the post, one write after Webex accepts. A change that adds one
-// fails here.
+// before the post, one write after Webex accepts. Beyond those: one gate
+// read per bot per GateConfig.StateCache (default 1s) in each worker when no
+// rate limit is configured (one per batch of permits when one is), which
+// refills the worker's view of the gate; roundTripEnv sets StateCache to a
+// minute to keep it out of the count. A change that adds one fails here.
 func TestRoundTripBudget(t *testing.T) {
 	t.Parallel()
 	const budget = 2
