@@ -168,3 +168,32 @@ func TestGateViewDropKeepsPermits(t *testing.T) {
 		t.Errorf("4 sends after the drop reserved %v more of the schedule (%d slots), want 1 slot: the batch's held slots were thrown away", more, more/interval)
 	}
 }
+
+// The same for a worker's own transient failure, which starts a run: a read
+// made between its first drop and the failure's script does not leave a
+// view saying no run is open, so the next success still ends the run.
+func TestGateViewOwnFailureNotRefilled(t *testing.T) {
+	t.Parallel()
+	ns := "courier:{" + redistest.Name(t) + "}"
+	redistest.DeleteKeys(t, redistest.Client(t), ns+":*")
+	hold := newHold(failureScript, true)
+	heard := make(chan struct{})
+	defer close(heard) // before the gate's cleanup stops its subscription
+	a := gateWith(t, ns, hold, func(string) { <-heard })
+	ctx := context.Background()
+	a.acquire(ctx, "bot")
+
+	hold.armed.Store(true)
+	recorded := make(chan struct{})
+	go func() {
+		defer close(recorded)
+		a.result(ctx, "bot", &webex.APIError{StatusCode: 503}, false)
+	}()
+	<-hold.reached // the view is dropped, the run not yet started
+	a.acquire(ctx, "bot")
+	close(hold.release)
+	<-recorded
+	if a.succeeded(ctx, "bot") == nil {
+		t.Fatal("after this worker's own failure, a success would not end the run: its view says none is open")
+	}
+}
