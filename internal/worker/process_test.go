@@ -412,10 +412,11 @@ func TestStartUpAdminFirstTokensConcurrently(t *testing.T) {
 	p := startWorker(t, "REDIS_URL="+s.url, "COURIER_LOG_FORMAT=json", "WEBEX_BASE_URL="+webexURL, "WEBEX_TOKEN=a",
 		"COURIER_BOTS=second", "COURIER_BOT_SECOND_TOKEN=b", "COURIER_QUEUES="+s.queue+":1")
 	waitFor(t, 10*time.Second, "both token checks under way at once", func() bool { return open() >= 2 })
-	m := regexp.MustCompile(`"url":"(http://127\.0\.0\.1:\d+)"`).FindStringSubmatch(p.out.String())
-	if m == nil {
-		t.Fatalf("the admin server is not listening while the tokens are checked:\n%s", p.out.String())
-	}
+	// The worker's output comes through a pipe: its line may lag the
+	// requests it made after writing it.
+	listening := regexp.MustCompile(`"url":"(http://127\.0\.0\.1:\d+)"`)
+	var m []string
+	waitFor(t, 10*time.Second, "the admin server's address", func() bool { m = listening.FindStringSubmatch(p.out.String()); return m != nil })
 	if code, _ := get(t, m[1]+"/healthz", "", ""); code != 200 {
 		t.Fatalf("/healthz: %d", code)
 	}

@@ -71,6 +71,9 @@ func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
 	}
 	claim, release := d.claim, d.release
 	if claim == nil {
+		if err == nil && release != nil { // delivered in isolation, its claim unread: no fence to release under
+			return &DeliveryError{Outcome: Interrupted, Err: errors.New("delivered, but its claim could not be read to release its sequence under: its redelivery will"), Delay: retrypolicy.QueueDelay(0)}
+		}
 		return err // nothing began: nothing to fence, nothing to release
 	}
 	// A worker whose task was taken over (or that cannot tell) exits here,

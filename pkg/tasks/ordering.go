@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode"
 
@@ -309,20 +310,33 @@ if not redis.call('LPOS', KEYS[2], ARGV[2]) then redis.call('RPUSH', KEYS[2], AR
 return {0}
 `)
 
+// pullLua defines pull(prefix, id, state, now): it moves task id, waiting
+// in asynq's retry or scheduled set (state), to the pending list, as
+// asynq's forwarder would when it is due. False if it is not in the set.
+const pullLua = `
+local function pull(prefix, id, state, now)
+  if redis.call('ZREM', prefix .. state, id) == 0 then return false end
+  redis.call('LPUSH', prefix .. 'pending', id)
+  redis.call('HSET', prefix .. 't:' .. id, 'state', 'pending', 'pending_since', now)
+  return true
+end
+`
+
 // releaseLua defines release(heads, list, msgs, waiting, key, head, prefix,
 // now, behind): if head is still the head of the sequence, the next message
 // becomes the head and goes into asynq's pending list. It returns
 // {released, the next head (empty when none), messages behind, the ids of
-// waiting messages dropped, the first 'behind' ids}.
+// waiting messages dropped, 1 when the next head is an active task (0
+// otherwise), the first 'behind' ids}.
 // A waiting message whose id an asynq task took meanwhile is dropped (the
 // task stands for it); its id is returned so that the drop is logged.
 // Waiting entries whose task is already in asynq (re-entered dead letters)
 // become the head where they are, pulled forward when they are waiting for
 // a retry; ones that were deleted or finished meanwhile are passed over.
-const releaseLua = `
+const releaseLua = pullLua + `
 local function release(heads, list, msgs, waiting, key, head, prefix, now, behind)
   if redis.call('HGET', heads, key) ~= head then return {0, '', 0} end
-  local out = {1, '', redis.call('LLEN', list), {}}
+  local out = {1, '', redis.call('LLEN', list), {}, 0}
   if behind > 0 then
     for _, id in ipairs(redis.call('LRANGE', list, 0, behind - 1)) do table.insert(out, id) end
   end
@@ -347,15 +361,9 @@ local function release(heads, list, msgs, waiting, key, head, prefix, now, behin
       table.insert(out[4], id)
     end
     local state = redis.call('HGET', tk, 'state')
-    if state == 'pending' or state == 'active' then
-      redis.call('HSET', heads, key, id)
-      out[2] = id
-      return out
-    end
-    if state == 'retry' or state == 'scheduled' then
-      redis.call('ZREM', prefix .. state, id)
-      redis.call('LPUSH', prefix .. 'pending', id)
-      redis.call('HSET', tk, 'state', 'pending')
+    if state == 'pending' or state == 'active' or state == 'retry' or state == 'scheduled' then
+      if state == 'active' then out[5] = 1 end
+      if state == 'retry' or state == 'scheduled' then pull(prefix, id, state, now) end
       redis.call('HSET', heads, key, id)
       out[2] = id
       return out
@@ -385,7 +393,22 @@ if not head then return {0, '', 0} end
 local state = redis.call('HGET', ARGV[2] .. 't:' .. head, 'state') or ''
 if state == 'pending' or state == 'active' or state == 'retry' or state == 'scheduled' then return {0, '', 0} end
 local out = release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], head, ARGV[2], ARGV[3], 0)
-return {head, state, out[1], out[2], out[3], out[4]}
+return {head, state, out[1], out[2], out[3], out[4], out[5]}
+`)
+
+// promoteScript watches a head that was an active task when released
+// (handed back, or about to be delivered): {1} while it is active; once
+// its hand-back landed in the retry set, {2, asynq's message}, or with
+// ARGV[5] = '1' it pulls it forward; {0} when there is nothing to watch.
+var promoteScript = redis.NewScript(pullLua + `
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return {0} end
+local tk = ARGV[3] .. 't:' .. ARGV[2]
+local state = redis.call('HGET', tk, 'state')
+if state == 'active' then return {1} end
+if state ~= 'retry' then return {0} end
+if ARGV[5] ~= '1' then return {2, redis.call('HGET', tk, 'msg') or ''} end
+pull(ARGV[3], ARGV[2], 'retry', ARGV[4])
+return {0}
 `)
 
 // maxBehind bounds the ids a dead letter records of the messages behind it.
@@ -397,6 +420,7 @@ type released struct {
 	next    string   // the new head's task id, "" when the sequence drained
 	waiting int      // messages that were behind the head
 	dropped []string // waiting messages dropped: an asynq task had taken their id
+	active  bool     // the new head is a task a worker holds (handing it back?)
 	behind  []string // the first of them (up to maxBehind), when asked
 }
 
@@ -410,7 +434,7 @@ func parseReleased(v []any) released {
 	r.next, _ = v[1].(string)
 	w, _ := v[2].(int64)
 	r.waiting = int(w)
-	if len(v) < 4 {
+	if len(v) < 5 {
 		return r
 	}
 	dropped, _ := v[3].([]any)
@@ -419,7 +443,9 @@ func parseReleased(v []any) released {
 			r.dropped = append(r.dropped, s)
 		}
 	}
-	for _, id := range v[4:] {
+	active, _ := v[4].(int64)
+	r.active = active == 1
+	for _, id := range v[5:] {
 		if s, ok := id.(string); ok {
 			r.behind = append(r.behind, s)
 		}
@@ -448,6 +474,15 @@ type ordering struct {
 	// wait is how long a task behind its head is handed back for; the
 	// release pulls it forward when its turn comes.
 	wait time.Duration
+	// stop ends the watches of released heads (the worker's stop); with it
+	// they run in the background (bg), without it inline. Once closed, no
+	// more are started (close).
+	stop   context.Context
+	bg     sync.WaitGroup
+	mu     sync.Mutex
+	closed bool
+	// afterClaim, when set (tests), runs after each claim with its verdict.
+	afterClaim func(id string, head bool)
 }
 
 // claim lets an ordered delivery go ahead (nil), hands it back, or
@@ -465,14 +500,21 @@ func (o *ordering) claim(ctx context.Context, queue, id, key string) *DeliveryEr
 	if err != nil { // Redis's fault, not the message's: not counted
 		return &DeliveryError{Outcome: RedisUnavailable, Err: fmt.Errorf("claim the head of the sequence: %w", err), Delay: retrypolicy.QueueDelay(0)}
 	}
-	switch n, _ := v[0].(int64); n {
+	n, _ := v[0].(int64)
+	if o.afterClaim != nil {
+		o.afterClaim(id, n == 1)
+	}
+	switch n {
 	case 1:
 		return nil
 	case 0:
-		return &DeliveryError{Outcome: BehindHead, Err: errors.New("waiting for the messages ahead of it in its sequence"), Delay: retrypolicy.QueueDelay(o.wait)}
+		return &DeliveryError{Outcome: BehindHead, Err: errBehindHead, Delay: retrypolicy.QueueDelay(o.wait)}
 	}
 	return &DeliveryError{Outcome: PassedOver, Err: errors.New("dead-lettered earlier and its sequence moved on past it; back without an operator's re-run, so not delivered out of order")}
 }
+
+// errBehindHead is why an ordered delivery behind its head is handed back.
+var errBehindHead = errors.New("waiting for the messages ahead of it in its sequence")
 
 // rerun reports whether claim's answer for a task marked dead shows it
 // archived since: asynq's message carries the error text of the mark,
@@ -503,7 +545,72 @@ func (o *ordering) runScript(ctx context.Context, script *redis.Script, s sequen
 	}
 	r := parseReleased(v)
 	o.logDropped(s.queue, head, r)
+	if r.active {
+		o.watch(ctx, s, r.next)
+	}
 	return r, nil
+}
+
+// watchBound bounds how long a released head that was an active task is
+// watched.
+const watchBound = 10 * time.Second
+
+// watch follows a new head that was an active task when released: most
+// often a task behind the head that a worker is handing back for the wait
+// (its claim came just before the release), which would sleep the whole
+// wait. Once its hand-back lands, watch pulls it forward. A task that was
+// about to be delivered instead is left alone.
+func (o *ordering) watch(ctx context.Context, s sequence, id string) {
+	if o.stop == nil {
+		o.promote(ctx, s, id)
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed { // the worker stopped: the hand-back wait runs its course
+		return
+	}
+	o.bg.Add(1)
+	go func() {
+		defer o.bg.Done()
+		o.promote(o.stop, s, id)
+	}()
+}
+
+// close waits for the watches, once stop has ended them, and starts no more
+// (a delivery asynq abandoned at shutdown may still release).
+func (o *ordering) close() {
+	o.mu.Lock()
+	o.closed = true
+	o.mu.Unlock()
+	o.bg.Wait()
+}
+
+// promote polls the new head id until its hand-back lands (then pulls it
+// forward), it leaves the active state otherwise, ctx ends or watchBound
+// passes (then its hand-back wait runs its course: nothing is lost).
+func (o *ordering) promote(ctx context.Context, s sequence, id string) {
+	ctx, cancel := context.WithTimeout(ctx, watchBound)
+	defer cancel()
+	handedBack := string(BehindHead) + ": " + errBehindHead.Error() // asynq's error message after the hand-back
+	for delay := 10 * time.Millisecond; ; delay = min(2*delay, 500*time.Millisecond) {
+		v, err := promoteScript.Run(ctx, o.rdb, []string{s.heads()}, s.key, id, s.prefix(), o.now().UnixNano(), 0).Slice()
+		if err == nil && len(v) > 0 && v[0] != int64(1) {
+			if len(v) == 2 { // in the retry set: pulled forward only if it was handed back for the wait
+				msg, _ := v[1].(string)
+				if text, err := errorMsgOf([]byte(msg)); err == nil && text == handedBack {
+					err = promoteScript.Run(ctx, o.rdb, []string{s.heads()}, s.key, id, s.prefix(), o.now().UnixNano(), 1).Err()
+					o.log.Debug("released head pulled forward after its hand-back", "queue", s.queue, "task_id", id, "error", errText(err))
+				}
+			}
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay): // collected once fired or unreachable (Go ≥ 1.23)
+		}
+	}
 }
 
 // logDropped logs each waiting message a release dropped because an asynq

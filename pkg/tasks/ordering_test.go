@@ -653,3 +653,107 @@ func TestDeadLetterSkippedArchiveNotDeliveredLate(t *testing.T) {
 		t.Fatalf("%d dead marks left after the archive (%v)", n, err)
 	}
 }
+
+// heldSender holds the post of one text until release is closed.
+type heldSender struct {
+	Sender
+	text    string
+	release chan struct{}
+}
+
+func (h *heldSender) CreateMessage(ctx context.Context, m webex.Message) (*webex.Sent, error) {
+	if m.Text == h.text {
+		select {
+		case <-h.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return h.Sender.CreateMessage(ctx, m)
+}
+
+// An ordered task that reaches a worker behind its head (as a re-run dead
+// letter does) is handed back for DeferDelay. When the head's release makes
+// it the head while its hand-back is still under way (its claim just said
+// wait), it goes as soon as the hand-back lands, not after DeferDelay (an
+// hour here).
+func TestHandedBackHeadGoesPromptly(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	held := &heldSender{Sender: e.client(token), text: "head", release: make(chan struct{})}
+	w := e.start(func(c *WorkerConfig) {
+		c.Bots = map[string]Sender{"": held}
+		c.DeferDelay, c.ReconcileInterval = time.Hour, time.Hour
+	})
+	var x string
+	var once sync.Once
+	var madeHead atomic.Bool
+	w.handler.order.afterClaim = func(id string, head bool) {
+		if id != x || head {
+			return
+		}
+		once.Do(func() {
+			close(held.release) // the head posts and releases x ...
+			deadline := time.Now().Add(10 * time.Second)
+			for time.Now().Before(deadline) { // ... before x's hand-back lands
+				if e.rdb.HGet(context.Background(), headsKey(e.queue), "r").Val() == x {
+					madeHead.Store(true)
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
+	x = "x-" + e.queue // an ordered task in asynq behind the head, as a re-run is
+	e.enqueue(text("r", "head"), Ordered())
+	e.asynqEnqueue(text("r", "x"), Ordered(), Key(x))
+	e.waitState(x, asynq.TaskStateCompleted, 20*time.Second)
+	if !madeHead.Load() {
+		t.Fatal("the release did not make x the head while x was handed back: the test missed the race it is for")
+	}
+	if got := texts(e.sim.Messages("r")); !slices.Equal(got, []string{"head", "x"}) {
+		t.Fatalf("delivered %v", got)
+	}
+	e.waitKeysGone()
+}
+
+// An ordered head delivered in isolation whose claim the worker could not
+// read (Redis failed it) has no fence to release under: it is handed back,
+// and its redelivery finds it delivered and releases the next message,
+// rather than completing (and, unretained, vanishing) with its sequence
+// stuck until the reconciler takes it for a deleted head.
+func TestIsolatedHeadReleasesAfterUnreadClaim(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	head := e.enqueue(text("r", "head"), Ordered(), Retention(-1))
+	e.enqueue(text("r", "next"), Ordered(), Retention(-1))
+	e.died(head, 2) // a suspect: delivered in a process of its own
+	unread := e.faults().FailNth(redisfault.Match{Name: "hmget", Args: []string{taskKey(e.queue, head), fieldEpoch}}, 1)
+	e.startIsolating()
+	waitFor(t, 30*time.Second, "both messages", func() bool { return len(e.sim.Messages("r")) >= 2 })
+	if got := texts(e.sim.Messages("r")); !slices.Equal(got, []string{"head", "next"}) || unread.Failed() != 1 {
+		t.Fatalf("delivered %v (claim read failed %d times)", got, unread.Failed())
+	}
+}
+
+// An ordered message costs exactly two courier round trips more than an
+// unordered one (the worker set up as cmd/worker sets it up): the claim
+// before the post and the release after it, one each; an unordered message
+// runs neither.
+func TestOrderedRoundTrips(t *testing.T) {
+	t.Parallel()
+	e, rt, _ := roundTripEnv(t)
+	unordered, _ := deliverCounted(t, e, rt, 3)
+	ordered, _ := deliverCounted(t, e, rt, 3, Ordered())
+	for _, line := range unordered {
+		if strings.Contains(line, "(claim)") || strings.Contains(line, "(release)") {
+			t.Fatalf("an unordered delivery ran an ordering script:\n%s", strings.Join(unordered, "\n"))
+		}
+	}
+	for _, line := range ordered {
+		if strings.Count(line, "evalsha(claim)") != 1 || strings.Count(line, "evalsha(release)") != 1 {
+			t.Fatalf("an ordered delivery without one claim and one release:\n%s", strings.Join(ordered, "\n"))
+		}
+	}
+	t.Logf("per unordered message:\n%s\nper ordered message:\n%s", strings.Join(unordered, "\n"), strings.Join(ordered, "\n"))
+}

@@ -110,13 +110,16 @@ func (r *Reconciler) repair(ctx context.Context, s sequence) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if len(v) != 6 {
+	if len(v) != 7 {
 		return false, nil // the head is alive
 	}
 	head, _ := v[0].(string)
 	state, _ := v[1].(string)
 	rel := parseReleased(v[2:])
 	r.order.logDropped(s.queue, head, rel)
+	if rel.active {
+		r.order.watch(ctx, s, rel.next)
+	}
 	if !rel.done {
 		return false, nil
 	}

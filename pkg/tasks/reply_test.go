@@ -99,3 +99,42 @@ func TestRequeuedReplyStaysThreaded(t *testing.T) {
 		t.Fatalf("delivered %+v, want the reply under %s", msgs, msgs[0].ID)
 	}
 }
+
+// idLost forwards every message, and loses Webex's answer to the one with
+// a given text (delivered, its id unknown).
+type idLost struct {
+	Sender
+	text string
+}
+
+func (s idLost) CreateMessage(ctx context.Context, m webex.Message) (*webex.Sent, error) {
+	sent, err := s.Sender.CreateMessage(ctx, m)
+	if err == nil && m.Text == s.text {
+		return nil, &webex.UnconfirmedError{StatusCode: 200, Err: webex.ErrNoMessageID}
+	}
+	return sent, err
+}
+
+// A reply whose parent was delivered with an unknown Webex id (its answer
+// cut short) goes unthreaded, after the parent, with a warning and a metric.
+func TestReplyUnthreadedAfterUnknownParentID(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	obs := &releaseCounter{}
+	parent := e.enqueue(text("r", "parent"), Ordered())
+	id := e.enqueue(Message{Message: webex.Message{RoomID: "r", Text: "reply", ParentID: "relay-id"}}, Ordered(), ReplyTo(parent))
+	e.start(func(c *WorkerConfig) {
+		c.Bots, c.Observer = map[string]Sender{"": idLost{Sender: e.client(token), text: "parent"}}, obs
+	})
+	e.waitState(id, asynq.TaskStateCompleted, 20*time.Second)
+	msgs := e.sim.Messages("r")
+	if got := strings.Join(texts(msgs), ","); got != "parent,reply" || msgs[1].ParentID != "" {
+		t.Fatalf("delivered %s, reply's parentId %q", got, msgs[len(msgs)-1].ParentID)
+	}
+	obs.mu.Lock()
+	n := obs.unthreaded
+	obs.mu.Unlock()
+	if n != 1 || !strings.Contains(e.logs.String(), "reply sent unthreaded: the parent message's Webex id is unknown") {
+		t.Fatalf("unthreaded counted %d; logs:\n%s", n, e.logs.String())
+	}
+}

@@ -84,7 +84,7 @@ func (r *roundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.P
 
 // courierScripts names the scripts a delivery may run.
 func courierScripts() map[*redis.Script]string {
-	return map[*redis.Script]string{beginScript: "begin", acquireScript: "gate", markScript: "record"}
+	return map[*redis.Script]string{beginScript: "begin", acquireScript: "gate", markScript: "record", claimScript: "claim", releaseScript: "release"}
 }
 
 // The round-trip budget: a single-part, unordered message delivered on the
@@ -149,11 +149,11 @@ func roundTripEnv(t *testing.T) (*env, *roundTrips, *testRecovery) {
 
 // deliverCounted delivers n messages one at a time and reports each one's
 // courier round trips, and the most any took.
-func deliverCounted(t *testing.T, e *env, rt *roundTrips, n int) (report []string, most int) {
+func deliverCounted(t *testing.T, e *env, rt *roundTrips, n int, opts ...Option) (report []string, most int) {
 	t.Helper()
 	_, before := e.sim.Counts("r")
 	for i := range n {
-		id := e.enqueue(text("r", fmt.Sprintf("message %d", i)))
+		id := e.enqueue(text("r", fmt.Sprintf("message %d", i)), opts...)
 		e.waitState(id, asynq.TaskStateCompleted, 20*time.Second)
 		trips := rt.of(id)
 		report = append(report, fmt.Sprintf("%d round trips: %s", len(trips), strings.Join(trips, ", ")))

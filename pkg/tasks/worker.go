@@ -35,7 +35,7 @@ func NewWorker(rdb redis.UniversalClient, cfg WorkerConfig) (*Worker, error) {
 	stopCtx, stop := context.WithCancel(context.Background())
 	g := &gate{cfg: cfg.Gate, rdb: rdb, log: cfg.Logger, obs: cfg.Observer}
 	h := &Handler{cfg: cfg, rec: &records{rdb: rdb}, bots: map[string]*bot{}, stop: stopCtx, gate: g,
-		order: &ordering{rdb: rdb, log: cfg.Logger, obs: cfg.Observer, now: cfg.Now, wait: cfg.DeferDelay}}
+		order: &ordering{rdb: rdb, log: cfg.Logger, obs: cfg.Observer, now: cfg.Now, wait: cfg.DeferDelay, stop: stopCtx}}
 	for name, s := range cfg.Bots {
 		h.bots[name] = &bot{name: name, sender: s}
 	}
@@ -91,6 +91,7 @@ func (w *Worker) Shutdown() {
 	w.srv.Stop()
 	w.stop()
 	w.srv.Shutdown()
+	w.handler.order.close() // the watches of released heads (ordering.go) end with w.stop
 	if w.unwatch != nil {
 		w.unwatch()
 		<-w.watched
