@@ -157,7 +157,9 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintf(stderr, "enqueue: redis at %s: no answer within %v: %s\n", redisurl.Redact(o.redisURL), o.timeout, redisurl.Scrub(err.Error(), o.redisURL))
 		return ExitFailure
 	}
-	cfg := tasks.ProducerConfig{Source: "enqueue", KeyedRetention: o.retention, WaitReplicas: o.waitReplicas}
+	// The wait for replicas stays within --timeout, the client's read timeout.
+	cfg := tasks.ProducerConfig{Source: "enqueue", KeyedRetention: o.retention, WaitReplicas: o.waitReplicas,
+		ReplicaTimeout: max(min(tasks.DefaultReplicaTimeout, o.timeout/2), time.Millisecond)}
 	p, err := tasks.NewProducer(rdb, cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "enqueue:", err)

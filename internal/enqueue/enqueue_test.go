@@ -331,6 +331,13 @@ func TestWaitReplicasFlag(t *testing.T) {
 	if code, out := run(env, "--wait-replicas", "1"); code != ExitFailure || !strings.Contains(out, "0 of 1 replicas") {
 		t.Errorf("no replica: exit %d, %s", code, out)
 	}
+	// a --timeout below the 1s wait: the wait is cut to fit, not the read
+	var out, errb bytes.Buffer
+	code := Run(context.Background(), []string{"--room", "r", "--text", "x", "--timeout", "400ms", "--wait-replicas", "1"}, nil, &out, &errb,
+		func(k string) string { return env[k] })
+	if code != ExitFailure || !strings.Contains(out.String()+errb.String(), "0 of 1 replicas") {
+		t.Errorf("no replica, --timeout 400ms: exit %d, %s%s", code, out.String(), errb.String())
+	}
 	redistest.StartReplica(t, primary)
 	if code, out := run(env, "--wait-replicas", "1"); code != ExitOK {
 		t.Errorf("with a replica: exit %d, %s", code, out)
