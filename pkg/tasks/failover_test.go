@@ -433,3 +433,20 @@ func TestReplicaTimeoutBelowAMillisecond(t *testing.T) {
 		t.Errorf("ReplicaTimeout 500µs: %v", err)
 	}
 }
+
+// A ReplicaTimeout the client's read timeout would cut short is refused,
+// naming both.
+func TestReplicaTimeoutBeyondReadTimeout(t *testing.T) {
+	t.Parallel()
+	opt := redistest.Options(t)
+	opt.ReadTimeout = 500 * time.Millisecond
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	_, err := NewProducer(rdb, ProducerConfig{WaitReplicas: 1})
+	if err == nil || !strings.Contains(err.Error(), "ReplicaTimeout is 1s: must be below the client's read timeout (500ms)") {
+		t.Errorf("ReplicaTimeout 1s, read timeout 500ms: %v", err)
+	}
+	if _, err := NewProducer(rdb, ProducerConfig{WaitReplicas: 1, ReplicaTimeout: 400 * time.Millisecond}); err != nil {
+		t.Errorf("ReplicaTimeout 400ms, read timeout 500ms: %v", err)
+	}
+}

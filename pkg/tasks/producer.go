@@ -161,7 +161,7 @@ func NewProducer(rdb redis.UniversalClient, cfg ProducerConfig) (*Producer, erro
 		return nil, fmt.Errorf("producer config: %w", err)
 	}
 	if cfg.WaitReplicas > 0 {
-		if err := waitable(rdb); err != nil {
+		if err := waitable(rdb, cfg.ReplicaTimeout); err != nil {
 			return nil, fmt.Errorf("producer config: %w", err)
 		}
 	}
