@@ -96,6 +96,11 @@ type Config struct {
 	// PoisonLimit dead-letters a task after this many of its deliveries died
 	// with their worker (COURIER_POISON_LIMIT). Default 3; at least 1.
 	PoisonLimit int
+	// IsolateConcurrency bounds the isolated delivery processes (suspects
+	// of killing their worker) that run at once
+	// (COURIER_ISOLATE_CONCURRENCY); more are handed back to the queue.
+	// Default 2; at least 1.
+	IsolateConcurrency int
 	// UnauthorizedDelay is the hold time and probe interval for a bot whose
 	// token Webex rejects (COURIER_UNAUTHORIZED_DELAY). Default 5m.
 	UnauthorizedDelay time.Duration
@@ -275,10 +280,13 @@ func flags(c *Config) *settings.Set {
 	s.Duration(&c.DelayedInterval, "delayed-task-check-interval", "COURIER_DELAYED_TASK_CHECK_INTERVAL", tasks.DefaultDelayedTaskCheckInterval, "how often scheduled and redelivered tasks are made due")
 	s.Duration(&c.ShutdownTimeout, "shutdown-timeout", "COURIER_SHUTDOWN_TIMEOUT", tasks.DefaultShutdownTimeout, "how long a stop lets deliveries under way finish (the whole stop: 10s more, then exit 1)")
 	s.Int(&c.PoisonLimit, "poison-limit", "COURIER_POISON_LIMIT", tasks.DefaultPoisonLimit, "dead-letter a task after this many of its isolated deliveries died with their process")
+	s.Int(&c.IsolateConcurrency, "isolate-concurrency", "COURIER_ISOLATE_CONCURRENCY", tasks.DefaultIsolateConcurrency, "isolated delivery processes (suspects of killing their worker) run at once; more are handed back to the queue")
 	s.Duration(&c.UnauthorizedDelay, "unauthorized-delay", "COURIER_UNAUTHORIZED_DELAY", tasks.DefaultUnauthorizedDelay, "hold time and probe interval for a bot whose token is rejected")
 	s.Duration(&c.RecoveryAfter, "recovery-after", "COURIER_RECOVERY_AFTER", tasks.DefaultRecoveryAfter, "take over a dead worker's tasks once it has been silent this long; 0: off (asynq's own recovery, 60-130s)")
 	s.Float(&c.Gate.Rate, "rate", "COURIER_RATE", 0, "requests per second per bot, shared by all workers; 0: no shared limit")
 	s.Int(&c.Gate.Burst, "burst", "COURIER_BURST", tasks.DefaultGateBurst, "requests a bot may send at once above the shared rate")
+	s.Int(&c.Gate.Batch, "rate-batch", "COURIER_RATE_BATCH", tasks.DefaultGateBatch, "with COURIER_RATE, permits a worker takes per Redis round trip; all workers together exceed the rate by at most this many")
+	s.Duration(&c.Gate.StateCache, "gate-state-cache", "COURIER_GATE_STATE_CACHE", tasks.DefaultGateStateCache, "how long a worker trusts an open gate without asking Redis (changes reach it at once through pub/sub); negative: ask before every send")
 	s.Duration(&c.Gate.MaxWait, "gate-max-wait", "COURIER_GATE_MAX_WAIT", tasks.DefaultGateMaxWait, "longest in-process wait for the shared limit or cool-down; longer waits hand the task back")
 	s.Int(&c.Gate.BreakerFailures, "breaker-failures", "COURIER_BREAKER_FAILURES", tasks.DefaultGateBreakerFailures, "open the shared circuit after this many transient failures in the window; -1: no breaker")
 	s.Duration(&c.Gate.BreakerWindow, "breaker-window", "COURIER_BREAKER_WINDOW", tasks.DefaultGateBreakerWindow, "window the breaker counts failures in")
@@ -440,7 +448,8 @@ var settingNames = map[string]string{
 	"Schedule.Base": "COURIER_REDELIVERY_BASE", "Schedule.Cap": "COURIER_REDELIVERY_CAP", "MaxRedeliveries": "COURIER_MAX_REDELIVERIES",
 	"ShutdownTimeout": "COURIER_SHUTDOWN_TIMEOUT", "TaskCheckInterval": "COURIER_TASK_CHECK_INTERVAL",
 	"DelayedTaskCheckInterval": "COURIER_DELAYED_TASK_CHECK_INTERVAL", "PoisonLimit": "COURIER_POISON_LIMIT",
-	"UnauthorizedDelay": "COURIER_UNAUTHORIZED_DELAY", "Gate.Rate": "COURIER_RATE", "Gate.Burst": "COURIER_BURST",
+	"IsolateConcurrency": "COURIER_ISOLATE_CONCURRENCY",
+	"UnauthorizedDelay":  "COURIER_UNAUTHORIZED_DELAY", "Gate.Rate": "COURIER_RATE", "Gate.Burst": "COURIER_BURST", "Gate.Batch": "COURIER_RATE_BATCH",
 	"Gate.MaxWait": "COURIER_GATE_MAX_WAIT", "Gate.BreakerWindow": "COURIER_BREAKER_WINDOW", "Gate.ProbeInterval": "COURIER_PROBE_INTERVAL",
 	"ReconcileInterval": "COURIER_RECONCILE_INTERVAL",
 }
@@ -465,6 +474,6 @@ func (c *Config) workerConfig(bots map[string]tasks.Sender) tasks.WorkerConfig {
 		Bots: bots, Queues: c.Queues, StrictPriority: c.StrictPriority, Concurrency: c.Concurrency,
 		Policy: c.Policy, Budget: c.Budget, Schedule: sched, MaxRedeliveries: c.MaxRedeliveries,
 		ShutdownTimeout: c.ShutdownTimeout, TaskCheckInterval: c.TaskCheckInterval, DelayedTaskCheckInterval: c.DelayedInterval,
-		PoisonLimit: c.PoisonLimit, UnauthorizedDelay: c.UnauthorizedDelay, Gate: c.Gate, ReconcileInterval: c.ReconcileInterval,
+		PoisonLimit: c.PoisonLimit, IsolateConcurrency: c.IsolateConcurrency, UnauthorizedDelay: c.UnauthorizedDelay, Gate: c.Gate, ReconcileInterval: c.ReconcileInterval,
 	}
 }

@@ -32,16 +32,32 @@ func (c *Config) Isolation(args []string, lookupEnv func(string) (string, bool))
 	if c.Dev || c.isolated {
 		return
 	}
-	exe, err := os.Executable()
-	if err != nil {
-		exe = os.Args[0]
-	}
+	exe := selfExe()
 	c.isolate = func(ctx context.Context) *exec.Cmd {
 		cmd := exec.CommandContext(ctx, exe, args...)
 		cmd.Env = append(os.Environ(), IsolatedEnv+"=1")
 		cmd.Stderr = os.Stderr // its records join the worker's
+		cmd.SysProcAttr = childAttr()
 		return cmd
 	}
+}
+
+// selfExe is the running worker's own executable. Where the kernel offers
+// it (Linux's /proc/self/exe) that is the very file this process runs, even
+// after an upgrade replaced or removed the file at its path: an isolated
+// delivery is always the same version as its worker, speaking the same
+// protocol and taking the same flags.
+func selfExe() string {
+	if procSelfExe != "" {
+		if _, err := os.Stat(procSelfExe); err == nil {
+			return procSelfExe
+		}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		exe = os.Args[0]
+	}
+	return exe
 }
 
 // crashSender is the CrashRoomEnv hook.

@@ -3,7 +3,9 @@ package worker_test
 import (
 	"context"
 	"errors"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -96,5 +98,43 @@ func TestIsolatedFencedIsNotADeath(t *testing.T) {
 	}
 	if out := w.out.String(); strings.Contains(out, "isolated delivery died") {
 		t.Fatalf("a fenced isolated delivery taken for a death:\n%s", out)
+	}
+}
+
+// A suspect is isolated in a copy of the running worker, even after its
+// binary was replaced on disk (an upgrade) or removed. Before the fix the
+// worker started whatever the path then held: here a new version that
+// refuses the old flags, so the suspect was handed back forever, neither
+// delivered nor dead-lettered.
+func TestIsolatedAfterUpgrade(t *testing.T) {
+	t.Parallel()
+	s := sharedSetup(t)
+	bin := filepath.Join(t.TempDir(), "worker")
+	copyFile(t, workerBin, bin, 0o755)
+	w := startBinary(t, bin, s.env("good")...)
+	waitFor(t, 30*time.Second, "the worker to start", func() bool { return strings.Contains(w.out.String(), "worker started") })
+	upgraded := filepath.Join(filepath.Dir(bin), "worker.new")
+	if err := os.WriteFile(upgraded, []byte("#!/bin/sh\necho 'worker: flag provided but not defined' >&2\nexit 2\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(upgraded, bin); err != nil {
+		t.Fatal(err)
+	}
+	id := s.enqueue(t, "r", "suspect after an upgrade")
+	s.suspect(t, id)
+	waitFor(t, 30*time.Second, "the suspect's delivery", func() bool { st, _ := s.state(id); return st == asynq.TaskStateCompleted })
+	if req, _ := s.sim.Counts("r"); req != 1 {
+		t.Fatalf("%d requests, want 1", req)
+	}
+}
+
+func copyFile(t *testing.T, from, to string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, mode); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -69,7 +69,13 @@ func (l *lockedBuffer) String() string {
 
 func startWorker(t *testing.T, env ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(workerBin)
+	return startBinary(t, workerBin, env...)
+}
+
+// startBinary starts the worker binary at bin.
+func startBinary(t *testing.T, bin string, env ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(bin)
 	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "COURIER_ADMIN_ADDR=127.0.0.1:0", "COURIER_LOG_LEVEL=debug"}, env...)
 	p := &proc{cmd: cmd, out: &lockedBuffer{}, done: make(chan error, 1)}
 	cmd.Stdout, cmd.Stderr = p.out, p.out

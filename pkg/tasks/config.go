@@ -22,6 +22,7 @@ const (
 	DefaultTaskCheckInterval        = 25 * time.Millisecond
 	DefaultDelayedTaskCheckInterval = time.Second
 	DefaultPoisonLimit              = 3
+	DefaultIsolateConcurrency       = 2
 	DefaultUnauthorizedDelay        = 5 * time.Minute
 	DefaultDeferDelay               = 30 * time.Second
 )
@@ -68,6 +69,15 @@ type WorkerConfig struct {
 	// poison verdict means this message kills its process (isolate.go). Nil:
 	// every death counts toward PoisonLimit.
 	Isolate func(ctx context.Context) *exec.Cmd
+	// IsolateConcurrency bounds the isolated processes this worker runs at
+	// once: more suspects are handed back (not counted) to wait their turn
+	// in the queue. Each process costs a worker's memory, and a flood of
+	// them after a crash storm must not exhaust it, since an out-of-memory
+	// kill counts as the message's death. Default 2.
+	IsolateConcurrency int
+	// isolatedSilence: an isolated process silent this long after its
+	// delivery began is frozen (isolate.go). Default isolatedSilenceDefault.
+	isolatedSilence time.Duration
 	// UnauthorizedDelay is how long tasks of a bot whose token is rejected
 	// wait, and how often one of them probes the token. Default 5m.
 	UnauthorizedDelay time.Duration
@@ -119,6 +129,8 @@ func (c WorkerConfig) WithDefaults() WorkerConfig {
 	c.TaskCheckInterval = cmp.Or(c.TaskCheckInterval, DefaultTaskCheckInterval)
 	c.DelayedTaskCheckInterval = cmp.Or(c.DelayedTaskCheckInterval, DefaultDelayedTaskCheckInterval)
 	c.PoisonLimit = cmp.Or(c.PoisonLimit, DefaultPoisonLimit)
+	c.IsolateConcurrency = cmp.Or(c.IsolateConcurrency, DefaultIsolateConcurrency)
+	c.isolatedSilence = cmp.Or(c.isolatedSilence, isolatedSilenceDefault)
 	c.UnauthorizedDelay = cmp.Or(c.UnauthorizedDelay, DefaultUnauthorizedDelay)
 	c.DeferDelay = cmp.Or(c.DeferDelay, DefaultDeferDelay)
 	c.ReconcileInterval = cmp.Or(c.ReconcileInterval, DefaultReconcileInterval)
@@ -199,6 +211,9 @@ func (c WorkerConfig) ValidateNamed(name func(path string) string) error {
 	}
 	if c.PoisonLimit < 1 {
 		errs = append(errs, fmt.Errorf("%s is %d: must be at least 1", name("PoisonLimit"), c.PoisonLimit))
+	}
+	if c.IsolateConcurrency < 1 {
+		errs = append(errs, fmt.Errorf("%s is %d: must be at least 1", name("IsolateConcurrency"), c.IsolateConcurrency))
 	}
 	return errors.Join(errs...)
 }

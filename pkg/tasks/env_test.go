@@ -73,10 +73,16 @@ func (s *syncBuffer) String() string {
 
 func newEnv(t *testing.T, simOpts webextest.Options) *env {
 	t.Helper()
+	return newEnvOn(t, redistest.Client(t), simOpts)
+}
+
+// newEnvOn is newEnv on the Redis rdb talks to.
+func newEnvOn(t *testing.T, rdb *redis.Client, simOpts webextest.Options) *env {
+	t.Helper()
 	if simOpts.Tokens == nil {
 		simOpts.Tokens = map[string]string{token: "bot"}
 	}
-	e := &env{t: t, rdb: redistest.Client(t), queue: redistest.Name(t), sim: webextest.NewServer(t, simOpts), logs: &syncBuffer{}}
+	e := &env{t: t, rdb: rdb, queue: redistest.Name(t), sim: webextest.NewServer(t, simOpts), logs: &syncBuffer{}}
 	e.inspector = asynq.NewInspectorFromRedisClient(e.rdb)
 	t.Cleanup(func() {
 		_ = e.inspector.DeleteQueue(e.queue, true)

@@ -50,7 +50,9 @@ type GateConfig struct {
 	// asking Redis again. A worker that starts a cool-down or opens the
 	// breaker publishes it (Redis pub/sub), and every worker drops its view
 	// at once; a worker that lost its subscription asks Redis before every
-	// send until it is back. Default 1s; negative: ask before every send.
+	// send until it is back (a connection gone silent without a reset is
+	// found within about 4s, by a ping). Default 1s; negative: ask before
+	// every send.
 	StateCache time.Duration
 	// Batch is, with Rate set, how many permits a worker takes from the
 	// shared limit in one round trip. It uses them in the order the limit
@@ -287,6 +289,9 @@ func (g *gate) acquire(ctx context.Context, bot string) *decision {
 		if d := g.views.decide(bot, time.Now()); d != nil {
 			return d
 		}
+		if _, live := g.views.snapshot(); !live || g.cfg.StateCache <= 0 {
+			return g.ask(ctx, bot) // no view to share: each send asks, as before views
+		}
 		// One fetch of permits per bot at a time: the others wait for it.
 		fetched, wait := g.views.fetching(bot)
 		if wait == nil {
@@ -441,6 +446,9 @@ func (g *gate) wait(ctx context.Context, bot string) (probe bool, err error) {
 	deadline := time.Now().Add(g.cfg.MaxWait)
 	for {
 		d := g.acquire(ctx, bot)
+		if err := ctx.Err(); err != nil { // the answer was cut short (fail open) or waited for: not this send's
+			return false, err
+		}
 		if d.kind == gateOpen {
 			return d.probe, nil
 		}

@@ -2,6 +2,8 @@ package tasks
 
 import (
 	"context"
+	"errors"
+	"net"
 	"sync"
 	"time"
 
@@ -175,7 +177,10 @@ func (g *gate) channel() string { return g.cfg.Namespace + ":gate:changed" }
 
 // watch keeps the subscription to the gate's channel until stop is called
 // (it returns at once; the watch ends in the background, done closes when
-// it has). With StateCache negative it does nothing.
+// it has). With StateCache negative it does nothing. A connection that
+// goes silent (a half-open TCP connection: no reset ever comes) is found
+// by a ping unanswered for subscriptionCheck: it is then dropped like a
+// lost one, and the subscription started again on a new connection.
 func (g *gate) watch() (stop func(), done <-chan struct{}) {
 	finished := make(chan struct{})
 	if g.cfg.StateCache < 0 {
@@ -183,16 +188,43 @@ func (g *gate) watch() (stop func(), done <-chan struct{}) {
 		return func() {}, finished
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	var mu sync.Mutex // guards ps, replaced when its connection went silent
 	ps := g.rdb.Subscribe(ctx, g.channel())
+	current := func() *redis.PubSub {
+		mu.Lock()
+		defer mu.Unlock()
+		return ps
+	}
 	go func() {
 		defer close(finished)
 		defer g.views.setLive(false)
 		delay := 50 * time.Millisecond
+		pinged := false
 		for {
-			msg, err := ps.Receive(ctx)
+			msg, err := current().ReceiveTimeout(ctx, subscriptionCheck)
 			if ctx.Err() != nil {
 				return
 			}
+			if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+				if !pinged && current().Ping(ctx) == nil {
+					pinged = true // its answer, or any message, shows the connection alive
+					continue
+				}
+				g.views.setLive(false) // silent: messages may be lost without a word
+				fresh := g.rdb.Subscribe(ctx, g.channel())
+				mu.Lock()
+				old := ps
+				ps = fresh
+				mu.Unlock()
+				_ = old.Close()
+				if ctx.Err() != nil { // stopped meanwhile: stop closed the old one
+					_ = fresh.Close()
+					return
+				}
+				pinged = false
+				continue
+			}
+			pinged = false
 			switch m := msg.(type) {
 			case *redis.Subscription:
 				if m.Kind == "subscribe" {
@@ -216,5 +248,10 @@ func (g *gate) watch() (stop func(), done <-chan struct{}) {
 			delay = min(2*delay, time.Second)
 		}
 	}()
-	return func() { cancel(); _ = ps.Close() }, finished
+	return func() { cancel(); _ = current().Close() }, finished
 }
+
+// subscriptionCheck is how long the gate's subscription may stay silent
+// before a ping asks whether its connection is still there, and how long
+// that ping has to be answered.
+const subscriptionCheck = 2 * time.Second

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/hibiken/asynq"
@@ -48,6 +49,11 @@ type Handler struct {
 	afterRecord func(taskID string, part int) error
 	// isolated: this handler delivers in an isolated process (isolate.go).
 	isolated bool
+	// isolateSlots holds a token per isolated process running (isolate.go).
+	isolateSlots chan struct{}
+	// warm, while the worker runs, runs deliveries on goroutines whose
+	// stacks have grown already (warm.go).
+	warm atomic.Pointer[warm]
 	// run is, in an isolated process, the claim and holder of the worker
 	// that started it (isolate.go); nil elsewhere.
 	run *isolatedRun
@@ -56,6 +62,13 @@ type Handler struct {
 // ProcessTask delivers one task. It returns nil when the message is
 // delivered (or was already), else a *DeliveryError.
 func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	if w := h.warm.Load(); w != nil {
+		return w.run(func() error { return h.processTask(ctx, t) })
+	}
+	return h.processTask(ctx, t)
+}
+
+func (h *Handler) processTask(ctx context.Context, t *asynq.Task) error {
 	var m taskMeta
 	m.id, _ = asynq.GetTaskID(ctx)
 	m.queue, _ = asynq.GetQueueName(ctx)
@@ -184,6 +197,7 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, d *de
 	if h.isolating() {
 		suspectAt = suspectAfter
 	}
+	asked := time.Now() // Redis confirms the epoch after this, however long its answer takes to be read
 	st, err := h.rec.begin(ctx, queue, id, h.holder(), suspectAt)
 	switch {
 	case err != nil: // Redis's fault, not the message's: not counted
@@ -196,8 +210,8 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, d *de
 	}
 	claim := h.claimOf(queue, id, st.epoch)
 	d.claim = &claim
-	if claim.Epoch == st.epoch { // Redis just confirmed it (an isolated process runs under the worker's)
-		d.confirmed = time.Now()
+	if claim.Epoch == st.epoch { // Redis confirmed it (an isolated process runs under the worker's)
+		d.confirmed = asked
 	}
 	if h.cfg.Fence != nil {
 		defer h.cfg.Fence.Hold(claim)()
@@ -289,7 +303,8 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, d *de
 			h.cfg.Logger.Info("Webex accepts the bot's token again: delivering", "bot", botLabel(b.name))
 		}
 		last := delivered(sent) == len(parts)
-		if err := h.record(ctx, claim, sent, last, b.name); err != nil {
+		confirmed, err := h.record(ctx, claim, sent, last, b.name)
+		if err != nil {
 			if errors.Is(err, ErrTakenOver) || errors.Is(err, ErrFenceUnknown) { // not the new owner's record to write
 				return &DeliveryError{Outcome: Interrupted, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0), Part: i + 1, Parts: len(parts)}
 			}
@@ -297,7 +312,7 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, d *de
 			return &DeliveryError{Outcome: RedisUnavailable, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0), Part: i + 1, Parts: len(parts)}
 		}
 		if h.fencedWrites() {
-			d.confirmed = time.Now()
+			d.confirmed = confirmed
 		}
 		finished = last
 		if h.afterRecord != nil {
@@ -330,16 +345,19 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, d *de
 // success means Webex answers), and checks the fence: with *Recovery in the
 // write's own script, else with Fence.Check before it. A write the fence
 // refuses returns ErrTakenOver (or ErrFenceUnknown), the fence having
-// halted the worker.
-func (h *Handler) record(ctx context.Context, c Claim, sent []string, last bool, bot string) error {
+// halted the worker. It returns when the write that succeeded was sent: a
+// fenced write confirms the claim from then on, however long its answer
+// took to be read.
+func (h *Handler) record(ctx context.Context, c Claim, sent []string, last bool, bot string) (sentAt time.Time, _ error) {
 	fenced := h.fencedWrites()
 	if !fenced {
 		if err := h.fence(ctx, c, time.Time{}); err != nil {
-			return err
+			return time.Time{}, err
 		}
 	}
 	var refused error
 	err := h.untilDone(ctx, "delivery record not written: retrying while the task is held", c.Queue, c.ID, func(ctx context.Context) error {
+		sentAt = time.Now()
 		err := h.rec.markSent(ctx, c.Queue, c.ID, sent, last, fenced, c.Epoch, h.gate.succeeded(ctx, bot))
 		if errors.Is(err, errFenced) {
 			if refused = h.fence(ctx, c, time.Time{}); refused == nil { // the fence halts the worker
@@ -349,7 +367,7 @@ func (h *Handler) record(ctx context.Context, c Claim, sent []string, last bool,
 		}
 		return err
 	})
-	return cmp.Or(refused, err)
+	return sentAt, cmp.Or(refused, err)
 }
 
 // endRun ends the delivery's run, retrying like record (but for at most a
@@ -460,7 +478,7 @@ func (h *Handler) fence(ctx context.Context, c Claim, confirmed time.Time) error
 	if h.cfg.Fence == nil {
 		return nil
 	}
-	if ef, ok := h.cfg.Fence.(epochFence); ok && ef.live() && !confirmed.IsZero() && time.Since(confirmed) < fenceFresh {
+	if ef, ok := h.cfg.Fence.(epochFence); ok && !confirmed.IsZero() && ef.live(confirmed) && time.Since(confirmed) < fenceFresh {
 		return nil
 	}
 	err := h.cfg.Fence.Check(ctx, c)

@@ -7,6 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -92,9 +96,9 @@ type isolatedFence struct{ rdb redis.UniversalClient }
 
 var _ epochFence = isolatedFence{}
 
-func (isolatedFence) Hold(Claim) func() { return func() {} }
-func (isolatedFence) Holder() string    { return "" }
-func (isolatedFence) live() bool        { return false } // the worker's liveness: unknown here
+func (isolatedFence) Hold(Claim) func()   { return func() {} }
+func (isolatedFence) Holder() string      { return "" }
+func (isolatedFence) live(time.Time) bool { return false } // the worker's liveness: unknown here
 
 func (f isolatedFence) Check(ctx context.Context, c Claim) error {
 	_, err := checkEpoch(ctx, f.rdb, c)
@@ -102,11 +106,25 @@ func (f isolatedFence) Check(ctx context.Context, c Claim) error {
 }
 
 // isolatedLine is one JSON line the isolated process writes: first
-// Started (the delivery is about to begin), then Result.
+// Started (the delivery is about to begin), then Alive every isolatedBeat
+// while it runs, then Result.
 type isolatedLine struct {
 	Started bool            `json:"started,omitempty"`
+	Alive   bool            `json:"alive,omitempty"`
 	Result  *isolatedResult `json:"result,omitempty"`
 }
+
+// An isolated process that began its delivery writes a line every
+// isolatedBeat. One silent for isolatedSilenceDefault, and two beats more
+// (a worker that was paused itself reads the lines written meanwhile), is
+// frozen (SIGSTOP, a frozen cgroup): a running Go process answers even while
+// its delivery is stuck or spinning. The worker kills it and hands the task back, not
+// counted, rather than hold the task, and its isolation slot, until the
+// task's deadline.
+const (
+	isolatedBeat           = time.Second
+	isolatedSilenceDefault = 15 * time.Second
+)
 
 // isolatedResult carries the delivery's outcome back to the worker.
 type isolatedResult struct {
@@ -179,11 +197,29 @@ func (h *Handler) isolate(ctx context.Context, m taskMeta, payload []byte, died 
 	if p, err := DecodePayload(payload); err == nil {
 		bot = p.Bot
 	}
-	h.cfg.Logger.Warn("suspected of killing its worker: delivering it in an isolated process", "task_id", m.id, "queue", m.queue,
-		"bot", botLabel(bot), "died", died)
 	handBack := func(err error) error {
 		return &DeliveryError{Outcome: Interrupted, Bot: bot, Err: err, Delay: retrypolicy.QueueDelay(0)}
 	}
+	// One process per slot. A flood of suspects (after a crash storm every
+	// task in flight is one) waits its turn in the queue, not in this
+	// worker's delivery slots, which healthy messages need.
+	select {
+	case h.isolateSlots <- struct{}{}:
+		defer func() { <-h.isolateSlots }()
+	default:
+		return handBack(fmt.Errorf("isolated deliveries busy (%d at once)", cap(h.isolateSlots)))
+	}
+	// What a death is counted against: the deaths so far and the epoch.
+	base, err := h.rec.rdb.HMGet(ctx, taskKey(m.queue, m.id), fieldKilled, fieldEpoch).Result()
+	if err != nil { // Redis's fault: not counted, nothing started
+		return &DeliveryError{Outcome: RedisUnavailable, Bot: bot, Err: fmt.Errorf("isolated delivery: %w", err), Delay: retrypolicy.QueueDelay(0)}
+	}
+	killed, epoch := hashInt(base[0]), hashInt(base[1])
+	if claim != nil { // the claim it runs under
+		epoch = claim.Epoch
+	}
+	h.cfg.Logger.Warn("suspected of killing its worker: delivering it in an isolated process", "task_id", m.id, "queue", m.queue,
+		"bot", botLabel(bot), "died", died)
 	cmd := h.cfg.Isolate(ctx)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -193,24 +229,30 @@ func (h *Handler) isolate(ctx context.Context, m taskMeta, payload []byte, died 
 	if err != nil {
 		return handBack(fmt.Errorf("isolated delivery: %w", err))
 	}
+	// A signal the process asks for when its parent dies (Linux's
+	// Pdeathsig) follows the thread that started it: keep that thread until
+	// the process ended.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if err := cmd.Start(); err != nil {
+		h.cfg.Logger.Error("isolated delivery could not start: the suspect is handed back", "task_id", m.id, "queue", m.queue, "error", err.Error())
 		return handBack(fmt.Errorf("start isolated delivery: %w", err))
 	}
 	req := isolatedRequest{Queue: m.queue, ID: m.id, Retried: m.retried, MaxRetry: m.maxRetry, Payload: payload}
+	if d, ok := ctx.Deadline(); ok {
+		req.Deadline = d
+	}
 	if claim != nil {
 		req.Run = &isolatedRun{Epoch: claim.Epoch, Holder: h.holder()}
 		if h.cfg.Fence != nil { // the worker's scans fence it too
 			defer h.cfg.Fence.Hold(*claim)()
 		}
 	}
-	if d, ok := ctx.Deadline(); ok {
-		req.Deadline = d
-	}
 	_ = json.NewEncoder(stdin).Encode(req) // a process that died at once is seen below
 	// A stopping worker closes the isolated process's input: it stops too.
 	stopChild := context.AfterFunc(h.stop, func() { _ = stdin.Close() })
 	defer stopChild()
-	started, res := readIsolated(stdout)
+	started, frozen, res := h.watchIsolated(cmd, stdout)
 	_ = stdin.Close()
 	waitErr := cmd.Wait()
 	switch {
@@ -222,41 +264,141 @@ func (h *Handler) isolate(ctx context.Context, m taskMeta, payload []byte, died 
 		return nil
 	case ctx.Err() != nil:
 		return handBack(fmt.Errorf("isolated delivery ended with the task's lease: %w", context.Cause(ctx)))
+	case frozen: // not the message's doing: a running process answers
+		h.cfg.Logger.Error("isolated delivery stopped answering (stopped or frozen?): killed, the suspect is handed back (not counted)",
+			"task_id", m.id, "queue", m.queue, "silent_for", h.cfg.isolatedSilence)
+		return handBack(fmt.Errorf("isolated delivery silent for %s: killed (%v)", h.cfg.isolatedSilence, waitErr))
 	case !started || h.stopping():
 		return handBack(fmt.Errorf("isolated delivery ended before its delivery began or while stopping: %v", waitErr))
+	case waitErr == nil: // it exited of its own accord, its outcome unreadable: no death
+		return handBack(errors.New("isolated delivery exited without a readable outcome"))
 	}
-	killed, err := h.countKilled(ctx, m)
-	if err != nil { // not counted: the message is not blamed
+	n, err := h.countKilled(ctx, m, killed, epoch)
+	switch {
+	case err != nil: // not counted: the message is not blamed
 		return &DeliveryError{Outcome: RedisUnavailable, Bot: bot, Err: err, Delay: retrypolicy.QueueDelay(0)}
+	case n < 0: // the task is another worker's now: its death is not this message's to count
+		return handBack(fmt.Errorf("isolated delivery died with its process (%v) after its task was taken over or removed: not counted", waitErr))
 	}
 	return &DeliveryError{Outcome: Killed, Bot: bot, Delay: retrypolicy.QueueDelay(0),
-		Err: fmt.Errorf("isolated delivery died with its process (%v): %d of %d such deaths make it poison", waitErr, killed, h.cfg.PoisonLimit)}
+		Err: fmt.Errorf("isolated delivery died with its process (%v): %d of %d such deaths make it poison", waitErr, n, h.cfg.PoisonLimit)}
 }
 
-// readIsolated reads the isolated process's lines until it closes its
-// output.
-func readIsolated(r io.Reader) (started bool, res *isolatedResult) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 64<<10), 16<<20)
-	for sc.Scan() {
-		var l isolatedLine
-		if json.Unmarshal(sc.Bytes(), &l) != nil {
-			continue
+// hashInt reads an integer field of an HMGET answer; 0 when absent.
+func hashInt(v any) int64 {
+	s, _ := v.(string)
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return n
+}
+
+// watchIsolated reads the isolated process's lines until it closes its
+// output; it kills the process when it falls silent after its delivery
+// began (frozen).
+func (h *Handler) watchIsolated(cmd *exec.Cmd, stdout io.Reader) (started, frozen bool, res *isolatedResult) {
+	lines := make(chan isolatedLine)
+	go func() {
+		defer close(lines)
+		readIsolated(stdout, func(l isolatedLine) { lines <- l })
+	}()
+	var silence *time.Timer
+	var silent <-chan time.Time
+	defer func() {
+		if silence != nil {
+			silence.Stop()
 		}
-		started = started || l.Started
-		if l.Result != nil {
-			res = l.Result
+	}()
+	doubt := false // the bound passed once: look again shortly
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				return started, frozen, res
+			}
+			started = started || l.Started
+			if l.Result != nil {
+				res = l.Result
+			}
+			doubt = false
+			switch {
+			case !started || frozen:
+			case silence == nil:
+				silence = time.NewTimer(h.cfg.isolatedSilence)
+				silent = silence.C
+			default:
+				silence.Reset(h.cfg.isolatedSilence)
+			}
+		case <-silent:
+			if !doubt {
+				// This worker may have been paused itself: the lines
+				// written meanwhile wait in the pipe, read in a moment.
+				doubt = true
+				silence.Reset(2 * isolatedBeat)
+				continue
+			}
+			frozen, silent = true, nil
+			_ = cmd.Process.Kill()
 		}
 	}
-	return started, res
 }
 
-// countKilled counts a death of an isolated delivery against the message.
-func (h *Handler) countKilled(ctx context.Context, m taskMeta) (int, error) {
+// readIsolated calls line for each of the isolated process's lines until
+// it closes its output. Lines that are not the protocol's are skipped, and
+// so are lines too long to be (read and dropped: the process never blocks
+// on a full pipe, and its later lines still count).
+func readIsolated(r io.Reader, line func(isolatedLine)) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	var buf []byte
+	tooLong := false
+	for {
+		frag, err := br.ReadSlice('\n')
+		if len(buf)+len(frag) > maxIsolatedLine {
+			tooLong, buf = true, buf[:0]
+		}
+		if !tooLong {
+			buf = append(buf, frag...)
+		}
+		if errors.Is(err, bufio.ErrBufferFull) { // the line goes on
+			continue
+		}
+		var l isolatedLine
+		if !tooLong && json.Unmarshal(buf, &l) == nil {
+			line(l)
+		}
+		buf, tooLong = buf[:0], false
+		if err != nil {
+			return
+		}
+	}
+}
+
+// maxIsolatedLine bounds one line of the isolated process's output (a
+// result names at most a message's parts' ids).
+const maxIsolatedLine = 16 << 20
+
+// killedScript counts the death of an isolated delivery: courier_killed
+// becomes the count read before it started plus one. Sent again after a
+// lost answer, it counts nothing more. It counts nothing on a task whose
+// epoch moved on (taken over: no longer this worker's) or whose hash is
+// gone (it would create a stray hash): -1.
+var killedScript = redis.NewScript(`
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if tonumber(redis.call('HGET', KEYS[1], 'courier_epoch') or '0') ~= tonumber(ARGV[2]) then return -1 end
+local k = tonumber(redis.call('HGET', KEYS[1], 'courier_killed') or '0')
+if k > tonumber(ARGV[1]) then return k end
+k = tonumber(ARGV[1]) + 1
+redis.call('HSET', KEYS[1], 'courier_killed', k)
+return k
+`)
+
+// countKilled counts a death of an isolated delivery against the message,
+// once: before is courier_killed as read before the delivery started, epoch
+// the task's epoch then. It returns the deaths counted, -1 when the task is
+// no longer this worker's.
+func (h *Handler) countKilled(ctx context.Context, m taskMeta, before, epoch int64) (int, error) {
 	var n int64
 	err := h.untilDone(ctx, "isolated death not counted: retrying", m.queue, m.id, func(ctx context.Context) error {
 		var err error
-		n, err = h.rec.rdb.HIncrBy(ctx, taskKey(m.queue, m.id), fieldKilled, 1).Result()
+		n, err = killedScript.Run(ctx, h.rec.rdb, []string{taskKey(m.queue, m.id)}, before, epoch).Int64()
 		if err != nil {
 			return fmt.Errorf("count isolated death: %w", err)
 		}
@@ -295,17 +437,39 @@ func (w *Worker) ServeIsolated(ctx context.Context, in io.Reader, out io.Writer)
 	h := w.handler
 	h.isolated, h.run = true, req.Run
 	h.cfg.Fence = isolatedFence{h.rec.rdb}
+	var mu sync.Mutex
 	enc := json.NewEncoder(out)
-	if err := enc.Encode(isolatedLine{Started: true}); err != nil {
+	write := func(l isolatedLine) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return enc.Encode(l)
+	}
+	if err := write(isolatedLine{Started: true}); err != nil {
 		return fmt.Errorf("write isolated delivery: %w", err)
 	}
+	beating, stopBeats := context.WithCancel(context.Background())
+	beats := make(chan struct{})
+	go func() { // the worker takes silence for a frozen process
+		defer close(beats)
+		t := time.NewTicker(isolatedBeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-beating.Done():
+				return
+			case <-t.C:
+				_ = write(isolatedLine{Alive: true})
+			}
+		}
+	}()
+	defer func() { stopBeats(); <-beats }()
 	m := taskMeta{id: req.ID, queue: req.Queue, retried: req.Retried, maxRetry: req.MaxRetry}
 	bot := ""
 	if p, err := DecodePayload(req.Payload); err == nil {
 		bot = p.Bot
 	}
 	res := newIsolatedResult(h.process(ctx, m, req.Payload, &delivery{}), bot) // the worker releases the sequence, once fenced
-	if err := enc.Encode(isolatedLine{Result: res}); err != nil {
+	if err := write(isolatedLine{Result: res}); err != nil {
 		return fmt.Errorf("write isolated delivery: %w", err)
 	}
 	return nil

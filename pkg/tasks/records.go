@@ -63,7 +63,7 @@ if suspect > 0 then
   local runs = tonumber(redis.call('HGET', KEYS[1], 'courier_runs') or '0')
   if runs >= suspect then return {runs, '', 0, 0, 1} end
 end
-if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'courier_holder', ARGV[1]) end
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], 'courier_holder', ARGV[1]) else redis.call('HDEL', KEYS[1], 'courier_holder') end
 local runs = redis.call('HINCRBY', KEYS[1], 'courier_runs', 1)
 local result = redis.call('HGET', KEYS[1], 'result') or ''
 local killed = tonumber(redis.call('HGET', KEYS[1], 'courier_killed') or '0')
@@ -84,7 +84,9 @@ type begun struct {
 }
 
 // begin reads the parts already delivered and counts this delivery as
-// running, under holder ("": none), in one round trip. With suspectAt above
+// running, under holder ("": none; a holder an earlier run left behind is
+// removed, so that the task goes by the asynq liveness of the worker now
+// running it), in one round trip. With suspectAt above
 // 0, a task whose deliveries died that many times in a row is not begun: it
 // is a suspect.
 func (r *records) begin(ctx context.Context, queue, id, holder string, suspectAt int) (begun, error) {

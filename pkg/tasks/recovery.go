@@ -25,7 +25,8 @@ import (
 var ErrTakenOver = errors.New("declared dead by another worker, which took over its task")
 
 // ErrFenceUnknown means the fence could not read the task's epoch from Redis
-// within FenceTimeout: the worker halts, as if taken over.
+// while the delivery's context lasted (and for FenceTimeout at least): the
+// worker halts, as if taken over.
 var ErrFenceUnknown = errors.New("cannot check whether another worker took the task over")
 
 // Defaults of RecoveryConfig.
@@ -46,8 +47,9 @@ const (
 	// that one slow or failed heartbeat of a live worker (its key lapses
 	// until the next one) never makes it look dead.
 	goneFor = asynqHeartbeat + time.Second
-	// FenceTimeout bounds how long the fence retries an unreachable Redis
-	// before it halts the worker (it cannot prove the task is still its own).
+	// FenceTimeout is how long the fence retries an unreachable Redis at
+	// least, also for a delivery whose context ended, before it halts the
+	// worker (it cannot prove the task is still its own).
 	FenceTimeout = 3 * time.Second
 	// listHorizon bounds how far back servers are listed and remembered;
 	// it is also the clock skew between workers that listing tolerates.
@@ -70,7 +72,7 @@ type RecoveryConfig struct {
 	// of the tasks this worker holds. Default 1s.
 	Interval time.Duration
 	// Halt, when set, is called at once when a task this worker holds was
-	// taken over (or Redis cannot say within FenceTimeout), before Run or
+	// taken over (or Redis cannot say while the delivery lasts), before Run or
 	// Check return; the worker process exits in it, so that asynq writes
 	// nothing.
 	Halt func()
@@ -152,6 +154,10 @@ type Recovery struct {
 	alive atomic.Bool
 	// beatAt is when the last liveness write that succeeded was sent.
 	beatAt atomic.Pointer[time.Time]
+	// standsSince is when the liveness key surely stood again after a gap
+	// (or first): the answer to the first write that succeeded after the
+	// key may have lapsed.
+	standsSince atomic.Pointer[time.Time]
 }
 
 // Fence guards deliveries against a second copy after a takeover by
@@ -173,19 +179,21 @@ var _ Fence = (*Recovery)(nil)
 // handler may check it inside its own writes.
 type epochFence interface {
 	Fence
-	// live reports whether no other worker can take this worker's tasks
-	// over within fenceFresh and a margin: only then may a claim Redis
-	// confirmed less than fenceFresh ago stand without asking again.
-	live() bool
+	// live reports whether no other worker can have taken this worker's
+	// tasks over since confirmed, nor can within fenceFresh and a margin:
+	// only then may a claim Redis confirmed at confirmed, less than
+	// fenceFresh ago, stand without asking again.
+	live(confirmed time.Time) bool
 }
 
 var _ epochFence = (*Recovery)(nil)
 
-// live: this worker's liveness key, written at beatAt for After, stands
-// for fenceFresh and a second more.
-func (r *Recovery) live() bool {
-	at := r.beatAt.Load()
-	return at != nil && time.Since(*at) < r.cfg.After-fenceFresh-time.Second
+// live: this worker's liveness key has stood without a gap since
+// confirmed, and, written at beatAt for After, stands for fenceFresh and a
+// second more.
+func (r *Recovery) live(confirmed time.Time) bool {
+	at, since := r.beatAt.Load(), r.standsSince.Load()
+	return at != nil && since != nil && !confirmed.Before(*since) && time.Since(*at) < r.cfg.After-fenceFresh-time.Second
 }
 
 // Claim is one delivery's hold on a task: the task and the epoch it began
@@ -234,6 +242,11 @@ func (r *Recovery) beat(ctx context.Context) {
 	if err := r.rdb.Set(ctx, aliveKey(r.id), 1, r.cfg.After).Err(); err != nil {
 		r.cfg.Logger.Debug("recovery: cannot write this worker's liveness", "error", err.Error())
 		return
+	}
+	// The key written before stood at least After from when it was sent:
+	// unless this write was answered within that, there may have been a gap.
+	if done, prev := time.Now(), r.beatAt.Load(); prev == nil || done.Sub(*prev) >= r.cfg.After {
+		r.standsSince.Store(&done)
 	}
 	r.beatAt.Store(&at)
 	r.alive.Store(true)
@@ -298,8 +311,9 @@ func (r *Recovery) Hold(c Claim) (release func()) {
 // Check is the fence before each post and write: nil while the task's
 // epoch is still the claim's. When another worker took the task over (its
 // epoch moved on, or its hash is gone) it calls Halt and returns
-// ErrTakenOver. It retries a Redis it cannot reach for FenceTimeout, then
-// fails closed: it calls Halt and returns ErrFenceUnknown.
+// ErrTakenOver. It retries a Redis it cannot reach while ctx lasts (for
+// FenceTimeout at least, asynq's 30s lease at most), then fails closed: it
+// calls Halt and returns ErrFenceUnknown.
 func (r *Recovery) Check(ctx context.Context, c Claim) error {
 	now, err := checkEpoch(ctx, r.rdb, c)
 	switch {
@@ -313,10 +327,25 @@ func (r *Recovery) Check(ctx context.Context, c Claim) error {
 }
 
 // checkEpoch reads the task's epoch: ErrTakenOver (with the epoch read)
-// when it is not the claim's; it retries a Redis it cannot reach for
-// FenceTimeout, then returns ErrFenceUnknown.
+// when it is not the claim's. It retries a Redis it cannot reach while ctx
+// lasts (a delivery's: until its lease ends), for FenceTimeout at least and
+// asynq's lease at most, then returns ErrFenceUnknown. Waiting posts and
+// writes nothing, and a worker that halted at a shorter outage would lose
+// the ids of the parts Webex just accepted: their redelivery would post
+// them again (TestRedisFaultMatrix, fence-before-record/cut).
 func checkEpoch(ctx context.Context, rdb redis.UniversalClient, c Claim) (int64, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), FenceTimeout)
+	end := time.Now().Add(asynqLeaseDuration)
+	for {
+		epoch, err := checkEpochWithin(ctx, rdb, c, FenceTimeout)
+		if !errors.Is(err, ErrFenceUnknown) || ctx.Err() != nil || time.Now().After(end) {
+			return epoch, err
+		}
+	}
+}
+
+// checkEpochWithin is checkEpoch retrying for d.
+func checkEpochWithin(ctx context.Context, rdb redis.UniversalClient, c Claim, d time.Duration) (int64, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), d)
 	defer cancel()
 	delay := 50 * time.Millisecond
 	for {

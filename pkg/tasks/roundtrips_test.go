@@ -114,7 +114,7 @@ func TestRoundTripsWithoutLivenessCheckTheFence(t *testing.T) {
 	faults := &redisfault.Hook{}
 	e.workerRdb.AddHook(faults)
 	faults.Add(&redisfault.Rule{Match: redisfault.Match{Name: "set", Args: []string{aliveKey(r.id)}}, Count: -1})
-	waitFor(t, 10*time.Second, "the worker's liveness to age", func() bool { return !r.live() })
+	waitFor(t, 10*time.Second, "the worker's liveness to age", func() bool { return !r.live(time.Now()) })
 	report, _ := deliverCounted(t, e, rt, 2)
 	for _, line := range report {
 		if strings.Count(line, "hmget") < 2 {

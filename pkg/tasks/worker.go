@@ -35,7 +35,8 @@ func NewWorker(rdb redis.UniversalClient, cfg WorkerConfig) (*Worker, error) {
 	stopCtx, stop := context.WithCancel(context.Background())
 	g := &gate{cfg: cfg.Gate, rdb: rdb, log: cfg.Logger, obs: cfg.Observer}
 	h := &Handler{cfg: cfg, rec: &records{rdb: rdb}, bots: map[string]*bot{}, stop: stopCtx, gate: g,
-		order: &ordering{rdb: rdb, log: cfg.Logger, obs: cfg.Observer, now: cfg.Now, wait: cfg.DeferDelay, stop: stopCtx}}
+		order:        &ordering{rdb: rdb, log: cfg.Logger, obs: cfg.Observer, now: cfg.Now, wait: cfg.DeferDelay, stop: stopCtx},
+		isolateSlots: make(chan struct{}, cfg.IsolateConcurrency)}
 	for name, s := range cfg.Bots {
 		h.bots[name] = &bot{name: name, sender: s}
 	}
@@ -75,7 +76,11 @@ func (w *Worker) Start() error {
 	mux := asynq.NewServeMux()
 	mux.Handle(TypeSend, w.handler)
 	w.unwatch, w.watched = w.handler.gate.watch()
+	pool := newWarm(w.cfg.Concurrency)
+	w.handler.warm.Store(pool)
 	if err := w.srv.Start(mux); err != nil {
+		w.handler.warm.Store(nil)
+		pool.stop()
 		w.unwatch()
 		<-w.watched
 		return fmt.Errorf("start worker: %w", err)
@@ -91,6 +96,9 @@ func (w *Worker) Shutdown() {
 	w.srv.Stop()
 	w.stop()
 	w.srv.Shutdown()
+	if pool := w.handler.warm.Swap(nil); pool != nil {
+		pool.stop()
+	}
 	w.handler.order.close() // the watches of released heads (ordering.go) end with w.stop
 	if w.unwatch != nil {
 		w.unwatch()
