@@ -718,7 +718,10 @@ func (s *scan) deadHolders(ref taskRef, score float64, v *view) []string {
 // named (or, taken by asynq's liveness, it has none), none of the keys that
 // would show that worker alive exists, its lease has not expired by Redis's
 // clock (an expired one is asynq's recoverer's, which lists and then moves
-// it in two steps), and it was not moved already for this lease.
+// it in two steps), and it was not moved already for this lease. It records
+// when it moved it (courier_moved_at, Redis's clock in ms), by which a
+// delivery fetched before the move but begun after it knows it is
+// overtaken (records.begin).
 //
 // KEYS: active, lease, pending, task hash, then the dead worker's liveness
 // key or each server's asynq key (on a Cluster, none: takeOver checks
@@ -739,7 +742,8 @@ if moved and tonumber(moved) >= tonumber(score) then return 0 end
 if redis.call('LREM', KEYS[1], 0, ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('RPUSH', KEYS[3], ARGV[1])
-redis.call('HSET', KEYS[4], 'state', 'pending', 'courier_moved_lease', score)
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[4], 'state', 'pending', 'courier_moved_lease', score, 'courier_moved_at', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 redis.call('HDEL', KEYS[4], 'courier_holder')
 return redis.call('HINCRBY', KEYS[4], 'courier_epoch', 1)
 `)

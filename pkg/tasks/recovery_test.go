@@ -662,30 +662,82 @@ func TestDeliveryWithoutHolderClearsAStaleOne(t *testing.T) {
 	}
 }
 
-// KNOWN DEFECT (review of issue 18, not fixed): a worker frozen (SIGSTOP, a
-// stalled VM, or its begin request held up in the network) between asynq's
-// fetch and the start of its delivery is taken over by asynq's liveness
-// (its server's key gone, the task's lease still); the new owner fetches
-// the task; the frozen worker resumes and its start reads the new epoch as
-// its own claim: both post. Simulated here by moving the epoch on just
-// before the start-of-delivery script runs.
+// A worker frozen (SIGSTOP, a stalled VM) between asynq's fetch and the
+// start of its delivery is taken over by asynq's liveness (its server's
+// key gone, the task's lease still); the new owner fetches the task; the
+// frozen worker resumes. Its start finds the takeover later than its own
+// handler's entry: it begins nothing, posts nothing and halts, and the
+// epoch (the new owner's) is left alone. Simulated by a 4 s freeze just
+// before the start-of-delivery script (in the Holder it records), ending with the takeover's own
+// writes (before the fix its start read the new epoch as its own claim:
+// both posted).
 func TestTakenOverBeforeBeginPostsNothing(t *testing.T) {
-	t.Skip("known defect: a delivery that begins after a takeover claims the new epoch (see the report of review-18)")
 	t.Parallel()
 	ctx := context.Background()
 	e := newEnv(t, webextest.Options{})
-	faults := e.faults()
 	r := newTestRecovery(t, e.rdb, e.queue)
 	r.run(t)
 	waitFor(t, 5*time.Second, "the liveness key", func() bool { return r.Holder() != "" })
 	id := e.enqueue(text("r", "taken over before begin"))
-	faults.Add(&redisfault.Rule{Match: e.beginCmd(id), Do: func() { // taken over while frozen, fetched again by the new owner
-		e.rdb.HIncrBy(ctx, taskKey(e.queue, id), fieldEpoch, 1)
-	}})
-	e.start(func(c *WorkerConfig) { c.Fence = r })
+	key := taskKey(e.queue, id)
+	frozen := &beforeHolder{Recovery: r.Recovery, do: func() {
+		time.Sleep(4 * time.Second) // the freeze (the fault, not a synchronisation)
+		takeOverWrites(t, e.rdb, key)
+	}}
+	e.start(func(c *WorkerConfig) { c.Fence = frozen })
 	waitFor(t, 30*time.Second, "the halt or a post", func() bool { n, _ := e.sim.Counts("r"); return r.halts.Load() > 0 || n > 0 })
 	if n, _ := e.sim.Counts("r"); n != 0 {
 		t.Fatalf("the frozen worker posted %d", n)
+	}
+	v := e.rdb.HMGet(ctx, key, fieldEpoch, fieldRuns, fieldHolder).Val()
+	if v[0] != "1" || v[1] != nil || v[2] != nil {
+		t.Fatalf("epoch, runs, holder after the frozen worker resumed: %v; want 1 and none written", v)
+	}
+}
+
+// beforeHolder is the Recovery, whose Holder, asked for by a delivery just
+// before its start-of-delivery script, runs do the first time.
+type beforeHolder struct {
+	*Recovery
+	do   func()
+	once sync.Once
+}
+
+func (b *beforeHolder) Holder() string {
+	b.once.Do(b.do)
+	return b.Recovery.Holder()
+}
+
+// takeOverWrites makes, on the task's hash, the writes of a takeover
+// (takeOverScript) that a delivery's start reads: the epoch moved on and
+// the time of the move by Redis's clock.
+func takeOverWrites(t *testing.T, rdb redis.UniversalClient, key string) {
+	t.Helper()
+	ctx := context.Background()
+	now, err := rdb.Time(ctx).Result()
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	rdb.HSet(ctx, key, "courier_moved_at", now.UnixMilli())
+	rdb.HIncrBy(ctx, key, fieldEpoch, 1)
+}
+
+// The new owner of a task taken over, which fetched it after the takeover,
+// delivers it: a takeover just before a delivery's fetch is no reason to
+// halt (no false positive for the legitimate owner).
+func TestTakenOverJustBeforeFetchIsDelivered(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	r := newTestRecovery(t, e.rdb, e.queue)
+	r.run(t)
+	waitFor(t, 5*time.Second, "the liveness key", func() bool { return r.Holder() != "" })
+	id := e.enqueue(text("r", "taken over just before its fetch"))
+	takeOverWrites(t, e.rdb, taskKey(e.queue, id))
+	e.start(func(c *WorkerConfig) { c.Fence = r })
+	e.waitState(id, asynq.TaskStateCompleted, 20*time.Second)
+	if n, acc := e.sim.Counts("r"); n != 1 || acc != 1 || r.halts.Load() != 0 {
+		t.Fatalf("%d requests, %d accepted, %d halts; want 1 1 0", n, acc, r.halts.Load())
 	}
 }
 
