@@ -463,6 +463,11 @@ type scan struct {
 	// absent in every scan; a failed read forgets it (the key may have come
 	// back unseen).
 	gone map[string]time.Time
+	// runID is the run_id of the Redis server last read (INFO server): a
+	// different one is another server (a replica promoted by a failover, a
+	// restart), whose data may lag and whose uptime says nothing of how
+	// long the workers have reached it, so the watch starts again.
+	runID string
 }
 
 func (s *scan) reset(now time.Time) {
@@ -475,6 +480,7 @@ func (s *scan) reset(now time.Time) {
 // view is one look at Redis.
 type view struct {
 	uptime time.Duration
+	runID  string // INFO server's run_id
 	leases map[taskRef]float64
 	listed map[string]string  // task id → live server listing it
 	live   map[string]bool    // live servers
@@ -496,6 +502,11 @@ func (r *Recovery) tick(ctx context.Context, s *scan) error {
 		s.reset(now)
 		return nil
 	}
+	if s.runID != "" && v.runID != s.runID {
+		r.cfg.Logger.Info("recovery: Redis is another server now (failover or restart); watching again from scratch", "run_id", v.runID)
+		s.reset(now)
+	}
+	s.runID = v.runID
 	s.update(now, v)
 	if up := r.cfg.After + r.cfg.settle; now.Sub(s.watching) < up || v.uptime < up {
 		return nil
@@ -586,7 +597,7 @@ func (r *Recovery) look(ctx context.Context, known map[string]float64) (*view, e
 		return nil, err
 	}
 	v := &view{leases: map[taskRef]float64{}, listed: map[string]string{}, live: map[string]bool{}, dead: map[string]float64{}, lapsed: map[string]float64{}}
-	v.uptime = redisUptime(info.Val())
+	v.uptime, v.runID = redisServer(info.Val())
 	for i, q := range r.cfg.Queues {
 		for _, z := range leases[i].Val() {
 			v.leases[taskRef{q, fmt.Sprint(z.Member)}] = z.Score
@@ -630,14 +641,18 @@ func (r *Recovery) look(ctx context.Context, known map[string]float64) (*view, e
 	return v, nil
 }
 
-func redisUptime(info string) time.Duration {
+// redisServer reads the uptime and the run_id from INFO server's answer.
+func redisServer(info string) (uptime time.Duration, runID string) {
 	for _, line := range strings.Split(info, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "uptime_in_seconds:"); ok {
+		line = strings.TrimSpace(line)
+		if v, ok := strings.CutPrefix(line, "uptime_in_seconds:"); ok {
 			n, _ := strconv.ParseInt(v, 10, 64)
-			return time.Duration(n) * time.Second
+			uptime = time.Duration(n) * time.Second
+		} else if v, ok := strings.CutPrefix(line, "run_id:"); ok {
+			runID = v
 		}
 	}
-	return 0
+	return uptime, runID
 }
 
 // update records the leases seen: a lease whose score changed starts its

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/courier-dev/courier/internal/redisfault"
+	"github.com/courier-dev/courier/internal/redistest"
 	"github.com/courier-dev/courier/pkg/webex"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
@@ -762,5 +764,62 @@ func TestLivenessWritesFailingOnALiveWorker(t *testing.T) {
 	e.waitState(id, asynq.TaskStateCompleted, 40*time.Second)
 	if n, acc := e.sim.Counts("r"); n != 1 || acc != 1 || r.halts.Load() != 0 || other.recovered.Load() != 0 {
 		t.Fatalf("%d requests, %d accepted, %d halts, %d taken over; want 1 1 0 0", n, acc, r.halts.Load(), other.recovered.Load())
+	}
+}
+
+// After a failover (Redis is another server: a promoted replica, with its
+// own long uptime), the detector watches again from scratch, as after a
+// failed read: a worker cut off by the failover, whose liveness key lapses
+// on the new primary, keeps its task until its lease has stood still there
+// for the window again. Simulated by two private servers holding the same
+// state, the client redialling to the second between two scans without an
+// error (as go-redis's failover client does); before the fix the task was
+// taken over as soon as the key lapsed, about a second after the switch.
+func TestFailoverRestartsTheWatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a, b := redistest.Start(t, false), redistest.Start(t, false)
+	var addr atomic.Value
+	addr.Store(a.Addr)
+	rdb := redis.NewClient(&redis.Options{ConnMaxLifetime: 50 * time.Millisecond,
+		Dialer: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr.Load().(string))
+		}})
+	t.Cleanup(func() { rdb.Close() })
+	queue, id, holder := redistest.Name(t), "failover-task", "cutoff:1:worker"
+	lease := float64(time.Now().Add(10 * time.Minute).Unix())
+	for _, s := range []*redistest.Server{a, b} { // the replica holds what the primary held
+		c := redis.NewClient(s.Options())
+		c.RPush(ctx, activeKey(queue), id)
+		c.ZAdd(ctx, leaseKey(queue), redis.Z{Score: lease, Member: id})
+		c.HSet(ctx, taskKey(queue, id), "state", "active", fieldHolder, holder)
+		c.Set(ctx, aliveKey(holder), 1, time.Minute)
+		c.Close()
+	}
+	r := newTestRecovery(t, rdb, queue)
+	r.run(t)
+	// The holder is alive on the primary: its task stays, however still.
+	deadline := time.Now().Add(leaseStill + 2*time.Second)
+	for time.Now().Before(deadline) {
+		if r.recovered.Load() != 0 {
+			t.Fatal("a live holder's task taken over")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	addr.Store(b.Addr) // the failover; the holder, cut off, no longer refreshes its key there
+	bc := redis.NewClient(b.Options())
+	t.Cleanup(func() { bc.Close() })
+	bc.PExpire(ctx, aliveKey(holder), 500*time.Millisecond)
+	switched := time.Now()
+	for time.Since(switched) < leaseStill-time.Second {
+		if r.recovered.Load() != 0 {
+			t.Fatalf("taken over %v after the failover, before its lease stood still there for %v", time.Since(switched).Round(time.Millisecond), leaseStill)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	waitFor(t, 30*time.Second, "the takeover on the new primary", func() bool { return r.recovered.Load() == 1 })
+	if n := bc.LLen(ctx, pendingKey(queue)).Val(); n != 1 {
+		t.Fatalf("%d pending on the new primary, want 1", n)
 	}
 }
