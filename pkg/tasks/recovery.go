@@ -697,7 +697,8 @@ func (s *scan) update(now time.Time, v *view) {
 // task, or before this detector started) is any dead server whose expiry,
 // its last heartbeat + 10 s, fits the lease it set with the same clock: the
 // lease is 30 s from the dequeue or from the last heartbeat, and a task is
-// fetched at most 5 s after a heartbeat; 2 s spare for whole seconds.
+// fetched at most 5 s after a heartbeat; 2 s spare for whole seconds. A
+// live or lapsed server that fits as well may be the holder: none then.
 func (s *scan) deadHolders(ref taskRef, score float64, v *view) []string {
 	if _, ok := v.listed[ref.id]; ok {
 		return nil
@@ -713,6 +714,14 @@ func (s *scan) deadHolders(ref taskRef, score float64, v *view) []string {
 	fits := func(exp float64) bool { return exp >= earliest && exp <= latest+2 }
 	for _, exp := range v.lapsed {
 		if fits(exp) { // it may be the holder, and alive: wait and see
+			return nil
+		}
+	}
+	for srv := range v.live {
+		// A live server that has not beaten since the lease was set (its
+		// heartbeat late) may hold the task unlisted: taking it for a dead
+		// one's that happens to fit would take a live worker's task over.
+		if fits(s.servers[srv]) {
 			return nil
 		}
 	}

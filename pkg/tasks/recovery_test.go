@@ -326,6 +326,40 @@ func TestRecoveryOneMissedHeartbeatIsNoDeath(t *testing.T) {
 	}
 }
 
+// A task fetched by a live server since its last heartbeat, whose next
+// heartbeat is late (its key still there, the task not listed yet, the
+// lease still), is not taken for the task of another server that died at
+// the same moment (its expiry fits the lease as well). Before the fix only
+// lapsed and dead servers were weighed: the other's death took the live
+// worker's task over (and parallel tests' fake dead servers made
+// TestRecoveryOneMissedHeartbeatIsNoDeath flaky).
+func TestRecoveryLateHeartbeatNotTakenForAnotherDeath(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	late := e.enqueue(text("r", "fetched by a server whose heartbeat is late"))
+	srv := fakeDeadHolder(t, e.rdb, e.queue, late)
+	e.rdb.Set(ctx, serverKey(srv), "x", time.Minute) // alive
+	other := serverKey("deadhost:4243:" + e.queue + "-other")
+	e.rdb.ZAdd(ctx, asynqServers, redis.Z{Score: float64(time.Now().Add(asynqServerStateTTL).Unix()), Member: other}) // died just now
+	t.Cleanup(func() {
+		e.rdb.Del(context.Background(), serverKey(srv))
+		e.rdb.ZRem(context.Background(), asynqServers, other)
+	})
+	r := newTestRecovery(t, e.rdb, e.queue)
+	start := time.Now()
+	r.run(t)
+	for time.Since(start) < max(MinRecoveryAfter, leaseStill)+goneFor+2*time.Second {
+		if st := e.taskState(late); st != asynq.TaskStateActive {
+			t.Fatalf("a live server's task was taken for another's death: %v", st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := r.recovered.Load(); n != 0 {
+		t.Fatalf("recovered %d", n)
+	}
+}
+
 // A lease already expired by Redis's clock is asynq's recoverer's: the
 // detector leaves it (the recoverer lists it, then moves it in a second
 // step that would land on a new owner's entries).
