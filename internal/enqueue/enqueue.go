@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -156,7 +157,9 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		fmt.Fprintf(stderr, "enqueue: redis at %s: no answer within %v: %s\n", redisurl.Redact(o.redisURL), o.timeout, redisurl.Scrub(err.Error(), o.redisURL))
 		return ExitFailure
 	}
-	cfg := tasks.ProducerConfig{Source: "enqueue", KeyedRetention: o.retention, WaitReplicas: o.waitReplicas}
+	// The wait for replicas stays within --timeout, the client's read timeout.
+	cfg := tasks.ProducerConfig{Source: "enqueue", KeyedRetention: o.retention, WaitReplicas: o.waitReplicas,
+		ReplicaTimeout: max(min(tasks.DefaultReplicaTimeout, o.timeout/2), time.Millisecond)}
 	p, err := tasks.NewProducer(rdb, cfg)
 	if err != nil {
 		fmt.Fprintln(stderr, "enqueue:", err)
@@ -223,7 +226,14 @@ func parseFlags(args []string, stderr io.Writer, getenv func(string) string) (*o
 	fs.StringVar(&o.filesDir, "files-dir", "", "with --jsonl: read the lines' local files under this directory only (default: no local files, URLs only)")
 	fs.BoolVar(&o.jsonOut, "json", false, "print one JSON object per message and a summary")
 	fs.DurationVar(&o.timeout, "timeout", 10*time.Second, "give up on an unreachable or silent Redis after this long")
-	set.Int(&o.waitReplicas, "wait-replicas", "COURIER_WAIT_REPLICAS", 0, "return only once this many Redis replicas have each message (WAIT), so a failover cannot lose it; 0: no wait")
+	set.Func("wait-replicas", "COURIER_WAIT_REPLICAS", "0", "return only once this many Redis replicas have each message (WAIT), so a failover cannot lose it; 0: no wait", func(v string) error {
+		n, err := strconv.Atoi(strings.TrimSpace(v))
+		if err != nil || n < 0 {
+			return fmt.Errorf("want 0 (no wait) or more, got %q", v)
+		}
+		o.waitReplicas = n
+		return nil
+	})
 	set.Duration(&o.retention, "keyed-retention", "COURIER_KEYED_RETENTION", tasks.DefaultKeyedRetention, "keep delivered keyed messages (and so their keys) this long")
 	// An empty variable is unset here, as for REDIS_URL.
 	if err := set.Parse(args, func(k string) (string, bool) { v := getenv(k); return v, v != "" }); err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -330,6 +331,13 @@ func TestWaitReplicasFlag(t *testing.T) {
 	if code, out := run(env, "--wait-replicas", "1"); code != ExitFailure || !strings.Contains(out, "0 of 1 replicas") {
 		t.Errorf("no replica: exit %d, %s", code, out)
 	}
+	// a --timeout below the 1s wait: the wait is cut to fit, not the read
+	var out, errb bytes.Buffer
+	code := Run(context.Background(), []string{"--room", "r", "--text", "x", "--timeout", "400ms", "--wait-replicas", "1"}, nil, &out, &errb,
+		func(k string) string { return env[k] })
+	if code != ExitFailure || !strings.Contains(out.String()+errb.String(), "0 of 1 replicas") {
+		t.Errorf("no replica, --timeout 400ms: exit %d, %s%s", code, out.String(), errb.String())
+	}
 	redistest.StartReplica(t, primary)
 	if code, out := run(env, "--wait-replicas", "1"); code != ExitOK {
 		t.Errorf("with a replica: exit %d, %s", code, out)
@@ -337,5 +345,28 @@ func TestWaitReplicasFlag(t *testing.T) {
 	env["REDIS_MODE"] = "sentinel"
 	if code, out := run(env); code != ExitInput || !strings.Contains(out, "master_name") {
 		t.Errorf("REDIS_MODE=sentinel without master_name: exit %d, %s", code, out)
+	}
+}
+
+// A negative --wait-replicas (or COURIER_WAIT_REPLICAS) is bad input (exit
+// 2) named by its flag, found before Redis is asked.
+func TestWaitReplicasFlagNegative(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{[]string{"--wait-replicas", "-1"}, nil, `-wait-replicas: want 0 (no wait) or more, got "-1"`},
+		{nil, map[string]string{"COURIER_WAIT_REPLICAS": "-2"}, `COURIER_WAIT_REPLICAS: want 0 (no wait) or more, got "-2"`},
+	} {
+		var out, errb bytes.Buffer
+		env := map[string]string{"REDIS_URL": "redis://127.0.0.1:1/0"} // nothing listens: Redis must not be asked
+		maps.Copy(env, tt.env)
+		code := Run(context.Background(), append([]string{"--room", "r", "--text", "x", "--timeout", "2s"}, tt.args...), nil, &out, &errb,
+			func(k string) string { return env[k] })
+		if code != ExitInput || !strings.Contains(errb.String(), tt.want) {
+			t.Errorf("%v %v: exit %d, %s, want exit %d and %q", tt.args, tt.env, code, errb.String(), ExitInput, tt.want)
+		}
 	}
 }

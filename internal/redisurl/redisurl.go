@@ -35,7 +35,7 @@ import (
 // ErrUnparseable matches a URL whose text cannot be shown: it does not
 // parse, or a character of the password cut it short.
 var ErrUnparseable = errors.New("cannot be parsed (its text is not shown: it may hold a password); " +
-	"want redis:// or rediss://[user:password@]host:port/db, with % / # ? and @ in the password percent-encoded as %25 %2F %23 %3F %40")
+	"want redis:// or rediss://[user:password@]host:port/db, with % / # ? @ and & in the password percent-encoded as %25 %2F %23 %3F %40 %26")
 
 // Mode is how courier reaches Redis.
 type Mode string
@@ -280,7 +280,50 @@ func parse(raw string) (*url.URL, error) {
 	if strings.Contains(u.RawQuery, "@") && !passwordsOnly(u, "@") {
 		return nil, ErrUnparseable
 	}
+	if strings.Contains(raw, "#") { // a '#' ends the URL: what follows it, unused, may be the rest of a password=
+		return nil, ErrUnparseable
+	}
+	if hasSecret(u) && len(unknownOptions(u)) > 0 { // an '&' in a password= value makes the rest an option
+		return nil, ErrUnparseable
+	}
 	return u, nil
+}
+
+// knownOptions are the query options go-redis v9 reads in its three URL
+// forms, and skip_verify for the Cluster form (parseCluster).
+var knownOptions = map[string]bool{}
+
+func init() {
+	for _, k := range strings.Fields(`addr client_name conn_max_idle_time conn_max_lifetime conn_max_lifetime_jitter
+		context_timeout_enabled db dial_timeout dialer_retries dialer_retry_timeout failing_timeout_seconds
+		idle_timeout master_name max_active_conns max_concurrent_dials max_conn_age max_idle_conns max_redirects
+		max_retries max_retry_backoff min_idle_conns min_retry_backoff password pipeline_pool_size
+		pipeline_read_buffer_size pipeline_write_buffer_size pool_fifo pool_size pool_timeout protocol read_only
+		read_timeout replica_only route_by_latency route_by_latency_tolerance route_randomly skip_verify
+		use_disconnected_replicas username write_timeout master`) {
+		knownOptions[k] = true
+	}
+}
+
+// unknownOptions are the query's keys that no form reads.
+func unknownOptions(u *url.URL) []string {
+	var out []string
+	for k := range u.Query() {
+		if !knownOptions[k] && !secretParam(k) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// hasSecret reports whether the query holds a password.
+func hasSecret(u *url.URL) bool {
+	for k := range u.Query() {
+		if secretParam(k) {
+			return true
+		}
+	}
+	return false
 }
 
 // passwordsOnly reports whether every occurrence of s in the query is
@@ -296,7 +339,9 @@ func passwordsOnly(u *url.URL, s string) bool {
 	return true
 }
 
-func secretParam(k string) bool { return k == "password" || k == "sentinel_password" }
+// secretParam: password=, sentinel_password=, and any other option whose
+// name speaks of a password (Password=, passwd=), known or not.
+func secretParam(k string) bool { return strings.Contains(strings.ToLower(k), "pass") }
 
 // Redact shows a Redis URL with its passwords masked, or a placeholder.
 func Redact(raw string) string {

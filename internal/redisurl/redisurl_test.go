@@ -36,6 +36,13 @@ func TestPasswordNeverShown(t *testing.T) {
 		{"redis://u:Zq7Wv9Kx@db.internal:6379/0?bogus=1", "Zq7Wv9Kx", true},
 		{"ftp://u:Zq7Wv9Kx@db.internal:6379/0", "Zq7Wv9Kx", true},
 		{"redis://u:Zq7%2FWv9Kx@db.internal:6379/0", "Zq7/Wv9Kx", false}, // encoded: fine
+		// in password=: an '&' makes the tail an option, a '#' a fragment
+		{"redis://s1:26379/0?master_name=m&password=Zq7W&v9Kx", "Zq7W&v9Kx", true},
+		{"redis://n1:7000?addr=n2:7001&password=Zq7W&v9Kx=1", "Zq7W&v9Kx=1", true},
+		{"redis://s1:26379/0?master_name=m&password=Zq7W#v9Kx", "Zq7W#v9Kx", true},
+		{"redis://n1:7000?addr=n2:7001&password=Zq7W#v9Kx", "Zq7W#v9Kx", true},
+		{"redis://s1:26379/0?master_name=m&Password=Zq7Wv9Kx", "Zq7Wv9Kx", true}, // a misspelt name
+		{"redis://s1:26379/0?master_name=m&password=Zq7W%26v9Kx", "Zq7W&v9Kx", false},
 	}
 	for _, tt := range tests {
 		_, err := redisurl.Parse(tt.url, redisurl.ModeAuto)
@@ -132,7 +139,9 @@ func TestBadForms(t *testing.T) {
 		{"redis://n1:7000/3?addr=n2:7001&password=Zq7Wv9Kx", redisurl.ModeAuto, "only database 0"},
 		{"redis://s1:26379?master_name=m&password=Zq7Wv9Kx", redisurl.ModeCluster, "master_name"},
 		{"redis://n1:7000?addr=n2&password=Zq7Wv9Kx", redisurl.ModeAuto, "addr"},
-		{"redis://s1:26379?master_name=m&bogus=1&password=Zq7Wv9Kx", redisurl.ModeAuto, "bogus"},
+		{"redis://s1:26379?master_name=m&bogus=1", redisurl.ModeAuto, "bogus"},
+		// beside a password= an unknown option may be its tail (an '&' not encoded): not named
+		{"redis://s1:26379?master_name=m&bogus=1&password=Zq7Wv9Kx", redisurl.ModeAuto, "%26"},
 		{"rediss://:Zq7Wv9Kx@n1:7000?addr=n2:7001&skip_verify=maybe", redisurl.ModeAuto, "skip_verify"},
 	}
 	for _, tt := range tests {

@@ -30,7 +30,7 @@ func TestRelayOnCluster(t *testing.T) {
 	defer rdb.Close()
 	queue := redistest.Name(t)
 	insp := asynq.NewInspectorFromRedisClient(rdb)
-	p, err := tasks.NewProducer(rdb, tasks.ProducerConfig{Queue: queue})
+	p, err := tasks.NewProducer(rdb, tasks.ProducerConfig{Queue: queue, RelayKeys: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,6 +73,21 @@ func TestRelayOnCluster(t *testing.T) {
 				t.Fatalf("message %s: %d %s", id, code, b)
 			}
 			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// The idempotency key: a repeat answers with the first message's id
+	// (the keyed enqueue script and the waiting hash, in the queue's slot).
+	h := map[string]string{"Idempotency-Key": "cluster-4711"}
+	var first string
+	for try := range 2 {
+		code, _, body := e.do("POST", "/v1/messages", relayToken, "application/json", []byte(`{"roomId":"room-cluster-key","text":"once"}`), h)
+		if code != 200 {
+			t.Fatalf("try %d: %d %s", try+1, code, body)
+		}
+		if id := decodeAnswer(t, body).ID; try == 0 {
+			first = id
+		} else if id != first {
+			t.Errorf("repeat answered %s, want the first id %s", id, first)
 		}
 	}
 	var got []string

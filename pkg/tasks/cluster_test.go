@@ -14,6 +14,7 @@ import (
 
 	"github.com/courier-dev/courier/internal/redistest"
 	"github.com/courier-dev/courier/internal/redisurl"
+	"github.com/courier-dev/courier/pkg/webex"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
 
@@ -187,6 +188,37 @@ func TestCluster(t *testing.T) {
 		waitFor(t, 30*time.Second, "every ordered message", func() bool { return len(texts("c-order")) == len(want) })
 		if got := texts("c-order"); strings.Join(got, ",") != strings.Join(want, ",") {
 			t.Errorf("delivered %q, want %q", got, want)
+		}
+	})
+
+	t.Run("reply waits for its parent", func(t *testing.T) {
+		// parentScript reads the parent's hash and the waiting hash.
+		sim.AddFault(webextest.Fault{Room: "c-reply", Status: 503, Count: fastPolicy.MaxAttempts})
+		enqueue(t, text("c-reply", "head"), Ordered())
+		parent := enqueue(t, text("c-reply", "parent"), Ordered())
+		id := enqueue(t, Message{Message: webex.Message{RoomID: "c-reply", Text: "reply"}}, ReplyTo(parent))
+		waitState(t, id, asynq.TaskStateCompleted)
+		msgs := sim.Messages("c-reply")
+		if got := strings.Join(texts("c-reply"), ","); got != "head,parent,reply" || msgs[2].ParentID != msgs[1].ID {
+			t.Errorf("delivered %s, reply's parentId %q, want head,parent,reply in the parent's thread", got, msgs[2].ParentID)
+		}
+	})
+
+	t.Run("reconciler", func(t *testing.T) {
+		// A head deleted in asynqmon: reconcileScript and sweepScript build
+		// the task keys from the queue's prefix, in the queue's slot.
+		idle := redistest.Name(t) // no worker serves it
+		head := enqueue(t, text("c-rec", "head"), Ordered(), Queue(idle))
+		next := enqueue(t, text("c-rec", "next"), Ordered(), Queue(idle))
+		if err := insp.DeleteTask(idle, head); err != nil {
+			t.Fatal(err)
+		}
+		rec := NewReconciler(rdb, ReconcilerConfig{Queues: []string{idle}, Logger: slog.New(slog.NewTextHandler(logs, nil))})
+		if n, err := rec.Reconcile(ctx); err != nil || n != 1 {
+			t.Fatalf("reconciled %d: %v", n, err)
+		}
+		if info, err := insp.GetTaskInfo(idle, next); err != nil || info.State != asynq.TaskStatePending {
+			t.Errorf("the next message after the reconciler: %v %v", info, err)
 		}
 	})
 

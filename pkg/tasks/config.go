@@ -165,10 +165,16 @@ func (c WorkerConfig) ValidateNamed(name func(path string) string) error {
 		if s == nil {
 			errs = append(errs, fmt.Errorf("%s: bot %q has no sender", name("Bots"), bot))
 		}
+		if strings.ContainsAny(bot, "{}") {
+			errs = append(errs, fmt.Errorf("%s: bot %q: must not contain { or } (the bot's name is the hash tag of its gate keys on a Redis Cluster)", name("Bots"), bot))
+		}
 	}
 	for q, prio := range c.Queues {
 		if q == "" || prio < 1 {
 			errs = append(errs, fmt.Errorf("%s: %q has priority %d, want a name and a priority of at least 1", name("Queues"), q, prio))
+		}
+		if strings.ContainsAny(q, "{}") {
+			errs = append(errs, fmt.Errorf("%s: %q: must not contain { or } (the queue's name is the hash tag of its keys on a Redis Cluster)", name("Queues"), q))
 		}
 	}
 	if c.Concurrency < 1 {

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/courier-dev/courier/pkg/webex"
 )
 
 func TestWorkerConfigValidate(t *testing.T) {
@@ -25,6 +27,19 @@ func TestWorkerConfigValidateNamed(t *testing.T) {
 	err := cfg.ValidateNamed(func(path string) string { return "<" + path + ">" })
 	for _, want := range []string{"<Bots>: at least one bot", "<Budget> (1m0s) must be below <ShutdownTimeout> (1s)",
 		"<Policy.MaxAttempts> is 0", "gate: <Gate.Burst> is -1"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("err = %v, want %q", err, want)
+		}
+	}
+}
+
+// A bot or queue name is the hash tag of its keys on a Redis Cluster: a
+// brace in it ("}x" makes the tag empty) would spread the keys one script
+// touches over several slots (CROSSSLOT, and the gate failing open).
+func TestWorkerConfigRefusesBracesInNames(t *testing.T) {
+	t.Parallel()
+	err := WorkerConfig{Bots: map[string]Sender{"}x": (*webex.Client)(nil)}, Queues: map[string]int{"q{": 1}}.WithDefaults().Validate()
+	for _, want := range []string{`bot "}x": must not contain { or }`, `"q{": must not contain { or }`} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("err = %v, want %q", err, want)
 		}

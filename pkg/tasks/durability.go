@@ -69,16 +69,25 @@ func primaryFor(ctx context.Context, rdb redis.UniversalClient, queue string) (*
 	case *redis.ClusterClient:
 		return c.MasterForKey(ctx, replicatedMarker(queue))
 	}
-	return nil, waitable(rdb)
+	return nil, waitable(rdb, 0)
 }
 
-// waitable says whether WaitReplicas works over rdb.
-func waitable(rdb redis.UniversalClient) error {
-	switch rdb.(type) {
-	case *redis.Client, *redis.ClusterClient:
-		return nil
+// waitable says whether WaitReplicas works over rdb within timeout: the
+// WAIT must end before the client's read timeout cuts it short.
+func waitable(rdb redis.UniversalClient, timeout time.Duration) error {
+	var read time.Duration
+	switch c := rdb.(type) {
+	case *redis.Client:
+		read = c.Options().ReadTimeout
+	case *redis.ClusterClient:
+		read = c.Options().ReadTimeout
+	default:
+		return fmt.Errorf("WaitReplicas needs a *redis.Client or *redis.ClusterClient, not %T", rdb)
 	}
-	return fmt.Errorf("WaitReplicas needs a *redis.Client or *redis.ClusterClient, not %T", rdb)
+	if read > 0 && timeout >= read {
+		return fmt.Errorf("ReplicaTimeout is %v: must be below the client's read timeout (%v), which would cut the wait short", timeout, read)
+	}
+	return nil
 }
 
 // waitReplicas returns nil once p.cfg.WaitReplicas replicas have e.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -385,5 +386,67 @@ func BenchmarkEnqueueWaitReplicas(b *testing.B) {
 			})
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "enqueues/s")
 		})
+	}
+}
+
+// A retry of an enqueue that failed with ErrNotReplicated, with the same
+// key, is not "kept" (a duplicate) until the replicas have the task: it
+// fails the same way while no replica acknowledges it, and reads as a
+// duplicate once one has it.
+func TestWaitReplicasDuplicateIsNotKeptUntilReplicated(t *testing.T) {
+	t.Parallel()
+	primary := redistest.Start(t, false)
+	rdb := redis.NewClient(primary.Options())
+	defer rdb.Close()
+	queue := redistest.Name(t)
+	p, err := NewProducer(rdb, ProducerConfig{Queue: queue, WaitReplicas: 1, ReplicaTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	keyed := [][]Option{{Key("k1")}, {Key("k2"), OrderingKey("o")}, {Key("k3"), OrderingKey("o")}} // the second ordered one waits
+	for i, opts := range keyed {
+		for try := range 2 {
+			_, err := p.Enqueue(ctx, text("room-1", "no replica"), opts...)
+			if !errors.Is(err, ErrNotReplicated) || errors.Is(err, ErrDuplicate) {
+				t.Errorf("k%d, try %d, no replica: %v, want ErrNotReplicated", i+1, try+1, err)
+			}
+		}
+	}
+	redistest.StartReplica(t, primary)
+	if p, err = NewProducer(rdb, ProducerConfig{Queue: queue, WaitReplicas: 1, ReplicaTimeout: 2 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	for i, opts := range keyed {
+		if _, err := p.Enqueue(ctx, text("room-1", "no replica"), opts...); !errors.Is(err, ErrDuplicate) {
+			t.Errorf("k%d, with a replica: %v, want ErrDuplicate", i+1, err)
+		}
+	}
+}
+
+// WAIT counts whole milliseconds and 0 waits for ever: a ReplicaTimeout
+// below 1ms is refused, naming the field.
+func TestReplicaTimeoutBelowAMillisecond(t *testing.T) {
+	t.Parallel()
+	_, err := NewProducer(redistest.Client(t), ProducerConfig{WaitReplicas: 1, ReplicaTimeout: 500 * time.Microsecond})
+	if err == nil || !strings.Contains(err.Error(), "ReplicaTimeout is 500µs: must be at least 1ms") {
+		t.Errorf("ReplicaTimeout 500µs: %v", err)
+	}
+}
+
+// A ReplicaTimeout the client's read timeout would cut short is refused,
+// naming both.
+func TestReplicaTimeoutBeyondReadTimeout(t *testing.T) {
+	t.Parallel()
+	opt := redistest.Options(t)
+	opt.ReadTimeout = 500 * time.Millisecond
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	_, err := NewProducer(rdb, ProducerConfig{WaitReplicas: 1})
+	if err == nil || !strings.Contains(err.Error(), "ReplicaTimeout is 1s: must be below the client's read timeout (500ms)") {
+		t.Errorf("ReplicaTimeout 1s, read timeout 500ms: %v", err)
+	}
+	if _, err := NewProducer(rdb, ProducerConfig{WaitReplicas: 1, ReplicaTimeout: 400 * time.Millisecond}); err != nil {
+		t.Errorf("ReplicaTimeout 400ms, read timeout 500ms: %v", err)
 	}
 }

@@ -98,8 +98,9 @@ type ProducerConfig struct {
 	// Default 0: the primary's acknowledgement is enough (replication is
 	// asynchronous, and a failover can lose the last writes).
 	WaitReplicas int
-	// ReplicaTimeout bounds the wait for WaitReplicas. Default 1s; it must
-	// stay below the client's read timeout (go-redis: 3s).
+	// ReplicaTimeout bounds the wait for WaitReplicas. Default 1s, at least
+	// 1ms (Redis's WAIT counts whole milliseconds); it must stay below the
+	// client's read timeout (go-redis: 3s).
 	ReplicaTimeout time.Duration
 	// RelayKeys lets keys start with ReservedKeyPrefix: set by the relay's
 	// own producer only. Every other producer is refused such keys
@@ -136,8 +137,9 @@ func (c ProducerConfig) validate() error {
 	if c.KeyedRetention < 0 {
 		errs = append(errs, fmt.Errorf("KeyedRetention is %v: must not be negative", c.KeyedRetention))
 	}
-	if c.ReplicaTimeout < 0 {
-		errs = append(errs, fmt.Errorf("ReplicaTimeout is %v: must be greater than 0", c.ReplicaTimeout))
+	if c.ReplicaTimeout < time.Millisecond {
+		// WAIT takes whole milliseconds, and 0 means wait for ever.
+		errs = append(errs, fmt.Errorf("ReplicaTimeout is %v: must be at least 1ms", c.ReplicaTimeout))
 	}
 	return errors.Join(errs...)
 }
@@ -159,7 +161,7 @@ func NewProducer(rdb redis.UniversalClient, cfg ProducerConfig) (*Producer, erro
 		return nil, fmt.Errorf("producer config: %w", err)
 	}
 	if cfg.WaitReplicas > 0 {
-		if err := waitable(rdb); err != nil {
+		if err := waitable(rdb, cfg.ReplicaTimeout); err != nil {
 			return nil, fmt.Errorf("producer config: %w", err)
 		}
 	}
@@ -238,6 +240,15 @@ type Enqueued struct {
 // *ReplicationError (errors.Is ErrNotReplicated).
 func (p *Producer) Enqueue(ctx context.Context, msg Message, opts ...Option) (*Enqueued, error) {
 	e, err := p.enqueue(ctx, msg, opts)
+	var dup *DuplicateError
+	if errors.As(err, &dup) && p.cfg.WaitReplicas > 0 && dup.State != StateGone {
+		// A duplicate says the primary has the task, not that its replicas
+		// do: the first enqueue may have failed with ErrNotReplicated, and
+		// its retry must not read "kept" before the replicas have it.
+		if werr := p.waitReplicas(ctx, &Enqueued{TaskID: dup.Key, Queue: dup.Queue}); werr != nil {
+			return nil, werr
+		}
+	}
 	if err != nil || p.cfg.WaitReplicas == 0 {
 		return e, err
 	}
