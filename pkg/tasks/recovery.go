@@ -502,7 +502,7 @@ func (r *Recovery) tick(ctx context.Context, s *scan) error {
 		s.reset(now)
 		return nil
 	}
-	if s.runID != "" && v.runID != s.runID {
+	if s.runID != "" && v.runID != "" && v.runID != s.runID {
 		r.cfg.Logger.Info("recovery: Redis is another server now (failover or restart); watching again from scratch", "run_id", v.runID)
 		s.reset(now)
 	}
@@ -598,6 +598,9 @@ func (r *Recovery) look(ctx context.Context, known map[string]float64) (*view, e
 	}
 	v := &view{leases: map[taskRef]float64{}, listed: map[string]string{}, live: map[string]bool{}, dead: map[string]float64{}, lapsed: map[string]float64{}}
 	v.uptime, v.runID = redisServer(info.Val())
+	if _, cluster := r.rdb.(*redis.ClusterClient); cluster {
+		v.runID = "" // INFO goes to any node: its run_id names no one server (a Cluster's failover is left to the failed reads)
+	}
 	for i, q := range r.cfg.Queues {
 		for _, z := range leases[i].Val() {
 			v.leases[taskRef{q, fmt.Sprint(z.Member)}] = z.Score
