@@ -222,7 +222,7 @@ func TestAsynqKeyLayout(t *testing.T) {
 	if err != nil || string(info.Result) != `{"message_ids":["msg-1"]}` || info.State != asynq.TaskStatePending {
 		t.Fatalf("asynq does not read courier's result field: %+v %v", info, err)
 	}
-	got, err := rec.begin(ctx, e.queue, id, "", 0)
+	got, err := rec.begin(ctx, e.queue, id, "", 0, time.Time{})
 	if err != nil || got.gone || len(got.sent) != 1 || got.sent[0] != "msg-1" || got.died != 1 {
 		t.Fatalf("begin = %+v, %v", got, err)
 	}

@@ -62,14 +62,15 @@ type Handler struct {
 // ProcessTask delivers one task. It returns nil when the message is
 // delivered (or was already), else a *DeliveryError.
 func (h *Handler) ProcessTask(ctx context.Context, t *asynq.Task) error {
+	entered := time.Now() // after asynq's fetch: a takeover seen as later than this overtook the delivery
 	if w := h.warm.Load(); w != nil {
-		return w.run(func() error { return h.processTask(ctx, t) })
+		return w.run(func() error { return h.processTask(ctx, t, entered) })
 	}
-	return h.processTask(ctx, t)
+	return h.processTask(ctx, t, entered)
 }
 
-func (h *Handler) processTask(ctx context.Context, t *asynq.Task) error {
-	var m taskMeta
+func (h *Handler) processTask(ctx context.Context, t *asynq.Task, entered time.Time) error {
+	m := taskMeta{entered: entered}
 	m.id, _ = asynq.GetTaskID(ctx)
 	m.queue, _ = asynq.GetQueueName(ctx)
 	m.retried, _ = asynq.GetRetryCount(ctx)
@@ -198,10 +199,13 @@ func (h *Handler) process(ctx context.Context, m taskMeta, payload []byte, d *de
 		suspectAt = suspectAfter
 	}
 	asked := time.Now() // Redis confirms the epoch after this, however long its answer takes to be read
-	st, err := h.rec.begin(ctx, queue, id, h.holder(), suspectAt)
+	st, err := h.rec.begin(ctx, queue, id, h.holder(), suspectAt, m.entered)
 	switch {
 	case err != nil: // Redis's fault, not the message's: not counted
 		return &DeliveryError{Outcome: RedisUnavailable, Bot: b.name, Err: err, Delay: retrypolicy.QueueDelay(0)}
+	case st.overtaken: // the epoch read is the new owner's: fenced under the one before it, ProcessTask's fence halts
+		d.claim = &Claim{Queue: queue, ID: id, Epoch: st.epoch - 1}
+		return &DeliveryError{Outcome: Interrupted, Bot: b.name, Err: fmt.Errorf("%w: after this delivery was fetched, before it began", ErrTakenOver), Delay: retrypolicy.QueueDelay(0)}
 	case st.gone: // asynq's retry rebuilds the hash from the message it holds
 		return &DeliveryError{Outcome: TaskMissing, Bot: b.name, Err: fmt.Errorf("task hash %s is missing (evicted or deleted?): not posting without a delivery record", taskKey(queue, id)), Delay: retrypolicy.QueueDelay(0)}
 	case st.suspect:

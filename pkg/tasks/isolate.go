@@ -170,6 +170,10 @@ func (r *isolatedResult) deliveryError() error {
 type taskMeta struct {
 	id, queue         string
 	retried, maxRetry int
+	// entered is when the handler was entered, after asynq's fetch; zero:
+	// unknown (an isolated process), the begin then does not look for a
+	// takeover since.
+	entered time.Time
 }
 
 // isolating reports whether suspects are delivered in an isolated process.

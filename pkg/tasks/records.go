@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -58,6 +59,16 @@ const unconfirmedID = "\x00unconfirmed"
 
 var beginScript = redis.NewScript(`
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, '', 0, 0, 0} end
+if tonumber(ARGV[3]) > 0 then
+  local at = redis.call('HGET', KEYS[1], 'courier_moved_at')
+  if at then
+    local t = redis.call('TIME')
+    local since = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(at)
+    if since + tonumber(ARGV[4]) < tonumber(ARGV[3]) then
+      return {-2, '', 0, tonumber(redis.call('HGET', KEYS[1], 'courier_epoch') or '0'), 0}
+    end
+  end
+end
 local suspect = tonumber(ARGV[2])
 if suspect > 0 then
   local runs = tonumber(redis.call('HGET', KEYS[1], 'courier_runs') or '0')
@@ -81,7 +92,20 @@ type begun struct {
 	// suspect: the task's deliveries died suspectAt times in a row; nothing
 	// was begun (the isolated delivery begins it, isolate.go).
 	suspect bool
+	// overtaken: fast recovery took the task over after this delivery's
+	// handler was entered (its worker was frozen before its begin), so the
+	// epoch read is the new owner's; nothing was begun or written.
+	overtaken bool
 }
+
+// overtakenMargin is how much sooner than the handler's entry a takeover
+// must be by Redis's clock before begin takes the delivery for overtaken:
+// it absorbs a step of Redis's wall clock between the takeover and the
+// begin, and a rate difference between that clock and the worker's
+// monotonic one. A takeover after the fetch comes 6 s after it at least
+// (the lease's stand-still), so a margin under that misses none that the
+// begin's request did not itself spend in transit.
+const overtakenMargin = 2 * time.Second
 
 // begin reads the parts already delivered and counts this delivery as
 // running, under holder ("": none; a holder an earlier run left behind is
@@ -89,8 +113,22 @@ type begun struct {
 // running it), in one round trip. With suspectAt above
 // 0, a task whose deliveries died that many times in a row is not begun: it
 // is a suspect.
-func (r *records) begin(ctx context.Context, queue, id, holder string, suspectAt int) (begun, error) {
-	res, err := beginScript.Run(ctx, r.rdb, []string{taskKey(queue, id)}, holder, suspectAt).Slice()
+//
+// With entered set (when the delivery's handler was entered, with its
+// monotonic reading), a task that fast recovery took over (moved back to
+// pending: courier_moved_at, Redis's clock in ms) less long ago than the
+// time since entered, less overtakenMargin, is not begun: it is overtaken.
+// The delivery was fetched before that takeover, by a worker that was then
+// frozen, and the epoch is the new owner's. The new owner fetched the task
+// after the takeover, so for it the takeover is always older than its
+// handler's entry by more than the begin request's transit: no false
+// positive but for Redis's clock stepping back by more than the margin.
+func (r *records) begin(ctx context.Context, queue, id, holder string, suspectAt int, entered time.Time) (begun, error) {
+	var since int64 // ms since entered, measured as the request leaves: a request held up in transit only shortens it
+	if !entered.IsZero() {
+		since = max(time.Since(entered).Milliseconds(), 1)
+	}
+	res, err := beginScript.Run(ctx, r.rdb, []string{taskKey(queue, id)}, holder, suspectAt, since, overtakenMargin.Milliseconds()).Slice()
 	if err == nil && len(res) != 5 {
 		err = fmt.Errorf("unexpected answer %v", res)
 	}
@@ -98,6 +136,10 @@ func (r *records) begin(ctx context.Context, queue, id, holder string, suspectAt
 		return begun{}, fmt.Errorf("read delivery record: %w", err)
 	}
 	runs, _ := res[0].(int64)
+	if runs == -2 {
+		epoch, _ := res[3].(int64)
+		return begun{overtaken: true, epoch: epoch}, nil
+	}
 	if runs < 0 {
 		return begun{gone: true}, nil
 	}

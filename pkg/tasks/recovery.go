@@ -463,6 +463,11 @@ type scan struct {
 	// absent in every scan; a failed read forgets it (the key may have come
 	// back unseen).
 	gone map[string]time.Time
+	// runID is the run_id of the Redis server last read (INFO server): a
+	// different one is another server (a replica promoted by a failover, a
+	// restart), whose data may lag and whose uptime says nothing of how
+	// long the workers have reached it, so the watch starts again.
+	runID string
 }
 
 func (s *scan) reset(now time.Time) {
@@ -475,6 +480,7 @@ func (s *scan) reset(now time.Time) {
 // view is one look at Redis.
 type view struct {
 	uptime time.Duration
+	runID  string // INFO server's run_id
 	leases map[taskRef]float64
 	listed map[string]string  // task id → live server listing it
 	live   map[string]bool    // live servers
@@ -496,6 +502,11 @@ func (r *Recovery) tick(ctx context.Context, s *scan) error {
 		s.reset(now)
 		return nil
 	}
+	if s.runID != "" && v.runID != "" && v.runID != s.runID {
+		r.cfg.Logger.Info("recovery: Redis is another server now (failover or restart); watching again from scratch", "run_id", v.runID)
+		s.reset(now)
+	}
+	s.runID = v.runID
 	s.update(now, v)
 	if up := r.cfg.After + r.cfg.settle; now.Sub(s.watching) < up || v.uptime < up {
 		return nil
@@ -586,7 +597,10 @@ func (r *Recovery) look(ctx context.Context, known map[string]float64) (*view, e
 		return nil, err
 	}
 	v := &view{leases: map[taskRef]float64{}, listed: map[string]string{}, live: map[string]bool{}, dead: map[string]float64{}, lapsed: map[string]float64{}}
-	v.uptime = redisUptime(info.Val())
+	v.uptime, v.runID = redisServer(info.Val())
+	if _, cluster := r.rdb.(*redis.ClusterClient); cluster {
+		v.runID = "" // INFO goes to any node: its run_id names no one server (a Cluster's failover is left to the failed reads)
+	}
 	for i, q := range r.cfg.Queues {
 		for _, z := range leases[i].Val() {
 			v.leases[taskRef{q, fmt.Sprint(z.Member)}] = z.Score
@@ -630,14 +644,18 @@ func (r *Recovery) look(ctx context.Context, known map[string]float64) (*view, e
 	return v, nil
 }
 
-func redisUptime(info string) time.Duration {
+// redisServer reads the uptime and the run_id from INFO server's answer.
+func redisServer(info string) (uptime time.Duration, runID string) {
 	for _, line := range strings.Split(info, "\n") {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "uptime_in_seconds:"); ok {
+		line = strings.TrimSpace(line)
+		if v, ok := strings.CutPrefix(line, "uptime_in_seconds:"); ok {
 			n, _ := strconv.ParseInt(v, 10, 64)
-			return time.Duration(n) * time.Second
+			uptime = time.Duration(n) * time.Second
+		} else if v, ok := strings.CutPrefix(line, "run_id:"); ok {
+			runID = v
 		}
 	}
-	return 0
+	return uptime, runID
 }
 
 // update records the leases seen: a lease whose score changed starts its
@@ -682,7 +700,8 @@ func (s *scan) update(now time.Time, v *view) {
 // task, or before this detector started) is any dead server whose expiry,
 // its last heartbeat + 10 s, fits the lease it set with the same clock: the
 // lease is 30 s from the dequeue or from the last heartbeat, and a task is
-// fetched at most 5 s after a heartbeat; 2 s spare for whole seconds.
+// fetched at most 5 s after a heartbeat; 2 s spare for whole seconds. A
+// live or lapsed server that fits as well may be the holder: none then.
 func (s *scan) deadHolders(ref taskRef, score float64, v *view) []string {
 	if _, ok := v.listed[ref.id]; ok {
 		return nil
@@ -698,6 +717,14 @@ func (s *scan) deadHolders(ref taskRef, score float64, v *view) []string {
 	fits := func(exp float64) bool { return exp >= earliest && exp <= latest+2 }
 	for _, exp := range v.lapsed {
 		if fits(exp) { // it may be the holder, and alive: wait and see
+			return nil
+		}
+	}
+	for srv := range v.live {
+		// A live server that has not beaten since the lease was set (its
+		// heartbeat late) may hold the task unlisted: taking it for a dead
+		// one's that happens to fit would take a live worker's task over.
+		if fits(s.servers[srv]) {
 			return nil
 		}
 	}
@@ -718,7 +745,10 @@ func (s *scan) deadHolders(ref taskRef, score float64, v *view) []string {
 // named (or, taken by asynq's liveness, it has none), none of the keys that
 // would show that worker alive exists, its lease has not expired by Redis's
 // clock (an expired one is asynq's recoverer's, which lists and then moves
-// it in two steps), and it was not moved already for this lease.
+// it in two steps), and it was not moved already for this lease. It records
+// when it moved it (courier_moved_at, Redis's clock in ms), by which a
+// delivery fetched before the move but begun after it knows it is
+// overtaken (records.begin).
 //
 // KEYS: active, lease, pending, task hash, then the dead worker's liveness
 // key or each server's asynq key (on a Cluster, none: takeOver checks
@@ -739,7 +769,8 @@ if moved and tonumber(moved) >= tonumber(score) then return 0 end
 if redis.call('LREM', KEYS[1], 0, ARGV[1]) == 0 then return 0 end
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('RPUSH', KEYS[3], ARGV[1])
-redis.call('HSET', KEYS[4], 'state', 'pending', 'courier_moved_lease', score)
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[4], 'state', 'pending', 'courier_moved_lease', score, 'courier_moved_at', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
 redis.call('HDEL', KEYS[4], 'courier_holder')
 return redis.call('HINCRBY', KEYS[4], 'courier_epoch', 1)
 `)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/courier-dev/courier/internal/redisfault"
+	"github.com/courier-dev/courier/internal/redistest"
 	"github.com/courier-dev/courier/pkg/webex"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
@@ -321,6 +323,40 @@ func TestRecoveryOneMissedHeartbeatIsNoDeath(t *testing.T) {
 	beat()
 	if n := r.recovered.Load(); n != 0 {
 		t.Fatalf("recovered %d of a live worker's tasks", n)
+	}
+}
+
+// A task fetched by a live server since its last heartbeat, whose next
+// heartbeat is late (its key still there, the task not listed yet, the
+// lease still), is not taken for the task of another server that died at
+// the same moment (its expiry fits the lease as well). Before the fix only
+// lapsed and dead servers were weighed: the other's death took the live
+// worker's task over (and parallel tests' fake dead servers made
+// TestRecoveryOneMissedHeartbeatIsNoDeath flaky).
+func TestRecoveryLateHeartbeatNotTakenForAnotherDeath(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := newEnv(t, webextest.Options{})
+	late := e.enqueue(text("r", "fetched by a server whose heartbeat is late"))
+	srv := fakeDeadHolder(t, e.rdb, e.queue, late)
+	e.rdb.Set(ctx, serverKey(srv), "x", time.Minute) // alive
+	other := serverKey("deadhost:4243:" + e.queue + "-other")
+	e.rdb.ZAdd(ctx, asynqServers, redis.Z{Score: float64(time.Now().Add(asynqServerStateTTL).Unix()), Member: other}) // died just now
+	t.Cleanup(func() {
+		e.rdb.Del(context.Background(), serverKey(srv))
+		e.rdb.ZRem(context.Background(), asynqServers, other)
+	})
+	r := newTestRecovery(t, e.rdb, e.queue)
+	start := time.Now()
+	r.run(t)
+	for time.Since(start) < max(MinRecoveryAfter, leaseStill)+goneFor+2*time.Second {
+		if st := e.taskState(late); st != asynq.TaskStateActive {
+			t.Fatalf("a live server's task was taken for another's death: %v", st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := r.recovered.Load(); n != 0 {
+		t.Fatalf("recovered %d", n)
 	}
 }
 
@@ -662,30 +698,82 @@ func TestDeliveryWithoutHolderClearsAStaleOne(t *testing.T) {
 	}
 }
 
-// KNOWN DEFECT (review of issue 18, not fixed): a worker frozen (SIGSTOP, a
-// stalled VM, or its begin request held up in the network) between asynq's
-// fetch and the start of its delivery is taken over by asynq's liveness
-// (its server's key gone, the task's lease still); the new owner fetches
-// the task; the frozen worker resumes and its start reads the new epoch as
-// its own claim: both post. Simulated here by moving the epoch on just
-// before the start-of-delivery script runs.
+// A worker frozen (SIGSTOP, a stalled VM) between asynq's fetch and the
+// start of its delivery is taken over by asynq's liveness (its server's
+// key gone, the task's lease still); the new owner fetches the task; the
+// frozen worker resumes. Its start finds the takeover later than its own
+// handler's entry: it begins nothing, posts nothing and halts, and the
+// epoch (the new owner's) is left alone. Simulated by a 4 s freeze just
+// before the start-of-delivery script (in the Holder it records), ending with the takeover's own
+// writes (before the fix its start read the new epoch as its own claim:
+// both posted).
 func TestTakenOverBeforeBeginPostsNothing(t *testing.T) {
-	t.Skip("known defect: a delivery that begins after a takeover claims the new epoch (see the report of review-18)")
 	t.Parallel()
 	ctx := context.Background()
 	e := newEnv(t, webextest.Options{})
-	faults := e.faults()
 	r := newTestRecovery(t, e.rdb, e.queue)
 	r.run(t)
 	waitFor(t, 5*time.Second, "the liveness key", func() bool { return r.Holder() != "" })
 	id := e.enqueue(text("r", "taken over before begin"))
-	faults.Add(&redisfault.Rule{Match: e.beginCmd(id), Do: func() { // taken over while frozen, fetched again by the new owner
-		e.rdb.HIncrBy(ctx, taskKey(e.queue, id), fieldEpoch, 1)
-	}})
-	e.start(func(c *WorkerConfig) { c.Fence = r })
+	key := taskKey(e.queue, id)
+	frozen := &beforeHolder{Recovery: r.Recovery, do: func() {
+		time.Sleep(4 * time.Second) // the freeze (the fault, not a synchronisation)
+		takeOverWrites(t, e.rdb, key)
+	}}
+	e.start(func(c *WorkerConfig) { c.Fence = frozen })
 	waitFor(t, 30*time.Second, "the halt or a post", func() bool { n, _ := e.sim.Counts("r"); return r.halts.Load() > 0 || n > 0 })
 	if n, _ := e.sim.Counts("r"); n != 0 {
 		t.Fatalf("the frozen worker posted %d", n)
+	}
+	v := e.rdb.HMGet(ctx, key, fieldEpoch, fieldRuns, fieldHolder).Val()
+	if v[0] != "1" || v[1] != nil || v[2] != nil {
+		t.Fatalf("epoch, runs, holder after the frozen worker resumed: %v; want 1 and none written", v)
+	}
+}
+
+// beforeHolder is the Recovery, whose Holder, asked for by a delivery just
+// before its start-of-delivery script, runs do the first time.
+type beforeHolder struct {
+	*Recovery
+	do   func()
+	once sync.Once
+}
+
+func (b *beforeHolder) Holder() string {
+	b.once.Do(b.do)
+	return b.Recovery.Holder()
+}
+
+// takeOverWrites makes, on the task's hash, the writes of a takeover
+// (takeOverScript) that a delivery's start reads: the epoch moved on and
+// the time of the move by Redis's clock.
+func takeOverWrites(t *testing.T, rdb redis.UniversalClient, key string) {
+	t.Helper()
+	ctx := context.Background()
+	now, err := rdb.Time(ctx).Result()
+	if err != nil {
+		t.Error(err)
+		return
+	}
+	rdb.HSet(ctx, key, "courier_moved_at", now.UnixMilli())
+	rdb.HIncrBy(ctx, key, fieldEpoch, 1)
+}
+
+// The new owner of a task taken over, which fetched it after the takeover,
+// delivers it: a takeover just before a delivery's fetch is no reason to
+// halt (no false positive for the legitimate owner).
+func TestTakenOverJustBeforeFetchIsDelivered(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, webextest.Options{})
+	r := newTestRecovery(t, e.rdb, e.queue)
+	r.run(t)
+	waitFor(t, 5*time.Second, "the liveness key", func() bool { return r.Holder() != "" })
+	id := e.enqueue(text("r", "taken over just before its fetch"))
+	takeOverWrites(t, e.rdb, taskKey(e.queue, id))
+	e.start(func(c *WorkerConfig) { c.Fence = r })
+	e.waitState(id, asynq.TaskStateCompleted, 20*time.Second)
+	if n, acc := e.sim.Counts("r"); n != 1 || acc != 1 || r.halts.Load() != 0 {
+		t.Fatalf("%d requests, %d accepted, %d halts; want 1 1 0", n, acc, r.halts.Load())
 	}
 }
 
@@ -710,5 +798,62 @@ func TestLivenessWritesFailingOnALiveWorker(t *testing.T) {
 	e.waitState(id, asynq.TaskStateCompleted, 40*time.Second)
 	if n, acc := e.sim.Counts("r"); n != 1 || acc != 1 || r.halts.Load() != 0 || other.recovered.Load() != 0 {
 		t.Fatalf("%d requests, %d accepted, %d halts, %d taken over; want 1 1 0 0", n, acc, r.halts.Load(), other.recovered.Load())
+	}
+}
+
+// After a failover (Redis is another server: a promoted replica, with its
+// own long uptime), the detector watches again from scratch, as after a
+// failed read: a worker cut off by the failover, whose liveness key lapses
+// on the new primary, keeps its task until its lease has stood still there
+// for the window again. Simulated by two private servers holding the same
+// state, the client redialling to the second between two scans without an
+// error (as go-redis's failover client does); before the fix the task was
+// taken over as soon as the key lapsed, about a second after the switch.
+func TestFailoverRestartsTheWatch(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	a, b := redistest.Start(t, false), redistest.Start(t, false)
+	var addr atomic.Value
+	addr.Store(a.Addr)
+	rdb := redis.NewClient(&redis.Options{ConnMaxLifetime: 50 * time.Millisecond,
+		Dialer: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, network, addr.Load().(string))
+		}})
+	t.Cleanup(func() { rdb.Close() })
+	queue, id, holder := redistest.Name(t), "failover-task", "cutoff:1:worker"
+	lease := float64(time.Now().Add(10 * time.Minute).Unix())
+	for _, s := range []*redistest.Server{a, b} { // the replica holds what the primary held
+		c := redis.NewClient(s.Options())
+		c.RPush(ctx, activeKey(queue), id)
+		c.ZAdd(ctx, leaseKey(queue), redis.Z{Score: lease, Member: id})
+		c.HSet(ctx, taskKey(queue, id), "state", "active", fieldHolder, holder)
+		c.Set(ctx, aliveKey(holder), 1, time.Minute)
+		c.Close()
+	}
+	r := newTestRecovery(t, rdb, queue)
+	r.run(t)
+	// The holder is alive on the primary: its task stays, however still.
+	deadline := time.Now().Add(leaseStill + 2*time.Second)
+	for time.Now().Before(deadline) {
+		if r.recovered.Load() != 0 {
+			t.Fatal("a live holder's task taken over")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	addr.Store(b.Addr) // the failover; the holder, cut off, no longer refreshes its key there
+	bc := redis.NewClient(b.Options())
+	t.Cleanup(func() { bc.Close() })
+	bc.PExpire(ctx, aliveKey(holder), 500*time.Millisecond)
+	switched := time.Now()
+	for time.Since(switched) < leaseStill-time.Second {
+		if r.recovered.Load() != 0 {
+			t.Fatalf("taken over %v after the failover, before its lease stood still there for %v", time.Since(switched).Round(time.Millisecond), leaseStill)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	waitFor(t, 30*time.Second, "the takeover on the new primary", func() bool { return r.recovered.Load() == 1 })
+	if n := bc.LLen(ctx, pendingKey(queue)).Val(); n != 1 {
+		t.Fatalf("%d pending on the new primary, want 1", n)
 	}
 }
