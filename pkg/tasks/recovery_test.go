@@ -314,12 +314,7 @@ func TestRecoveryOneMissedHeartbeatIsNoDeath(t *testing.T) {
 	waitFor(t, 2*up, "the window", func() bool { return time.Since(start) > up })
 	e.rdb.Del(ctx, serverKey(srv), workers) // one heartbeat missed: both lapse
 	lapse := time.Now()
-	for time.Since(lapse) < goneFor-time.Second {
-		if a, b := e.taskState(unlisted), e.taskState(listed); a != asynq.TaskStateActive || b != asynq.TaskStateActive {
-			t.Fatalf("a live worker's task was taken over after one missed heartbeat: %v, %v", a, b)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	e.staysActive(t, lapse.Add(goneFor-time.Second), "a live worker's task was taken over after one missed heartbeat", unlisted, listed)
 	beat()
 	if n := r.recovered.Load(); n != 0 {
 		t.Fatalf("recovered %d of a live worker's tasks", n)
@@ -349,12 +344,7 @@ func TestRecoveryLateHeartbeatNotTakenForAnotherDeath(t *testing.T) {
 	r := newTestRecovery(t, e.rdb, e.queue)
 	start := time.Now()
 	r.run(t)
-	for time.Since(start) < max(MinRecoveryAfter, leaseStill)+goneFor+2*time.Second {
-		if st := e.taskState(late); st != asynq.TaskStateActive {
-			t.Fatalf("a live server's task was taken for another's death: %v", st)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	e.staysActive(t, start.Add(max(MinRecoveryAfter, leaseStill)+goneFor+2*time.Second), "a live server's task was taken for another's death", late)
 	if n := r.recovered.Load(); n != 0 {
 		t.Fatalf("recovered %d", n)
 	}
@@ -372,12 +362,7 @@ func TestRecoveryLeavesExpiredLeasesToAsynq(t *testing.T) {
 	start := time.Now()
 	r.run(t)
 	up := MinRecoveryAfter + goneFor + 2*time.Second
-	for time.Since(start) < up {
-		if st := e.taskState(id); st != asynq.TaskStateActive {
-			t.Fatalf("a task with an expired lease was moved: %v", st)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	e.staysActive(t, start.Add(up), "a task with an expired lease was moved", id)
 	if n := r.recovered.Load(); n != 0 {
 		t.Fatalf("recovered %d", n)
 	}
@@ -595,84 +580,6 @@ func (s takeOverDuring) CreateMessage(ctx context.Context, m webex.Message) (*we
 	return s.Sender.CreateMessage(ctx, m)
 }
 
-// A claim Redis confirmed while this worker's liveness key had lapsed (its
-// liveness writes failed, its other commands went through) is checked
-// again before the post even though a liveness write succeeded since: the
-// key was gone in between, so another worker may have taken the task over
-// right after the confirmation.
-func TestLivenessLapseVoidsFreshClaims(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	e := newEnv(t, webextest.Options{})
-	id := e.enqueue(text("r", "held"))
-	faults := e.faults()
-	r := newTestRecovery(t, e.rdb, e.queue)
-	r.run(t)
-	waitFor(t, 5*time.Second, "the liveness key", func() bool { return r.Holder() != "" })
-	rule := faults.Add(&redisfault.Rule{Match: redisfault.Match{Name: "set", Args: []string{aliveKey(r.Holder())}}, Count: -1})
-	waitFor(t, 10*time.Second, "the liveness key to lapse", func() bool { return e.rdb.Exists(ctx, aliveKey(r.Holder())).Val() == 0 })
-	c := Claim{Queue: e.queue, ID: id}
-	confirmed := time.Now()                                 // Redis confirms the claim (epoch 0) while the key is gone
-	e.rdb.HIncrBy(ctx, taskKey(e.queue, id), fieldEpoch, 1) // another worker takes it over
-	rule.Remove()
-	waitFor(t, 5*time.Second, "the liveness key back", func() bool { return e.rdb.Exists(ctx, aliveKey(r.Holder())).Val() == 1 })
-	h := &Handler{cfg: WorkerConfig{Fence: r.Recovery}}
-	if err := h.fence(ctx, c, confirmed); !errors.Is(err, ErrTakenOver) {
-		t.Fatalf("fence %v after the confirmation: %v, want ErrTakenOver", time.Since(confirmed).Round(time.Millisecond), err)
-	}
-}
-
-// A worker frozen (SIGSTOP, a stalled VM) right after the start of its
-// delivery answered is checked before it posts, however fresh its own
-// clock says the confirmation is: while it was frozen its liveness lapsed,
-// another worker took the task over, and its own liveness write came first
-// when it resumed. It posts nothing and halts.
-func TestFrozenAfterBeginPostsNothing(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	e := newEnv(t, webextest.Options{})
-	faults := e.faults()
-	r := newTestRecovery(t, e.rdb, e.queue)
-	r.run(t)
-	waitFor(t, 5*time.Second, "the liveness key", func() bool { return r.Holder() != "" })
-	id := e.enqueue(text("r", "frozen after begin"))
-	key := taskKey(e.queue, id)
-	e.rdb.AddHook(afterCmd{match: e.beginCmd(id), then: func() { // the freeze, between the answer and the handler
-		rule := faults.Add(&redisfault.Rule{Match: redisfault.Match{Name: "set", Args: []string{aliveKey(r.Holder())}}, Count: -1})
-		waitFor(t, 10*time.Second, "the liveness key to lapse", func() bool { return e.rdb.Exists(ctx, aliveKey(r.Holder())).Val() == 0 })
-		e.rdb.HIncrBy(ctx, key, fieldEpoch, 1) // taken over, fetched again by the new owner
-		rule.Remove()
-		waitFor(t, 5*time.Second, "the liveness key back", func() bool { return e.rdb.Exists(ctx, aliveKey(r.Holder())).Val() == 1 })
-	}, once: &atomic.Bool{}})
-	e.start(func(c *WorkerConfig) { c.Fence = r })
-	waitFor(t, 30*time.Second, "the halt", func() bool { return r.halts.Load() > 0 })
-	if n, _ := e.sim.Counts("r"); n != 0 {
-		t.Fatalf("the frozen worker posted %d", n)
-	}
-}
-
-// afterCmd runs then, once, after the first command match matches has
-// been answered, before the caller sees the answer.
-type afterCmd struct {
-	match redisfault.Match
-	then  func()
-	once  *atomic.Bool
-}
-
-func (a afterCmd) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (a afterCmd) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
-	return next
-}
-func (a afterCmd) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
-	return func(ctx context.Context, cmd redis.Cmder) error {
-		err := next(ctx, cmd)
-		if a.match.Matches(cmd) && a.once.CompareAndSwap(false, true) {
-			a.then()
-		}
-		return err
-	}
-}
-
 // A delivery by a worker that records no holder (its liveness not written
 // yet) removes a holder an earlier run left behind (its end failed): the
 // task then goes by the asynq liveness of the worker delivering it, not by
@@ -855,5 +762,19 @@ func TestFailoverRestartsTheWatch(t *testing.T) {
 	waitFor(t, 30*time.Second, "the takeover on the new primary", func() bool { return r.recovered.Load() == 1 })
 	if n := bc.LLen(ctx, pendingKey(queue)).Val(); n != 1 {
 		t.Fatalf("%d pending on the new primary, want 1", n)
+	}
+}
+
+// staysActive fails the test if any of ids leaves the active state before
+// until (no detector may move them meanwhile); it looks every 100 ms.
+func (e *env) staysActive(t *testing.T, until time.Time, what string, ids ...string) {
+	t.Helper()
+	for time.Now().Before(until) {
+		for _, id := range ids {
+			if st := e.taskState(id); st != asynq.TaskStateActive {
+				t.Fatalf("%s: %s is %v", what, id, st)
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
