@@ -66,7 +66,10 @@ func NewEnv(log io.Writer, fsync string) (*Env, error) {
 	e.BenchBin = filepath.Join(dir, "courierbench")
 	const mod = "github.com/courier-dev/courier/cmd/"
 	for bin, pkg := range map[string]string{e.WorkerBin: mod + "worker", e.EnqBin: mod + "enqueue", e.BenchBin: mod + "courierbench"} {
-		if out, err := exec.Command("go", "build", "-o", bin, pkg).CombinedOutput(); err != nil {
+		// Built as the Dockerfile builds what ships: static, stripped.
+		build := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, pkg)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("build %s (run inside the repository): %v\n%s", pkg, err, out)
 		}
 	}
@@ -216,8 +219,14 @@ func (p *Proc) Kill() {
 }
 
 // CPU is the process's user+system CPU time so far.
-func (p *Proc) CPU() time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.Cmd.Process.Pid))
+func (p *Proc) CPU() time.Duration { return processCPU(p.Cmd.Process.Pid) }
+
+// CPU is the server's user+system CPU time so far.
+func (s *RedisServer) CPU() time.Duration { return processCPU(s.cmd.Process.Pid) }
+
+// processCPU is a process's user+system CPU time so far.
+func processCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return 0
 	}
@@ -228,20 +237,32 @@ func (p *Proc) CPU() time.Duration {
 }
 
 // PeakRSS is the process's peak resident set (VmHWM).
-func (p *Proc) PeakRSS() int64 {
+func (p *Proc) PeakRSS() int64 { return p.status()["VmHWM"] }
+
+// Memory is the process's resident set now: anonymous memory (heap,
+// stacks) and pages of files (its binary, shared libraries).
+func (p *Proc) Memory() (anon, file int64) {
+	st := p.status()
+	return st["RssAnon"], st["RssFile"]
+}
+
+// status is the process's /proc status sizes in bytes, by name.
+func (p *Proc) status() map[string]int64 {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.Cmd.Process.Pid))
 	if err != nil {
-		return 0
+		return nil
 	}
 	defer f.Close()
+	sizes := map[string]int64{}
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "VmHWM:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
-			return kb << 10
+		name, v, ok := strings.Cut(sc.Text(), ":")
+		if v, unit := strings.CutSuffix(strings.TrimSpace(v), " kB"); ok && unit {
+			kb, _ := strconv.ParseInt(v, 10, 64)
+			sizes[name] = kb << 10
 		}
 	}
-	return 0
+	return sizes
 }
 
 // median of xs (sorted copy).

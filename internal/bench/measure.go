@@ -78,6 +78,13 @@ type DrainResult struct {
 	PerSec  float64
 	PeakRSS int64
 	CPU     time.Duration // the worker's CPU time, start-up included
+	// RedisCPU is Redis's CPU time from the worker's start to the last
+	// message accepted.
+	RedisCPU time.Duration
+	// PeakAnon and PeakFile are the highest anonymous memory (heap,
+	// stacks) and file pages (the binary) seen in the worker's resident
+	// set, sampled every 20 ms.
+	PeakAnon, PeakFile int64
 }
 
 // Drain fills a queue with n messages, starts a worker of side and measures
@@ -95,6 +102,7 @@ func (e *Env) drainWith(side Side, n, concurrency int, during func(admin string)
 		return DrainResult{}, err
 	}
 	e.Sim.Reset()
+	redis0 := e.Redis.CPU()
 	p, err := e.StartWorker(side, queue, concurrency, extra...)
 	if err != nil {
 		return DrainResult{}, err
@@ -102,8 +110,28 @@ func (e *Env) drainWith(side Side, n, concurrency int, during func(admin string)
 	if during != nil {
 		go during(adminAddr(extra))
 	}
+	var res DrainResult
+	sampled := make(chan struct{})
+	stopSampling := make(chan struct{})
+	go func() {
+		defer close(sampled)
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for {
+			anon, file := p.Memory()
+			res.PeakAnon, res.PeakFile = max(res.PeakAnon, anon), max(res.PeakFile, file)
+			select {
+			case <-stopSampling:
+				return
+			case <-t.C:
+			}
+		}
+	}()
 	err = e.waitAccepted(n, 5*time.Minute)
-	rss, cpu := p.PeakRSS(), p.CPU()
+	res.RedisCPU = e.Redis.CPU() - redis0
+	res.PeakRSS, res.CPU = p.PeakRSS(), p.CPU()
+	close(stopSampling)
+	<-sampled
 	p.Stop(30 * time.Second)
 	if err != nil {
 		return DrainResult{}, err
@@ -117,7 +145,8 @@ func (e *Env) drainWith(side Side, n, concurrency int, during func(admin string)
 			last = r.Time
 		}
 	}
-	return DrainResult{PerSec: float64(n) / last.Sub(first).Seconds(), PeakRSS: rss, CPU: cpu}, nil
+	res.PerSec = float64(n) / last.Sub(first).Seconds()
+	return res, nil
 }
 
 // EnqueueRates measures enqueues per second: bare Client.Enqueue and
