@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# Static courier binaries (worker, enqueue, webexsim) on a distroless,
+# Static courier binaries (worker, monitor, enqueue, webexsim) on a distroless,
 # non-root base. Build: docker build -t courier .
 FROM golang:1.26-bookworm AS build
 WORKDIR /src
@@ -7,6 +7,7 @@ COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
 RUN CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/worker ./cmd/worker \
+ && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/monitor ./cmd/monitor \
  && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/enqueue ./cmd/enqueue \
  && CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o /out/webexsim ./cmd/webexsim
 

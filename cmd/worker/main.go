@@ -1,17 +1,17 @@
 // Command worker delivers courier's queued Webex messages. Configuration
 // comes from flags and environment variables (see README.md, "Configuration",
 // or worker -help). "worker ready" asks a running worker's admin server
-// whether it is ready, for container health checks.
+// whether it is ready, for container health checks. The operator UI is
+// cmd/monitor's and the zero-install demo cmd/dev's: neither is built in,
+// which keeps each worker replica about 5 MB smaller in memory.
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 
-	"github.com/courier-dev/courier/internal/signals"
 	"github.com/courier-dev/courier/internal/worker"
 )
 
@@ -25,19 +25,13 @@ func main() {
 		worker.Usage(os.Stderr)
 		return
 	}
+	if err == nil && cfg.Dev {
+		err = errors.New("dev mode is not part of the production worker: go run ./cmd/dev")
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "worker:", err)
 		os.Exit(worker.ExitConfig)
 	}
 	cfg.Isolation(os.Args[1:], os.LookupEnv)
-	ctx, stop := signals.Context(context.Background(), nil, func(s os.Signal) {
-		fmt.Fprintf(os.Stderr, "worker: second %v: exiting now\n", s)
-		os.Exit(worker.ExitFailure)
-	})
-	err = worker.Run(ctx, cfg, worker.NewLogger(os.Stderr, cfg.LogFormat, cfg.LogLevel))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "worker:", err)
-	}
-	stop()
-	os.Exit(worker.ExitCode(err))
+	os.Exit(worker.Main("worker", cfg))
 }

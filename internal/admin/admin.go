@@ -1,10 +1,12 @@
 // Package admin is the worker's admin HTTP server: liveness and readiness,
-// Prometheus metrics, the asynqmon UI, and the dead-letter record.
+// Prometheus metrics, pprof, the dead-letter record, and the operator UI
+// (internal/monitor) where the build mounts it (cmd/dev; cmd/monitor
+// serves it alone, behind the same Guard).
 //
-// It binds to loopback by default. asynqmon is read-only unless Writable.
+// It binds to loopback by default. The UI is read-only unless Writable.
 // Basic auth, when configured, guards everything but /healthz and /readyz
 // (orchestrators probe those without credentials); it is required when the
-// server binds beyond loopback with asynqmon writable. Cross-origin browser
+// server binds beyond loopback writable. Cross-origin browser
 // requests that change state (a form posted from another site) are refused
 // with 403 (net/http's CrossOriginProtection). Without auth, a request whose
 // Host names another site (a DNS name rebound to this address) gets 421.
@@ -22,26 +24,25 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/hibiken/asynq"
-	"github.com/hibiken/asynqmon"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/courier-dev/courier/pkg/tasks"
 )
 
-// MonitoringPath is where asynqmon is mounted.
+// MonitoringPath is where Config.Monitor is mounted.
 const MonitoringPath = "/monitoring/"
 
 // Config configures the admin server.
 type Config struct {
-	// Redis is where asynqmon looks (it keeps its own connections).
-	Redis asynq.RedisConnOpt
+	// Monitor, when set, is mounted at MonitoringPath (internal/monitor).
+	Monitor http.Handler
 	// Ready reports nil when the worker can deliver, else why not.
 	Ready func(context.Context) error
 	// Gatherer serves /metrics.
 	Gatherer prometheus.Gatherer
-	// Writable lets asynqmon and /deadletters change tasks (re-run, delete).
+	// Writable lets /deadletters change tasks (re-run, delete); Monitor
+	// is built writable or not by the caller.
 	Writable bool
 	// Addr is the listen address (host:port). Without auth, requests must
 	// name it, loopback, localhost, an IP address or a single-label name as
@@ -54,23 +55,24 @@ type Config struct {
 	Producer    *tasks.Producer
 }
 
-// CheckBind refuses a writable admin server beyond loopback without auth.
-func CheckBind(addr string, writable bool, user string) error {
+// CheckBind refuses a writable server beyond loopback without auth;
+// setting names the address's setting in the error.
+func CheckBind(setting, addr string, writable bool, user string) error {
 	if !writable || user != "" {
 		return nil
 	}
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("COURIER_ADMIN_ADDR %q: %w", addr, err)
+		return fmt.Errorf("%s %q: %w", setting, addr, err)
 	}
 	if ip := net.ParseIP(host); host == "localhost" || (ip != nil && ip.IsLoopback()) {
 		return nil
 	}
-	return fmt.Errorf("COURIER_ADMIN_ADDR %q binds beyond loopback with asynqmon writable: set COURIER_ADMIN_USER and COURIER_ADMIN_PASSWORD (or _FILE)", addr)
+	return fmt.Errorf("%s %q binds beyond loopback writable (re-run and delete tasks): set COURIER_ADMIN_USER and COURIER_ADMIN_PASSWORD (or _FILE)", setting, addr)
 }
 
-// Handler builds the admin handler; close releases asynqmon's connections.
-func Handler(cfg Config) (h http.Handler, closeFn func() error) {
+// Handler builds the admin handler.
+func Handler(cfg Config) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
@@ -85,13 +87,9 @@ func Handler(cfg Config) (h http.Handler, closeFn func() error) {
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
-	mon := asynqmon.New(asynqmon.Options{
-		RootPath:         MonitoringPath,
-		RedisConnOpt:     cfg.Redis,
-		ReadOnly:         !cfg.Writable,
-		PayloadFormatter: asynqmon.PayloadFormatterFunc(FormatPayload),
-	})
-	mux.Handle(MonitoringPath, mon)
+	if cfg.Monitor != nil {
+		mux.Handle(MonitoringPath, cfg.Monitor)
+	}
 	// Go's profiler, for "why is it slow" (behind the same auth).
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -127,15 +125,20 @@ func Handler(cfg Config) (h http.Handler, closeFn func() error) {
 			}
 		})
 	}
+	return Guard(mux, cfg.Addr, cfg.User, cfg.Password)
+}
+
+// Guard refuses non-safe cross-origin requests to h and, with user, asks
+// for basic auth on everything but /healthz and /readyz; without user, a
+// request whose Host names another site than addr gets 421 (hostGuard).
+func Guard(h http.Handler, addr, user, password string) http.Handler {
 	// Browsers send cross-site form posts (and cached basic-auth
 	// credentials) to any address: refuse non-safe cross-origin requests.
-	var handler http.Handler = http.NewCrossOriginProtection().Handler(mux)
-	if cfg.User != "" {
-		handler = basicAuth(handler, cfg.User, cfg.Password)
-	} else {
-		handler = hostGuard(handler, cfg.Addr)
+	h = http.NewCrossOriginProtection().Handler(h)
+	if user != "" {
+		return basicAuth(h, user, password)
 	}
-	return handler, mon.Close
+	return hostGuard(h, addr)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -159,35 +162,4 @@ func basicAuth(h http.Handler, user, password string) http.Handler {
 		}
 		h.ServeHTTP(w, r)
 	})
-}
-
-// FormatPayload shows a send task's payload in asynqmon with inline file
-// contents elided (name and size only). Other payloads show as they are.
-func FormatPayload(taskType string, payload []byte) string {
-	if taskType != tasks.TypeSend {
-		return string(payload)
-	}
-	p, err := tasks.DecodePayload(payload)
-	if p == nil {
-		return fmt.Sprintf("(unreadable payload, %d bytes: %v)", len(payload), err)
-	}
-	type elided struct {
-		Name        string `json:"name"`
-		ContentType string `json:"contentType,omitempty"`
-		Size        int    `json:"size"`
-	}
-	files := make([]elided, len(p.Message.Uploads))
-	for i, f := range p.Message.Uploads {
-		files[i] = elided{f.Name, f.ContentType, len(f.Data)}
-	}
-	p.Message.Uploads = nil
-	out := struct {
-		*tasks.Payload
-		Uploads []elided `json:"uploads,omitempty"`
-	}{p, files}
-	b, err := json.MarshalIndent(out, "", "  ")
-	if err != nil {
-		return fmt.Sprintf("(payload, %d bytes)", len(payload))
-	}
-	return string(b)
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/courier-dev/courier/internal/admin"
+	"github.com/courier-dev/courier/internal/monitor"
 	"github.com/courier-dev/courier/internal/redistest"
 	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/pkg/tasks"
@@ -28,9 +29,10 @@ func TestCrossOriginRequestsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, closeMon := admin.Handler(admin.Config{Redis: redisurl.Single(redistest.Options(t)), Ready: func(context.Context) error { return nil },
-		Gatherer: prometheus.NewRegistry(), Writable: true, DeadLetters: tasks.NewDeadLetters(rdb, "courier:{"+queue+"}:deadletters", 10), Producer: p})
+	mon, closeMon := monitor.Handler(redisurl.Single(redistest.Options(t)), true)
 	t.Cleanup(func() { _ = closeMon() })
+	h := admin.Handler(admin.Config{Monitor: mon, Ready: func(context.Context) error { return nil },
+		Gatherer: prometheus.NewRegistry(), Writable: true, DeadLetters: tasks.NewDeadLetters(rdb, "courier:{"+queue+"}:deadletters", 10), Producer: p})
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	post := func(path string, header map[string]string) int {

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/courier-dev/courier/internal/admin"
+	"github.com/courier-dev/courier/internal/monitor"
 	"github.com/courier-dev/courier/internal/redistest"
 	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/pkg/tasks"
@@ -30,10 +31,11 @@ func TestForeignHostRefusedWithoutAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = insp.DeleteQueue(queue, true) })
-	h, closeMon := admin.Handler(admin.Config{Redis: redisurl.Single(redistest.Options(t)), Ready: func(context.Context) error { return nil },
+	mon, closeMon := monitor.Handler(redisurl.Single(redistest.Options(t)), true)
+	t.Cleanup(func() { _ = closeMon() })
+	h := admin.Handler(admin.Config{Monitor: mon, Ready: func(context.Context) error { return nil },
 		Gatherer: prometheus.NewRegistry(), Writable: true, Addr: "127.0.0.1:18916",
 		DeadLetters: tasks.NewDeadLetters(rdb, "courier:{"+queue+"}:deadletters", 10), Producer: p})
-	t.Cleanup(func() { _ = closeMon() })
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 	do := func(method, path, host string) (int, string) {
@@ -73,9 +75,8 @@ func TestForeignHostRefusedWithoutAuth(t *testing.T) {
 		}
 	}
 	// With auth, the credentials are the guard: any Host.
-	h2, close2 := admin.Handler(admin.Config{Redis: redisurl.Single(redistest.Options(t)), Ready: func(context.Context) error { return nil },
+	h2 := admin.Handler(admin.Config{Ready: func(context.Context) error { return nil },
 		Gatherer: prometheus.NewRegistry(), User: "admin", Password: "pw", DeadLetters: tasks.NewDeadLetters(rdb, "courier:{"+queue+"}:deadletters", 10)})
-	t.Cleanup(func() { _ = close2() })
 	req := httptest.NewRequest("GET", "/deadletters", nil)
 	req.Host = "courier.example.com"
 	req.SetBasicAuth("admin", "pw")

@@ -182,3 +182,23 @@ func (s *Set) Usage(w io.Writer) {
 		fmt.Fprintf(w, "  -%-28s %-34s default %q\n      %s\n", st.flag, env, st.def, st.help)
 	}
 }
+
+// Secret reads a secret (a token, a password) from the variable env or
+// the file named by fileEnv; never both. Secrets are never flags: flags
+// show in process lists.
+func Secret(getenv func(string) string, env, fileEnv string) (string, error) {
+	tok, file := strings.TrimSpace(getenv(env)), getenv(fileEnv)
+	switch {
+	case tok != "" && file != "":
+		return "", fmt.Errorf("%s and %s are both set: use one", env, fileEnv)
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", fileEnv, err)
+		}
+		if tok = strings.TrimSpace(string(b)); tok == "" {
+			return "", fmt.Errorf("%s: %s is empty", fileEnv, file)
+		}
+	}
+	return tok, nil
+}

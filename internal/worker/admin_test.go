@@ -18,6 +18,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/courier-dev/courier/internal/monitor"
 	"github.com/courier-dev/courier/internal/redistest"
 	"github.com/courier-dev/courier/internal/worker"
 	"github.com/courier-dev/courier/pkg/tasks"
@@ -72,6 +73,7 @@ func adminConfig(t *testing.T, redisURL, simURL, queue string, extra map[string]
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.Extras.Monitor = monitor.Handler // as cmd/dev mounts it
 	return cfg, "http://" + addr
 }
 
@@ -206,11 +208,30 @@ func TestPayloadViewElidesFiles(t *testing.T) {
 	}
 }
 
+// The production worker has no dev mode (no embedded Redis, simulator or
+// UI in its binary): asked for it, it exits 2 and names cmd/dev; Run says
+// the same to an embedder that did not add Extras.Dev.
+func TestWorkerRefusesDevMode(t *testing.T) {
+	t.Parallel()
+	p := startWorker(t, "COURIER_DEV=true")
+	err := p.wait(t, 20*time.Second)
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != worker.ExitConfig || !strings.Contains(p.out.String(), "go run ./cmd/dev") {
+		t.Fatalf("exit %v, output:\n%s", err, p.out.String())
+	}
+	cfg, err := worker.Load([]string{"-dev"}, func(string) (string, bool) { return "", false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := worker.Run(context.Background(), cfg, slog.New(slog.DiscardHandler)); err == nil || !strings.Contains(err.Error(), "cmd/dev") {
+		t.Fatalf("Run without Extras.Dev: %v", err)
+	}
+}
+
 // The dev mode: one command, seeded outcomes, a CLI enqueue against the
 // address its banner prints, and a clean stop on SIGINT.
 func TestDevMode(t *testing.T) {
 	t.Parallel()
-	p := startWorker(t, "COURIER_DEV=true", "COURIER_ADMIN_ADDR=127.0.0.1:0", "COURIER_LOG_FORMAT=json")
+	p := startBinary(t, devBin, "COURIER_ADMIN_ADDR=127.0.0.1:0", "COURIER_LOG_FORMAT=json")
 	var redisURL, simURL string
 	waitFor(t, 20*time.Second, "the banner", func() bool {
 		out := p.out.String()

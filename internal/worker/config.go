@@ -129,10 +129,11 @@ type Config struct {
 	LogLevel string
 
 	// AdminAddr is the admin HTTP server's address: health, metrics,
-	// asynqmon, dead letters (COURIER_ADMIN_ADDR). Default DefaultAdminAddr;
+	// pprof, dead letters, and the operator UI where Extras.Monitor is set
+	// (COURIER_ADMIN_ADDR). Default DefaultAdminAddr;
 	// "" turns it off; port 0 picks a free port.
 	AdminAddr string
-	// AdminWritable lets asynqmon and /deadletters re-run and delete tasks
+	// AdminWritable lets /deadletters (and the UI) re-run and delete tasks
 	// (COURIER_ADMIN_WRITABLE). Default false. Beyond loopback it requires
 	// AdminUser.
 	AdminWritable bool
@@ -162,7 +163,11 @@ type Config struct {
 
 	// Dev runs everything in-process: miniredis, the Webex simulator and
 	// seeded demo messages (COURIER_DEV). Nothing is durable. Default false.
+	// It needs Extras.Dev: cmd/dev has it, cmd/worker does not.
 	Dev bool
+
+	// Extras are the parts a build adds to the worker (not settings).
+	Extras Extras
 
 	isolate   func(context.Context) *exec.Cmd // set by Isolation
 	isolated  bool                            // this process is an isolated delivery
@@ -189,7 +194,7 @@ func Load(args []string, lookupEnv func(string) (string, bool)) (*Config, error)
 	} else {
 		errs = append(errs, c.loadTokens(getenv)...)
 	}
-	if pw, perr := readToken(getenv, "COURIER_ADMIN_PASSWORD", "COURIER_ADMIN_PASSWORD_FILE"); perr != nil {
+	if pw, perr := settings.Secret(getenv, "COURIER_ADMIN_PASSWORD", "COURIER_ADMIN_PASSWORD_FILE"); perr != nil {
 		errs = append(errs, perr)
 	} else {
 		c.AdminPassword = pw
@@ -201,7 +206,7 @@ func Load(args []string, lookupEnv func(string) (string, bool)) (*Config, error)
 		errs = append(errs, errors.New("COURIER_ADMIN_USER is set: set COURIER_ADMIN_PASSWORD or COURIER_ADMIN_PASSWORD_FILE too"))
 	}
 	if c.AdminAddr != "" {
-		if err := admin.CheckBind(c.AdminAddr, c.AdminWritable, c.AdminUser); err != nil {
+		if err := admin.CheckBind("COURIER_ADMIN_ADDR", c.AdminAddr, c.AdminWritable, c.AdminUser); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -294,15 +299,15 @@ func flags(c *Config) *settings.Set {
 	s.String(&c.Gate.Namespace, "gate-namespace", "COURIER_GATE_NAMESPACE", tasks.DefaultGateNamespace, "Redis key prefix of the shared gate: workers sharing it share each bot's limits")
 	s.String(&c.LogFormat, "log-format", "COURIER_LOG_FORMAT", "auto", "auto (colour text on a terminal, JSON otherwise), text or json")
 	s.String(&c.LogLevel, "log-level", "COURIER_LOG_LEVEL", "info", "debug, info, warn or error")
-	s.String(&c.AdminAddr, "admin-addr", "COURIER_ADMIN_ADDR", DefaultAdminAddr, "admin HTTP server (health, metrics, asynqmon); empty: off")
-	s.Bool(&c.AdminWritable, "admin-writable", "COURIER_ADMIN_WRITABLE", false, "let asynqmon and /deadletters re-run and delete tasks")
+	s.String(&c.AdminAddr, "admin-addr", "COURIER_ADMIN_ADDR", DefaultAdminAddr, "admin HTTP server (health, metrics, pprof, dead letters); empty: off")
+	s.Bool(&c.AdminWritable, "admin-writable", "COURIER_ADMIN_WRITABLE", false, "let /deadletters (and cmd/dev's asynqmon) re-run and delete tasks")
 	s.String(&c.AdminUser, "admin-user", "COURIER_ADMIN_USER", "", "HTTP basic auth user for the admin server (password: COURIER_ADMIN_PASSWORD or _FILE)")
 	s.Int(&c.DeadLetterMax, "deadletter-max", "COURIER_DEADLETTER_MAX", tasks.DefaultDeadLetterMax, "dead letters kept in the courier:deadletters stream beyond asynq's archive")
 	s.String(&c.RelayAddr, "relay-addr", "COURIER_RELAY_ADDR", "", "Webex-compatible relay listener (e.g. 127.0.0.1:8081); empty: off")
 	s.String(&c.RelayQueue, "relay-queue", "COURIER_RELAY_QUEUE", tasks.DefaultQueue, "queue the relay enqueues to")
 	s.Bool(&c.RelayUnordered, "relay-unordered", "COURIER_RELAY_UNORDERED", false, "relay without per-destination order (default: each room's messages in the order posted)")
 	s.Duration(&c.ReconcileInterval, "reconcile-interval", "COURIER_RECONCILE_INTERVAL", tasks.DefaultReconcileInterval, "how often ordered sequences whose head left unnoticed are moved on")
-	s.Bool(&c.Dev, "dev", "COURIER_DEV", false, "zero-install demo: embedded Redis (not durable), the Webex simulator, seeded messages")
+	s.Bool(&c.Dev, "dev", "COURIER_DEV", false, "zero-install demo (cmd/dev only): embedded Redis (not durable), the Webex simulator, seeded messages")
 	return s
 }
 
@@ -324,7 +329,7 @@ func (c *Config) loadTokens(getenv func(string) string) []error {
 		c.Tokens = map[string]string{}
 	}
 	var errs []error
-	if tok, err := readToken(getenv, "WEBEX_TOKEN", "WEBEX_TOKEN_FILE"); err != nil {
+	if tok, err := settings.Secret(getenv, "WEBEX_TOKEN", "WEBEX_TOKEN_FILE"); err != nil {
 		errs = append(errs, err)
 	} else if tok != "" {
 		c.Tokens[""] = tok
@@ -338,7 +343,7 @@ func (c *Config) loadTokens(getenv func(string) string) []error {
 	sort.Strings(names)
 	for _, n := range names {
 		prefix := "COURIER_BOT_" + strings.ToUpper(strings.ReplaceAll(n, "-", "_")) + "_TOKEN"
-		tok, err := readToken(getenv, prefix, prefix+"_FILE")
+		tok, err := settings.Secret(getenv, prefix, prefix+"_FILE")
 		switch {
 		case err != nil:
 			errs = append(errs, err)
@@ -357,7 +362,7 @@ func (c *Config) loadTokens(getenv func(string) string) []error {
 // loadRelayTokens reads COURIER_RELAY_TOKENS (or _FILE): token=bot pairs,
 // comma- or line-separated; "default" names the default bot.
 func (c *Config) loadRelayTokens(getenv func(string) string) []error {
-	raw, err := readToken(getenv, "COURIER_RELAY_TOKENS", "COURIER_RELAY_TOKENS_FILE")
+	raw, err := settings.Secret(getenv, "COURIER_RELAY_TOKENS", "COURIER_RELAY_TOKENS_FILE")
 	if err != nil {
 		return []error{err}
 	}
@@ -381,25 +386,6 @@ func (c *Config) loadRelayTokens(getenv func(string) string) []error {
 		errs = append(errs, errors.New("COURIER_RELAY_ADDR is set: set COURIER_RELAY_TOKENS or COURIER_RELAY_TOKENS_FILE (token=bot,...)"))
 	}
 	return errs
-}
-
-// readToken reads a token from the variable env or the file named by
-// fileEnv; never both.
-func readToken(getenv func(string) string, env, fileEnv string) (string, error) {
-	tok, file := strings.TrimSpace(getenv(env)), getenv(fileEnv)
-	switch {
-	case tok != "" && file != "":
-		return "", fmt.Errorf("%s and %s are both set: use one", env, fileEnv)
-	case file != "":
-		b, err := os.ReadFile(file)
-		if err != nil {
-			return "", fmt.Errorf("%s: %w", fileEnv, err)
-		}
-		if tok = strings.TrimSpace(string(b)); tok == "" {
-			return "", fmt.Errorf("%s: %s is empty", fileEnv, file)
-		}
-	}
-	return tok, nil
 }
 
 func (c *Config) validate() []error {

@@ -11,6 +11,7 @@ import (
 	"github.com/compose-spec/compose-go/v2/cli"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/courier-dev/courier/internal/monitor"
 	"github.com/courier-dev/courier/internal/worker"
 )
 
@@ -51,6 +52,20 @@ func TestComposeFile(t *testing.T) {
 			if !slices.Contains(known, key) {
 				t.Errorf("%s sets %s, which the worker does not read", name, key)
 			}
+		}
+		// One operator UI for the fleet, reading only what cmd/monitor reads;
+		// in prod behind basic auth with the password from a secret.
+		mon, err := p.GetService(map[string]string{"prod": "monitor", "dev": "monitor-dev"}[profile])
+		if err != nil {
+			t.Fatalf("%s: %v", profile, err)
+		}
+		for key := range mon.Environment {
+			if !slices.Contains(monitor.Envs(), key) {
+				t.Errorf("%s sets %s, which the monitor does not read", mon.Name, key)
+			}
+		}
+		if profile == "prod" && (mon.Environment["COURIER_ADMIN_USER"] == nil || mon.Environment["COURIER_ADMIN_PASSWORD_FILE"] == nil || len(mon.Secrets) != 1) {
+			t.Errorf("the production monitor needs basic auth with a password file: %v", mon.Environment)
 		}
 		if profile == "prod" {
 			if w.Environment["WEBEX_TOKEN"] != nil || len(w.Secrets) != 2 {

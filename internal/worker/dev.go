@@ -2,27 +2,25 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
-	"strconv"
-	"time"
 
-	"github.com/alicebob/miniredis/v2"
+	"github.com/hibiken/asynq"
+
 	"github.com/redis/go-redis/v9"
 
 	"github.com/courier-dev/courier/pkg/tasks"
 	"github.com/courier-dev/courier/pkg/webex"
-	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
 
 // Tokens of dev mode's two bots. The rate-limited demo message goes as its
 // own bot, so that the shared cool-down its 429 starts holds only that bot.
 const (
-	devToken        = "dev-token"
-	devLimitedToken = "dev-token-limited"
+	DevToken        = "dev-token"
+	DevLimitedToken = "dev-token-limited"
 	devLimitedBot   = "limited"
 )
 
@@ -34,74 +32,26 @@ const (
 	RoomDeadLetter  = "demo-dead-letter"
 )
 
+// Extras are the parts a build of the worker adds. cmd/worker adds none:
+// a production worker stays lean (the operator UI is cmd/monitor's, for
+// the whole fleet). cmd/dev adds both.
+type Extras struct {
+	// Dev starts dev mode's embedded Redis and simulated Webex, points cfg
+	// at them, and returns what stops them (internal/devmode.Start).
+	// Config.Dev needs it.
+	Dev func(cfg *Config, log *slog.Logger) (stop func(), err error)
+	// Monitor builds the operator UI that the admin server mounts at
+	// /monitoring/, read-only unless writable; closeFn releases its Redis
+	// connections (internal/monitor.Handler).
+	Monitor func(redis asynq.RedisConnOpt, writable bool) (h http.Handler, closeFn func() error)
+}
+
+// errNoDevMode is Run's error for Config.Dev without Extras.Dev.
+var errNoDevMode = errors.New("dev mode is not part of this binary (cmd/worker stays lean): go run ./cmd/dev")
+
 func (c *Config) applyDev() {
-	c.Tokens = map[string]string{"": devToken, devLimitedBot: devLimitedToken}
+	c.Tokens = map[string]string{"": DevToken, devLimitedBot: DevLimitedToken}
 	c.AdminWritable = true
-}
-
-// dev is the in-process Redis and simulator of dev mode.
-type dev struct {
-	redis *miniredis.Miniredis
-	sim   *webextest.Sim
-	srv   *http.Server
-	stop  chan struct{}
-}
-
-func (d *dev) close() {
-	close(d.stop)
-	_ = d.srv.Close()
-	d.redis.Close()
-}
-
-// startDev starts miniredis (on 6379, or the next free port) and the Webex
-// simulator, and points cfg at them. miniredis only expires keys when its
-// clock is moved, so a ticker moves it with the wall clock: TTL-based
-// features (dedup records, retention) behave as on a real Redis.
-func startDev(cfg *Config, log *slog.Logger) (*dev, error) {
-	// The simulator's listener first: a failed start leaves nothing running.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, fmt.Errorf("dev: simulator: %w", err)
-	}
-	m := miniredis.NewMiniRedis()
-	for port := 6379; port < 6400; port++ {
-		if err = m.StartAddr("127.0.0.1:" + strconv.Itoa(port)); err == nil {
-			break
-		}
-	}
-	if err != nil {
-		if err = m.StartAddr("127.0.0.1:0"); err != nil {
-			_ = ln.Close()
-			return nil, fmt.Errorf("dev: embedded Redis: %w", err)
-		}
-	}
-	d := &dev{redis: m, sim: webextest.New(webextest.Options{Tokens: map[string]string{devToken: "courier-dev", devLimitedToken: "courier-dev-limited"}, Logger: log}), stop: make(chan struct{})}
-	go d.tick()
-	d.srv = &http.Server{Handler: d.sim, ReadHeaderTimeout: 10 * time.Second}
-	go func() { _ = d.srv.Serve(ln) }()
-	cfg.RedisURL = "redis://" + m.Addr() + "/0"
-	cfg.WebexBaseURL = "http://" + ln.Addr().String()
-	d.sim.AddFault(webextest.Fault{Room: RoomRetried, Status: 503, Count: 2})
-	d.sim.AddFault(webextest.Fault{Room: RoomRateLimited, Status: 429, RetryAfter: webextest.Duration(cfg.Budget + 5*time.Second), Count: 1})
-	d.sim.AddFault(webextest.Fault{Room: RoomDeadLetter, Status: 404})
-	log.Warn("DEV MODE: embedded Redis and a simulated Webex; nothing is durable", "redis", cfg.RedisURL, "webex", cfg.WebexBaseURL)
-	return d, nil
-}
-
-func (d *dev) tick() {
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	last := time.Now()
-	for {
-		select {
-		case <-d.stop:
-			return
-		case now := <-t.C:
-			d.redis.SetTime(now)
-			d.redis.FastForward(now.Sub(last))
-			last = now
-		}
-	}
 }
 
 // devStarted seeds one message per outcome and prints the banner.

@@ -26,17 +26,20 @@ import (
 	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
 
-var workerBin string
+// workerBin is cmd/worker; devBin cmd/dev.
+var workerBin, devBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "courier-worker-test")
 	if err != nil {
 		panic(err)
 	}
-	workerBin = filepath.Join(dir, "worker")
-	if out, err := exec.Command("go", "build", "-o", workerBin, "github.com/courier-dev/courier/cmd/worker").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build worker: %v\n%s", err, out)
-		os.Exit(1)
+	workerBin, devBin = filepath.Join(dir, "worker"), filepath.Join(dir, "dev")
+	for bin, pkg := range map[string]string{workerBin: "cmd/worker", devBin: "cmd/dev"} {
+		if out, err := exec.Command("go", "build", "-o", bin, "github.com/courier-dev/courier/"+pkg).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build %s: %v\n%s", pkg, err, out)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

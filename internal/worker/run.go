@@ -19,6 +19,7 @@ import (
 	"github.com/courier-dev/courier/internal/metrics"
 	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/internal/relay"
+	"github.com/courier-dev/courier/internal/signals"
 	"github.com/courier-dev/courier/pkg/tasks"
 	"github.com/courier-dev/courier/pkg/webex"
 )
@@ -61,6 +62,9 @@ func ExitCode(err error) int {
 // stop outlasted its bound. cfg is not changed.
 func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	p := &process{cfg: *cfg, log: log}
+	if p.cfg.Dev && p.cfg.Extras.Dev == nil {
+		return errNoDevMode
+	}
 	if p.cfg.isolated {
 		return p.runIsolated(ctx)
 	}
@@ -97,6 +101,22 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 	log.Info("stopped")
 	return err
+}
+
+// Main runs cfg as command name does (cmd/worker, cmd/dev): until SIGINT or
+// SIGTERM, a second one exiting at once, logging to stderr; it returns the
+// exit code.
+func Main(name string, cfg *Config) int {
+	ctx, stop := signals.Context(context.Background(), nil, func(s os.Signal) {
+		fmt.Fprintf(os.Stderr, "%s: second %v: exiting now\n", name, s)
+		os.Exit(ExitFailure)
+	})
+	defer stop()
+	err := Run(ctx, cfg, NewLogger(os.Stderr, cfg.LogFormat, cfg.LogLevel))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", name, err)
+	}
+	return ExitCode(err)
 }
 
 // stopMargin is how much longer than the shutdown timeout (the bound on
@@ -149,13 +169,16 @@ func (p *process) stopping(cause error) {
 // devPart runs dev mode's embedded Redis and Webex simulator and points the
 // configuration at them.
 func (p *process) devPart() lifecycle.Part {
-	var d *dev
+	stop := func() {}
 	return lifecycle.Part{Name: "dev mode",
 		Start: func(context.Context) (err error) {
-			d, err = startDev(&p.cfg, p.log)
+			s, err := p.cfg.Extras.Dev(&p.cfg, p.log)
+			if err == nil {
+				stop = s
+			}
 			return err
 		},
-		Interrupt: func() { d.close() },
+		Interrupt: func() { stop() },
 	}
 }
 
@@ -227,7 +250,8 @@ func (p *process) ready(ctx context.Context) error {
 	return p.w.Ready()
 }
 
-// adminPart serves health, metrics, asynqmon and the dead letters.
+// adminPart serves health, metrics, pprof, the dead letters and, where
+// Extras.Monitor is set, the operator UI.
 func (p *process) adminPart() lifecycle.Part {
 	var srv *http.Server
 	var ln net.Listener
@@ -252,13 +276,19 @@ func (p *process) adminPart() lifecycle.Part {
 			if ln, err = listenAdmin(p.cfg.AdminAddr, p.cfg.Dev); err != nil {
 				return err
 			}
-			var h http.Handler
-			h, closeMon = admin.Handler(admin.Config{Redis: p.opt, Ready: p.ready, Gatherer: p.reg, Writable: p.cfg.AdminWritable,
+			var mon http.Handler
+			if p.cfg.Extras.Monitor != nil {
+				mon, closeMon = p.cfg.Extras.Monitor(p.opt, p.cfg.AdminWritable)
+			}
+			h := admin.Handler(admin.Config{Monitor: mon, Ready: p.ready, Gatherer: p.reg, Writable: p.cfg.AdminWritable,
 				Addr: p.cfg.AdminAddr, User: p.cfg.AdminUser, Password: p.cfg.AdminPassword, DeadLetters: p.dead, Producer: producer})
 			srv = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 			p.adminAddr = ln.Addr().String()
-			p.log.Info("admin server listening", "url", "http://"+p.adminAddr, "asynqmon", "http://"+p.adminAddr+admin.MonitoringPath,
-				"asynqmon_writable", p.cfg.AdminWritable, "basic_auth", p.cfg.AdminUser != "")
+			attrs := []any{"url", "http://" + p.adminAddr, "writable", p.cfg.AdminWritable, "basic_auth", p.cfg.AdminUser != ""}
+			if mon != nil {
+				attrs = append(attrs, "asynqmon", "http://"+p.adminAddr+admin.MonitoringPath)
+			}
+			p.log.Info("admin server listening", attrs...)
 			return nil
 		},
 		Run: func() error { return serve(srv, ln) },

@@ -1,4 +1,4 @@
-package worker
+package devmode
 
 import (
 	"context"
@@ -7,13 +7,15 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/courier-dev/courier/internal/worker"
 )
 
 // miniredis expires keys only when its clock moves: dev mode moves it, so
 // TTL-based state (cool-downs, probe slots, retention) expires as on Redis.
 func TestDevRedisExpiresKeys(t *testing.T) {
-	cfg := &Config{Budget: time.Second}
-	d, err := startDev(cfg, slog.New(slog.DiscardHandler))
+	cfg := &worker.Config{Budget: time.Second}
+	d, err := start(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
