@@ -12,9 +12,12 @@ import (
 	"os"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/courier-dev/courier/internal/admin"
 	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/internal/settings"
+	"github.com/courier-dev/courier/internal/worker"
 )
 
 // DefaultAddr is cmd/monitor's default listen address.
@@ -87,21 +90,39 @@ func Load(args []string, lookupEnv func(string) (string, bool)) (*Config, error)
 // Usage writes every setting.
 func Usage(w io.Writer) { flags(&Config{}).Usage(w) }
 
-// Run serves the UI until ctx ends: asynqmon at Path, /healthz, and a
-// redirect from / to Path. listening, when set, is told the address.
+// readyTimeout bounds /readyz's and the start-up's ping of Redis.
+const readyTimeout = 2 * time.Second
+
+// Run serves the UI until ctx ends: asynqmon at Path, /healthz (the
+// process lives), /readyz (Redis answers), and a redirect from / to Path.
+// listening, when set, is told the address. Redis unreachable does not stop
+// it: it logs so at start, /readyz says why, the UI shows Redis's errors,
+// and all recover when Redis answers again. A stop takes at most 5 s.
 func Run(ctx context.Context, cfg *Config, log *slog.Logger, listening func(addr string)) error {
 	opt, err := redisurl.Parse(cfg.RedisURL, cfg.RedisMode)
 	if err != nil {
 		return fmt.Errorf("REDIS_URL %s: %w", redisurl.Redact(cfg.RedisURL), err)
 	}
+	worker.LogRedisClient(log) // go-redis's own lines, as records of this log
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("COURIER_MONITOR_ADDR: listen on %s: %w", cfg.Addr, err)
 	}
 	mon, closeMon := Handler(opt, cfg.Writable)
 	defer func() { _ = closeMon() }()
+	// The probe's client neither retries nor re-dials: its error is the
+	// cause (refused, a wrong password), not a deadline.
+	rdb := opt.Tune(0, 0, 0, -1).NewClient()
+	defer func() { _ = rdb.Close() }()
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := ping(r.Context(), rdb, cfg.RedisURL); err != nil {
+			http.Error(w, "redis: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
 	mux.Handle(Path, mon)
 	mux.Handle("GET /{$}", http.RedirectHandler(Path, http.StatusFound))
 	srv := &http.Server{Handler: admin.Guard(mux, cfg.Addr, cfg.User, cfg.Password), ReadHeaderTimeout: 10 * time.Second}
@@ -112,6 +133,11 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, listening func(addr
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
+	if err := ping(ctx, rdb, cfg.RedisURL); err != nil {
+		log.Warn("redis not answering: the UI shows its errors until it does", "redis", redisurl.Redact(cfg.RedisURL), "error", err.Error())
+	} else {
+		log.Info("redis reachable", "redis", redisurl.Redact(cfg.RedisURL), "mode", opt.Mode)
+	}
 	select {
 	case err := <-served:
 		return err
@@ -122,6 +148,22 @@ func Run(ctx context.Context, cfg *Config, log *slog.Logger, listening func(addr
 	_ = srv.Shutdown(sctx)
 	log.Info("stopped")
 	return nil
+}
+
+// ping asks Redis for an answer within readyTimeout; its error names the
+// cause and never a password of rawURL.
+func ping(ctx context.Context, rdb redis.UniversalClient, rawURL string) error {
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	err := rdb.Ping(ctx).Err()
+	var ne net.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return fmt.Errorf("no answer within %v", readyTimeout)
+	}
+	return errors.New(redisurl.Scrub(err.Error(), rawURL))
 }
 
 // Envs lists the environment variables the monitor reads.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +23,15 @@ import (
 // returns its base URL.
 func serve(t *testing.T, env map[string]string) string {
 	t.Helper()
+	base, _ := start(t, env, slog.New(slog.DiscardHandler))
+	return base
+}
+
+// start runs cmd/monitor's server on a free port, logging to log, and
+// returns its base URL and what stops it (once; the test's end stops it
+// otherwise), reporting Run's error.
+func start(t *testing.T, env map[string]string, log *slog.Logger) (string, func() error) {
+	t.Helper()
 	cfg, err := monitor.Load([]string{"-addr", "127.0.0.1:0"}, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	if err != nil {
 		t.Fatal(err)
@@ -29,22 +39,27 @@ func serve(t *testing.T, env map[string]string) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	addr := make(chan string, 1)
 	done := make(chan error, 1)
-	go func() { done <- monitor.Run(ctx, cfg, slog.New(slog.DiscardHandler), func(a string) { addr <- a }) }()
+	go func() { done <- monitor.Run(ctx, cfg, log, func(a string) { addr <- a }) }()
+	var once sync.Once
+	var runErr error
+	stop := func() error {
+		once.Do(func() { cancel(); runErr = <-done })
+		return runErr
+	}
 	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
+		if err := stop(); err != nil {
 			t.Errorf("Run: %v", err)
 		}
 	})
 	select {
 	case a := <-addr:
-		return "http://" + a
+		return "http://" + a, stop
 	case err := <-done:
 		t.Fatalf("Run: %v", err)
 	case <-time.After(10 * time.Second):
 		t.Fatal("monitor did not listen")
 	}
-	return ""
+	return "", nil
 }
 
 // queueWith enqueues m on a queue of its own on the test Redis.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/lmittmann/tint"
+	"github.com/redis/go-redis/v9"
 )
 
 func parseLevel(s string) (slog.Level, error) {
@@ -40,8 +41,12 @@ func isTerminal(w io.Writer) bool {
 	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
-// redisLogger routes go-redis's own log lines (pool and dial problems)
-// through slog, so that JSON logs stay JSON.
+// LogRedisClient routes go-redis's own log lines (pool and dial problems),
+// process-wide, through log as "redis client" records, so that JSON logs
+// stay JSON (cmd/worker, cmd/dev, cmd/monitor).
+func LogRedisClient(log *slog.Logger) { redis.SetLogger(redisLogger{log}) }
+
+// redisLogger routes go-redis's own log lines through slog.
 type redisLogger struct{ log *slog.Logger }
 
 func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {

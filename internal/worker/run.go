@@ -186,7 +186,7 @@ func (p *process) devPart() lifecycle.Part {
 func (p *process) redisPart() lifecycle.Part {
 	return lifecycle.Part{Name: "redis",
 		Start: func(ctx context.Context) error {
-			redis.SetLogger(redisLogger{p.log}) // go-redis's own lines, as structured records
+			LogRedisClient(p.log) // go-redis's own lines, as structured records
 			opt, err := redisurl.Parse(p.cfg.RedisURL, p.cfg.RedisMode)
 			if err != nil {
 				return fmt.Errorf("REDIS_URL %s: %w", redisurl.Redact(p.cfg.RedisURL), err)
