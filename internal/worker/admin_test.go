@@ -232,15 +232,16 @@ func TestWorkerRefusesDevMode(t *testing.T) {
 func TestDevMode(t *testing.T) {
 	t.Parallel()
 	p := startBinary(t, devBin, "COURIER_ADMIN_ADDR=127.0.0.1:0", "COURIER_LOG_FORMAT=json")
-	var redisURL, simURL string
+	var redisURL, simURL, uiURL string
 	waitFor(t, 20*time.Second, "the banner", func() bool {
 		out := p.out.String()
 		m := regexp.MustCompile(`enqueue:\s+(REDIS_URL=(\S+) )?go run`).FindStringSubmatch(out)
 		s := regexp.MustCompile(`messages:\s+(\S+)/_sim/messages`).FindStringSubmatch(out)
-		if m == nil || s == nil {
+		u := regexp.MustCompile(`asynqmon:\s+(\S+)`).FindStringSubmatch(out)
+		if m == nil || s == nil || u == nil {
 			return false
 		}
-		redisURL, simURL = m[2], s[1]
+		redisURL, simURL, uiURL = m[2], s[1], u[1]
 		if redisURL == "" {
 			redisURL = "redis://127.0.0.1:6379/0"
 		}
@@ -270,6 +271,21 @@ func TestDevMode(t *testing.T) {
 		q, err := insp.GetQueueInfo(tasks.DefaultQueue)
 		return err == nil && q.Archived == 1 && q.Retry == 1 // the rate-limited one waits its Retry-After
 	})
+	// asynqmon where the banner says, writable: the dead letter re-runs.
+	if code, body := get(t, uiURL, "", ""); code != 200 || !strings.Contains(body, "<html") {
+		t.Fatalf("the banner's asynqmon %s: %d", uiURL, code)
+	}
+	if code, body := get(t, uiURL+"api/queues", "", ""); code != 200 || !strings.Contains(body, `"queue":"`+tasks.DefaultQueue+`"`) {
+		t.Fatalf("asynqmon's queues: %d %s", code, body)
+	}
+	resp, err := http.Post(uiURL+"api/queues/"+tasks.DefaultQueue+"/archived_tasks:run_all", "application/json", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("re-run from asynqmon: %d", resp.StatusCode)
+	}
 	enq := exec.Command("go", "run", "github.com/courier-dev/courier/cmd/enqueue", "--room", "from-cli", "--text", "hi")
 	enq.Env = append(enq.Environ(), "REDIS_URL="+redisURL)
 	if out, err := enq.CombinedOutput(); err != nil {
