@@ -181,4 +181,9 @@ func TestMonitorConfigurationErrors(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "COURIER_ADMIN_PASSWORD") {
 		t.Fatalf("user without password: %v", err)
 	}
+	// A stray argument is the one problem: the settings are still read.
+	_, err = monitor.Load([]string{"bogus"}, func(string) (string, bool) { return "", false })
+	if err == nil || !strings.Contains(err.Error(), `unexpected argument "bogus"`) || strings.Contains(err.Error(), "REDIS_URL") {
+		t.Fatalf("a stray argument: %v", err)
+	}
 }

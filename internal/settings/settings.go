@@ -115,15 +115,20 @@ func (s *Set) Parse(args []string, lookupEnv func(string) (string, bool)) error 
 		lookupEnv = os.LookupEnv
 	}
 	args = expandBoolFlags(args, s)
-	if err := s.fs.Parse(args); err != nil {
+	// A command line that is not the set's (an unknown flag, a stray
+	// argument) is one problem among the others: every setting is still
+	// read, from the flags before it, the environment or its default, so
+	// that checks of the values report real problems only.
+	var errs []error
+	if err := s.fs.Parse(args); errors.Is(err, flag.ErrHelp) {
 		return err
-	}
-	if s.fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", s.fs.Arg(0))
+	} else if err != nil {
+		errs = append(errs, err)
+	} else if s.fs.NArg() > 0 {
+		errs = append(errs, fmt.Errorf("unexpected argument %q", s.fs.Arg(0)))
 	}
 	set := map[string]bool{}
 	s.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var errs []error
 	for _, st := range s.list {
 		v, from := *st.raw, "-"+st.flag
 		if !set[st.flag] && st.env != "" {

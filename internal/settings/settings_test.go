@@ -45,3 +45,26 @@ func TestParseReportsEveryProblem(t *testing.T) {
 		}
 	}
 }
+
+// A bad command line is reported, and the settings are read all the same:
+// a caller's checks of the values do not add problems of values never read.
+func TestParseReadsSettingsDespiteABadCommandLine(t *testing.T) {
+	for _, args := range [][]string{{"stray"}, {"-nope"}, {"-count", "9", "-nope", "-count", "1"}} {
+		var name string
+		var n int
+		s := New("test")
+		s.String(&name, "name", "T_NAME", "def", "")
+		s.Int(&n, "count", "T_COUNT", 3, "")
+		err := s.Parse(args, func(k string) (string, bool) { return map[string]string{"T_COUNT": "7"}[k], k == "T_COUNT" })
+		if err == nil {
+			t.Errorf("%v: accepted", args)
+		}
+		want := 7
+		if args[0] == "-count" {
+			want = 9 // the flags before the bad one count
+		}
+		if name != "def" || n != want {
+			t.Errorf("%v: got %q %d, want %q %d", args, name, n, "def", want)
+		}
+	}
+}
