@@ -22,6 +22,9 @@ func main() {
 		worker.Usage(os.Stderr)
 		return
 	}
+	if err == nil && !cfg.Dev {
+		err = errors.New("-dev=false: cmd/dev is dev mode only; a worker without it is go run ./cmd/worker")
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "dev:", err)
 		os.Exit(worker.ExitConfig)

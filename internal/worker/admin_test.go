@@ -227,6 +227,21 @@ func TestWorkerRefusesDevMode(t *testing.T) {
 	}
 }
 
+// cmd/dev is dev mode only: -dev=false would make it a production worker
+// that carries the UI and delivers suspect tasks without isolation.
+func TestDevRefusesDevOff(t *testing.T) {
+	t.Parallel()
+	port, _ := redistest.FreePort()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, devBin, "-dev=false")
+	cmd.Env = []string{"WEBEX_TOKEN=t", fmt.Sprintf("REDIS_URL=redis://127.0.0.1:%d/0", port), "COURIER_REDIS_TIMEOUT=1s", "COURIER_ADMIN_ADDR="}
+	out, err := cmd.CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != worker.ExitConfig || !strings.Contains(string(out), "go run ./cmd/worker") {
+		t.Fatalf("exit %v, output:\n%s", err, out)
+	}
+}
+
 // The dev mode: one command, seeded outcomes, a CLI enqueue against the
 // address its banner prints, and a clean stop on SIGINT.
 func TestDevMode(t *testing.T) {
