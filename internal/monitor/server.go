@@ -78,7 +78,11 @@ func Load(args []string, lookupEnv func(string) (string, bool)) (*Config, error)
 	if _, err := redisurl.Parse(c.RedisURL, c.RedisMode); err != nil {
 		errs = append(errs, fmt.Errorf("REDIS_URL %s: %w", redisurl.Redact(c.RedisURL), err))
 	}
-	if err := admin.CheckBind("COURIER_MONITOR_ADDR", c.Addr, c.Writable, c.User); err != nil {
+	// An empty address would listen on every interface (a port picked at
+	// random), not turn the UI off as an empty COURIER_ADMIN_ADDR does.
+	if _, _, err := net.SplitHostPort(c.Addr); err != nil {
+		errs = append(errs, fmt.Errorf("COURIER_MONITOR_ADDR %q: want host:port (127.0.0.1:8090; 0.0.0.0:8090 for every interface)", c.Addr))
+	} else if err := admin.CheckBind("COURIER_MONITOR_ADDR", c.Addr, c.Writable, c.User); err != nil {
 		errs = append(errs, err)
 	}
 	if len(errs) > 0 {

@@ -181,6 +181,17 @@ func TestMonitorConfigurationErrors(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "COURIER_ADMIN_PASSWORD") {
 		t.Fatalf("user without password: %v", err)
 	}
+	// An empty address is refused (it would listen on every interface),
+	// as is one without a port.
+	for _, addr := range []string{"", "8090"} {
+		_, err = monitor.Load(nil, func(k string) (string, bool) {
+			v, ok := map[string]string{"COURIER_MONITOR_ADDR": addr}[k]
+			return v, ok
+		})
+		if err == nil || !strings.Contains(err.Error(), "COURIER_MONITOR_ADDR") {
+			t.Errorf("COURIER_MONITOR_ADDR=%q: %v", addr, err)
+		}
+	}
 	// A stray argument is the one problem: the settings are still read.
 	_, err = monitor.Load([]string{"bogus"}, func(string) (string, bool) { return "", false })
 	if err == nil || !strings.Contains(err.Error(), `unexpected argument "bogus"`) || strings.Contains(err.Error(), "REDIS_URL") {
