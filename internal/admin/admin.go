@@ -89,6 +89,11 @@ func Handler(cfg Config) http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	if cfg.Monitor != nil {
 		mux.Handle(MonitoringPath, cfg.Monitor)
+	} else {
+		// Where the UI was before cmd/monitor: say where it went.
+		mux.HandleFunc(MonitoringPath, func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "asynqmon is not part of the worker: the operator UI is cmd/monitor (one for the fleet, COURIER_MONITOR_ADDR; see docs/OPERATIONS.md)", http.StatusNotFound)
+		})
 	}
 	// Go's profiler, for "why is it slow" (behind the same auth).
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
