@@ -2,7 +2,6 @@ package monitor_test
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -14,26 +13,6 @@ import (
 	"github.com/courier-dev/courier/pkg/tasks"
 	"github.com/courier-dev/courier/pkg/webex"
 )
-
-// do sends method to url with Host host and the extra headers.
-func do(t *testing.T, method, url, host string, header map[string]string) (int, string) {
-	t.Helper()
-	req, _ := http.NewRequest(method, url, nil)
-	if host != "" {
-		req.Host = host
-	}
-	for k, v := range header {
-		req.Header.Set(k, v)
-	}
-	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	resp, err := c.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, string(b)
-}
 
 // The browser guards of the admin servers, on cmd/monitor's server: a
 // writable UI refuses a cross-site POST or DELETE (a form or a script of

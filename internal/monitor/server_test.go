@@ -2,6 +2,7 @@ package monitor_test
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"log/slog"
@@ -84,11 +85,26 @@ func redisURL(t *testing.T) string {
 	return fmt.Sprintf("redis://%s/%d", o.Addr, o.DB)
 }
 
+// request sends method to url, with basic auth when user is set.
 func request(t *testing.T, method, url, user, pw string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(method, url, nil)
+	var header map[string]string
 	if user != "" {
-		req.SetBasicAuth(user, pw)
+		header = map[string]string{"Authorization": "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pw))}
+	}
+	return do(t, method, url, "", header)
+}
+
+// do sends method to url with Host host (when set) and the extra headers,
+// following no redirect.
+func do(t *testing.T, method, url, host string, header map[string]string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(method, url, nil)
+	if host != "" {
+		req.Host = host
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
 	}
 	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	resp, err := c.Do(req)
