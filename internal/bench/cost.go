@@ -40,9 +40,9 @@ func (e *Env) Cost(w io.Writer, o CostOptions) error {
 		extra = append(extra, "COURIER_ADMIN_ADDR="+freeAddr())
 	}
 	fmt.Fprintf(w, "### Drain: %d messages (median of %d alternating runs)\n\n", o.Messages, o.Runs)
-	fmt.Fprintln(w, "| concurrency | bare msg/s | courier msg/s | ratio | worker CPU/msg bare | courier | Redis CPU/msg bare | courier | peak RSS bare (anon + file) | courier |\n|---|---|---|---|---|---|---|---|---|---|")
+	fmt.Fprintln(w, "| concurrency | bare msg/s | courier msg/s | ratio | worker CPU/msg bare | courier | Redis CPU/msg bare | courier | simulator CPU/msg bare | courier | peak RSS bare (anon + file) | courier |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
 	for _, c := range o.Concurrency {
-		rate, cpu, rcpu := map[Side][]float64{}, map[Side][]float64{}, map[Side][]float64{}
+		rate, cpu, rcpu, scpu := map[Side][]float64{}, map[Side][]float64{}, map[Side][]float64{}, map[Side][]float64{}
 		rss, anon, file := map[Side]int64{}, map[Side]int64{}, map[Side]int64{}
 		for run := range o.Runs {
 			order := []Side{Bare, Courier}
@@ -57,6 +57,7 @@ func (e *Env) Cost(w io.Writer, o CostOptions) error {
 				rate[side] = append(rate[side], r.PerSec)
 				cpu[side] = append(cpu[side], float64(r.CPU)/float64(o.Messages))
 				rcpu[side] = append(rcpu[side], float64(r.RedisCPU)/float64(o.Messages))
+				scpu[side] = append(scpu[side], float64(r.SimCPU)/float64(o.Messages))
 				rss[side] = max(rss[side], r.PeakRSS)
 				anon[side], file[side] = max(anon[side], r.PeakAnon), max(file[side], r.PeakFile)
 			}
@@ -66,8 +67,8 @@ func (e *Env) Cost(w io.Writer, o CostOptions) error {
 		mb := func(s Side) string {
 			return fmt.Sprintf("%.1f MB (%.1f + %.1f)", float64(rss[s])/1e6, float64(anon[s])/1e6, float64(file[s])/1e6)
 		}
-		fmt.Fprintf(w, "| %d | %.0f | %.0f | %.2f | %s | %s | %s | %s | %s | %s |\n", c, b, cr, cr/b,
-			us(cpu[Bare]), us(cpu[Courier]), us(rcpu[Bare]), us(rcpu[Courier]), mb(Bare), mb(Courier))
+		fmt.Fprintf(w, "| %d | %.0f | %.0f | %.2f | %s | %s | %s | %s | %s | %s | %s | %s |\n", c, b, cr, cr/b,
+			us(cpu[Bare]), us(cpu[Courier]), us(rcpu[Bare]), us(rcpu[Courier]), us(scpu[Bare]), us(scpu[Courier]), mb(Bare), mb(Courier))
 	}
 	if o.ProfileDir != "" {
 		if err := e.profileDrain(o, extra); err != nil {

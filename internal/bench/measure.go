@@ -79,8 +79,9 @@ type DrainResult struct {
 	PeakRSS int64
 	CPU     time.Duration // the worker's CPU time, start-up included
 	// RedisCPU is Redis's CPU time from the worker's start to the last
-	// message accepted.
-	RedisCPU time.Duration
+	// message accepted; SimCPU the bench process's (the Webex simulator,
+	// which answers every request) over the same span.
+	RedisCPU, SimCPU time.Duration
 	// PeakAnon and PeakFile are the highest anonymous memory (heap,
 	// stacks) and file pages (the binary) seen in the worker's resident
 	// set, sampled every 20 ms.
@@ -102,7 +103,7 @@ func (e *Env) drainWith(side Side, n, concurrency int, during func(admin string)
 		return DrainResult{}, err
 	}
 	e.Sim.Reset()
-	redis0 := e.Redis.CPU()
+	redis0, sim0 := e.Redis.CPU(), processCPU(os.Getpid())
 	p, err := e.StartWorker(side, queue, concurrency, extra...)
 	if err != nil {
 		return DrainResult{}, err
@@ -128,7 +129,7 @@ func (e *Env) drainWith(side Side, n, concurrency int, during func(admin string)
 		}
 	}()
 	err = e.waitAccepted(n, 5*time.Minute)
-	res.RedisCPU = e.Redis.CPU() - redis0
+	res.RedisCPU, res.SimCPU = e.Redis.CPU()-redis0, processCPU(os.Getpid())-sim0
 	res.PeakRSS, res.CPU = p.PeakRSS(), p.CPU()
 	close(stopSampling)
 	<-sampled
