@@ -83,7 +83,7 @@ func run(cmd string, args []string) error {
 		fs.IntVar(&o.Rate, "rate", 500, "latency rate per second")
 		fs.DurationVar(&o.RateDuration, "rate-duration", 10*time.Second, "time at the rate")
 		fs.DurationVar(&o.IdleFor, "idle", 20*time.Second, "idle CPU window")
-		fs.BoolVar(&o.Admin, "admin", false, "run courier's worker with its admin server (metrics, asynqmon) as its defaults have it")
+		fs.BoolVar(&o.Admin, "admin", false, "run courier's worker with its admin server (metrics, pprof, dead letters) as its defaults have it")
 		fs.StringVar(&o.ProfileDir, "profile", "", "directory for CPU profiles of courier's worker (drain.pprof, idle.pprof); turns the admin server on")
 		fs.BoolVar(&o.DrainOnly, "drain-only", false, "measure the drain only (no idle CPU, no latency)")
 		fs.Func("courier-env", "extra environment for courier's worker, KEY=VALUE (repeatable)", func(s string) error {

@@ -20,7 +20,7 @@ type CostOptions struct {
 	RateDuration time.Duration
 	IdleFor      time.Duration
 	// Admin runs courier's worker with its admin server on (metrics,
-	// asynqmon, pprof) as its defaults have it; Cost turns it off otherwise.
+	// pprof, dead letters) as its defaults have it; Cost turns it off otherwise.
 	Admin bool
 	// ProfileDir, when set, receives CPU profiles of courier's worker: one
 	// while draining (drain.pprof) and one while idle (idle.pprof).
