@@ -3,7 +3,8 @@
 // letters, re-runs when writable), with inline file contents elided from
 // payloads, behind the same basic auth and browser guards as the workers'
 // admin servers. Configuration comes from flags and environment variables
-// (monitor -help).
+// (monitor -help). "monitor ready" asks a running monitor's /readyz (at
+// COURIER_MONITOR_ADDR) and exits 0 or 1, for container health checks.
 package main
 
 import (
@@ -19,6 +20,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "ready" { // container health check: /readyz at COURIER_MONITOR_ADDR
+		addr, ok := os.LookupEnv("COURIER_MONITOR_ADDR")
+		if !ok {
+			addr = monitor.DefaultAddr
+		}
+		os.Exit(worker.Probe(addr))
+	}
 	cfg, err := monitor.Load(os.Args[1:], nil)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "Usage: monitor [flags]\n\nEvery flag has an environment variable; a flag wins.")

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/courier-dev/courier/internal/redistest"
+	"github.com/courier-dev/courier/internal/worker"
 )
 
 // lockedBuffer is a log destination that Run's goroutines and the test
@@ -62,6 +63,10 @@ func TestMonitorRedisDownAndBack(t *testing.T) {
 	if code, body := request(t, "GET", base+"/readyz", "", ""); code != http.StatusServiceUnavailable || !strings.Contains(body, "connection refused") {
 		t.Errorf("readyz with Redis down: %d %q", code, body)
 	}
+	addr := strings.TrimPrefix(base, "http://")
+	if code := worker.Probe(addr); code != 1 { // "monitor ready", the compose health check
+		t.Errorf("monitor ready with Redis down: exit %d", code)
+	}
 	if code, body := request(t, "GET", base+"/monitoring/api/queues", "", ""); code != http.StatusInternalServerError || !strings.Contains(body, "connection refused") {
 		t.Errorf("the UI's queues with Redis down: %d %q", code, body)
 	}
@@ -71,6 +76,9 @@ func TestMonitorRedisDownAndBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, "readiness once Redis is back", func() bool { code, _ := request(t, "GET", base+"/readyz", "", ""); return code == 200 })
+	if code := worker.Probe(addr); code != 0 {
+		t.Errorf("monitor ready with Redis back: exit %d", code)
+	}
 	if code, _ := request(t, "GET", base+"/monitoring/api/queues", "", ""); code != 200 {
 		t.Errorf("the UI's queues with Redis back: %d", code)
 	}

@@ -64,6 +64,9 @@ func TestComposeFile(t *testing.T) {
 				t.Errorf("%s sets %s, which the monitor does not read", mon.Name, key)
 			}
 		}
+		if mon.HealthCheck == nil || !slices.Equal(mon.HealthCheck.Test, []string{"CMD", "/usr/local/bin/monitor", "ready"}) {
+			t.Errorf("%s: no \"monitor ready\" health check: %+v", mon.Name, mon.HealthCheck)
+		}
 		if profile == "prod" && (mon.Environment["COURIER_ADMIN_USER"] == nil || mon.Environment["COURIER_ADMIN_PASSWORD_FILE"] == nil || len(mon.Secrets) != 1) {
 			t.Errorf("the production monitor needs basic auth with a password file: %v", mon.Environment)
 		}
