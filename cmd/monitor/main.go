@@ -42,7 +42,7 @@ func main() {
 		os.Exit(1)
 	})
 	defer stop()
-	log := worker.NewLogger(os.Stderr, "auto", "info")
+	log := worker.NewLogger(os.Stderr, cfg.LogFormat, cfg.LogLevel)
 	if err := monitor.Run(ctx, cfg, log, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "monitor:", err)
 		stop()

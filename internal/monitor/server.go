@@ -37,6 +37,9 @@ type Config struct {
 	// User and Password turn on basic auth (COURIER_ADMIN_USER;
 	// COURIER_ADMIN_PASSWORD or _FILE), as on the workers' admin servers.
 	User, Password string
+	// LogFormat and LogLevel are the worker's (COURIER_LOG_FORMAT,
+	// COURIER_LOG_LEVEL): auto, text or json; debug, info, warn or error.
+	LogFormat, LogLevel string
 }
 
 func flags(c *Config) *settings.Set {
@@ -49,6 +52,8 @@ func flags(c *Config) *settings.Set {
 	s.String(&c.Addr, "addr", "COURIER_MONITOR_ADDR", DefaultAddr, "listen address of the UI")
 	s.Bool(&c.Writable, "writable", "COURIER_ADMIN_WRITABLE", false, "let the UI re-run and delete tasks")
 	s.String(&c.User, "user", "COURIER_ADMIN_USER", "", "HTTP basic auth user (password: COURIER_ADMIN_PASSWORD or _FILE)")
+	s.String(&c.LogFormat, "log-format", "COURIER_LOG_FORMAT", "auto", "auto (colour text on a terminal, JSON otherwise), text or json")
+	s.String(&c.LogLevel, "log-level", "COURIER_LOG_LEVEL", "info", "debug, info, warn or error")
 	return s
 }
 
@@ -85,6 +90,7 @@ func Load(args []string, lookupEnv func(string) (string, bool)) (*Config, error)
 	} else if err := admin.CheckBind("COURIER_MONITOR_ADDR", c.Addr, c.Writable, c.User); err != nil {
 		errs = append(errs, err)
 	}
+	errs = append(errs, worker.CheckLogSettings(c.LogFormat, c.LogLevel)...)
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("configuration:\n%w", errors.Join(errs...))
 	}

@@ -177,12 +177,13 @@ func TestMonitorBasicAuthAndWritable(t *testing.T) {
 // never shown.
 func TestMonitorConfigurationErrors(t *testing.T) {
 	env := map[string]string{"REDIS_URL": "redis://u:topsecret@127.0.0.1:1/zero", "COURIER_MONITOR_ADDR": "0.0.0.0:8090",
-		"COURIER_ADMIN_WRITABLE": "true", "REDIS_MODE": "ring"}
+		"COURIER_ADMIN_WRITABLE": "true", "REDIS_MODE": "ring", "COURIER_LOG_FORMAT": "xml", "COURIER_LOG_LEVEL": "loud"}
 	_, err := monitor.Load(nil, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 	if err == nil {
 		t.Fatal("accepted")
 	}
-	for _, want := range []string{"REDIS_MODE", "REDIS_URL redis://u:xxxxx@", `COURIER_MONITOR_ADDR "0.0.0.0:8090" binds beyond loopback writable`, "COURIER_ADMIN_USER"} {
+	for _, want := range []string{"REDIS_MODE", "REDIS_URL redis://u:xxxxx@", `COURIER_MONITOR_ADDR "0.0.0.0:8090" binds beyond loopback writable`, "COURIER_ADMIN_USER",
+		`COURIER_LOG_FORMAT "xml"`, "COURIER_LOG_LEVEL"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q: %v", want, err)
 		}

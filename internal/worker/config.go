@@ -399,14 +399,7 @@ func (c *Config) validate() []error {
 	if !strings.HasPrefix(c.WebexBaseURL, "http://") && !strings.HasPrefix(c.WebexBaseURL, "https://") {
 		errs = append(errs, fmt.Errorf("WEBEX_BASE_URL %q: must start with http:// or https://", c.WebexBaseURL))
 	}
-	switch c.LogFormat {
-	case "auto", "text", "json":
-	default:
-		errs = append(errs, fmt.Errorf("COURIER_LOG_FORMAT %q: want auto, text or json", c.LogFormat))
-	}
-	if _, err := parseLevel(c.LogLevel); err != nil {
-		errs = append(errs, err)
-	}
+	errs = append(errs, CheckLogSettings(c.LogFormat, c.LogLevel)...)
 	if c.DeadLetterMax < 1 {
 		errs = append(errs, fmt.Errorf("COURIER_DEADLETTER_MAX is %d: must be at least 1", c.DeadLetterMax))
 	}

@@ -21,6 +21,21 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
+// CheckLogSettings reports what is wrong with COURIER_LOG_FORMAT and
+// COURIER_LOG_LEVEL's values, naming each.
+func CheckLogSettings(format, level string) []error {
+	var errs []error
+	switch format {
+	case "auto", "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("COURIER_LOG_FORMAT %q: want auto, text or json", format))
+	}
+	if _, err := parseLevel(level); err != nil {
+		errs = append(errs, err)
+	}
+	return errs
+}
+
 // NewLogger builds the process logger: colour text (tint) when format is
 // "text", or "auto" and w is a terminal; JSON otherwise. An unknown level
 // (Load refuses one) logs at info.
