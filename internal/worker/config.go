@@ -194,6 +194,12 @@ func Load(args []string, lookupEnv func(string) (string, bool)) (*Config, error)
 	} else {
 		errs = append(errs, c.loadTokens(getenv)...)
 	}
+	if getenv(IsolatedEnv) != "" {
+		// An isolated delivery serves neither the admin server nor the
+		// relay, and its worker leaves their secrets out of its environment
+		// (isolatedEnv).
+		c.AdminAddr, c.AdminUser, c.RelayAddr = "", "", ""
+	}
 	if pw, perr := settings.Secret(getenv, "COURIER_ADMIN_PASSWORD", "COURIER_ADMIN_PASSWORD_FILE"); perr != nil {
 		errs = append(errs, perr)
 	} else {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"os"
 	"os/exec"
+	"slices"
+	"strings"
 
 	"github.com/courier-dev/courier/pkg/tasks"
 	"github.com/courier-dev/courier/pkg/webex"
@@ -35,12 +37,30 @@ func (c *Config) Isolation(args []string, lookupEnv func(string) (string, bool))
 	exe := selfExe()
 	c.isolate = func(ctx context.Context) *exec.Cmd {
 		cmd := exec.CommandContext(ctx, exe, args...)
-		cmd.Env = append(os.Environ(), IsolatedEnv+"=1")
+		cmd.Env = isolatedEnv(os.Environ())
 		cmd.Stderr = os.Stderr // its records join the worker's
 		cmd.SysProcAttr = childAttr()
 		return cmd
 	}
 }
+
+// isolatedEnv is an isolated delivery's environment: the worker's, with
+// IsolatedEnv set and without the secrets of the parts it does not run
+// (the admin server's password, the relay's tokens), so that a message that
+// takes over its process finds only what delivering needs.
+func isolatedEnv(env []string) []string {
+	out := make([]string, 0, len(env)+1)
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if !slices.Contains(isolatedLeaveOut, k) && k != IsolatedEnv {
+			out = append(out, kv)
+		}
+	}
+	return append(out, IsolatedEnv+"=1")
+}
+
+// isolatedLeaveOut are the variables an isolated delivery does not get.
+var isolatedLeaveOut = []string{"COURIER_ADMIN_PASSWORD", "COURIER_ADMIN_PASSWORD_FILE", "COURIER_RELAY_TOKENS", "COURIER_RELAY_TOKENS_FILE"}
 
 // selfExe is the running worker's own executable. Where the kernel offers
 // it (Linux's /proc/self/exe) that is the very file this process runs, even

@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/courier-dev/courier/internal/redistest"
 	"github.com/courier-dev/courier/internal/worker"
 	"github.com/courier-dev/courier/pkg/webex/webextest"
 )
@@ -137,4 +139,56 @@ func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 	if err := os.WriteFile(to, b, mode); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// An isolated delivery runs with the worker's environment minus the
+// secrets of the parts it does not run: the admin server's password and the
+// relay's tokens never reach the process a suspect message is delivered in,
+// and it still delivers (its configuration loads without them).
+func TestIsolatedDeliveryLeavesOutAdminAndRelaySecrets(t *testing.T) {
+	t.Parallel()
+	s := sharedSetup(t)
+	s.sim.AddFault(webextest.Fault{Room: "suspect", Delay: webextest.Duration(3 * time.Second), Count: 1}) // keeps the isolated process alive to be read
+	id := s.enqueue(t, "suspect", "delivered in isolation")
+	// Two deliveries of it died with their worker: a suspect.
+	if err := s.rdb.HSet(context.Background(), "asynq:{"+s.queue+"}:t:"+id, "courier_runs", 2).Err(); err != nil {
+		t.Fatal(err)
+	}
+	port, _ := redistest.FreePort()
+	w := startWorker(t, s.env("good", "COURIER_ADMIN_USER=ops", "COURIER_ADMIN_PASSWORD=admin-secret-x",
+		fmt.Sprintf("COURIER_RELAY_ADDR=127.0.0.1:%d", port), "COURIER_RELAY_TOKENS=relay-secret-y=default")...)
+	var environ string
+	waitFor(t, 30*time.Second, "the isolated delivery process", func() bool {
+		// Between fork and exec a child shows its parent's environment:
+		// wait for the one it was started with.
+		environ = childEnviron(w.cmd.Process.Pid)
+		return strings.Contains(environ, worker.IsolatedEnv+"=1")
+	})
+	if !strings.Contains(environ, "WEBEX_TOKEN=good") {
+		t.Fatalf("the isolated process's environment lacks what it needs: %q", environ)
+	}
+	for _, secret := range []string{"admin-secret-x", "relay-secret-y"} {
+		if strings.Contains(environ, secret) {
+			t.Errorf("the isolated process got %s: %q", secret, environ)
+		}
+	}
+	waitFor(t, 30*time.Second, "the isolated delivery", func() bool { st, _ := s.state(id); return st == asynq.TaskStateCompleted })
+	if n := len(s.sim.Messages("suspect")); n != 1 {
+		t.Fatalf("%d messages delivered, want 1", n)
+	}
+}
+
+// childEnviron is the environment of a child process of pid, "" while it
+// has none (Linux's /proc).
+func childEnviron(pid int) string {
+	threads, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid)) // any of its threads may have started it
+	for _, th := range threads {
+		b, _ := os.ReadFile(th)
+		for _, child := range strings.Fields(string(b)) {
+			if env, err := os.ReadFile("/proc/" + child + "/environ"); err == nil {
+				return strings.ReplaceAll(string(env), "\x00", "\n")
+			}
+		}
+	}
+	return ""
 }
