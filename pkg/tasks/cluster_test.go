@@ -244,10 +244,11 @@ func TestCluster(t *testing.T) {
 		dead := fakeDeadHolder(t, rdb, idle, id)
 		r := newTestRecovery(t, rdb, idle)
 		r.run(t)
-		waitFor(t, 20*time.Second, "the dead worker's task back in pending", func() bool {
+		waitFor(t, takeoverWait, "the dead worker's task back in pending", func() bool {
 			info, err := insp.GetTaskInfo(idle, id)
 			return err == nil && info.State == asynq.TaskStatePending
 		})
+		r.waitRecovered(t, 1)
 		if log := r.logs.String(); !strings.Contains(log, dead) || strings.Contains(log, "could not move") {
 			t.Errorf("recovery log:\n%s", log)
 		}

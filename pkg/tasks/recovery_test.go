@@ -47,6 +47,23 @@ func newTestRecovery(t *testing.T, rdb redis.UniversalClient, queue string) *tes
 	return tr
 }
 
+// waitRecovered waits until the detector has moved n tasks back and said
+// so: the move is in Redis a moment before its log record and its count,
+// so a test that saw the task pending waits for these too.
+func (tr *testRecovery) waitRecovered(t *testing.T, n int32) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "the takeover logged and counted", func() bool { return tr.recovered.Load() >= n })
+}
+
+// takeoverWait bounds a wait for a dead asynq server's task to be moved.
+// It is long because the detector shares asynq:servers with the tests
+// running beside it: a parallel test's live server whose heartbeat looks
+// late (TestRecoveryLateHeartbeatNotTakenForAnotherDeath,
+// TestRecoveryOneMissedHeartbeatIsNoDeath), whose expiry fits this task's
+// lease as well, rightly holds the takeover back until that test ends and
+// removes it (under 25 s).
+const takeoverWait = 60 * time.Second
+
 // run runs the detector until the test ends; done reports its result.
 func (tr *testRecovery) run(t *testing.T) <-chan error {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -76,8 +93,10 @@ func TestRecoveryMovesADeadWorkersTask(t *testing.T) {
 	r := newTestRecovery(t, e.rdb, e.queue)
 	start := time.Now()
 	r.run(t)
-	waitFor(t, 20*time.Second, "the task back in pending", func() bool { return e.taskState(id) == asynq.TaskStatePending })
-	if took := time.Since(start); took < MinRecoveryAfter {
+	waitFor(t, takeoverWait, "the task back in pending", func() bool { return e.taskState(id) == asynq.TaskStatePending })
+	took := time.Since(start)
+	r.waitRecovered(t, 1)
+	if took < MinRecoveryAfter {
 		t.Fatalf("moved after %v, before the lease stood still for the window (%v)", took, MinRecoveryAfter)
 	}
 	if epoch, err := e.rdb.HGet(ctx, taskKey(e.queue, id), fieldEpoch).Result(); err != nil || epoch != "1" {
@@ -137,7 +156,7 @@ func TestRecoveryLeavesLiveWorkersTasks(t *testing.T) {
 	t.Cleanup(func() { close(stop); <-beat })
 	r := newTestRecovery(t, e.rdb, e.queue)
 	r.run(t)
-	waitFor(t, 20*time.Second, "the dead worker's task back in pending", func() bool { return e.taskState(orphan) == asynq.TaskStatePending })
+	waitFor(t, takeoverWait, "the dead worker's task back in pending", func() bool { return e.taskState(orphan) == asynq.TaskStatePending })
 	deadline := time.Now().Add(2 * time.Second) // two more windows of scans
 	for time.Now().Before(deadline) {
 		if e.taskState(listed) != asynq.TaskStateActive || e.taskState(moving) != asynq.TaskStateActive {
@@ -161,7 +180,7 @@ func TestRecoveryOneMoverAmongMany(t *testing.T) {
 	for _, r := range rs {
 		r.run(t)
 	}
-	waitFor(t, 20*time.Second, "the task back in pending", func() bool { return e.taskState(id) == asynq.TaskStatePending })
+	waitFor(t, takeoverWait, "the task back in pending", func() bool { return e.taskState(id) == asynq.TaskStatePending })
 	deadline := time.Now().Add(time.Second)
 	for time.Now().Before(deadline) {
 		time.Sleep(200 * time.Millisecond)
@@ -412,7 +431,8 @@ func TestRecoveryRemembersServersTheInspectorPrunes(t *testing.T) {
 	if err := e.rdb.ZScore(ctx, asynqServers, serverKey(dead)).Err(); !errors.Is(err, redis.Nil) {
 		t.Fatalf("asynq's Inspector no longer prunes expired servers (%v): this test no longer covers what it should", err)
 	}
-	waitFor(t, 20*time.Second, "the task back in pending", func() bool { return e.taskState(id) == asynq.TaskStatePending })
+	waitFor(t, takeoverWait, "the task back in pending", func() bool { return e.taskState(id) == asynq.TaskStatePending })
+	r.waitRecovered(t, 1)
 	if !strings.Contains(r.logs.String(), dead) {
 		t.Fatalf("log does not name %s:\n%s", dead, r.logs.String())
 	}
@@ -427,6 +447,10 @@ func fakeSilentHolder(t *testing.T, rdb *redis.Client, queue, id string) string 
 	ctx := context.Background()
 	srv := fakeDeadHolder(t, rdb, queue, id)
 	rdb.Set(ctx, serverKey(srv), "x", time.Minute) // asynq's liveness: alive for a minute more
+	// and its expiry in asynq:servers as its key's, as a heartbeat writes
+	// them: a stale one would make it a live server whose heartbeat is
+	// late, which holds back parallel tests' takeovers whose lease it fits.
+	rdb.ZAdd(ctx, asynqServers, redis.Z{Score: float64(time.Now().Add(time.Minute).Unix()), Member: serverKey(srv)})
 	t.Cleanup(func() { rdb.Del(context.Background(), serverKey(srv)) })
 	holder := "silenthost:4343:" + id
 	rdb.HSet(ctx, taskKey(queue, id), fieldHolder, holder)
@@ -446,8 +470,10 @@ func TestRecoveryTakesOverASilentHoldersTask(t *testing.T) {
 	r := newTestRecovery(t, e.rdb, e.queue)
 	start := time.Now()
 	r.run(t)
-	waitFor(t, 20*time.Second, "the task back in pending", func() bool { return e.taskState(id) == asynq.TaskStatePending })
-	if took := time.Since(start); took < leaseStill {
+	waitFor(t, takeoverWait, "the task back in pending", func() bool { return e.taskState(id) == asynq.TaskStatePending })
+	took := time.Since(start)
+	r.waitRecovered(t, 1)
+	if took < leaseStill {
 		t.Fatalf("moved after %v, before its lease stood still for %v", took, leaseStill)
 	}
 	v, err := e.rdb.HMGet(ctx, taskKey(e.queue, id), fieldEpoch, fieldHolder).Result()
