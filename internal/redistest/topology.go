@@ -124,9 +124,11 @@ func (s *Sentinel) PrimaryAddr(ctx context.Context) (string, error) {
 	return "", fmt.Errorf("no Sentinel names the primary: %w", last)
 }
 
-// Cluster is a Redis Cluster of three primaries (no replicas) on loopback
-// ports, created by a test and stopped at its cleanup.
+// Cluster is a Redis Cluster of three primaries, with or without replicas,
+// on loopback ports, created by a test and stopped at its cleanup.
 type Cluster struct {
+	// Nodes are every node, the three primaries first (as created: a
+	// failover makes a replica a primary).
 	Nodes []*Server
 }
 
@@ -135,6 +137,15 @@ type Cluster struct {
 // cluster ok. It skips the test when redis-server or redis-cli is missing.
 func StartCluster(t testing.TB) *Cluster {
 	t.Helper()
+	return StartClusterReplicas(t, 0, 5*time.Second)
+}
+
+// StartClusterReplicas starts a cluster of three primaries with replicas
+// replicas each (a node judged failed after nodeTimeout, its replica then
+// promoted), and waits until the cluster is ok on every node and every
+// replica is in sync.
+func StartClusterReplicas(t testing.TB, replicas int, nodeTimeout time.Duration) *Cluster {
+	t.Helper()
 	for _, bin := range []string{"redis-server", "redis-cli"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Skipf("%s not installed (Debian package redis-server)", bin)
@@ -142,24 +153,34 @@ func StartCluster(t testing.TB) *Cluster {
 	}
 	c := &Cluster{}
 	args := []string{"--cluster", "create"}
-	for range 3 {
-		n := startExtra(t, false, []string{"--cluster-enabled", "yes", "--cluster-node-timeout", "5000"})
+	for range 3 * (1 + replicas) {
+		n := startExtra(t, false, []string{"--cluster-enabled", "yes", "--cluster-node-timeout", strconv.FormatInt(nodeTimeout.Milliseconds(), 10),
+			"--repl-diskless-sync-delay", "0"}) // a replica's first sync at once, not after 5 s
 		c.Nodes = append(c.Nodes, n)
 		args = append(args, n.Addr)
 	}
-	out, err := exec.Command("redis-cli", append(args, "--cluster-yes")...).CombinedOutput()
+	args = append(args, "--cluster-replicas", strconv.Itoa(replicas), "--cluster-yes")
+	out, err := exec.Command("redis-cli", args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err = poll(ctx, "the cluster to be ok on every node", func() bool {
+	err = poll(ctx, "the cluster to be ok on every node, its replicas in sync", func() bool {
 		for _, n := range c.Nodes {
 			rdb := redis.NewClient(n.Options())
 			info, err := rdb.ClusterInfo(ctx).Result()
+			repl, rerr := rdb.Info(ctx, "replication").Result()
+			slots, serr := rdb.ClusterSlots(ctx).Result()
 			_ = rdb.Close()
-			if err != nil || !strings.Contains(info, "cluster_state:ok") {
+			if err != nil || rerr != nil || serr != nil || !strings.Contains(info, "cluster_state:ok") ||
+				strings.Contains(repl, "role:slave") && !strings.Contains(repl, "master_link_status:up") {
 				return false
+			}
+			for _, s := range slots { // every node knows every shard's replicas
+				if len(s.Nodes) != 1+replicas {
+					return false
+				}
 			}
 		}
 		return true
@@ -168,6 +189,46 @@ func StartCluster(t testing.TB) *Cluster {
 		t.Fatal(err)
 	}
 	return c
+}
+
+// Shard returns the node that is the primary of key's slot now, and its
+// replicas, as the cluster's nodes report them.
+func (c *Cluster) Shard(ctx context.Context, key string) (primary *Server, replicas []*Server, err error) {
+	byAddr := map[string]*Server{}
+	for _, n := range c.Nodes {
+		byAddr[n.Addr] = n
+	}
+	var last error
+	for _, n := range c.Nodes {
+		rdb := redis.NewClient(n.Options())
+		slot, err := rdb.ClusterKeySlot(ctx, key).Result()
+		var slots []redis.ClusterSlot
+		if err == nil {
+			slots, err = rdb.ClusterSlots(ctx).Result()
+		}
+		_ = rdb.Close()
+		if err != nil {
+			last = err
+			continue
+		}
+		for _, s := range slots {
+			if int64(s.Start) > slot || int64(s.End) < slot || len(s.Nodes) == 0 {
+				continue
+			}
+			primary = byAddr[s.Nodes[0].Addr]
+			for _, r := range s.Nodes[1:] {
+				if byAddr[r.Addr] != nil {
+					replicas = append(replicas, byAddr[r.Addr])
+				}
+			}
+			if primary == nil {
+				return nil, nil, fmt.Errorf("slot %d is served by %s, not a node of this cluster", slot, s.Nodes[0].Addr)
+			}
+			return primary, replicas, nil
+		}
+		last = fmt.Errorf("slot %d is served by no node", slot)
+	}
+	return nil, nil, fmt.Errorf("no node names the primary of %q: %w", key, last)
 }
 
 // URL is the cluster's REDIS_URL in go-redis's Cluster form.

@@ -73,13 +73,15 @@ func Single(opt *redis.Options) *Options { return &Options{Mode: ModeSingle, Sin
 
 // NewClient returns a client of the options' kind: *redis.Client for one
 // Redis and for Sentinel (it follows the primary), *redis.ClusterClient
-// for a Cluster.
+// for a Cluster (following failovers: FollowFailovers).
 func (o *Options) NewClient() redis.UniversalClient {
 	switch o.Mode {
 	case ModeSentinel:
 		return redis.NewFailoverClient(o.Failover)
 	case ModeCluster:
-		return redis.NewClusterClient(o.Cluster)
+		c := redis.NewClusterClient(o.Cluster)
+		FollowFailovers(c)
+		return c
 	}
 	return redis.NewClient(o.Single)
 }

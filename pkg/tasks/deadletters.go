@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/courier-dev/courier/internal/redisurl"
 )
 
 // DeadLetterStream is the Redis stream that keeps courier's dead letters.
@@ -33,6 +35,7 @@ type DeadLetters struct {
 // NewDeadLetters returns the record kept in stream ("": DeadLetterStream),
 // bounded to max entries (0: 10,000).
 func NewDeadLetters(rdb redis.UniversalClient, stream string, max int) *DeadLetters {
+	redisurl.FollowFailovers(rdb)
 	return &DeadLetters{rdb: rdb, stream: cmp.Or(stream, DeadLetterStream), max: int64(cmp.Or(max, DefaultDeadLetterMax))}
 }
 

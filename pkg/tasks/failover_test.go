@@ -87,6 +87,22 @@ func TestSentinelFailover(t *testing.T) {
 	if testing.Short() {
 		t.Skip("about a minute: five redis-server processes, a failover")
 	}
+	testFailover(t, startSentinelSetup)
+}
+
+// A Cluster failover under the same load: three primaries with two
+// replicas each; the primary of the queue's shard is killed (SIGKILL) and
+// the cluster promotes one of its replicas (cluster-node-timeout 1 s). The
+// same accounting, the same claims: with WaitReplicas no acknowledged
+// enqueue is lost, and delivery resumes on the new primary.
+func TestClusterFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("about a minute: nine redis-server processes, a failover")
+	}
+	testFailover(t, startClusterSetup)
+}
+
+func testFailover(t *testing.T, startSetup func(*testing.T) failoverSetup) {
 	long := os.Getenv("COURIER_FAILOVER_LONG") != ""
 	lags := []time.Duration{time.Second}
 	if long {
@@ -95,7 +111,7 @@ func TestSentinelFailover(t *testing.T) {
 	for _, lag := range lags {
 		for _, wait := range []int{0, 1} {
 			t.Run(fmt.Sprintf("lag=%v/WaitReplicas=%d", lag, wait), func(t *testing.T) {
-				r := runFailover(t, wait, lag, long)
+				r := runFailover(t, startSetup, wait, lag, long)
 				t.Logf("replicas lagging %v, WaitReplicas=%d: acknowledged %d (%.0f/s before the kill), failed %d; lost %d; left active for asynq's recoverer %d; "+
 					"delivered twice %d; producer errors until %v after the kill; first delivery of a new message %v after the kill",
 					lag, wait, r.acked, r.ackedPerSecond, r.failed, len(r.lost), r.stuck, r.duplicates, r.errorWindow.Round(time.Millisecond), r.recovered.Round(time.Millisecond))
@@ -109,6 +125,13 @@ func TestSentinelFailover(t *testing.T) {
 				if r.recovered <= 0 {
 					t.Error("delivery did not recover after the failover")
 				}
+				// A failover takes about 2.5 s here. A client that goes on
+				// sending to the dead primary until its periodic reload of
+				// the slot map (go-redis: 60 s) took 58 s before
+				// redisurl.FollowFailovers.
+				if r.recovered > 20*time.Second {
+					t.Errorf("first delivery of a new message %v after the kill, want within 20 s", r.recovered.Round(time.Millisecond))
+				}
 				if long && r.stuck > 0 {
 					t.Errorf("%d acknowledged tasks were never delivered", r.stuck)
 				}
@@ -117,16 +140,50 @@ func TestSentinelFailover(t *testing.T) {
 	}
 }
 
-func runFailover(t *testing.T, waitReplicas int, lag time.Duration, long bool) failoverRun {
-	// Two replicas: after the promotion of one, the other follows the new
-	// primary, so WaitReplicas=1 can still be met.
+// failoverSetup is a Redis set-up whose primary can fail over: its URL,
+// and the primary that holds a queue's keys now, with its replicas.
+type failoverSetup struct {
+	url   string
+	shard func(t *testing.T, queue string) (primary *redistest.Server, replicas []*redistest.Server)
+}
+
+// startSentinelSetup starts a primary with two replicas under three
+// Sentinels (the primary judged down after 1 s). Two replicas: after the
+// promotion of one, the other follows the new primary, so WaitReplicas=1
+// can still be met.
+func startSentinelSetup(t *testing.T) failoverSetup {
 	s := redistest.StartSentinel(t, 2, time.Second)
-	opt, err := redisurl.Parse(s.URL(), redisurl.ModeAuto)
+	return failoverSetup{url: s.URL(), shard: func(*testing.T, string) (*redistest.Server, []*redistest.Server) {
+		return s.Primary, s.Replicas
+	}}
+}
+
+// startClusterSetup starts a Cluster of three primaries with two replicas
+// each (a node judged failed after 1 s); a queue's keys share one slot,
+// so one shard.
+func startClusterSetup(t *testing.T) failoverSetup {
+	c := redistest.StartClusterReplicas(t, 2, time.Second)
+	return failoverSetup{url: c.URL(), shard: func(t *testing.T, queue string) (*redistest.Server, []*redistest.Server) {
+		primary, replicas, err := c.Shard(context.Background(), "{"+queue+"}")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(replicas) != 2 {
+			t.Fatalf("the queue's shard has %d replicas, want 2", len(replicas))
+		}
+		return primary, replicas
+	}}
+}
+
+func runFailover(t *testing.T, startSetup func(*testing.T) failoverSetup, waitReplicas int, lag time.Duration, long bool) failoverRun {
+	setup := startSetup(t)
+	opt, err := redisurl.Parse(setup.url, redisurl.ModeAuto)
 	if err != nil {
 		t.Fatal(err)
 	}
 	sim := webextest.NewServer(t, webextest.Options{Tokens: map[string]string{token: "bot"}})
 	queue, room := redistest.Name(t), "room-failover"
+	primary, replicas := setup.shard(t, queue)
 	logs := &syncBuffer{}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -244,7 +301,7 @@ func runFailover(t *testing.T, waitReplicas int, lag time.Duration, long bool) f
 	r.deliveredBefore = len(seen)
 	mu.Unlock()
 	if lag > 0 {
-		for _, rs := range s.Replicas {
+		for _, rs := range replicas {
 			if err := rs.Pause(); err != nil {
 				t.Fatal(err)
 			}
@@ -252,8 +309,8 @@ func runFailover(t *testing.T, waitReplicas int, lag time.Duration, long bool) f
 		time.Sleep(lag) // the replicas lag this long: the fault, not synchronisation
 	}
 	killed := time.Now()
-	s.Primary.Kill()
-	for _, rs := range s.Replicas {
+	primary.Kill()
+	for _, rs := range replicas {
 		if err := rs.Resume(); err != nil {
 			t.Fatal(err)
 		}

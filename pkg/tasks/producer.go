@@ -14,6 +14,7 @@ import (
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/courier-dev/courier/internal/redisurl"
 	"github.com/courier-dev/courier/pkg/webex"
 )
 
@@ -160,6 +161,7 @@ func NewProducer(rdb redis.UniversalClient, cfg ProducerConfig) (*Producer, erro
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("producer config: %w", err)
 	}
+	redisurl.FollowFailovers(rdb)
 	if cfg.WaitReplicas > 0 {
 		if err := waitable(rdb, cfg.ReplicaTimeout); err != nil {
 			return nil, fmt.Errorf("producer config: %w", err)

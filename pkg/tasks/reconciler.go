@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/courier-dev/courier/internal/redisurl"
 )
 
 // DefaultReconcileInterval is how often a Reconciler checks the heads of
@@ -45,6 +47,7 @@ type Reconciler struct {
 
 // NewReconciler returns a reconciler over a go-redis client.
 func NewReconciler(rdb redis.UniversalClient, cfg ReconcilerConfig) *Reconciler {
+	redisurl.FollowFailovers(rdb)
 	cfg.Interval = cmp.Or(cfg.Interval, DefaultReconcileInterval)
 	cfg.Logger = cmp.Or(cfg.Logger, slog.Default())
 	if cfg.Observer == nil {

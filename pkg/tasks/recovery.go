@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/courier-dev/courier/internal/redisurl"
 )
 
 // ErrTakenOver means another worker found this one dead and took one of its
@@ -209,6 +211,7 @@ func NewRecovery(rdb redis.UniversalClient, cfg RecoveryConfig) (*Recovery, erro
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("recovery config: %w", err)
 	}
+	redisurl.FollowFailovers(rdb)
 	return &Recovery{rdb: rdb, cfg: cfg, id: workerID(), held: map[Claim]int{}}, nil
 }
 

@@ -10,6 +10,8 @@ import (
 
 	"github.com/hibiken/asynq"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/courier-dev/courier/internal/redisurl"
 )
 
 // Worker runs the handler under an asynq server with courier's hooks.
@@ -32,6 +34,7 @@ func NewWorker(rdb redis.UniversalClient, cfg WorkerConfig) (*Worker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("worker config: %w", err)
 	}
+	redisurl.FollowFailovers(rdb)
 	stopCtx, stop := context.WithCancel(context.Background())
 	g := &gate{cfg: cfg.Gate, rdb: rdb, log: cfg.Logger, obs: cfg.Observer}
 	h := &Handler{cfg: cfg, rec: &records{rdb: rdb}, bots: map[string]*bot{}, stop: stopCtx, gate: g,
