@@ -67,6 +67,8 @@ type failoverRun struct {
 	ackedPerSecond  float64       // before the kill
 	deliveredBefore int
 	errs            map[string]int // enqueue errors by kind
+	takenOver       int            // tasks fast crash recovery moved (no worker died)
+	halts           int            // workers whose fence halted them
 }
 
 // A Sentinel failover under load: a primary, two replicas, three Sentinels,
@@ -113,8 +115,8 @@ func testFailover(t *testing.T, startSetup func(*testing.T) failoverSetup) {
 			t.Run(fmt.Sprintf("lag=%v/WaitReplicas=%d", lag, wait), func(t *testing.T) {
 				r := runFailover(t, startSetup, wait, lag, long)
 				t.Logf("replicas lagging %v, WaitReplicas=%d: acknowledged %d (%.0f/s before the kill), failed %d; lost %d; left active for asynq's recoverer %d; "+
-					"delivered twice %d; producer errors until %v after the kill; first delivery of a new message %v after the kill",
-					lag, wait, r.acked, r.ackedPerSecond, r.failed, len(r.lost), r.stuck, r.duplicates, r.errorWindow.Round(time.Millisecond), r.recovered.Round(time.Millisecond))
+					"delivered twice %d; producer errors until %v after the kill; first delivery of a new message %v after the kill; tasks moved by fast crash recovery %d",
+					lag, wait, r.acked, r.ackedPerSecond, r.failed, len(r.lost), r.stuck, r.duplicates, r.errorWindow.Round(time.Millisecond), r.recovered.Round(time.Millisecond), r.takenOver)
 				t.Logf("enqueue errors: %v", r.errs)
 				if wait > 0 && len(r.lost) > 0 {
 					t.Errorf("WaitReplicas=%d lost %d acknowledged enqueues: %v", wait, len(r.lost), r.lost)
@@ -124,6 +126,9 @@ func testFailover(t *testing.T, startSetup func(*testing.T) failoverSetup) {
 				}
 				if r.recovered <= 0 {
 					t.Error("delivery did not recover after the failover")
+				}
+				if r.takenOver > 0 || r.halts > 0 {
+					t.Errorf("the failover was taken for a worker's death: %d tasks moved, %d workers halted", r.takenOver, r.halts)
 				}
 				// A failover takes about 2.5 s here. A client that goes on
 				// sending to the dead primary until its periodic reload of
@@ -195,8 +200,13 @@ func runFailover(t *testing.T, startSetup func(*testing.T) failoverSetup, waitRe
 		t.Cleanup(func() { _ = c.Close() })
 		return c
 	}
+	var detectors []*testRecovery
 	for range 3 {
-		w, err := NewWorker(client(), WorkerConfig{
+		wc := client()
+		r := newTestRecovery(t, wc, queue) // fast crash recovery, its shortest window
+		r.run(t)
+		detectors = append(detectors, r)
+		w, err := NewWorker(wc, WorkerConfig{Fence: r,
 			Bots: map[string]Sender{"": sim.Client(t, token)}, Queues: map[string]int{queue: 1}, Concurrency: 4,
 			Policy: fastPolicy, Budget: 500 * time.Millisecond, Schedule: fastSchedule, ShutdownTimeout: 5 * time.Second,
 			TaskCheckInterval: 10 * time.Millisecond, DelayedTaskCheckInterval: 100 * time.Millisecond, UnauthorizedDelay: time.Second,
@@ -383,6 +393,10 @@ func runFailover(t *testing.T, startSetup func(*testing.T) failoverSetup, waitRe
 		} else {
 			r.failed++
 		}
+	}
+	for _, d := range detectors {
+		r.takenOver += int(d.recovered.Load())
+		r.halts += int(d.halts.Load())
 	}
 	mu.Lock()
 	defer mu.Unlock()
