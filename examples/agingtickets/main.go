@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"time"
 
@@ -78,12 +79,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, now time.
 	}
 	var p *tasks.Producer
 	if !*dry {
-		opt, err := redis.ParseURL(cmp.Or(getenv("REDIS_URL"), "redis://127.0.0.1:6379/0"))
+		rdb, err := redisClient(cmp.Or(getenv("REDIS_URL"), "redis://127.0.0.1:6379/0"))
 		if err != nil {
 			fmt.Fprintln(stderr, "REDIS_URL:", err)
 			return 2
 		}
-		rdb := redis.NewClient(opt)
 		defer rdb.Close()
 		if p, err = tasks.NewProducer(rdb, tasks.ProducerConfig{Queue: *queue, Source: cfg.Report}); err != nil {
 			fmt.Fprintln(stderr, err)
@@ -127,4 +127,44 @@ func mustJSON(v any) json.RawMessage {
 		panic(err) // only maps of strings and numbers are rendered
 	}
 	return b
+}
+
+// redisClient connects to REDIS_URL in go-redis's forms: one Redis
+// (redis://[user:password@]host:port/db, rediss:// for TLS), Sentinel
+// (…?master_name=NAME&addr=sentinel2:port) or Cluster (addr= seeds without
+// master_name). An error never quotes the URL: it may hold a password.
+func redisClient(raw string) (redis.UniversalClient, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, errors.New("does not parse (its text is not shown: it may hold a password; " +
+			"percent-encode % / # ? @ and & in the password)")
+	}
+	switch q := u.Query(); {
+	case q.Has("master_name"):
+		opt, err := redis.ParseFailoverURL(raw)
+		if err != nil {
+			return nil, fmt.Errorf("Sentinel form: %w", unquoted(err))
+		}
+		return redis.NewFailoverClient(opt), nil
+	case q.Has("addr"):
+		opt, err := redis.ParseClusterURL(raw)
+		if err != nil {
+			return nil, fmt.Errorf("Cluster form: %w", unquoted(err))
+		}
+		return redis.NewClusterClient(opt), nil
+	}
+	opt, err := redis.ParseURL(raw)
+	if err != nil {
+		return nil, unquoted(err)
+	}
+	return redis.NewClient(opt), nil
+}
+
+// unquoted drops the URL from a url.Error, keeping what is wrong.
+func unquoted(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }

@@ -153,3 +153,33 @@ func TestRerunAndEndToEnd(t *testing.T) {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// REDIS_URL in its Cluster form reaches a Cluster (a queue's keys on its
+// shard), and one that does not parse is refused without its text, which
+// may hold a password.
+func TestRedisURLForms(t *testing.T) {
+	t.Parallel()
+	c := redistest.StartCluster(t)
+	queue := redistest.Name(t)
+	teams := filepath.Join(t.TempDir(), "teams.json")
+	if err := os.WriteFile(teams, []byte(`{"report":"aging","timezone":"UTC","rooms":{"data":"room-data"}}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 28, 8, 0, 0, 0, time.UTC)
+	args := []string{"-tickets", "sample/tickets.csv", "-teams", teams, "-queue", queue, "-now", now.Format(time.RFC3339)}
+	for _, tc := range []struct {
+		url, out string
+		code     int
+	}{
+		{c.URL(), "data: enqueued aging/data/2026-11-28", 0},
+		{"redis://user:s3cr%zzet@127.0.0.1:6379/0", "REDIS_URL: does not parse", 2},
+		{"redis://user:s3cret@127.0.0.1:6379/0?master_name=x&addr=127.0.0.1:1&read_timeout=abc", "REDIS_URL: Sentinel form", 2},
+	} {
+		var out, errs bytes.Buffer
+		getenv := func(k string) string { return map[string]string{"REDIS_URL": tc.url}[k] }
+		code := run(context.Background(), args, &out, &errs, now, getenv)
+		if all := out.String() + errs.String(); code != tc.code || !strings.Contains(all, tc.out) || strings.Contains(all, "s3cr") {
+			t.Errorf("%s: exit %d, want %d; said %q, want %q and no password", tc.url, code, tc.code, all, tc.out)
+		}
+	}
+}
