@@ -17,6 +17,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -132,39 +133,32 @@ func mustJSON(v any) json.RawMessage {
 // redisClient connects to REDIS_URL in go-redis's forms: one Redis
 // (redis://[user:password@]host:port/db, rediss:// for TLS), Sentinel
 // (…?master_name=NAME&addr=sentinel2:port) or Cluster (addr= seeds without
-// master_name). An error never quotes the URL: it may hold a password.
+// master_name). An error never shows the URL, nor any part of it: a
+// password with an unencoded / ? # or & in it ends up in the path, the
+// query or the host, and go-redis's own errors quote those.
 func redisClient(raw string) (redis.UniversalClient, error) {
+	const encode = " (its text is not shown: it may hold a password; percent-encode % / # ? @ and & in the password as %25 %2F %23 %3F %40 %26)"
 	u, err := url.Parse(raw)
-	if err != nil {
-		return nil, errors.New("does not parse (its text is not shown: it may hold a password; " +
-			"percent-encode % / # ? @ and & in the password)")
+	if err != nil || u.Fragment != "" || strings.Contains(raw, "#") {
+		return nil, errors.New("does not parse" + encode)
 	}
 	switch q := u.Query(); {
 	case q.Has("master_name"):
 		opt, err := redis.ParseFailoverURL(raw)
 		if err != nil {
-			return nil, fmt.Errorf("Sentinel form: %w", unquoted(err))
+			return nil, errors.New("not a valid Sentinel form, redis://[user:password@]sentinel:port/db?master_name=NAME&addr=sentinel2:port" + encode)
 		}
 		return redis.NewFailoverClient(opt), nil
 	case q.Has("addr"):
 		opt, err := redis.ParseClusterURL(raw)
 		if err != nil {
-			return nil, fmt.Errorf("Cluster form: %w", unquoted(err))
+			return nil, errors.New("not a valid Cluster form, redis://[user:password@]node:port?addr=node2:port" + encode)
 		}
 		return redis.NewClusterClient(opt), nil
 	}
 	opt, err := redis.ParseURL(raw)
 	if err != nil {
-		return nil, unquoted(err)
+		return nil, errors.New("not a valid URL of one Redis, redis://[user:password@]host:port/db" + encode)
 	}
 	return redis.NewClient(opt), nil
-}
-
-// unquoted drops the URL from a url.Error, keeping what is wrong.
-func unquoted(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err
-	}
-	return err
 }

@@ -173,7 +173,17 @@ func TestRedisURLForms(t *testing.T) {
 	}{
 		{c.URL(), "data: enqueued aging/data/2026-11-28", 0},
 		{"redis://user:s3cr%zzet@127.0.0.1:6379/0", "REDIS_URL: does not parse", 2},
-		{"redis://user:s3cret@127.0.0.1:6379/0?master_name=x&addr=127.0.0.1:1&read_timeout=abc", "REDIS_URL: Sentinel form", 2},
+		{"redis://user:s3cret@127.0.0.1:6379/0?master_name=x&addr=127.0.0.1:1&read_timeout=abc", "REDIS_URL: not a valid Sentinel form", 2},
+		// An unencoded / ? # or & puts a part of the password where
+		// go-redis's errors quote it: the path, an option, an address.
+		{"redis://user:/s3cret@127.0.0.1:6379/0", "REDIS_URL: not a valid URL of one Redis", 2},
+		{"redis://:123/s3cret@127.0.0.1:6379", "REDIS_URL: not a valid URL of one Redis", 2},
+		{"redis://user:?s3cret@127.0.0.1:6379/0", "REDIS_URL: not a valid URL of one Redis", 2},
+		{"redis://user:12#s3cret@127.0.0.1:6379/0", "REDIS_URL: does not parse", 2},
+		{"redis://127.0.0.1:26379?master_name=m&password=ab&s3cret", "REDIS_URL: not a valid Sentinel form", 2},
+		{"redis://127.0.0.1:26379?master_name=m&addr=:s3cret@127.0.0.1:26380", "REDIS_URL: not a valid Sentinel form", 2},
+		{"redis://127.0.0.1:6379?addr=user:s3cret@127.0.0.1:6380", "REDIS_URL: not a valid Cluster form", 2},
+		{"redis://user:12/s3cret@127.0.0.1:6379?master_name=m", "REDIS_URL: not a valid Sentinel form", 2},
 	} {
 		var out, errs bytes.Buffer
 		getenv := func(k string) string { return map[string]string{"REDIS_URL": tc.url}[k] }

@@ -3,8 +3,11 @@ package redisurl
 import (
 	"context"
 	"errors"
+	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 	"weak"
 
 	"github.com/redis/go-redis/v9"
@@ -17,8 +20,14 @@ import (
 // stops answering: its commands go on failing against the dead node until
 // the interval ends, although the cluster promoted a replica in about two
 // seconds (TestClusterFailover measured 58 s without this, for a failover
-// done at 2.4 s). Reloads are go-redis's own: one at a time, at most one
-// every 200 ms.
+// done at 2.4 s). Reloads are go-redis's own (one at a time), asked for at
+// most every reloadEvery: while every node is down, each failed command
+// would otherwise start another.
+//
+// The reload is asked for once the command has failed, after go-redis's
+// own retries: at once for a dead primary (its connections are refused),
+// after the read timeout for one that hangs. Pub/sub connections do not
+// pass through the hook: they follow the map that other commands reload.
 //
 // Any other client is left as it is (a Sentinel client follows the
 // primary by itself). A client is hooked once however often it is passed.
@@ -27,38 +36,54 @@ func FollowFailovers(rdb redis.UniversalClient) {
 	if !ok {
 		return
 	}
-	if _, loaded := followed.LoadOrStore(weak.Make(c), struct{}{}); loaded {
+	key := weak.Make(c)
+	if _, loaded := followed.LoadOrStore(key, struct{}{}); loaded {
 		return
 	}
-	c.AddHook(reloadOnFailure{c})
+	runtime.AddCleanup(c, func(k weak.Pointer[redis.ClusterClient]) { followed.Delete(k) }, key)
+	c.AddHook(&reloadOnFailure{c: c})
 }
 
-// followed holds the clients hooked already (weakly: a closed client is
-// left to the collector; its entry, a few words, stays).
+// reloadEvery is the shortest time between two reloads one client asks for.
+const reloadEvery = 250 * time.Millisecond
+
+// followed holds the clients hooked already, weakly: an entry goes with
+// its client.
 var followed sync.Map
 
 // reloadOnFailure asks for a reload of the slot map after a command or a
 // pipeline that failed in a way a moved primary would explain.
-type reloadOnFailure struct{ c *redis.ClusterClient }
+type reloadOnFailure struct {
+	c    *redis.ClusterClient
+	last atomic.Int64 // when a reload was last asked for, Unix ns
+}
 
-func (h reloadOnFailure) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *reloadOnFailure) reload(ctx context.Context) {
+	now, last := time.Now().UnixNano(), h.last.Load()
+	if now-last < int64(reloadEvery) || !h.last.CompareAndSwap(last, now) {
+		return
+	}
+	h.c.ReloadState(ctx)
+}
 
-func (h reloadOnFailure) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func (h *reloadOnFailure) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *reloadOnFailure) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
 		err := next(ctx, cmd)
 		if movedPrimary(err) {
-			h.c.ReloadState(ctx)
+			h.reload(ctx)
 		}
 		return err
 	}
 }
 
-func (h reloadOnFailure) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (h *reloadOnFailure) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		err := next(ctx, cmds)
 		for _, cmd := range cmds {
 			if movedPrimary(cmd.Err()) {
-				h.c.ReloadState(ctx)
+				h.reload(ctx)
 				break
 			}
 		}
@@ -67,12 +92,14 @@ func (h reloadOnFailure) ProcessPipelineHook(next redis.ProcessPipelineHook) red
 }
 
 // movedPrimary reports whether err may mean the slot's primary is not
-// where the client's map says: a network error or a timeout, or an answer
-// of a node that is not (or no longer) the primary, or of a cluster
-// between states. A key that is absent, a cancelled call and an answer of
-// the command itself (a script's error, a wrong type) say nothing of it.
+// where the client's map says: any error that is not an answer of Redis
+// (a network error, a timeout, a closed pool), or an answer of a node
+// that is not (or no longer) the primary, or of a cluster between states.
+// A key that is absent (redis.Nil, itself an answer), a cancelled call and
+// an answer of the command itself (a script's error, a wrong type) say
+// nothing of it.
 func movedPrimary(err error) bool {
-	if err == nil || errors.Is(err, redis.Nil) || errors.Is(err, context.Canceled) || errors.Is(err, redis.TxFailedErr) {
+	if err == nil || errors.Is(err, context.Canceled) {
 		return false
 	}
 	var reply redis.Error

@@ -29,4 +29,13 @@
 // [Reconciler] ([Worker.Reconciler], which cmd/worker runs beside each
 // worker) moves sequences on whose head left without courier knowing. [ReplyTo] threads a reply under the message
 // another task delivers.
+//
+// The client may be one Redis, a Sentinel client or a *redis.ClusterClient.
+// A ClusterClient given to NewWorker, NewProducer, NewRecovery,
+// NewReconciler or NewDeadLetters gets a hook (once) that reloads its map
+// of slots as soon as a command fails: go-redis alone reloads it on MOVED
+// or every 60 s, so after a primary died its commands kept failing for up
+// to a minute after the cluster had promoted a replica (docs/REDIS.md,
+// "A Cluster failover"). The hook affects the caller's own commands on
+// that client the same way, and nothing else.
 package tasks

@@ -451,7 +451,10 @@ func fakeSilentHolder(t *testing.T, rdb *redis.Client, queue, id string) string 
 	// them: a stale one would make it a live server whose heartbeat is
 	// late, which holds back parallel tests' takeovers whose lease it fits.
 	rdb.ZAdd(ctx, asynqServers, redis.Z{Score: float64(time.Now().Add(time.Minute).Unix()), Member: serverKey(srv)})
-	t.Cleanup(func() { rdb.Del(context.Background(), serverKey(srv)) })
+	t.Cleanup(func() {
+		rdb.Del(context.Background(), serverKey(srv))
+		rdb.ZRem(context.Background(), asynqServers, serverKey(srv))
+	})
 	holder := "silenthost:4343:" + id
 	rdb.HSet(ctx, taskKey(queue, id), fieldHolder, holder)
 	return holder
