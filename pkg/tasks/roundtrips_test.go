@@ -31,14 +31,25 @@ func (r *roundTrips) add(ctx context.Context, cmds ...redis.Cmder) {
 	if !ok {
 		return
 	}
-	names := make([]string, len(cmds))
-	for i, c := range cmds {
-		names[i] = cmdName(c)
+	names := make([]string, 0, len(cmds))
+	for _, c := range cmds {
+		if !connectionSetup[c.Name()] {
+			names = append(names, cmdName(c))
+		}
+	}
+	if len(names) == 0 {
+		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.trips[id] = append(r.trips[id], strings.Join(names, "+"))
 }
+
+// connectionSetup are the commands go-redis sends on a connection it has
+// just dialled, with the context of the command that needed it: the pool's
+// cost, once per connection, not a message's (a delivery that found every
+// pooled connection busy, in CI, counted "hello" and "client+client").
+var connectionSetup = map[string]bool{"hello": true, "auth": true, "select": true, "client": true}
 
 func (r *roundTrips) of(id string) []string {
 	r.mu.Lock()
