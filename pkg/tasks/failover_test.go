@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"regexp"
 	"runtime"
 	"sort"
 	"strings"
@@ -69,6 +70,7 @@ type failoverRun struct {
 	errs            map[string]int // enqueue errors by kind
 	takenOver       int            // tasks fast crash recovery moved (no worker died)
 	halts           int            // workers whose fence halted them
+	haltedOnPresent []string       // tasks a worker halted for, though the new primary holds them
 }
 
 // A Sentinel failover under load: a primary, two replicas, three Sentinels,
@@ -141,8 +143,21 @@ func testFailover(t *testing.T, startSetup func(*testing.T) failoverSetup, hung 
 			if r.recovered <= 0 {
 				t.Error("delivery did not recover after the failover")
 			}
-			if r.takenOver > 0 || r.halts > 0 {
-				t.Errorf("the failover was taken for a worker's death: %d tasks moved, %d workers halted", r.takenOver, r.halts)
+			if r.takenOver > 0 {
+				t.Errorf("the failover was taken for a worker's death: %d tasks moved", r.takenOver)
+			}
+			// A failover may lose a task a worker is delivering (enqueued
+			// while the replicas lagged: acknowledged without WaitReplicas,
+			// refused with it, fetched either way): its hash is gone from
+			// the new primary, which the fence cannot tell from a task taken
+			// over and completed elsewhere, so that worker halts (cmd/worker
+			// exits 3 and is restarted) without posting it. A halt for a
+			// task the new primary holds would be a failover taken for a
+			// death.
+			if len(r.haltedOnPresent) > 0 {
+				t.Errorf("workers halted for tasks the new primary holds: %v", r.haltedOnPresent)
+			} else if r.halts > 0 {
+				t.Logf("%d workers halted: a task each was delivering was lost with the failover", r.halts)
 			}
 			// A failover takes about 2.5 s here; the first delivery follows
 			// at once when the primary died, 10-15 s later when it hangs
@@ -418,6 +433,11 @@ func runFailover(t *testing.T, startSetup func(*testing.T) failoverSetup, waitRe
 	for _, d := range detectors {
 		r.takenOver += int(d.recovered.Load())
 		r.halts += int(d.halts.Load())
+		for _, line := range strings.Split(d.logs.String(), "\n") {
+			if m := haltedTask.FindStringSubmatch(line); m != nil && prdb.Exists(ctx, taskKey(queue, m[1])).Val() == 1 {
+				r.haltedOnPresent = append(r.haltedOnPresent, m[1])
+			}
+		}
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -433,6 +453,9 @@ func runFailover(t *testing.T, startSetup func(*testing.T) failoverSetup, waitRe
 	}
 	return r
 }
+
+// haltedTask reads the task a fence halted its worker for from the log.
+var haltedTask = regexp.MustCompile(`took over its task.* task_id=(\S+)`)
 
 // errKind names an enqueue error for the report, with the second of the
 // run it came in.
