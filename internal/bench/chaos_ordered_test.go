@@ -2,10 +2,10 @@ package bench
 
 import (
 	"bytes"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/courier-dev/courier/internal/testutil"
 	"github.com/courier-dev/courier/pkg/tasks"
 )
 
@@ -19,7 +19,7 @@ func TestOrderedChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("a chaos run takes minutes")
 	}
-	log := &lockedBuffer{}
+	log := &testutil.Buffer{}
 	o := ChaosOptions{Messages: 600, Rooms: 12, Workers: 3, Concurrency: 5, KillEvery: 4 * time.Second, Kills: 1,
 		Quiesce: 4 * time.Minute, Latency: 50 * time.Millisecond, RecoveryAfter: tasks.DefaultRecoveryAfter, Ordered: true, KeepRedis: true, Log: log}
 	rep, err := Chaos(o)
@@ -37,16 +37,4 @@ func TestOrderedChaos(t *testing.T) {
 	if rep.Delivered+rep.DeadLettered != o.Messages || rep.WorkerKills != 1 {
 		t.Fatalf("delivered %d + dead-lettered %d of %d, %d kills", rep.Delivered, rep.DeadLettered, o.Messages, rep.WorkerKills)
 	}
-}
-
-// lockedBuffer collects the output of several worker processes at once.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
 }

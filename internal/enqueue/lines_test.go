@@ -1,17 +1,17 @@
 package enqueue
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/courier-dev/courier/internal/testutil"
 )
 
 // outcomes parses --json output: every line but the summary.
@@ -58,17 +58,7 @@ func TestEveryLineItsOwnVerdict(t *testing.T) {
 	}
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+type syncBuffer = testutil.Buffer
 
 // A line is enqueued and answered while its pipe stays open.
 func TestStreamingInputAnsweredBeforeEOF(t *testing.T) {

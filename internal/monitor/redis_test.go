@@ -1,48 +1,25 @@
 package monitor_test
 
 import (
-	"bytes"
 	"log/slog"
 	"net/http"
 	"net/http/httptrace"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/courier-dev/courier/internal/redistest"
+	"github.com/courier-dev/courier/internal/testutil"
 	"github.com/courier-dev/courier/internal/worker"
 )
 
 // lockedBuffer is a log destination that Run's goroutines and the test
 // share.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+type lockedBuffer = testutil.Buffer
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-// waitFor polls cond until it holds or the deadline passes.
 func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s within %v", what, within)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testutil.WaitFor(t, within, what, cond)
 }
 
 // Redis down at start, back, then hung: the monitor starts anyway and
